@@ -1,0 +1,29 @@
+# PostgreSQL 17 for throw-away test stacks.
+# The data directory lives on tmpfs and fsync is off: nothing here survives a
+# container, by design.
+ARG BASE_IMAGE=debian:trixie-slim
+FROM ${BASE_IMAGE}
+
+# The locally made base image (docker/make-base-image.sh) already carries the
+# packages; a stock debian:trixie-slim gets them from Debian's mirror.
+RUN if [ ! -x /usr/lib/postgresql/17/bin/postgres ]; then \
+      apt-get update \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-17 \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && rm -rf /var/lib/postgresql/17/main /etc/postgresql/17/main
+
+# initdb once at build time; each container copies this cluster onto its tmpfs
+# and sets its own password, which is faster than an initdb per start.
+RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
+    && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/initdb \
+         --pgdata=/var/lib/pgbf/cluster --username=postgres --encoding=UTF8 \
+         --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null' \
+    && printf '%s\n' 'local all all trust' 'host all all all scram-sha-256' \
+         > /var/lib/pgbf/cluster/pg_hba.conf
+
+COPY postgres-entrypoint.sh /usr/local/bin/pgbf-postgres
+RUN chmod 755 /usr/local/bin/pgbf-postgres
+USER postgres
+EXPOSE 5432
+ENTRYPOINT ["/usr/local/bin/pgbf-postgres"]

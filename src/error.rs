@@ -1,0 +1,147 @@
+//! The crate's one error type. Every message says what went wrong and what to
+//! change; none of them ever carries a password (URLs are redacted first).
+
+use std::time::Duration;
+
+/// Everything that can go wrong while resolving a target, starting a stack,
+/// creating a test database or connecting to it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Docker engine could not be reached.
+    #[error(
+        "Docker is unreachable at {tried}: {reason}. Start the Docker daemon, or point DOCKER_HOST \
+         at a running engine (e.g. unix:///var/run/docker.sock), or set TEST_DATABASE_URL to use \
+         an existing server instead of containers"
+    )]
+    DockerUnreachable {
+        /// The address that was tried, and where it came from.
+        tried: String,
+        /// What the Docker client reported.
+        reason: String,
+    },
+
+    /// A Docker operation other than connecting failed.
+    #[error("Docker failed to {action}: {reason}")]
+    Docker {
+        /// What the crate was doing.
+        action: String,
+        /// What Docker reported.
+        reason: String,
+    },
+
+    /// An image the stack needs is missing and could not be built.
+    #[error(
+        "image {image} is missing and could not be built from base image {base}: {reason}. \
+         On a machine without a container registry, make a base image from Debian's packages with \
+         `{script}` and set PGBF_BASE_IMAGE=pgbouncer-fixtures/debian-base:trixie \
+         (it is picked up automatically when debian:trixie-slim is absent)"
+    )]
+    ImageUnavailable {
+        /// The image that was wanted.
+        image: String,
+        /// The base image its Dockerfile builds from.
+        base: String,
+        /// Why the build failed.
+        reason: String,
+        /// Path of the script that makes a base image without a registry.
+        script: String,
+    },
+
+    /// A database URL (from the environment or given by the caller) is malformed.
+    #[error("{source_name} is not a usable PostgreSQL URL ({url}): the {part} {problem}")]
+    InvalidUrl {
+        /// Where the URL came from, e.g. `TEST_DATABASE_URL`.
+        source_name: String,
+        /// The URL with its password redacted.
+        url: String,
+        /// Which part is wrong (scheme, host, port, user, database, parameter ...).
+        part: &'static str,
+        /// What is wrong with it and how to fix it.
+        problem: String,
+    },
+
+    /// An environment variable of the crate has a value it cannot use.
+    #[error("{var}={value:?} is invalid: expected {expected}")]
+    InvalidEnv {
+        /// The variable's name.
+        var: &'static str,
+        /// The value found.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+
+    /// The pooler (or the direct endpoint) refused or dropped the TCP connection.
+    #[error(
+        "cannot reach the {endpoint_kind} at {url}: {reason}. Check that the server is running and \
+         that host and port are right{hint}"
+    )]
+    Unreachable {
+        /// `pooler` or `direct endpoint`.
+        endpoint_kind: &'static str,
+        /// The URL with its password redacted.
+        url: String,
+        /// What the driver reported.
+        reason: String,
+        /// Extra advice, possibly empty.
+        hint: String,
+    },
+
+    /// An operation did not finish in time.
+    #[error("timed out after {after:?} while {what}: {hint}")]
+    Timeout {
+        /// What the crate was waiting for.
+        what: String,
+        /// How long it waited.
+        after: Duration,
+        /// What to check or which variable raises the limit.
+        hint: String,
+    },
+
+    /// The server answered the login with an error (authentication, startup parameters ...).
+    #[error("the {endpoint_kind} at {url} refused the connection: {reason}{hint}")]
+    ConnectRefused {
+        /// `pooler` or `direct endpoint`.
+        endpoint_kind: &'static str,
+        /// The URL with its password redacted.
+        url: String,
+        /// The server's message.
+        reason: String,
+        /// What to change, possibly empty.
+        hint: String,
+        /// The SQLSTATE, when the server sent one.
+        code: Option<String>,
+    },
+
+    /// A feature needs the direct (unpooled) endpoint, which the external target lacks.
+    #[error(
+        "{feature} needs a direct connection to PostgreSQL, but only TEST_DATABASE_URL is set. \
+         Set TEST_DIRECT_URL to the direct or session-mode URL (on Supabase: the direct \
+         connection or the session pooler on port 5432)"
+    )]
+    DirectUrlRequired {
+        /// The feature that was asked for.
+        feature: &'static str,
+    },
+
+    /// The stack's containers stopped or could not be started.
+    #[error("the test stack failed: {reason}")]
+    Stack {
+        /// What happened.
+        reason: String,
+    },
+
+    /// A SQL statement the crate runs for itself (create/drop database ...) failed.
+    #[error("{action} failed: {source}")]
+    Sql {
+        /// What the crate was doing.
+        action: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,64 @@
+//! # pgbouncer-fixtures
+//!
+//! Integration tests that run behind the same topology as production on
+//! Supabase: PostgreSQL behind PgBouncer in **transaction pooling** mode.
+//! Prepared-statement collisions, lost session state and refused startup
+//! parameters then fail your tests instead of your deployment.
+//!
+//! - [`test_db`]: an `rstest` fixture giving each test its own database on a
+//!   Postgres + PgBouncer stack (containers, shared by the process);
+//! - [`TestDb::connect`]: a fresh, unpooled sqlx `PgConnection` through the
+//!   pooler; [`TestDb::connect_direct`]: the same database without it, for
+//!   migrations;
+//! - `TEST_DATABASE_URL` (process environment or `.env`): run against an
+//!   existing server, e.g. a Supabase project, and start no containers.
+//!
+//! ```no_run
+//! use pgbouncer_fixtures::{test_db, TestDb};
+//! use rstest::rstest;
+//!
+//! #[rstest]
+//! #[tokio::test]
+//! async fn insert_and_read(#[future(awt)] test_db: TestDb) -> Result<(), Box<dyn std::error::Error>> {
+//!     // Migrations and DDL: straight to Postgres.
+//!     let mut admin = test_db.connect_direct().await?;
+//!     sqlx::raw_sql("create table notes (id int primary key, body text)").execute(&mut admin).await?;
+//!
+//!     // Application code: through PgBouncer in transaction mode.
+//!     let mut conn = test_db.connect().await?;
+//!     let mut tx = sqlx::Connection::begin(&mut conn).await?;
+//!     sqlx::query("insert into notes values ($1, $2)").bind(1).bind("hi").execute(&mut *tx).await?;
+//!     tx.commit().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! See the README for the `.env` / Supabase recipe and what
+//! `statement_cache_capacity(0)` does and does not protect against.
+#![warn(missing_docs)]
+
+mod database;
+mod docker;
+mod error;
+mod factory;
+mod fixtures;
+mod images;
+mod settings;
+mod stack;
+mod target;
+mod worker;
+
+pub use database::Isolation;
+pub use docker::{LABEL_MANAGED, LABEL_STACK};
+pub use error::{Error, Result};
+pub use factory::{TestDb, TestDbBuilder};
+pub use fixtures::{test_db, try_test_db};
+pub use images::{
+    ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
+};
+pub use settings::{PoolMode, StackSettings};
+pub use stack::{Endpoints, Stack, STACK_USER};
+pub use target::{
+    redact, DbUrl, Env, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,
+    TEST_DIRECT_URL,
+};

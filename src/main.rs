@@ -1,0 +1,135 @@
+//! `pgbouncer-fixtures`: start a stack for other test runs to use.
+//!
+//! ```text
+//! pgbouncer-fixtures up [--pool-mode transaction|session] [--max-prepared-statements N]
+//!                       [--default-pool-size N]
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use pgbouncer_fixtures::{Env, PoolMode, Stack, StackSettings};
+
+const USAGE: &str = "\
+usage: pgbouncer-fixtures <command>
+
+commands:
+  up     start PostgreSQL + PgBouncer, print TEST_DATABASE_URL / TEST_DIRECT_URL
+         (for .env), keep running until Ctrl-C or SIGTERM, then remove everything
+         options: --pool-mode transaction|session   (default transaction)
+                  --max-prepared-statements N        (default 0, as Supabase's port 6543)
+                  --default-pool-size N              (default 20)
+  help   show this text
+
+environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE, DOCKER_HOST,
+             RUST_LOG-style tracing is not installed; errors go to stderr";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("up") => run(up(&args[1..])),
+        None | Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("pgbouncer-fixtures: unknown command `{other}`\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pgbouncer-fixtures: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
+    let env = Env::load().map_err(|e| e.to_string())?;
+    let mut settings = StackSettings::from_env(&env).map_err(|e| e.to_string())?;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"))
+        };
+        let number = |name: &str, v: String| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{name} takes a whole number, not `{v}`"))
+        };
+        match flag.as_str() {
+            "--pool-mode" => {
+                let v = value("--pool-mode")?;
+                settings.pool_mode = v
+                    .parse::<PoolMode>()
+                    .map_err(|_| format!("--pool-mode takes transaction or session, not `{v}`"))?;
+            }
+            "--max-prepared-statements" => {
+                let v = value("--max-prepared-statements")?;
+                settings.max_prepared_statements = number("--max-prepared-statements", v)?;
+            }
+            "--default-pool-size" => {
+                let v = value("--default-pool-size")?;
+                settings = settings.with_default_pool_size(number("--default-pool-size", v)?);
+            }
+            other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    Ok(settings)
+}
+
+fn up(args: &[String]) -> Result<(), String> {
+    let settings = parse_settings(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    runtime.block_on(async {
+        let started = Instant::now();
+        eprintln!(
+            "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}) ...",
+            settings.pool_mode, settings.max_prepared_statements
+        );
+        let stack = Stack::start(settings).await.map_err(|e| e.to_string())?;
+        let e = stack.endpoints();
+        // These lines are the command's product: a throw-away stack's URLs,
+        // password included, for a .env file.
+        println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
+        println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
+        eprintln!(
+            "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
+            stack.id(),
+            started.elapsed().as_secs_f64()
+        );
+        wait_for_signal().await?;
+        eprintln!("pgbouncer-fixtures: stopping, removing containers and network ...");
+        stack.stop().await.map_err(|e| e.to_string())?;
+        eprintln!("pgbouncer-fixtures: stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,228 @@
+//! What a stack looks like: the pooler's mode and knobs and the images, with
+//! `PGBF_*` environment overrides and a stable key for sharing stacks.
+
+use std::fmt;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::images::ImageSettings;
+use crate::target::Env;
+
+/// How PgBouncer hands server connections to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PoolMode {
+    /// A server connection per transaction: Supabase's pooled port 6543.
+    #[default]
+    Transaction,
+    /// A server connection per client session: Supabase's session pooler, port 5432.
+    Session,
+}
+
+impl PoolMode {
+    /// The value PgBouncer's `pool_mode` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<PoolMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "transaction" => Ok(PoolMode::Transaction),
+            "session" => Ok(PoolMode::Session),
+            _ => Err(Error::InvalidEnv {
+                var: "PGBF_POOL_MODE",
+                value: s.to_string(),
+                expected: "transaction or session",
+            }),
+        }
+    }
+}
+
+/// The settings of a Postgres + PgBouncer stack.
+///
+/// The defaults mirror Supabase's transaction pooler: `pool_mode = transaction`,
+/// no prepared-statement tracking (`max_prepared_statements = 0`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StackSettings {
+    /// PgBouncer's `pool_mode`.
+    pub pool_mode: PoolMode,
+    /// PgBouncer's `max_prepared_statements` (0: no tracking, as Supabase's port 6543).
+    pub max_prepared_statements: u32,
+    /// PgBouncer's `default_pool_size`: server connections per database and user.
+    pub default_pool_size: u32,
+    /// PgBouncer's `ignore_startup_parameters`.
+    pub ignore_startup_parameters: Vec<String>,
+    /// PgBouncer's `server_round_robin`.
+    pub server_round_robin: bool,
+    /// Which images run the stack.
+    pub images: ImageSettings,
+    /// How long starting the stack may take before it is a timeout.
+    pub startup_timeout: Duration,
+}
+
+impl Default for StackSettings {
+    fn default() -> Self {
+        StackSettings {
+            pool_mode: PoolMode::Transaction,
+            max_prepared_statements: 0,
+            default_pool_size: 20,
+            ignore_startup_parameters: vec!["extra_float_digits".to_string()],
+            server_round_robin: false,
+            images: ImageSettings::default(),
+            startup_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+fn parse_u32(env: &Env, var: &'static str, expected: &'static str) -> Result<Option<u32>> {
+    env.get(var)
+        .map(|v| {
+            v.trim().parse::<u32>().map_err(|_| Error::InvalidEnv {
+                var,
+                value: v.to_string(),
+                expected,
+            })
+        })
+        .transpose()
+}
+
+impl StackSettings {
+    /// The defaults, overridden by `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_STARTUP_TIMEOUT_SECS` and the image variables.
+    pub fn from_env(env: &Env) -> Result<StackSettings> {
+        let mut s = StackSettings {
+            images: ImageSettings::from_env(env),
+            ..StackSettings::default()
+        };
+        if let Some(mode) = env.get("PGBF_POOL_MODE") {
+            s.pool_mode = mode.parse()?;
+        }
+        if let Some(n) = parse_u32(env, "PGBF_MAX_PREPARED_STATEMENTS", "a whole number >= 0")? {
+            s.max_prepared_statements = n;
+        }
+        if let Some(n) = parse_u32(
+            env,
+            "PGBF_DEFAULT_POOL_SIZE",
+            "a whole number from 1 to 1000",
+        )? {
+            if !(1..=1000).contains(&n) {
+                return Err(Error::InvalidEnv {
+                    var: "PGBF_DEFAULT_POOL_SIZE",
+                    value: n.to_string(),
+                    expected: "a whole number from 1 to 1000",
+                });
+            }
+            s.default_pool_size = n;
+        }
+        if let Some(n) = parse_u32(
+            env,
+            "PGBF_STARTUP_TIMEOUT_SECS",
+            "a whole number of seconds >= 1",
+        )? {
+            s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
+        }
+        Ok(s)
+    }
+
+    /// Sets `pool_mode`.
+    pub fn with_pool_mode(mut self, mode: PoolMode) -> Self {
+        self.pool_mode = mode;
+        self
+    }
+
+    /// Sets `max_prepared_statements` (0 turns PgBouncer's tracking off).
+    pub fn with_max_prepared_statements(mut self, n: u32) -> Self {
+        self.max_prepared_statements = n;
+        self
+    }
+
+    /// Sets `default_pool_size`.
+    pub fn with_default_pool_size(mut self, n: u32) -> Self {
+        self.default_pool_size = n.max(1);
+        self
+    }
+
+    /// Sets `ignore_startup_parameters`.
+    pub fn with_ignore_startup_parameters(
+        mut self,
+        params: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.ignore_startup_parameters = params.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets `server_round_robin`.
+    pub fn with_server_round_robin(mut self, on: bool) -> Self {
+        self.server_round_robin = on;
+        self
+    }
+
+    /// Sets the images.
+    pub fn with_images(mut self, images: ImageSettings) -> Self {
+        self.images = images;
+        self
+    }
+
+    /// A short stable key: stacks are shared only between identical settings.
+    pub fn key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.pgbouncer_ini("postgres").as_bytes());
+        h.update(format!("{:?}", self.images).as_bytes());
+        hex(&h.finalize()[..6])
+    }
+
+    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`.
+    pub fn pgbouncer_ini(&self, pg_host: &str) -> String {
+        format!(
+            "\
+;; Written by pgbouncer-fixtures.
+[databases]
+;; Every database name reaches the Postgres of this stack.
+* = host={pg_host} port=5432
+
+[pgbouncer]
+listen_addr = 0.0.0.0
+listen_port = 6432
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = /etc/pgbf/userlist.txt
+admin_users = postgres
+stats_users = postgres
+pool_mode = {pool_mode}
+max_prepared_statements = {mps}
+default_pool_size = {pool_size}
+max_client_conn = 2000
+max_db_connections = 0
+ignore_startup_parameters = {ignore}
+server_round_robin = {rr}
+server_login_retry = 1
+server_lifetime = 3600
+server_idle_timeout = 60
+log_connections = 0
+log_disconnections = 0
+",
+            pool_mode = self.pool_mode,
+            mps = self.max_prepared_statements,
+            pool_size = self.default_pool_size,
+            ignore = self.ignore_startup_parameters.join(","),
+            rr = u8::from(self.server_round_robin),
+        )
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,433 @@
+//! Where tests run: the process environment and `.env` decide between
+//! containers started by the crate and an external server (`TEST_DATABASE_URL`).
+//! Also home of the URL type, its parsing and its redaction.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+
+use crate::error::{Error, Result};
+use crate::settings::StackSettings;
+
+/// Variable naming the pooled (transaction-mode) URL of an external target.
+pub const TEST_DATABASE_URL: &str = "TEST_DATABASE_URL";
+/// Variable naming the direct or session-mode URL of an external target.
+pub const TEST_DIRECT_URL: &str = "TEST_DIRECT_URL";
+/// Opt-in: on an external target, create and drop one database per test.
+pub const PGBF_EXTERNAL_CREATE_DATABASES: &str = "PGBF_EXTERNAL_CREATE_DATABASES";
+
+/// URL parameters that other drivers' recipes use and that sqlx silently
+/// ignores, with what to do instead.
+const IGNORED_BY_SQLX: &[(&str, &str)] = &[
+    (
+        "pgbouncer",
+        "it is a Prisma parameter; sqlx ignores it. The crate's connect() already disables the \
+         statement cache; for your own connections use \
+         PgConnectOptions::statement_cache_capacity(0) or the URL key statement-cache-capacity=0",
+    ),
+    (
+        "statement_cache_size",
+        "it is an asyncpg parameter; sqlx ignores it. sqlx's key is statement-cache-capacity \
+         (and capacity 0 alone does not stop named prepared statements: see the README)",
+    ),
+    (
+        "prepared_statement_cache_size",
+        "it is an asyncpg/SQLAlchemy parameter; sqlx ignores it. sqlx's key is \
+         statement-cache-capacity (and capacity 0 alone does not stop named prepared \
+         statements: see the README)",
+    ),
+];
+
+/// The variables the crate reads: the process environment over a `.env` file.
+///
+/// Loading never modifies the process environment.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+    dotenv_path: Option<PathBuf>,
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be URLs with passwords: show names only.
+        let mut names: Vec<&String> = self.vars.keys().collect();
+        names.sort();
+        f.debug_struct("Env")
+            .field("names", &names)
+            .field("dotenv_path", &self.dotenv_path)
+            .finish()
+    }
+}
+
+impl Env {
+    /// The process environment over the first `.env` found in the current
+    /// directory or one of its parents.
+    pub fn load() -> Result<Env> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Env::load_from(
+            &cwd,
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// Like [`Env::load`], with the search for `.env` starting at `dir` and
+    /// `process` standing for the process environment (which wins).
+    pub fn load_from(
+        dir: &Path,
+        process: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Env> {
+        let mut vars = HashMap::new();
+        let dotenv_path = find_dotenv(dir);
+        if let Some(path) = &dotenv_path {
+            let iter = dotenvy::from_path_iter(path).map_err(|e| {
+                Error::InvalidEnv {
+                    var: ".env",
+                    value: path.display().to_string(),
+                    expected: "a readable .env file of KEY=VALUE lines",
+                }
+                .with_reason(e)
+            })?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| {
+                    Error::InvalidEnv {
+                        var: ".env",
+                        value: path.display().to_string(),
+                        expected: "KEY=VALUE lines (dotenv syntax)",
+                    }
+                    .with_reason(e)
+                })?;
+                vars.insert(k, v);
+            }
+        }
+        vars.extend(process);
+        Ok(Env { vars, dotenv_path })
+    }
+
+    /// An environment made of exactly these variables (no process, no `.env`).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
+    ) -> Env {
+        Env {
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            dotenv_path: None,
+        }
+    }
+
+    /// The value of `name`, if set and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The `.env` file that was read, if any.
+    pub fn dotenv_path(&self) -> Option<&Path> {
+        self.dotenv_path.as_deref()
+    }
+
+    /// A boolean flag: `1`, `true`, `yes`, `on` (any case) are true; unset is false.
+    pub(crate) fn flag(&self, name: &'static str) -> Result<bool> {
+        match self.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(false),
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(Error::InvalidEnv {
+                var: name,
+                value: v,
+                expected: "1/true/yes/on or 0/false/no/off",
+            }),
+        }
+    }
+}
+
+impl Error {
+    // Keeps the underlying reason of an env error visible in its message.
+    fn with_reason(self, reason: impl fmt::Display) -> Error {
+        match self {
+            Error::InvalidEnv {
+                var,
+                value,
+                expected,
+            } => Error::InvalidEnv {
+                var,
+                value: format!("{value} ({reason})"),
+                expected,
+            },
+            other => other,
+        }
+    }
+}
+
+fn find_dotenv(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(".env"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A PostgreSQL URL whose password never shows: `Display` and `Debug` redact
+/// it; [`DbUrl::expose`] gives the real string to hand to a driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl {
+    url: url::Url,
+}
+
+impl DbUrl {
+    /// Parses and checks a URL; `source_name` (e.g. `TEST_DATABASE_URL`) is
+    /// named in the error.
+    pub fn parse(source_name: &str, raw: &str) -> Result<DbUrl> {
+        let invalid = |part: &'static str, problem: String| Error::InvalidUrl {
+            source_name: source_name.to_string(),
+            url: redact(raw),
+            part,
+            problem,
+        };
+        let url = url::Url::parse(raw.trim()).map_err(|e| {
+            let part = match e {
+                url::ParseError::InvalidPort => "port",
+                url::ParseError::EmptyHost
+                | url::ParseError::InvalidIpv4Address
+                | url::ParseError::InvalidIpv6Address
+                | url::ParseError::InvalidDomainCharacter => "host",
+                url::ParseError::RelativeUrlWithoutBase => "scheme",
+                _ => "syntax",
+            };
+            invalid(
+                part,
+                format!(
+                    "cannot be parsed ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+                ),
+            )
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid(
+                "scheme",
+                format!("is `{}`; use postgres:// or postgresql://", url.scheme()),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "host",
+                "is missing; e.g. postgres://user:pass@localhost:6432/db".into(),
+            ));
+        }
+        if url.username().is_empty() {
+            return Err(invalid(
+                "user",
+                "is missing; e.g. postgres://postgres:pass@host:6543/postgres".into(),
+            ));
+        }
+        let db = url.path().trim_start_matches('/');
+        if db.contains('/') {
+            return Err(invalid(
+                "database",
+                format!("`{db}` contains a `/`; the path must be one database name"),
+            ));
+        }
+        // Let sqlx judge the parameters it knows (sslmode values and so on).
+        PgConnectOptions::from_str(url.as_str()).map_err(|e| {
+            invalid(
+                "parameter",
+                format!("is rejected by sqlx: {}", redact(&e.to_string())),
+            )
+        })?;
+        Ok(DbUrl { url })
+    }
+
+    /// The full URL, password included: for drivers, never for logs.
+    pub fn expose(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(self.url.as_str())
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, database: &str) -> DbUrl {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/{database}"));
+        DbUrl { url }
+    }
+
+    /// The database named in the path (`postgres` when empty, as libpq does with user `postgres`).
+    pub fn database(&self) -> String {
+        let db = self.url.path().trim_start_matches('/');
+        if db.is_empty() {
+            self.url.username().to_string()
+        } else {
+            percent_decode(db)
+        }
+    }
+
+    /// Host and port, for messages.
+    pub fn host_port(&self) -> String {
+        format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or_default(),
+            self.url.port().unwrap_or(5432)
+        )
+    }
+
+    /// The port (5432 when the URL has none).
+    pub fn port(&self) -> u16 {
+        self.url.port().unwrap_or(5432)
+    }
+
+    /// sqlx options for this URL.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        // Checked in `parse`; every constructor goes through it.
+        PgConnectOptions::from_str(self.url.as_str()).unwrap_or_else(|_| PgConnectOptions::new())
+    }
+
+    /// Warnings about URL parameters that sqlx ignores although other
+    /// drivers' recipes rely on them.
+    pub fn ignored_parameter_warnings(&self) -> Vec<String> {
+        self.url
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                IGNORED_BY_SQLX
+                    .iter()
+                    .find(|(name, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(name, advice)| {
+                        format!("URL parameter `{name}={v}` has no effect: {advice}")
+                    })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.redacted())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// Replaces the password of every `scheme://user:password@` in `text` with `***`.
+///
+/// Works on any text (error messages included), not only on a lone URL.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace.
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An existing server to run tests against instead of containers.
+#[derive(Clone, Debug)]
+pub struct ExternalTarget {
+    /// Where `connect()` goes: typically a transaction pooler (Supabase: port 6543).
+    pub pooled: DbUrl,
+    /// Direct or session-mode URL for migrations and admin work, if known.
+    pub direct: Option<DbUrl>,
+    /// Whether the user opted in to one database per test (created and dropped by the crate).
+    pub create_databases: bool,
+}
+
+/// Where the fixtures run their tests.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Containers started (or joined) by the crate with these settings.
+    Containers(StackSettings),
+    /// A server that already exists; the crate starts nothing.
+    External(ExternalTarget),
+}
+
+impl Target {
+    /// Resolves the target from the process environment and `.env`.
+    pub fn from_env() -> Result<Target> {
+        Target::resolve(&Env::load()?)
+    }
+
+    /// Resolves the target from `env`: `TEST_DATABASE_URL` set means an
+    /// external target; otherwise containers with settings from `PGBF_*`.
+    pub fn resolve(env: &Env) -> Result<Target> {
+        let Some(pooled) = env.get(TEST_DATABASE_URL) else {
+            if env.get(TEST_DIRECT_URL).is_some() {
+                tracing::warn!("TEST_DIRECT_URL is set without TEST_DATABASE_URL: it is ignored and containers are used");
+            }
+            return Ok(Target::Containers(StackSettings::from_env(env)?));
+        };
+        let pooled = DbUrl::parse(TEST_DATABASE_URL, pooled)?;
+        let direct = env
+            .get(TEST_DIRECT_URL)
+            .map(|raw| DbUrl::parse(TEST_DIRECT_URL, raw))
+            .transpose()?;
+        let create_databases = env.flag(PGBF_EXTERNAL_CREATE_DATABASES)?;
+        if create_databases && direct.is_none() {
+            return Err(Error::DirectUrlRequired {
+                feature:
+                    "PGBF_EXTERNAL_CREATE_DATABASES (one database per test on an external server)",
+            });
+        }
+        Ok(Target::External(ExternalTarget {
+            pooled,
+            direct,
+            create_databases,
+        }))
+    }
+
+    /// Warnings worth showing the user about this target (see [`DbUrl::ignored_parameter_warnings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            Target::Containers(_) => Vec::new(),
+            Target::External(ext) => {
+                let mut w: Vec<String> = ext
+                    .pooled
+                    .ignored_parameter_warnings()
+                    .into_iter()
+                    .map(|m| format!("{TEST_DATABASE_URL}: {m}"))
+                    .collect();
+                if let Some(direct) = &ext.direct {
+                    w.extend(
+                        direct
+                            .ignored_parameter_warnings()
+                            .into_iter()
+                            .map(|m| format!("{TEST_DIRECT_URL}: {m}")),
+                    );
+                }
+                w
+            }
+        }
+    }
+}

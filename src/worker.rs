@@ -1,0 +1,257 @@
+//! A dedicated thread with its own tokio runtime.
+//!
+//! It owns what must outlive any one test's runtime: the stack's containers
+//! and the admin connection that creates and drops test databases. Tests talk
+//! to it through a channel, so statics hold only a sender (plain data), never
+//! a runtime-bound handle.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{mpsc as std_mpsc, Mutex};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::target::DbUrl;
+
+/// Work to run once, when the worker stops (e.g. removing containers).
+pub(crate) type Cleanup = Pin<Box<dyn Future<Output = ()> + 'static>>;
+
+/// What an initialised worker keeps.
+pub(crate) struct WorkerSetup {
+    /// Where admin SQL runs (a direct, superuser-ish URL).
+    pub admin_url: DbUrl,
+    /// Run at shutdown.
+    pub cleanup: Option<Cleanup>,
+}
+
+enum Reply {
+    Async(oneshot::Sender<Result<()>>),
+    Blocking(std_mpsc::SyncSender<Result<()>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<()>) {
+        match self {
+            Reply::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+enum Command {
+    Admin { sql: String, reply: Reply },
+    Shutdown { done: std_mpsc::SyncSender<()> },
+}
+
+/// A handle on a worker thread; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Worker {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Worker {
+    /// Starts a worker thread, runs `init` on it and returns what `init`
+    /// produced. When `init` fails the thread ends and nothing is kept.
+    pub(crate) async fn spawn<T, F, Fut>(thread_name: String, init: F) -> Result<(Worker, T)>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(T, WorkerSetup)>> + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<T>>();
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::Stack {
+                            reason: format!("cannot start a tokio runtime: {e}"),
+                        }));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let setup = match init().await {
+                        Ok((value, setup)) => {
+                            if ready_tx.send(Ok(value)).is_err() {
+                                // The caller gave up waiting: nobody will use this; clean up now.
+                                if let Some(cleanup) = setup.cleanup {
+                                    cleanup.await;
+                                }
+                                return;
+                            }
+                            setup
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    serve(&mut rx, setup).await;
+                });
+            })
+            .map_err(|e| Error::Stack {
+                reason: format!("cannot spawn the worker thread: {e}"),
+            })?;
+        let value = ready_rx.await.map_err(|_| Error::Stack {
+            reason: "the worker thread ended during start-up".into(),
+        })??;
+        Ok((Worker { tx }, value))
+    }
+
+    /// Runs `sql` (one or more statements, simple protocol) on the admin connection.
+    pub(crate) async fn admin(&self, sql: String) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Admin {
+            sql,
+            reply: Reply::Async(tx),
+        })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Like [`Worker::admin`], for places that cannot await (`Drop`).
+    pub(crate) fn admin_blocking(&self, sql: String) -> Result<()> {
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        self.send(Command::Admin {
+            sql: sql.clone(),
+            reply: Reply::Blocking(tx),
+        })?;
+        match rx.recv_timeout(ADMIN_TIMEOUT + Duration::from_secs(5)) {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                what: format!("running `{sql}` on the admin connection"),
+                after: ADMIN_TIMEOUT,
+                hint: "the stack may be overloaded or dead; see the container logs".into(),
+            }),
+        }
+    }
+
+    /// Stops the worker, waiting up to `wait` for its clean-up to finish.
+    pub(crate) fn shutdown_blocking(&self, wait: Duration) -> bool {
+        let (done_tx, done_rx) = std_mpsc::sync_channel(1);
+        if self.tx.send(Command::Shutdown { done: done_tx }).is_err() {
+            return true; // already stopped
+        }
+        done_rx.recv_timeout(wait).is_ok()
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.tx.send(command).map_err(|_| gone())
+    }
+}
+
+fn gone() -> Error {
+    Error::Stack {
+        reason: "the stack's worker has stopped (the stack was shut down)".into(),
+    }
+}
+
+async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup) {
+    let mut conn: Option<PgConnection> = None;
+    let mut done = None;
+    while let Some(command) = rx.recv().await {
+        match command {
+            Command::Admin { sql, reply } => {
+                let result = tokio::time::timeout(
+                    ADMIN_TIMEOUT,
+                    run_admin(&setup.admin_url, &mut conn, &sql),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    conn = None;
+                    Err(Error::Timeout {
+                        what: format!("running `{sql}` on the admin connection"),
+                        after: ADMIN_TIMEOUT,
+                        hint: "the server is overloaded or gone; see its logs".into(),
+                    })
+                });
+                reply.send(result);
+            }
+            Command::Shutdown { done: tx } => {
+                done = Some(tx);
+                break;
+            }
+        }
+    }
+    if let Some(c) = conn.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
+    }
+    if let Some(cleanup) = setup.cleanup.take() {
+        cleanup.await;
+    }
+    if let Some(tx) = done {
+        let _ = tx.send(());
+    }
+}
+
+async fn run_admin(url: &DbUrl, conn: &mut Option<PgConnection>, sql: &str) -> Result<()> {
+    // One retry on a fresh connection: the old one may have been cut.
+    for attempt in 0..2 {
+        if conn.is_none() {
+            let options = url
+                .connect_options()
+                .application_name("pgbouncer-fixtures admin");
+            *conn = Some(
+                PgConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| crate::factory::connect_error("direct endpoint", url, e))?,
+            );
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match sqlx::raw_sql(sql).execute(&mut *c).await {
+            Ok(_) => return Ok(()),
+            Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) if attempt == 0 => {
+                tracing::debug!(error = %e, "admin connection lost; reconnecting");
+                *conn = None;
+            }
+            Err(e) => {
+                return Err(Error::Sql {
+                    action: format!("`{sql}`"),
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(gone())
+}
+
+/// Workers to stop when the process exits normally.
+static AT_EXIT: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
+
+/// Stops `worker` (removing its containers) when the process exits.
+pub(crate) fn shutdown_at_exit(worker: &Worker) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registering a plain `extern "C" fn` with libc's atexit.
+        unsafe {
+            libc::atexit(run_at_exit);
+        }
+    });
+    if let Ok(mut workers) = AT_EXIT.lock() {
+        workers.push(worker.clone());
+    }
+}
+
+extern "C" fn run_at_exit() {
+    let workers = match AT_EXIT.lock() {
+        Ok(mut w) => std::mem::take(&mut *w),
+        Err(_) => return,
+    };
+    for worker in workers {
+        let _ = std::panic::catch_unwind(|| worker.shutdown_blocking(Duration::from_secs(20)));
+    }
+}
