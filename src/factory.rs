@@ -103,7 +103,7 @@ impl TestDbBuilder {
                     Some(e.direct_url(&name)),
                 )
             }
-            Target::External(ext) => external(&ext, name).await?,
+            Target::External(ext) => external(&ext, name, connect_timeout).await?,
         };
         let started = Instant::now();
         worker.admin(isolation.create_sql()).await?;
@@ -161,12 +161,12 @@ fn current_test_name() -> String {
 
 type Isolated = (Worker, Isolation, DbUrl, Option<DbUrl>);
 
-async fn external(ext: &ExternalTarget, name: String) -> Result<Isolated> {
+async fn external(ext: &ExternalTarget, name: String, timeout: Duration) -> Result<Isolated> {
     if ext.create_databases {
         let direct = ext.direct.as_ref().ok_or(Error::DirectUrlRequired {
             feature: "PGBF_EXTERNAL_CREATE_DATABASES",
         })?;
-        let worker = external_worker(direct.clone()).await?;
+        let worker = external_worker(direct.clone(), "direct endpoint", timeout).await?;
         Ok((
             worker,
             Isolation::Database(name.clone()),
@@ -175,8 +175,10 @@ async fn external(ext: &ExternalTarget, name: String) -> Result<Isolated> {
         ))
     } else {
         // Non-destructive default: a schema of the test's own, made and removed by the crate.
-        let admin = ext.direct.clone().unwrap_or_else(|| ext.pooled.clone());
-        let worker = external_worker(admin).await?;
+        let worker = match &ext.direct {
+            Some(direct) => external_worker(direct.clone(), "direct endpoint", timeout).await?,
+            None => external_worker(ext.pooled.clone(), "pooler", timeout).await?,
+        };
         Ok((
             worker,
             Isolation::Schema(name),
@@ -187,7 +189,11 @@ async fn external(ext: &ExternalTarget, name: String) -> Result<Isolated> {
 }
 
 /// One admin worker per external admin URL, for the whole process.
-async fn external_worker(admin_url: DbUrl) -> Result<Worker> {
+async fn external_worker(
+    admin_url: DbUrl,
+    admin_kind: &'static str,
+    connect_timeout: Duration,
+) -> Result<Worker> {
     type Cell = Arc<tokio::sync::OnceCell<Worker>>;
     static WORKERS: Mutex<Option<HashMap<String, Cell>>> = Mutex::new(None);
     let cell = {
@@ -206,6 +212,8 @@ async fn external_worker(admin_url: DbUrl) -> Result<Worker> {
                 (),
                 WorkerSetup {
                     admin_url,
+                    admin_kind,
+                    connect_timeout,
                     cleanup: None,
                 },
             ))
@@ -278,16 +286,7 @@ impl TestDb {
         options: PgConnectOptions,
     ) -> Result<PgConnection> {
         let started = Instant::now();
-        let conn = tokio::time::timeout(self.connect_timeout, PgConnection::connect_with(&options))
-            .await
-            .map_err(|_| Error::Timeout {
-                what: format!("connecting to the {kind} at {url}"),
-                after: self.connect_timeout,
-                hint: "the server accepted TCP but did not answer the login; check that the port is a \
-                       PostgreSQL or PgBouncer port, or raise PGBF_CONNECT_TIMEOUT_SECS"
-                    .into(),
-            })?
-            .map_err(|e| connect_error(kind, url, e))?;
+        let conn = open(kind, url, &options, self.connect_timeout).await?;
         tracing::debug!(
             test = %self.test_name,
             endpoint = kind,
@@ -380,6 +379,25 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// Opens one connection with a time limit, with errors that say what to change.
+pub(crate) async fn open(
+    kind: &'static str,
+    url: &DbUrl,
+    options: &PgConnectOptions,
+    timeout: Duration,
+) -> Result<PgConnection> {
+    tokio::time::timeout(timeout, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("connecting to the {kind} at {url}"),
+            after: timeout,
+            hint: "the server accepted TCP but did not answer the login; check that the port is a \
+                   PostgreSQL or PgBouncer port, or raise PGBF_CONNECT_TIMEOUT_SECS"
+                .into(),
+        })?
+        .map_err(|e| connect_error(kind, url, e))
 }
 
 /// Turns a driver's connect error into one that says what to change.

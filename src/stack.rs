@@ -356,6 +356,8 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
         endpoints,
         WorkerSetup {
             admin_url,
+            admin_kind: "direct endpoint",
+            connect_timeout: Duration::from_secs(10),
             cleanup: Some(cleanup),
         },
     ))

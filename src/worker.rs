@@ -23,6 +23,10 @@ pub(crate) type Cleanup = Pin<Box<dyn Future<Output = ()> + 'static>>;
 pub(crate) struct WorkerSetup {
     /// Where admin SQL runs (a direct, superuser-ish URL).
     pub admin_url: DbUrl,
+    /// What that URL is, for messages: `direct endpoint` or `pooler`.
+    pub admin_kind: &'static str,
+    /// How long connecting to it may take.
+    pub connect_timeout: Duration,
     /// Run at shutdown.
     pub cleanup: Option<Cleanup>,
 }
@@ -166,19 +170,17 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
     while let Some(command) = rx.recv().await {
         match command {
             Command::Admin { sql, reply } => {
-                let result = tokio::time::timeout(
-                    ADMIN_TIMEOUT,
-                    run_admin(&setup.admin_url, &mut conn, &sql),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    conn = None;
-                    Err(Error::Timeout {
-                        what: format!("running `{sql}` on the admin connection"),
-                        after: ADMIN_TIMEOUT,
-                        hint: "the server is overloaded or gone; see its logs".into(),
-                    })
-                });
+                let result =
+                    tokio::time::timeout(ADMIN_TIMEOUT, run_admin(&setup, &mut conn, &sql))
+                        .await
+                        .unwrap_or_else(|_| {
+                            conn = None;
+                            Err(Error::Timeout {
+                                what: format!("running `{sql}` on the admin connection"),
+                                after: ADMIN_TIMEOUT,
+                                hint: "the server is overloaded or gone; see its logs".into(),
+                            })
+                        });
                 reply.send(result);
             }
             Command::Shutdown { done: tx } => {
@@ -198,18 +200,17 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
     }
 }
 
-async fn run_admin(url: &DbUrl, conn: &mut Option<PgConnection>, sql: &str) -> Result<()> {
+async fn run_admin(setup: &WorkerSetup, conn: &mut Option<PgConnection>, sql: &str) -> Result<()> {
     // One retry on a fresh connection: the old one may have been cut.
     for attempt in 0..2 {
         if conn.is_none() {
+            let url = &setup.admin_url;
             let options = url
                 .connect_options()
                 .application_name("pgbouncer-fixtures admin");
-            *conn = Some(
-                PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| crate::factory::connect_error("direct endpoint", url, e))?,
-            );
+            let opened =
+                crate::factory::open(setup.admin_kind, url, &options, setup.connect_timeout);
+            *conn = Some(opened.await?);
         }
         let Some(c) = conn.as_mut() else { continue };
         match sqlx::raw_sql(sql).execute(&mut *c).await {

@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+use pgbouncer_fixtures::TestDb;
+use sqlx::postgres::PgRow;
+use sqlx::{Connection, PgConnection, Row};
+
+/// Ids of the containers the crate created (label `pgbouncer-fixtures.managed`).
+pub fn managed_containers() -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=pgbouncer-fixtures.managed"])
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs one statement with the simple protocol (no prepared statement) and
+/// returns the first row.
+pub async fn one(conn: &mut PgConnection, sql: &str) -> PgRow {
+    sqlx::raw_sql(sql)
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"))
+}
+
+/// The first column of the first row, as text (NULL -> None).
+pub async fn text(conn: &mut PgConnection, sql: &str) -> Option<String> {
+    one(conn, sql).await.get::<Option<String>, _>(0)
+}
+
+/// The first column of the first row, as i64.
+pub async fn int(conn: &mut PgConnection, sql: &str) -> i64 {
+    one(conn, sql).await.get::<i64, _>(0)
+}
+
+/// A direct connection to the `postgres` database of the test's server.
+pub async fn server_admin(db: &TestDb) -> PgConnection {
+    let url = db
+        .direct()
+        .expect("a direct endpoint")
+        .with_database("postgres");
+    PgConnection::connect(url.expose())
+        .await
+        .expect("direct admin connection")
+}
+
+/// Whether a database of that name exists.
+pub async fn database_exists(admin: &mut PgConnection, name: &str) -> bool {
+    let sql = format!(
+        "select count(*)::int8 from pg_database where datname = '{}'",
+        name.replace('\'', "''")
+    );
+    int(admin, &sql).await == 1
+}
