@@ -31,21 +31,14 @@ pub enum Error {
     },
 
     /// An image the stack needs is missing and could not be built.
-    #[error(
-        "image {image} is missing and could not be built from base image {base}: {reason}. \
-         On a machine without a container registry, make a base image from Debian's packages with \
-         `{script}` and set PGBF_BASE_IMAGE=pgbouncer-fixtures/debian-base:trixie \
-         (it is picked up automatically when debian:trixie-slim is absent)"
-    )]
+    #[error("image {image} is missing and could not be made: {reason}. {fix}")]
     ImageUnavailable {
         /// The image that was wanted.
         image: String,
-        /// The base image its Dockerfile builds from.
-        base: String,
-        /// Why the build failed.
+        /// Why it could not be built or found.
         reason: String,
-        /// Path of the script that makes a base image without a registry.
-        script: String,
+        /// What to do about it.
+        fix: String,
     },
 
     /// A database URL (from the environment or given by the caller) is malformed.

@@ -425,8 +425,7 @@ pub(crate) fn connect_error(kind: &'static str, url: &DbUrl, error: sqlx::Error)
                  parameter (sqlx: PgConnectOptions::options), set it per transaction with \
                  SET LOCAL, or add it to PgBouncer's ignore_startup_parameters"
                     .to_string()
-            } else if code.as_deref() == Some("28P01")
-                || message.contains("password authentication failed")
+            } else if code.as_deref() == Some("28P01") || message.contains("authentication failed")
             {
                 ". Check the user and password in the URL (on Supabase the pooler's user is postgres.<project-ref>)".to_string()
             } else if code.as_deref() == Some("3D000") || message.contains("does not exist") {

@@ -174,9 +174,8 @@ async fn existing(docker: &Docker, reference: &str, var: &'static str) -> Result
     if image_id(docker, reference).await.is_none() {
         return Err(Error::ImageUnavailable {
             image: reference.to_string(),
-            base: format!("(none: {var} names a ready image)"),
-            reason: format!("it is not on this Docker host; build or load it, or unset {var}"),
-            script: BASE_IMAGE_SCRIPT.to_string(),
+            reason: format!("{var} names it, but it is not on this Docker host"),
+            fix: format!("Build or load that image, or unset {var} to let the crate build its own"),
         });
     }
     Ok(ImageRef::parse(reference))
@@ -220,9 +219,13 @@ async fn build(
             .await
             .map_err(|e| Error::ImageUnavailable {
                 image: image.to_string(),
-                base: base.to_string(),
-                reason: e.to_string(),
-                script: BASE_IMAGE_SCRIPT.to_string(),
+                reason: format!("building it from base image {base} failed: {e}"),
+                fix: format!(
+                    "On a machine without a container registry, make a base image from Debian's \
+                     packages with `{BASE_IMAGE_SCRIPT}` (it is used automatically when \
+                     {DEFAULT_BASE_IMAGE} is absent), or set PGBF_BASE_IMAGE to a Debian trixie \
+                     image you have"
+                ),
             })?;
     tracing::debug!(image = %image, base, elapsed_ms = started.elapsed().as_millis() as u64, "image ready");
     Ok(image)

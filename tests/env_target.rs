@@ -24,7 +24,10 @@ fn dotenv_is_found_in_parents_and_the_process_environment_wins() {
     fs::create_dir_all(&nested).unwrap();
 
     let only_dotenv = Env::load_from(&nested, Vec::new()).unwrap();
-    assert_eq!(only_dotenv.dotenv_path(), Some(root.path().join(".env").as_path()));
+    assert_eq!(
+        only_dotenv.dotenv_path(),
+        Some(root.path().join(".env").as_path())
+    );
     assert_eq!(
         only_dotenv.get(TEST_DATABASE_URL),
         Some("postgres://app:from-dotenv@db.example:6543/app")
@@ -41,7 +44,11 @@ fn dotenv_is_found_in_parents_and_the_process_environment_wins() {
         Some("postgres://app:from-process@other.example:6543/app"),
         "a variable already in the process environment wins over .env"
     );
-    assert_eq!(both.get("PGBF_POOL_MODE"), Some("session"), ".env still fills the rest");
+    assert_eq!(
+        both.get("PGBF_POOL_MODE"),
+        Some("session"),
+        ".env still fills the rest"
+    );
 
     let elsewhere = tempfile::tempdir().unwrap();
     let none = Env::load_from(elsewhere.path(), Vec::new()).unwrap();
@@ -51,7 +58,11 @@ fn dotenv_is_found_in_parents_and_the_process_environment_wins() {
 #[test]
 fn a_broken_dotenv_is_a_typed_error() {
     let root = tempfile::tempdir().unwrap();
-    fs::write(root.path().join(".env"), "TEST_DATABASE_URL='unterminated\n").unwrap();
+    fs::write(
+        root.path().join(".env"),
+        "TEST_DATABASE_URL='unterminated\n",
+    )
+    .unwrap();
     let err = Env::load_from(root.path(), Vec::new()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains(".env") && msg.contains("KEY=VALUE"), "{msg}");
@@ -64,14 +75,23 @@ fn the_target_follows_the_environment() {
         other => panic!("expected containers, got {other:?}"),
     }
     let env = Env::from_vars([
-        (TEST_DATABASE_URL, "postgres://postgres.ref:pw@aws-0.pooler.example:6543/postgres"),
-        (TEST_DIRECT_URL, "postgres://postgres.ref:pw@aws-0.pooler.example:5432/postgres"),
+        (
+            TEST_DATABASE_URL,
+            "postgres://postgres.ref:pw@aws-0.pooler.example:6543/postgres",
+        ),
+        (
+            TEST_DIRECT_URL,
+            "postgres://postgres.ref:pw@aws-0.pooler.example:5432/postgres",
+        ),
     ]);
     match Target::resolve(&env).unwrap() {
         Target::External(ext) => {
             assert_eq!(ext.pooled.port(), 6543);
             assert_eq!(ext.direct.as_ref().map(|d| d.port()), Some(5432));
-            assert!(!ext.create_databases, "creating databases on an external server is opt-in");
+            assert!(
+                !ext.create_databases,
+                "creating databases on an external server is opt-in"
+            );
         }
         other => panic!("expected an external target, got {other:?}"),
     }
@@ -85,24 +105,49 @@ async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
     let containers_before = managed_containers();
 
     // Objects the crate did not create, which must survive.
-    let mut owner = PgConnection::connect(e.direct_url("postgres").expose()).await.unwrap();
-    sqlx::raw_sql("create table public.keep_me (x int)").execute(&mut owner).await.unwrap();
-    sqlx::raw_sql("create database users_own_db").execute(&mut owner).await.unwrap();
+    let mut owner = PgConnection::connect(e.direct_url("postgres").expose())
+        .await
+        .unwrap();
+    sqlx::raw_sql("create table public.keep_me (x int)")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::raw_sql("create database users_own_db")
+        .execute(&mut owner)
+        .await
+        .unwrap();
 
     let env = Env::from_vars([(TEST_DATABASE_URL, e.pooled_url("postgres").expose())]);
     let target = Target::resolve(&env).unwrap();
-    let db = TestDb::builder().target(target).test_name("external").build().await.unwrap();
-    let schema = db.schema().expect("a schema per test by default").to_string();
+    let db = TestDb::builder()
+        .target(target)
+        .test_name("external")
+        .build()
+        .await
+        .unwrap();
+    let schema = db
+        .schema()
+        .expect("a schema per test by default")
+        .to_string();
     assert!(matches!(db.isolation(), Isolation::Schema(_)));
     assert_eq!(db.database_name(), "postgres", "no database was created");
 
     // The test works in its schema through the pooler.
     let mut conn = db.connect().await.unwrap();
-    sqlx::raw_sql(&format!("create table \"{schema}\".items (id int); insert into \"{schema}\".items values (1)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(int(&mut conn, &format!("select count(*) from \"{schema}\".items")).await, 1);
+    sqlx::raw_sql(&format!(
+        "create table \"{schema}\".items (id int); insert into \"{schema}\".items values (1)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        int(
+            &mut conn,
+            &format!("select count(*) from \"{schema}\".items")
+        )
+        .await,
+        1
+    );
     assert!(matches!(
         db.connect_direct().await,
         Err(pgbouncer_fixtures::Error::DirectUrlRequired { .. })
@@ -112,14 +157,30 @@ async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
 
     // Only the schema went away.
     assert_eq!(
-        int(&mut owner, &format!("select count(*) from pg_namespace where nspname = '{schema}'")).await,
+        int(
+            &mut owner,
+            &format!("select count(*) from pg_namespace where nspname = '{schema}'")
+        )
+        .await,
         0
     );
-    assert_eq!(text(&mut owner, "select to_regclass('public.keep_me')::text").await.as_deref(), Some("keep_me"));
+    assert_eq!(
+        text(&mut owner, "select to_regclass('public.keep_me')::text")
+            .await
+            .as_deref(),
+        Some("keep_me")
+    );
     assert!(database_exists(&mut owner, "users_own_db").await);
-    assert_eq!(managed_containers(), containers_before, "no container was started");
+    assert_eq!(
+        managed_containers(),
+        containers_before,
+        "no container was started"
+    );
 
-    sqlx::raw_sql("drop database users_own_db").execute(&mut owner).await.unwrap();
+    sqlx::raw_sql("drop database users_own_db")
+        .execute(&mut owner)
+        .await
+        .unwrap();
     drop(owner);
     stack.stop().await.unwrap();
 }
@@ -130,7 +191,9 @@ async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
 async fn external_target_databases_are_opt_in() {
     let stack = Stack::start(StackSettings::default()).await.unwrap();
     let e = stack.endpoints();
-    let mut owner = PgConnection::connect(e.direct_url("postgres").expose()).await.unwrap();
+    let mut owner = PgConnection::connect(e.direct_url("postgres").expose())
+        .await
+        .unwrap();
     let before = int(&mut owner, "select count(*) from pg_database").await;
 
     let env = Env::from_vars([
@@ -147,11 +210,19 @@ async fn external_target_databases_are_opt_in() {
     let name = db.database_name();
     assert!(database_exists(&mut owner, &name).await);
     let mut conn = db.connect().await.unwrap();
-    assert_eq!(text(&mut conn, "select current_database()::text").await.unwrap(), name);
+    assert_eq!(
+        text(&mut conn, "select current_database()::text")
+            .await
+            .unwrap(),
+        name
+    );
     drop(conn);
     db.close().await.unwrap();
     assert!(!database_exists(&mut owner, &name).await);
-    assert_eq!(int(&mut owner, "select count(*) from pg_database").await, before);
+    assert_eq!(
+        int(&mut owner, "select count(*) from pg_database").await,
+        before
+    );
     drop(owner);
     stack.stop().await.unwrap();
 }

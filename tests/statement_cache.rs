@@ -46,7 +46,9 @@ async fn concurrent_workload(connections: Vec<PgConnection>) -> Vec<Option<Strin
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capacity_zero_does_not_prevent_collisions_under_concurrency(#[future(awt)] test_db: TestDb) {
+async fn capacity_zero_does_not_prevent_collisions_under_concurrency(
+    #[future(awt)] test_db: TestDb,
+) {
     let mut pooled = Vec::new();
     for _ in 0..TASKS {
         pooled.push(test_db.connect().await.unwrap());
@@ -76,13 +78,17 @@ async fn capacity_zero_does_not_prevent_collisions_under_concurrency(#[future(aw
 /// A cached statement used again after the client changed server connection:
 /// fails with the default cache (26000), works with capacity 0.
 async fn reuse_after_server_change(db: &TestDb, capacity: usize) -> Result<(), String> {
-    let mut a = PgConnection::connect_with(&db.connect_options().statement_cache_capacity(capacity))
-        .await
-        .unwrap();
+    let mut a =
+        PgConnection::connect_with(&db.connect_options().statement_cache_capacity(capacity))
+            .await
+            .unwrap();
     let mut b = db.connect().await.unwrap();
     run(&mut a).await.map_err(|e| format!("first run: {e}"))?;
     // B holds the server connection A used, so A's next transaction gets another.
-    sqlx::raw_sql("begin; select 1").execute(&mut b).await.unwrap();
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut b)
+        .await
+        .unwrap();
     let second = run(&mut a).await;
     sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
     second.map_err(|e| {
@@ -93,18 +99,30 @@ async fn reuse_after_server_change(db: &TestDb, capacity: usize) -> Result<(), S
 }
 
 async fn run(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query_scalar::<_, i32>("select $1::int4").bind(1).fetch_one(conn).await.map(|_| ())
+    sqlx::query_scalar::<_, i32>("select $1::int4")
+        .bind(1)
+        .fetch_one(conn)
+        .await
+        .map(|_| ())
 }
 
 #[tokio::test]
 async fn capacity_zero_protects_against_stale_cached_statements() {
     // A fresh database per half: a fresh PgBouncer pool with no leftovers.
-    let with_cache = TestDb::builder().test_name("default_cache").build().await.unwrap();
+    let with_cache = TestDb::builder()
+        .test_name("default_cache")
+        .build()
+        .await
+        .unwrap();
     assert_eq!(
         reuse_after_server_change(&with_cache, 100).await,
         Err("26000".to_string()),
         "the default cache sends Bind for sqlx_s_1 to a server that never saw it"
     );
-    let without_cache = TestDb::builder().test_name("capacity_zero").build().await.unwrap();
+    let without_cache = TestDb::builder()
+        .test_name("capacity_zero")
+        .build()
+        .await
+        .unwrap();
     assert_eq!(reuse_after_server_change(&without_cache, 0).await, Ok(()));
 }
