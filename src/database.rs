@@ -4,6 +4,8 @@
 
 use rand::Rng;
 
+use crate::worker::Step;
+
 /// What a test was given to work in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -14,24 +16,33 @@ pub enum Isolation {
 }
 
 impl Isolation {
-    /// The SQL that creates it.
-    pub(crate) fn create_sql(&self) -> String {
-        match self {
+    /// The admin work that creates it.
+    pub(crate) fn create_steps(&self) -> Vec<Step> {
+        vec![Step::server(match self {
             Isolation::Database(name) => format!("CREATE DATABASE {}", quote_ident(name)),
             Isolation::Schema(name) => format!("CREATE SCHEMA {}", quote_ident(name)),
-        }
+        })]
     }
 
-    /// The SQL that removes it (and nothing else: names are ours and unique).
-    pub(crate) fn drop_sql(&self) -> String {
+    /// The admin work that removes it (and nothing else: names are ours and unique).
+    pub(crate) fn drop_steps(&self) -> Vec<Step> {
         match self {
-            // FORCE: PgBouncer keeps idle server connections to the database.
-            Isolation::Database(name) => {
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
-            }
-            Isolation::Schema(name) => {
-                format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(name))
-            }
+            Isolation::Database(name) => vec![
+                // PgBouncer keeps idle server connections to the database; DROP
+                // .. WITH (FORCE) would terminate them and wait ~100 ms for
+                // them to exit. Closing them from PgBouncer's side first makes
+                // the drop as fast as for an unused database.
+                Step::console(format!("KILL {name}")),
+                Step::server(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(name)
+                )),
+                Step::console(format!("RESUME {name}")),
+            ],
+            Isolation::Schema(name) => vec![Step::server(format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(name)
+            ))],
         }
     }
 

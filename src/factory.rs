@@ -106,7 +106,7 @@ impl TestDbBuilder {
             Target::External(ext) => external(&ext, name, connect_timeout).await?,
         };
         let started = Instant::now();
-        worker.admin(isolation.create_sql()).await?;
+        worker.admin(isolation.create_steps()).await?;
         tracing::debug!(
             test = %test_name,
             isolation = ?isolation,
@@ -214,6 +214,7 @@ async fn external_worker(
                     admin_url,
                     admin_kind,
                     connect_timeout,
+                    console_url: None,
                     cleanup: None,
                 },
             ))
@@ -354,7 +355,7 @@ impl TestDb {
 
     async fn remove(&self) -> Result<()> {
         let started = Instant::now();
-        let result = self.worker.admin(self.isolation.drop_sql()).await;
+        let result = self.worker.admin(self.isolation.drop_steps()).await;
         tracing::debug!(isolation = ?self.isolation, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, ok = result.is_ok(), "test database dropped");
         result
     }
@@ -367,7 +368,7 @@ impl Drop for TestDb {
         }
         // Wait for the worker thread (never this runtime) so that the database
         // is gone when the handle is.
-        if let Err(e) = self.worker.admin_blocking(self.isolation.drop_sql()) {
+        if let Err(e) = self.worker.admin_blocking(self.isolation.drop_steps()) {
             tracing::warn!(isolation = ?self.isolation, error = %e, "could not drop the test database");
         }
     }

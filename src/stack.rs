@@ -352,12 +352,14 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
         tracing::info!(network, "stack removed");
     });
     let admin_url = endpoints.direct_url("postgres");
+    let console_url = Some(endpoints.admin_url());
     Ok((
         endpoints,
         WorkerSetup {
             admin_url,
             admin_kind: "direct endpoint",
             connect_timeout: Duration::from_secs(10),
+            console_url,
             cleanup: Some(cleanup),
         },
     ))

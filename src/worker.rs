@@ -27,8 +27,39 @@ pub(crate) struct WorkerSetup {
     pub admin_kind: &'static str,
     /// How long connecting to it may take.
     pub connect_timeout: Duration,
+    /// PgBouncer's admin console, when the worker belongs to one of the
+    /// crate's stacks (console steps are skipped otherwise).
+    pub console_url: Option<DbUrl>,
     /// Run at shutdown.
     pub cleanup: Option<Cleanup>,
+}
+
+/// Where a step of admin work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum On {
+    /// The admin URL (PostgreSQL, or the external target).
+    Server,
+    /// PgBouncer's admin console (simple protocol only).
+    Console,
+}
+
+/// One statement of admin work.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub on: On,
+    pub sql: String,
+    /// A failure is logged and the job goes on (used for PgBouncer housekeeping).
+    pub best_effort: bool,
+}
+
+impl Step {
+    pub(crate) fn server(sql: String) -> Step {
+        Step { on: On::Server, sql, best_effort: false }
+    }
+
+    pub(crate) fn console(sql: String) -> Step {
+        Step { on: On::Console, sql, best_effort: true }
+    }
 }
 
 enum Reply {
@@ -50,7 +81,7 @@ impl Reply {
 }
 
 enum Command {
-    Admin { sql: String, reply: Reply },
+    Admin { steps: Vec<Step>, reply: Reply },
     Shutdown { done: std_mpsc::SyncSender<()> },
 }
 
@@ -117,27 +148,22 @@ impl Worker {
         Ok((Worker { tx }, value))
     }
 
-    /// Runs `sql` (one or more statements, simple protocol) on the admin connection.
-    pub(crate) async fn admin(&self, sql: String) -> Result<()> {
+    /// Runs `steps` in order (simple protocol) on the admin connections.
+    pub(crate) async fn admin(&self, steps: Vec<Step>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Admin {
-            sql,
-            reply: Reply::Async(tx),
-        })?;
+        self.send(Command::Admin { steps, reply: Reply::Async(tx) })?;
         rx.await.map_err(|_| gone())?
     }
 
     /// Like [`Worker::admin`], for places that cannot await (`Drop`).
-    pub(crate) fn admin_blocking(&self, sql: String) -> Result<()> {
+    pub(crate) fn admin_blocking(&self, steps: Vec<Step>) -> Result<()> {
+        let what = describe(&steps);
         let (tx, rx) = std_mpsc::sync_channel(1);
-        self.send(Command::Admin {
-            sql: sql.clone(),
-            reply: Reply::Blocking(tx),
-        })?;
+        self.send(Command::Admin { steps, reply: Reply::Blocking(tx) })?;
         match rx.recv_timeout(ADMIN_TIMEOUT + Duration::from_secs(5)) {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
-                what: format!("running `{sql}` on the admin connection"),
+                what,
                 after: ADMIN_TIMEOUT,
                 hint: "the stack may be overloaded or dead; see the container logs".into(),
             }),
@@ -158,6 +184,11 @@ impl Worker {
     }
 }
 
+fn describe(steps: &[Step]) -> String {
+    let sql: Vec<&str> = steps.iter().filter(|s| !s.best_effort).map(|s| s.sql.as_str()).collect();
+    format!("running `{}` on the admin connection", sql.join("; "))
+}
+
 fn gone() -> Error {
     Error::Stack {
         reason: "the stack's worker has stopped (the stack was shut down)".into(),
@@ -165,22 +196,22 @@ fn gone() -> Error {
 }
 
 async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup) {
-    let mut conn: Option<PgConnection> = None;
+    let mut conns = Connections::default();
     let mut done = None;
     while let Some(command) = rx.recv().await {
         match command {
-            Command::Admin { sql, reply } => {
-                let result =
-                    tokio::time::timeout(ADMIN_TIMEOUT, run_admin(&setup, &mut conn, &sql))
-                        .await
-                        .unwrap_or_else(|_| {
-                            conn = None;
-                            Err(Error::Timeout {
-                                what: format!("running `{sql}` on the admin connection"),
-                                after: ADMIN_TIMEOUT,
-                                hint: "the server is overloaded or gone; see its logs".into(),
-                            })
-                        });
+            Command::Admin { steps, reply } => {
+                let what = describe(&steps);
+                let result = tokio::time::timeout(ADMIN_TIMEOUT, conns.run(&setup, &steps))
+                    .await
+                    .unwrap_or_else(|_| {
+                        conns = Connections::default();
+                        Err(Error::Timeout {
+                            what,
+                            after: ADMIN_TIMEOUT,
+                            hint: "the server is overloaded or gone; see its logs".into(),
+                        })
+                    });
                 reply.send(result);
             }
             Command::Shutdown { done: tx } => {
@@ -189,7 +220,7 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
             }
         }
     }
-    if let Some(c) = conn.take() {
+    for c in [conns.server.take(), conns.console.take()].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
     }
     if let Some(cleanup) = setup.cleanup.take() {
@@ -200,30 +231,60 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
     }
 }
 
-async fn run_admin(setup: &WorkerSetup, conn: &mut Option<PgConnection>, sql: &str) -> Result<()> {
+/// The worker's two lazily opened admin connections.
+#[derive(Default)]
+struct Connections {
+    server: Option<PgConnection>,
+    console: Option<PgConnection>,
+}
+
+impl Connections {
+    async fn run(&mut self, setup: &WorkerSetup, steps: &[Step]) -> Result<()> {
+        for step in steps {
+            let (slot, url, kind) = match (step.on, &setup.console_url) {
+                (On::Server, _) => (&mut self.server, &setup.admin_url, setup.admin_kind),
+                (On::Console, Some(url)) => (&mut self.console, url, "PgBouncer admin console"),
+                (On::Console, None) => continue,
+            };
+            match execute(slot, url, kind, setup.connect_timeout, &step.sql).await {
+                Ok(()) => {}
+                Err(e) if step.best_effort => {
+                    tracing::debug!(sql = %step.sql, error = %e, "best-effort admin step failed");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn execute(
+    slot: &mut Option<PgConnection>,
+    url: &DbUrl,
+    kind: &'static str,
+    connect_timeout: Duration,
+    sql: &str,
+) -> Result<()> {
     // One retry on a fresh connection: the old one may have been cut.
     for attempt in 0..2 {
-        if conn.is_none() {
-            let url = &setup.admin_url;
-            let options = url
-                .connect_options()
-                .application_name("pgbouncer-fixtures admin");
-            let opened =
-                crate::factory::open(setup.admin_kind, url, &options, setup.connect_timeout);
-            *conn = Some(opened.await?);
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        match sqlx::raw_sql(sql).execute(&mut *c).await {
+        let conn = match slot {
+            Some(c) => c,
+            None => {
+                let options = url
+                    .connect_options()
+                    .application_name("pgbouncer-fixtures admin")
+                    .extra_float_digits(None);
+                slot.insert(crate::factory::open(kind, url, &options, connect_timeout).await?)
+            }
+        };
+        match sqlx::raw_sql(sql).execute(&mut *conn).await {
             Ok(_) => return Ok(()),
             Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) if attempt == 0 => {
                 tracing::debug!(error = %e, "admin connection lost; reconnecting");
-                *conn = None;
+                *slot = None;
             }
             Err(e) => {
-                return Err(Error::Sql {
-                    action: format!("`{sql}`"),
-                    source: e,
-                });
+                return Err(Error::Sql { action: format!("`{sql}`"), source: e });
             }
         }
     }
