@@ -27,7 +27,11 @@ fn row(name: &str, mut samples: Vec<Duration>) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(50);
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(50);
 
     let mut starts = Vec::new();
     for _ in 0..3 {
@@ -39,13 +43,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let target = Target::Containers(StackSettings::default());
     // Warm the shared stack so it is not counted below.
-    TestDb::builder().target(target.clone()).build().await?.close().await?;
+    TestDb::builder()
+        .target(target.clone())
+        .build()
+        .await?
+        .close()
+        .await?;
 
-    let (mut create, mut drop, mut connect, mut first_query) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut create, mut drop, mut connect, mut first_query) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut reconnect, mut direct) = (Vec::new(), Vec::new());
     for i in 0..n {
         let t = Instant::now();
-        let db = TestDb::builder().target(target.clone()).test_name(format!("timing_{i}")).build().await?;
+        let db = TestDb::builder()
+            .target(target.clone())
+            .test_name(format!("timing_{i}"))
+            .build()
+            .await?;
         create.push(t.elapsed());
         let t = Instant::now();
         let mut conn = db.connect().await?;

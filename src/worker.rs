@@ -54,11 +54,19 @@ pub(crate) struct Step {
 
 impl Step {
     pub(crate) fn server(sql: String) -> Step {
-        Step { on: On::Server, sql, best_effort: false }
+        Step {
+            on: On::Server,
+            sql,
+            best_effort: false,
+        }
     }
 
     pub(crate) fn console(sql: String) -> Step {
-        Step { on: On::Console, sql, best_effort: true }
+        Step {
+            on: On::Console,
+            sql,
+            best_effort: true,
+        }
     }
 }
 
@@ -151,7 +159,10 @@ impl Worker {
     /// Runs `steps` in order (simple protocol) on the admin connections.
     pub(crate) async fn admin(&self, steps: Vec<Step>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Admin { steps, reply: Reply::Async(tx) })?;
+        self.send(Command::Admin {
+            steps,
+            reply: Reply::Async(tx),
+        })?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -159,7 +170,10 @@ impl Worker {
     pub(crate) fn admin_blocking(&self, steps: Vec<Step>) -> Result<()> {
         let what = describe(&steps);
         let (tx, rx) = std_mpsc::sync_channel(1);
-        self.send(Command::Admin { steps, reply: Reply::Blocking(tx) })?;
+        self.send(Command::Admin {
+            steps,
+            reply: Reply::Blocking(tx),
+        })?;
         match rx.recv_timeout(ADMIN_TIMEOUT + Duration::from_secs(5)) {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
@@ -185,7 +199,11 @@ impl Worker {
 }
 
 fn describe(steps: &[Step]) -> String {
-    let sql: Vec<&str> = steps.iter().filter(|s| !s.best_effort).map(|s| s.sql.as_str()).collect();
+    let sql: Vec<&str> = steps
+        .iter()
+        .filter(|s| !s.best_effort)
+        .map(|s| s.sql.as_str())
+        .collect();
     format!("running `{}` on the admin connection", sql.join("; "))
 }
 
@@ -220,7 +238,10 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
             }
         }
     }
-    for c in [conns.server.take(), conns.console.take()].into_iter().flatten() {
+    for c in [conns.server.take(), conns.console.take()]
+        .into_iter()
+        .flatten()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
     }
     if let Some(cleanup) = setup.cleanup.take() {
@@ -284,7 +305,10 @@ async fn execute(
                 *slot = None;
             }
             Err(e) => {
-                return Err(Error::Sql { action: format!("`{sql}`"), source: e });
+                return Err(Error::Sql {
+                    action: format!("`{sql}`"),
+                    source: e,
+                });
             }
         }
     }
