@@ -12,6 +12,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::database::{unique_name, Isolation};
 use crate::error::{Error, Result};
+use crate::settings::Profile;
 use crate::stack::Stack;
 use crate::target::{DbUrl, Env, ExternalTarget, Target};
 use crate::worker::{shutdown_at_exit, Worker, WorkerSetup};
@@ -54,6 +55,7 @@ impl fmt::Debug for TestDb {
 #[derive(Debug, Default)]
 pub struct TestDbBuilder {
     target: Option<Target>,
+    profile: Option<Profile>,
     test_name: Option<String>,
     connect_timeout: Option<Duration>,
 }
@@ -62,6 +64,17 @@ impl TestDbBuilder {
     /// Runs against this target instead of the one the environment names.
     pub fn target(mut self, target: Target) -> Self {
         self.target = Some(target);
+        self
+    }
+
+    /// Runs behind this pooler profile (default: `PGBF_PROFILE`, else the
+    /// settings from the environment, i.e. [`Profile::Transaction`]).
+    ///
+    /// On an external target the server's own pooler decides; only
+    /// [`Profile::Direct`] changes anything there (`connect()` then uses
+    /// `TEST_DIRECT_URL`).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = Some(profile);
         self
     }
 
@@ -90,10 +103,21 @@ impl TestDbBuilder {
             Some(t) => t,
             None => env_connect_timeout(&env)?,
         };
+        let profile = match self.profile {
+            Some(p) => Some(p),
+            None => env
+                .get("PGBF_PROFILE")
+                .map(str::parse::<Profile>)
+                .transpose()?,
+        };
         let test_name = self.test_name.unwrap_or_else(current_test_name);
         let name = unique_name(&test_name);
         let (worker, isolation, pooled, direct) = match target {
             Target::Containers(settings) => {
+                let settings = match profile {
+                    Some(p) => p.apply(settings),
+                    None => settings,
+                };
                 let stack = Stack::shared(&settings).await?;
                 let e = stack.endpoints();
                 (
@@ -104,6 +128,15 @@ impl TestDbBuilder {
                 )
             }
             Target::External(ext) => external(&ext, name, connect_timeout).await?,
+        };
+        let pooled = match (profile.is_some_and(Profile::is_direct), &direct) {
+            (false, _) => pooled,
+            (true, Some(direct)) => direct.clone(),
+            (true, None) => {
+                return Err(Error::DirectUrlRequired {
+                    feature: "Profile::Direct",
+                });
+            }
         };
         let started = Instant::now();
         worker.admin(isolation.create_steps()).await?;
@@ -232,6 +265,28 @@ impl TestDb {
     /// or containers).
     pub async fn new() -> Result<TestDb> {
         TestDb::builder().build().await
+    }
+
+    /// A test database behind `profile` (see [`Profile`]): one test can run
+    /// against several with rstest's `#[values(..)]`.
+    ///
+    /// ```no_run
+    /// use pgbouncer_fixtures::{Profile, TestDb};
+    /// use rstest::rstest;
+    ///
+    /// #[rstest]
+    /// #[tokio::test]
+    /// async fn works_behind_every_pooler(
+    ///     #[values(Profile::Transaction, Profile::TransactionTracking, Profile::Session, Profile::Direct)]
+    ///     profile: Profile,
+    /// ) {
+    ///     let db = TestDb::for_profile(profile).await.unwrap();
+    ///     let mut conn = db.connect().await.unwrap();
+    ///     sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    /// }
+    /// ```
+    pub async fn for_profile(profile: Profile) -> Result<TestDb> {
+        TestDb::builder().profile(profile).build().await
     }
 
     /// Options before creating the database.

@@ -43,6 +43,8 @@ mod error;
 mod factory;
 mod fixtures;
 mod images;
+mod matrix;
+pub mod probes;
 mod settings;
 mod stack;
 mod target;
@@ -56,7 +58,8 @@ pub use fixtures::{test_db, try_test_db};
 pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
 };
-pub use settings::{PoolMode, StackSettings};
+pub use matrix::{compatibility_matrix, Matrix};
+pub use settings::{PoolMode, Profile, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{
     redact, DbUrl, Env, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,

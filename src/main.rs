@@ -8,7 +8,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pgbouncer_fixtures::{Env, PoolMode, Stack, StackSettings};
+use pgbouncer_fixtures::probes::Workload;
+use pgbouncer_fixtures::{compatibility_matrix, Env, PoolMode, Stack, StackSettings};
 
 const USAGE: &str = "\
 usage: pgbouncer-fixtures <command>
@@ -19,6 +20,8 @@ commands:
          options: --pool-mode transaction|session   (default transaction)
                   --max-prepared-statements N        (default 0, as Supabase's port 6543)
                   --default-pool-size N              (default 20)
+  matrix run every sqlx usage pattern under every pooler profile and print the
+         compatibility matrix as Markdown (options: --clients N, --rounds N)
   help   show this text
 
 environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE, DOCKER_HOST,
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("up") => run(up(&args[1..])),
+        Some("matrix") => run(matrix(&args[1..])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -84,14 +88,42 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
     Ok(settings)
 }
 
-fn up(args: &[String]) -> Result<(), String> {
-    let settings = parse_settings(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    runtime.block_on(async {
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))
+}
+
+fn matrix(args: &[String]) -> Result<(), String> {
+    let mut workload = Workload::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n = value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} takes a whole number > 0, not `{value}`"))?;
+        match flag.as_str() {
+            "--clients" => workload.clients = n,
+            "--rounds" => workload.rounds = n,
+            other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    runtime()?.block_on(async {
+        let m = compatibility_matrix(workload)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("{}", m.to_markdown());
+        Ok(())
+    })
+}
+
+fn up(args: &[String]) -> Result<(), String> {
+    let settings = parse_settings(args)?;
+    runtime()?.block_on(async {
         let started = Instant::now();
         eprintln!(
             "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}) ...",

@@ -226,3 +226,94 @@ log_disconnections = 0
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Which production a test mirrors: one value per pooler behaviour, usable
+/// with rstest's `#[values(..)]` so one test can run against several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Profile {
+    /// Transaction pooling without prepared-statement support
+    /// (`max_prepared_statements = 0`): Supabase's transaction pooler (port
+    /// 6543) and PgBouncer < 1.21. The default: what the seeds' teams deploy on.
+    #[default]
+    Transaction,
+    /// Transaction pooling with PgBouncer's prepared-statement tracking
+    /// (`max_prepared_statements = 200`, as PgBouncer >= 1.24 ships).
+    TransactionTracking,
+    /// Session pooling: Supabase's session pooler (port 5432).
+    Session,
+    /// Straight to PostgreSQL, no pooler.
+    Direct,
+}
+
+impl Profile {
+    /// Every profile, in the order of the compatibility matrix.
+    pub const ALL: [Profile; 4] = [
+        Profile::Transaction,
+        Profile::TransactionTracking,
+        Profile::Session,
+        Profile::Direct,
+    ];
+
+    /// A short name (`transaction`, `tracking`, `session`, `direct`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Transaction => "transaction",
+            Profile::TransactionTracking => "tracking",
+            Profile::Session => "session",
+            Profile::Direct => "direct",
+        }
+    }
+
+    /// What it stands for, for people.
+    pub fn description(self) -> &'static str {
+        match self {
+            Profile::Transaction => {
+                "PgBouncer transaction mode, max_prepared_statements=0 (Supabase port 6543)"
+            }
+            Profile::TransactionTracking => {
+                "PgBouncer transaction mode, max_prepared_statements=200 (PgBouncer >= 1.24)"
+            }
+            Profile::Session => "PgBouncer session mode (Supabase session pooler, port 5432)",
+            Profile::Direct => "PostgreSQL without a pooler",
+        }
+    }
+
+    /// `base` with this profile's pool mode and prepared-statement tracking.
+    /// (`Direct` runs on a transaction-mode stack and bypasses its pooler.)
+    pub fn apply(self, base: StackSettings) -> StackSettings {
+        match self {
+            Profile::Transaction | Profile::Direct => base
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(0),
+            Profile::TransactionTracking => base
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(200),
+            Profile::Session => base.with_pool_mode(PoolMode::Session),
+        }
+    }
+
+    /// Whether `connect()` bypasses the pooler.
+    pub fn is_direct(self) -> bool {
+        self == Profile::Direct
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Profile> {
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| Error::InvalidEnv {
+                var: "PGBF_PROFILE",
+                value: s.to_string(),
+                expected: "transaction, tracking, session or direct",
+            })
+    }
+}
