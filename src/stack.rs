@@ -382,7 +382,8 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()
     let url = endpoints.pooled_url("postgres");
     let options = url
         .connect_options()
-        .application_name("pgbouncer-fixtures readiness");
+        .application_name("pgbouncer-fixtures readiness")
+        .extra_float_digits(None);
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
     while Instant::now() < deadline {
@@ -395,6 +396,15 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()
         .await;
         match attempt {
             Ok(Ok(())) => return Ok(()),
+            // The server answered with a refusal that waiting will not change.
+            Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() != Some("57P03") => {
+                return Err(Error::Stack {
+                    reason: format!(
+                        "PgBouncer at {url} refused the readiness query: {}",
+                        e.message()
+                    ),
+                });
+            }
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => last_error = "no answer within 5 s".into(),
         }

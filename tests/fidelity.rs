@@ -1,0 +1,389 @@
+//! The seeds' failures, reproduced on purpose: each profile behaves like the
+//! production it stands for, and each test asserts the exact SQLSTATE or message.
+
+mod common;
+
+use std::time::Duration;
+
+use pgbouncer_fixtures::probes::{run_pattern, SqlxPattern, Workload};
+use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
+use rstest::rstest;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Row};
+
+async fn db(profile: Profile) -> TestDb {
+    TestDb::for_profile(profile).await.unwrap()
+}
+
+fn code_of(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.to_string())
+}
+
+/// Seed 1: sqlx's default statement cache, concurrent clients.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_statement_cache_collides_only_behind_the_default_profile(
+    #[values(
+        Profile::Transaction,
+        Profile::TransactionTracking,
+        Profile::Session,
+        Profile::Direct
+    )]
+    profile: Profile,
+) {
+    let db = db(profile).await;
+    let outcome = run_pattern(
+        SqlxPattern::PoolDefaultCache,
+        &db.connect_options(),
+        Workload::default(),
+    )
+    .await
+    .unwrap();
+    if profile == Profile::Transaction {
+        assert!(
+            !outcome.passed(),
+            "named statements collide behind a non-tracking transaction pooler"
+        );
+        for failure in &outcome.failures {
+            match failure.code.as_deref() {
+                Some("42P05") => assert!(failure.message.contains("already exists"), "{failure:?}"),
+                Some("26000") => assert!(failure.message.contains("does not exist"), "{failure:?}"),
+                other => panic!("unexpected failure {other:?}: {failure:?}"),
+            }
+        }
+    } else {
+        assert!(outcome.passed(), "{profile}: {}", outcome.summary());
+    }
+}
+
+/// Seed 2 (seed 001's "unreliable workaround", proven for sqlx): one
+/// connection per client with `statement_cache_capacity(0)` still fails.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_zero_still_fails_behind_the_default_profile(
+    #[values(Profile::Transaction, Profile::TransactionTracking)] profile: Profile,
+) {
+    let db = db(profile).await;
+    let outcome = run_pattern(
+        SqlxPattern::ConnectionCacheOff,
+        &db.connect_options(),
+        Workload::default(),
+    )
+    .await
+    .unwrap();
+    if profile == Profile::Transaction {
+        assert!(!outcome.passed());
+        assert!(
+            outcome.codes().iter().all(|c| c == "42P05" || c == "26000"),
+            "{}",
+            outcome.summary()
+        );
+    } else {
+        assert!(
+            outcome.passed(),
+            "tracking makes named statements safe: {}",
+            outcome.summary()
+        );
+    }
+}
+
+/// Seed 3: unnamed statements are safe only inside an explicit transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statements_break_outside_a_transaction_only() {
+    let db = db(Profile::Transaction).await;
+    let outside = run_pattern(
+        SqlxPattern::UnnamedOutsideTransaction,
+        &db.connect_options(),
+        Workload::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !outside.passed(),
+        "Parse and Bind go out in two round trips and meet different servers"
+    );
+    assert!(
+        outside
+            .failures
+            .iter()
+            .any(|f| f.code.as_deref() == Some("26000")
+                && f.message == "unnamed prepared statement does not exist"),
+        "{:?}",
+        outside.failures
+    );
+    let inside = run_pattern(
+        SqlxPattern::UnnamedInsideTransaction,
+        &db.connect_options(),
+        Workload::default(),
+    )
+    .await
+    .unwrap();
+    assert!(inside.passed(), "{}", inside.summary());
+}
+
+/// Seed 4: startup parameters PgBouncer refuses.
+#[tokio::test]
+async fn startup_parameters_are_refused_by_the_pooler_and_accepted_direct() {
+    let db = db(Profile::Transaction).await;
+    // The seeds' server_settings {"jit": "off"}.
+    let pooled = PgConnection::connect_with(&db.connect_options().options([("jit", "off")])).await;
+    let err = pooled.expect_err("PgBouncer refuses options it does not know");
+    assert_eq!(code_of(&err).as_deref(), Some("08P01"));
+    assert!(
+        err.to_string()
+            .contains("unsupported startup parameter in options: jit"),
+        "{err}"
+    );
+
+    let mut direct = PgConnection::connect_with(
+        &db.connect_options_direct()
+            .unwrap()
+            .options([("jit", "off")]),
+    )
+    .await
+    .unwrap();
+    let jit: String = sqlx::raw_sql("show jit")
+        .fetch_one(&mut direct)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jit, "off");
+}
+
+/// Seed 4, continued: sqlx sends `extra_float_digits` by default; a strict
+/// PgBouncer (its own default: nothing ignored) refuses that login, while the
+/// factory's connections are accepted.
+#[tokio::test]
+async fn the_factory_sends_no_parameter_a_strict_pooler_refuses() {
+    let strict = Target::Containers(
+        StackSettings::default().with_ignore_startup_parameters(Vec::<String>::new()),
+    );
+    let db = TestDb::builder().target(strict).build().await.unwrap();
+    let sqlx_defaults: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+    let err = PgConnection::connect_with(&sqlx_defaults)
+        .await
+        .expect_err("refused");
+    assert_eq!(code_of(&err).as_deref(), Some("08P01"));
+    assert!(
+        err.to_string()
+            .contains("unsupported startup parameter: extra_float_digits"),
+        "{err}"
+    );
+
+    let mut conn = db
+        .connect()
+        .await
+        .expect("connect() sends only parameters PgBouncer accepts");
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+}
+
+/// Runs `setup` on client A, makes client B take the server connection A
+/// used (a transaction), then runs `check` on A and returns its result.
+async fn across_transactions<T>(
+    db: &TestDb,
+    setup: &str,
+    check: impl AsyncFnOnce(&mut PgConnection) -> T,
+) -> T {
+    let mut a = db.connect().await.unwrap();
+    let mut b = db.connect().await.unwrap();
+    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut b)
+        .await
+        .unwrap();
+    let result = check(&mut a).await;
+    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    result
+}
+
+/// Seed 5: session state is lost in transaction mode and kept in session mode.
+#[rstest]
+#[tokio::test]
+async fn session_state_survives_only_session_pooling(
+    #[values(Profile::Transaction, Profile::Session)] profile: Profile,
+) {
+    let db = db(profile).await;
+    let kept = profile == Profile::Session;
+
+    let set = across_transactions(
+        &db,
+        "set pgbf.marker = 'a'",
+        async |a: &mut PgConnection| {
+            sqlx::raw_sql("select current_setting('pgbf.marker', true)")
+                .fetch_one(a)
+                .await
+                .unwrap()
+                .get::<Option<String>, _>(0)
+        },
+    )
+    .await;
+    assert_eq!(set.as_deref() == Some("a"), kept, "SET: {set:?}");
+
+    let unlocked = across_transactions(
+        &db,
+        "select pg_advisory_lock(4242)",
+        async |a: &mut PgConnection| {
+            sqlx::raw_sql("select pg_advisory_unlock(4242)")
+                .fetch_one(a)
+                .await
+                .unwrap()
+                .get::<bool, _>(0)
+        },
+    )
+    .await;
+    assert_eq!(
+        unlocked, kept,
+        "a session advisory lock stays on the server connection that took it"
+    );
+
+    let prepared = across_transactions(
+        &db,
+        "prepare pgbf_q as select 1",
+        async |a: &mut PgConnection| {
+            sqlx::raw_sql("execute pgbf_q")
+                .execute(a)
+                .await
+                .map(|_| ())
+                .map_err(|e| code_of(&e))
+        },
+    )
+    .await;
+    assert_eq!(
+        prepared,
+        if kept {
+            Ok(())
+        } else {
+            Err(Some("26000".into()))
+        },
+        "SQL PREPARE"
+    );
+
+    let temp = across_transactions(
+        &db,
+        "create temp table pgbf_tmp (x int)",
+        async |a: &mut PgConnection| {
+            sqlx::raw_sql("select count(*) from pgbf_tmp")
+                .execute(a)
+                .await
+                .map(|_| ())
+                .map_err(|e| code_of(&e))
+        },
+    )
+    .await;
+    assert_eq!(
+        temp,
+        if kept {
+            Ok(())
+        } else {
+            Err(Some("42P01".into()))
+        },
+        "temp table"
+    );
+
+    // LISTEN: the notification goes to the server connection, not to the client.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("pgbf_channel").await.unwrap();
+    let mut b = db.connect().await.unwrap();
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut b)
+        .await
+        .unwrap();
+    let mut notifier = db.connect_direct().await.unwrap();
+    sqlx::raw_sql("notify pgbf_channel, 'hello'")
+        .execute(&mut notifier)
+        .await
+        .unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    let b_commit = sqlx::raw_sql("commit").execute(&mut b).await;
+    if kept {
+        b_commit.unwrap();
+    } else {
+        // Worse than lost: PgBouncer delivered A's notification to B, which
+        // now holds that server connection; sqlx rejects the stray message.
+        let err = b_commit.expect_err("B received A's notification");
+        assert!(err.to_string().contains("NotificationResponse"), "{err}");
+    }
+    match received {
+        Ok(Ok(n)) => assert!(kept, "LISTEN worked behind {profile}: {}", n.payload()),
+        Ok(Err(e)) => panic!("listener failed: {e}"),
+        Err(_) => assert!(!kept, "LISTEN lost behind {profile}"),
+    }
+}
+
+fn migrations_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("0001_accounts.sql"),
+        "create table accounts (id bigint primary key, name text not null);",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("0002_orders.sql"), "create table orders (id bigint primary key, account_id bigint references accounts(id));\ncreate index on orders (account_id);").unwrap();
+    dir
+}
+
+/// Seed 6: migrations through the transaction pooler. sqlx's migrator takes a
+/// session advisory lock and releases it in a later statement: behind the
+/// pooler the release can land on another server connection, the lock stays
+/// held by a pooled server connection, and every later migration run blocks.
+/// Through the direct endpoint the same sequence is safe.
+#[tokio::test]
+async fn migrations_belong_on_the_direct_endpoint() {
+    let db = db(Profile::Transaction).await;
+    let dir = migrations_dir();
+    let migrator = Migrator::new(dir.path()).await.unwrap();
+
+    // The migrator's lock/unlock pair through the pooler, with another client busy in between.
+    let mut m = db.connect().await.unwrap();
+    let mut busy = db.connect().await.unwrap();
+    m.lock().await.unwrap();
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut busy)
+        .await
+        .unwrap();
+    m.unlock()
+        .await
+        .expect("sqlx does not notice that the unlock missed");
+    sqlx::raw_sql("commit").execute(&mut busy).await.unwrap();
+    drop((m, busy));
+
+    // The lock is still held by a pooled server connection: the next run hangs.
+    let mut direct = db.connect_direct().await.unwrap();
+    let blocked = tokio::time::timeout(Duration::from_secs(3), migrator.run(&mut direct)).await;
+    assert!(
+        blocked.is_err(),
+        "the migration blocks on an advisory lock nobody will release"
+    );
+    drop(direct);
+
+    // Release it (end the server session holding it), then migrate the documented way.
+    let mut admin = db.connect_direct().await.unwrap();
+    sqlx::raw_sql(
+        "select pg_terminate_backend(pid) from pg_locks where locktype = 'advisory' \
+         and database = (select oid from pg_database where datname = current_database()) \
+         and pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let mut direct = db.connect_direct().await.unwrap();
+    direct.lock().await.unwrap();
+    direct.unlock().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), migrator.run(&mut direct))
+        .await
+        .expect("not blocked")
+        .expect("migrations apply through the direct endpoint");
+    let applied: i64 = sqlx::raw_sql("select count(*) from _sqlx_migrations")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 2);
+}
