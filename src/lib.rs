@@ -39,6 +39,7 @@
 
 mod database;
 mod docker;
+pub mod doctor;
 mod error;
 mod factory;
 mod fixtures;

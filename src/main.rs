@@ -8,8 +8,14 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::time::Duration;
+
+use pgbouncer_fixtures::doctor::diagnose;
 use pgbouncer_fixtures::probes::Workload;
-use pgbouncer_fixtures::{compatibility_matrix, Env, PoolMode, Stack, StackSettings};
+use pgbouncer_fixtures::{
+    compatibility_matrix, DbUrl, Env, PoolMode, Profile, Stack, StackSettings, TestDb,
+    TEST_DATABASE_URL,
+};
 
 const USAGE: &str = "\
 usage: pgbouncer-fixtures <command>
@@ -17,9 +23,13 @@ usage: pgbouncer-fixtures <command>
 commands:
   up     start PostgreSQL + PgBouncer, print TEST_DATABASE_URL / TEST_DIRECT_URL
          (for .env), keep running until Ctrl-C or SIGTERM, then remove everything
-         options: --pool-mode transaction|session   (default transaction)
+         options: --profile transaction|tracking|session|direct
+                  --pool-mode transaction|session   (default transaction)
                   --max-prepared-statements N        (default 0, as Supabase's port 6543)
                   --default-pool-size N              (default 20)
+  doctor [URL] [--json]
+         probe URL (default TEST_DATABASE_URL from env/.env; with none, a local stack
+         of each profile) for pooler hazards; exit 0 none, 1 hazard, 2 bad input
   matrix run every sqlx usage pattern under every pooler profile and print the
          compatibility matrix as Markdown (options: --clients N, --rounds N)
   help   show this text
@@ -32,6 +42,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("up") => run(up(&args[1..])),
         Some("matrix") => run(matrix(&args[1..])),
+        Some("doctor") => doctor(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -68,6 +79,13 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
                 .map_err(|_| format!("{name} takes a whole number, not `{v}`"))
         };
         match flag.as_str() {
+            "--profile" => {
+                let v = value("--profile")?;
+                let profile = v.parse::<Profile>().map_err(|_| {
+                    format!("--profile takes transaction, tracking, session or direct, not `{v}`")
+                })?;
+                settings = profile.apply(settings);
+            }
             "--pool-mode" => {
                 let v = value("--pool-mode")?;
                 settings.pool_mode = v
@@ -94,6 +112,112 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))
+}
+
+/// Exit codes: 0 no hazard, 1 a hazard (or a probe that could not run), 2 bad input.
+fn doctor(args: &[String]) -> ExitCode {
+    let mut json = false;
+    let mut url_arg = None;
+    for arg in args {
+        match arg.as_str() {
+            "--json" => json = true,
+            flag if flag.starts_with("--") => {
+                eprintln!("pgbouncer-fixtures: unknown option `{flag}`\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            url => url_arg = Some(url.to_string()),
+        }
+    }
+    let targets = match doctor_targets(url_arg) {
+        Ok(t) => t,
+        Err(message) => {
+            eprintln!("pgbouncer-fixtures: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let workload = Workload { clients: 16, rounds: 100 };
+            let timeout = Duration::from_secs(10);
+            let mut reports = Vec::new();
+            match targets {
+                DoctorTargets::Url(url) => reports.push((None, diagnose(&url, workload, timeout).await)),
+                DoctorTargets::EveryProfile => {
+                    eprintln!("pgbouncer-fixtures: no URL and no TEST_DATABASE_URL: probing a local stack of each profile");
+                    for profile in Profile::ALL {
+                        let db = TestDb::builder()
+                            .profile(profile)
+                            .test_name(format!("doctor_{profile}"))
+                            .build()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        reports.push((Some(profile), diagnose(db.pooled(), workload, timeout).await));
+                        db.close().await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            Ok::<_, String>(reports)
+        })
+    });
+    let reports = match result {
+        Ok(r) => r,
+        Err(message) => {
+            eprintln!("pgbouncer-fixtures: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let values: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(profile, r)| {
+                let mut v = r.to_json();
+                if let Some(p) = profile {
+                    v["profile"] = serde_json::Value::from(p.name());
+                }
+                v
+            })
+            .collect();
+        let out = if values.len() == 1 {
+            values[0].clone()
+        } else {
+            serde_json::Value::from(values)
+        };
+        println!("{out:#}");
+    } else {
+        for (profile, r) in &reports {
+            if let Some(p) = profile {
+                println!("== profile {p}: {}", p.description());
+            }
+            print!("{}", r.to_text());
+        }
+    }
+    let unreachable = reports.iter().any(|(_, r)| r.pool_behaviour.is_none());
+    let hazard = reports.iter().any(|(_, r)| r.has_hazard());
+    match (unreachable, hazard) {
+        (true, _) if reports.len() == 1 => ExitCode::from(2),
+        (_, true) | (true, false) => ExitCode::FAILURE,
+        (false, false) => ExitCode::SUCCESS,
+    }
+}
+
+enum DoctorTargets {
+    Url(DbUrl),
+    EveryProfile,
+}
+
+fn doctor_targets(url_arg: Option<String>) -> Result<DoctorTargets, String> {
+    if let Some(raw) = url_arg {
+        return DbUrl::parse("the doctor's URL argument", &raw)
+            .map(DoctorTargets::Url)
+            .map_err(|e| e.to_string());
+    }
+    let env = Env::load().map_err(|e| e.to_string())?;
+    match env.get(TEST_DATABASE_URL) {
+        Some(raw) => DbUrl::parse(TEST_DATABASE_URL, raw)
+            .map(DoctorTargets::Url)
+            .map_err(|e| e.to_string()),
+        None => Ok(DoctorTargets::EveryProfile),
+    }
 }
 
 fn matrix(args: &[String]) -> Result<(), String> {

@@ -1,0 +1,167 @@
+//! `doctor` gives the right verdicts behind every profile of a local stack,
+//! and its command-line form exits as CI needs.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pgbouncer_fixtures::doctor::{diagnose, items, PoolBehaviour, Report, Verdict};
+use pgbouncer_fixtures::probes::Workload;
+use pgbouncer_fixtures::{Profile, TestDb};
+use rstest::rstest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
+
+async fn report(db: &TestDb) -> Report {
+    diagnose(
+        db.pooled(),
+        Workload {
+            clients: 16,
+            rounds: 100,
+        },
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+fn verdict(r: &Report, item: &str) -> Verdict {
+    r.finding(item)
+        .unwrap_or_else(|| panic!("no finding {item}: {r:#?}"))
+        .verdict
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_match_each_profile(
+    #[values(
+        Profile::Transaction,
+        Profile::TransactionTracking,
+        Profile::Session,
+        Profile::Direct
+    )]
+    profile: Profile,
+) {
+    let db = TestDb::for_profile(profile).await.unwrap();
+    let r = report(&db).await;
+    let text = r.to_text();
+    assert_eq!(verdict(&r, items::CONNECTION), Verdict::Ok, "{text}");
+    assert!(
+        r.finding(items::SERVER)
+            .unwrap()
+            .detail
+            .starts_with("PostgreSQL 17"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&password(db.url())),
+        "the report never shows the password"
+    );
+    match profile {
+        Profile::Transaction => {
+            assert_eq!(r.pool_behaviour, Some(PoolBehaviour::Transaction), "{text}");
+            assert_eq!(verdict(&r, items::DEFAULT_CACHE), Verdict::Hazard, "{text}");
+            assert_eq!(verdict(&r, items::CACHE_OFF), Verdict::Hazard, "{text}");
+            let remedy = r.finding(items::CACHE_OFF).unwrap().remedy.clone().unwrap();
+            assert!(
+                remedy.starts_with("statement_cache_capacity(0) is not enough here"),
+                "{remedy}"
+            );
+            assert_eq!(verdict(&r, items::STARTUP_OPTIONS), Verdict::Info, "{text}");
+            assert!(r.has_hazard());
+        }
+        Profile::TransactionTracking => {
+            assert_eq!(r.pool_behaviour, Some(PoolBehaviour::Transaction), "{text}");
+            assert_eq!(verdict(&r, items::DEFAULT_CACHE), Verdict::Ok, "{text}");
+            assert_eq!(verdict(&r, items::CACHE_OFF), Verdict::Ok, "{text}");
+            let remedy = r
+                .finding(items::DEFAULT_CACHE)
+                .unwrap()
+                .remedy
+                .clone()
+                .unwrap();
+            assert!(
+                remedy.contains("the default sqlx cache is fine"),
+                "{remedy}"
+            );
+        }
+        Profile::Session | Profile::Direct => {
+            assert_eq!(r.pool_behaviour, Some(PoolBehaviour::Session), "{text}");
+            for item in [
+                items::DEFAULT_CACHE,
+                items::CACHE_OFF,
+                items::UNNAMED,
+                items::STARTUP_DEFAULTS,
+            ] {
+                assert_eq!(verdict(&r, item), Verdict::Ok, "{item}: {text}");
+            }
+            // Server settings at startup: PgBouncer refuses them, PostgreSQL takes them.
+            let expected = if profile == Profile::Direct {
+                Verdict::Ok
+            } else {
+                Verdict::Info
+            };
+            assert_eq!(verdict(&r, items::STARTUP_OPTIONS), expected, "{text}");
+            assert!(!r.has_hazard(), "{text}");
+        }
+    }
+}
+
+fn password(url: &str) -> String {
+    let rest = &url[url.find("://").unwrap() + 3..];
+    rest[rest.find(':').unwrap() + 1..rest.find('@').unwrap()].to_string()
+}
+
+#[rstest]
+#[tokio::test]
+async fn the_command_exits_non_zero_on_a_hazard_and_speaks_json(
+    #[values(Profile::Transaction, Profile::Direct)] profile: Profile,
+) {
+    let db = TestDb::for_profile(profile).await.unwrap();
+    let url = db.url().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["doctor", &url, "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert!(!stdout.contains(&password(db.url())));
+    let hazard = profile == Profile::Transaction;
+    assert_eq!(json["hazard"], serde_json::Value::Bool(hazard), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(if hazard { 1 } else { 0 }),
+        "{stdout}"
+    );
+    assert!(json["findings"].as_array().unwrap().len() >= 8);
+}
+
+#[test]
+fn bad_input_exits_2() {
+    let out = Command::new(BIN)
+        .args(["doctor", "mysql://root:pw@localhost/db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the scheme is `mysql`"), "{stderr}");
+    assert!(!stderr.contains(":pw@"), "{stderr}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args(["doctor", &format!("postgres://app:pw@127.0.0.1:{port}/app")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "nothing listens there");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[ERROR ] connection: cannot reach the server"),
+        "{stdout}"
+    );
+}
