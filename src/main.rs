@@ -17,6 +17,15 @@ use pgbouncer_fixtures::{
     TEST_DATABASE_URL,
 };
 
+/// `eprintln!` that never panics: `up` must still clean up when whoever
+/// started it closed our stderr (a closed pipe makes `eprintln!` panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 usage: pgbouncer-fixtures <command>
 
@@ -48,7 +57,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(other) => {
-            eprintln!("pgbouncer-fixtures: unknown command `{other}`\n\n{USAGE}");
+            say!("pgbouncer-fixtures: unknown command `{other}`\n\n{USAGE}");
             ExitCode::from(2)
         }
     }
@@ -58,7 +67,7 @@ fn run(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("pgbouncer-fixtures: {message}");
+            say!("pgbouncer-fixtures: {message}");
             ExitCode::FAILURE
         }
     }
@@ -122,7 +131,7 @@ fn doctor(args: &[String]) -> ExitCode {
         match arg.as_str() {
             "--json" => json = true,
             flag if flag.starts_with("--") => {
-                eprintln!("pgbouncer-fixtures: unknown option `{flag}`\n\n{USAGE}");
+                say!("pgbouncer-fixtures: unknown option `{flag}`\n\n{USAGE}");
                 return ExitCode::from(2);
             }
             url => url_arg = Some(url.to_string()),
@@ -131,7 +140,7 @@ fn doctor(args: &[String]) -> ExitCode {
     let targets = match doctor_targets(url_arg) {
         Ok(t) => t,
         Err(message) => {
-            eprintln!("pgbouncer-fixtures: {message}");
+            say!("pgbouncer-fixtures: {message}");
             return ExitCode::from(2);
         }
     };
@@ -143,7 +152,7 @@ fn doctor(args: &[String]) -> ExitCode {
             match targets {
                 DoctorTargets::Url(url) => reports.push((None, diagnose(&url, workload, timeout).await)),
                 DoctorTargets::EveryProfile => {
-                    eprintln!("pgbouncer-fixtures: no URL and no TEST_DATABASE_URL: probing a local stack of each profile");
+                    say!("pgbouncer-fixtures: no URL and no TEST_DATABASE_URL: probing a local stack of each profile");
                     for profile in Profile::ALL {
                         let db = TestDb::builder()
                             .profile(profile)
@@ -162,7 +171,7 @@ fn doctor(args: &[String]) -> ExitCode {
     let reports = match result {
         Ok(r) => r,
         Err(message) => {
-            eprintln!("pgbouncer-fixtures: {message}");
+            say!("pgbouncer-fixtures: {message}");
             return ExitCode::FAILURE;
         }
     };
@@ -249,7 +258,7 @@ fn up(args: &[String]) -> Result<(), String> {
     let settings = parse_settings(args)?;
     runtime()?.block_on(async {
         let started = Instant::now();
-        eprintln!(
+        say!(
             "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}) ...",
             settings.pool_mode, settings.max_prepared_statements
         );
@@ -259,15 +268,15 @@ fn up(args: &[String]) -> Result<(), String> {
         // password included, for a .env file.
         println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
         println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
-        eprintln!(
+        say!(
             "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
             stack.id(),
             started.elapsed().as_secs_f64()
         );
         wait_for_signal().await?;
-        eprintln!("pgbouncer-fixtures: stopping, removing containers and network ...");
+        say!("pgbouncer-fixtures: stopping, removing containers and network ...");
         stack.stop().await.map_err(|e| e.to_string())?;
-        eprintln!("pgbouncer-fixtures: stopped");
+        say!("pgbouncer-fixtures: stopped");
         Ok(())
     })
 }
