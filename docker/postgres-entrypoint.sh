@@ -1,10 +1,12 @@
 #!/bin/sh
 # Start a throw-away PostgreSQL: copy the build-time cluster onto /pgdata
 # (tmpfs), set the stack's password, run with durability off.
+# POSTGRES_PASSWORD is a plain alphanumeric password or a SCRAM-SHA-256
+# verifier (what the crate passes, so that PgBouncer can hold the same one).
 set -eu
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
 case "$POSTGRES_PASSWORD" in
-  *[!A-Za-z0-9]*) echo "pgbf-postgres: POSTGRES_PASSWORD must be alphanumeric" >&2; exit 2 ;;
+  *[!A-Za-z0-9+/=:\$-]*) echo "pgbf-postgres: POSTGRES_PASSWORD has characters outside [A-Za-z0-9+/=:\$-]" >&2; exit 2 ;;
 esac
 bin=/usr/lib/postgresql/17/bin
 data=/pgdata/data

@@ -71,6 +71,9 @@ pub struct StackSettings {
     pub images: ImageSettings,
     /// How long starting the stack may take before it is a timeout.
     pub startup_timeout: Duration,
+    /// Iterations of the SCRAM-SHA-256 verifier (PostgreSQL's default: 4096).
+    /// Every login derives a key with this many HMAC rounds on the client.
+    pub scram_iterations: u32,
 }
 
 impl Default for StackSettings {
@@ -83,6 +86,7 @@ impl Default for StackSettings {
             server_round_robin: false,
             images: ImageSettings::default(),
             startup_timeout: Duration::from_secs(120),
+            scram_iterations: 4096,
         }
     }
 }

@@ -226,6 +226,43 @@ fn random_password() -> String {
         .collect()
 }
 
+/// The SCRAM-SHA-256 verifier of `password` (RFC 5802/7677, PostgreSQL's
+/// format). Postgres and PgBouncer both get this verifier instead of the
+/// password: PgBouncer then checks clients with the stored keys (no key
+/// derivation of its own per login) and reuses the client's proof to log in
+/// to Postgres.
+fn scram_verifier(password: &str, iterations: u32) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    type HmacSha256 = Hmac<sha2::Sha256>;
+    let mac = |key: &[u8], data: &[u8]| {
+        let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+        m.update(data);
+        m.finalize().into_bytes()
+    };
+    let salt: [u8; 16] = rand::random();
+    // Hi(password, salt, i): PBKDF2 with HMAC-SHA-256, one block.
+    let mut u = mac(
+        password.as_bytes(),
+        &[&salt[..], &1u32.to_be_bytes()].concat(),
+    );
+    let mut salted = u;
+    for _ in 1..iterations {
+        u = mac(password.as_bytes(), &u);
+        salted.iter_mut().zip(u.iter()).for_each(|(s, x)| *s ^= x);
+    }
+    let client_key = mac(&salted, b"Client Key");
+    let stored_key = <sha2::Sha256 as sha2::Digest>::digest(client_key);
+    let server_key = mac(&salted, b"Server Key");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        b64.encode(salt),
+        b64.encode(stored_key),
+        b64.encode(server_key)
+    )
+}
+
 fn image(r: &ImageRef) -> GenericImage {
     GenericImage::new(r.name.clone(), r.tag.clone())
 }
@@ -243,6 +280,7 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
     let network = format!("pgbf-{id}");
     docker::create_network(&docker, &network, &id).await?;
     let password = random_password();
+    let verifier = scram_verifier(&password, settings.scram_iterations);
     let pg_name = format!("pgbf-{id}-postgres");
 
     let result = tokio::time::timeout(settings.startup_timeout, async {
@@ -254,7 +292,7 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
             .with_network(&network)
             .with_container_name(&pg_name)
             .with_labels(docker::labels(&id))
-            .with_env_var("POSTGRES_PASSWORD", &password)
+            .with_env_var("POSTGRES_PASSWORD", &verifier)
             .with_mount(Mount::tmpfs_mount("/pgdata").with_mode(0o1777))
             .with_startup_timeout(settings.startup_timeout)
             .start()
@@ -278,7 +316,7 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
             )
             .with_copy_to(
                 CopyTargetOptions::new("/etc/pgbf/userlist.txt").with_mode(0o644),
-                format!("\"{STACK_USER}\" \"{password}\"\n").into_bytes(),
+                format!("\"{STACK_USER}\" \"{verifier}\"\n").into_bytes(),
             )
             .with_startup_timeout(settings.startup_timeout)
             .start()
