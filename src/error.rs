@@ -118,6 +118,13 @@ pub enum Error {
         feature: &'static str,
     },
 
+    /// A template database could not be built.
+    #[error("the template database could not be built: {reason}")]
+    Template {
+        /// What failed, naming the migration or seed file.
+        reason: String,
+    },
+
     /// The stack's containers stopped or could not be started.
     #[error("the test stack failed: {reason}")]
     Stack {

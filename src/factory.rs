@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::settings::Profile;
 use crate::stack::Stack;
 use crate::target::{DbUrl, Env, ExternalTarget, Target};
+use crate::template::{ResolvedTemplate, Template};
 use crate::worker::{shutdown_at_exit, Worker, WorkerSetup};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,7 @@ pub struct TestDb {
     direct: Option<DbUrl>,
     connect_timeout: Duration,
     worker: Worker,
+    keep_failed: bool,
     closed: bool,
 }
 
@@ -55,6 +57,7 @@ impl fmt::Debug for TestDb {
 #[derive(Debug, Default)]
 pub struct TestDbBuilder {
     target: Option<Target>,
+    template: Option<Template>,
     profile: Option<Profile>,
     test_name: Option<String>,
     connect_timeout: Option<Duration>,
@@ -64,6 +67,13 @@ impl TestDbBuilder {
     /// Runs against this target instead of the one the environment names.
     pub fn target(mut self, target: Target) -> Self {
         self.target = Some(target);
+        self
+    }
+
+    /// Starts the database as a clone of `template` (migrations and seeds
+    /// applied once, see [`Template`]) instead of an empty one.
+    pub fn template(mut self, template: Template) -> Self {
+        self.template = Some(template);
         self
     }
 
@@ -111,8 +121,7 @@ impl TestDbBuilder {
                 .transpose()?,
         };
         let test_name = self.test_name.unwrap_or_else(current_test_name);
-        let name = unique_name(&test_name);
-        let (worker, isolation, pooled, direct) = match target {
+        let (worker, server) = match target {
             Target::Containers(settings) => {
                 let settings = match profile {
                     Some(p) => p.apply(settings),
@@ -120,14 +129,60 @@ impl TestDbBuilder {
                 };
                 let stack = Stack::shared(&settings).await?;
                 let e = stack.endpoints();
-                (
-                    stack.worker().clone(),
-                    Isolation::Database(name.clone()),
-                    e.pooled_url(&name),
-                    Some(e.direct_url(&name)),
+                let server = Server {
+                    key: stack.id().to_string(),
+                    pooled: e.pooled_url("postgres"),
+                    direct: Some(e.direct_url("postgres")),
+                    databases: true,
+                };
+                (stack.worker().clone(), server)
+            }
+            Target::External(ext) => external(&ext, connect_timeout).await?,
+        };
+        let started = Instant::now();
+        let isolation = match (&self.template, server.databases) {
+            (Some(template), true) => {
+                let resolved = template.resolve(env_prepared_clones(&env)?).await?;
+                let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
+                    feature: "templates",
+                })?;
+                ensure_template_once(&server.key, &resolved, admin).await?;
+                Isolation::Database(
+                    worker
+                        .claim(resolved.name.clone(), resolved.prepared)
+                        .await?,
                 )
             }
-            Target::External(ext) => external(&ext, name, connect_timeout).await?,
+            (Some(_), false) => {
+                return Err(Error::Template {
+                    reason: "on an external server templates need one database per test: set \
+                             PGBF_EXTERNAL_CREATE_DATABASES=1 and TEST_DIRECT_URL"
+                        .into(),
+                });
+            }
+            (None, databases) => {
+                let name = unique_name(&test_name);
+                let isolation = if databases {
+                    Isolation::Database(name)
+                } else {
+                    Isolation::Schema(name)
+                };
+                worker.admin(isolation.create_steps()).await?;
+                isolation
+            }
+        };
+        tracing::debug!(
+            test = %test_name,
+            isolation = ?isolation,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "test database ready"
+        );
+        let (pooled, direct) = match &isolation {
+            Isolation::Database(name) => (
+                server.pooled.with_database(name),
+                server.direct.as_ref().map(|d| d.with_database(name)),
+            ),
+            Isolation::Schema(_) => (server.pooled.clone(), server.direct.clone()),
         };
         let pooled = match (profile.is_some_and(Profile::is_direct), &direct) {
             (false, _) => pooled,
@@ -138,14 +193,6 @@ impl TestDbBuilder {
                 });
             }
         };
-        let started = Instant::now();
-        worker.admin(isolation.create_steps()).await?;
-        tracing::debug!(
-            test = %test_name,
-            isolation = ?isolation,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "test database created"
-        );
         Ok(TestDb {
             test_name,
             isolation,
@@ -153,6 +200,7 @@ impl TestDbBuilder {
             direct,
             connect_timeout,
             worker,
+            keep_failed: env.flag("PGBF_KEEP_FAILED")?,
             closed: false,
         })
     }
@@ -192,32 +240,72 @@ fn current_test_name() -> String {
     }
 }
 
-type Isolated = (Worker, Isolation, DbUrl, Option<DbUrl>);
+/// A server tests run on, and how to reach a database there.
+struct Server {
+    /// Identifies the server within the process (for one-time template checks).
+    key: String,
+    pooled: DbUrl,
+    direct: Option<DbUrl>,
+    /// One database per test (else one schema per test).
+    databases: bool,
+}
 
-async fn external(ext: &ExternalTarget, name: String, timeout: Duration) -> Result<Isolated> {
-    if ext.create_databases {
-        let direct = ext.direct.as_ref().ok_or(Error::DirectUrlRequired {
-            feature: "PGBF_EXTERNAL_CREATE_DATABASES",
-        })?;
-        let worker = external_worker(direct.clone(), "direct endpoint", timeout).await?;
-        Ok((
-            worker,
-            Isolation::Database(name.clone()),
-            ext.pooled.with_database(&name),
-            Some(direct.with_database(&name)),
-        ))
-    } else {
-        // Non-destructive default: a schema of the test's own, made and removed by the crate.
-        let worker = match &ext.direct {
-            Some(direct) => external_worker(direct.clone(), "direct endpoint", timeout).await?,
-            None => external_worker(ext.pooled.clone(), "pooler", timeout).await?,
-        };
-        Ok((
-            worker,
-            Isolation::Schema(name),
-            ext.pooled.clone(),
-            ext.direct.clone(),
-        ))
+async fn external(ext: &ExternalTarget, timeout: Duration) -> Result<(Worker, Server)> {
+    let (admin, kind) = match (&ext.direct, ext.create_databases) {
+        (Some(direct), _) => (direct.clone(), "direct endpoint"),
+        (None, true) => {
+            return Err(Error::DirectUrlRequired {
+                feature: "PGBF_EXTERNAL_CREATE_DATABASES",
+            });
+        }
+        // Non-destructive default: a schema per test, made through the pooler.
+        (None, false) => (ext.pooled.clone(), "pooler"),
+    };
+    let worker = external_worker(admin.clone(), kind, ext.pooled.clone(), timeout).await?;
+    let server = Server {
+        key: admin.expose().to_string(),
+        pooled: ext.pooled.clone(),
+        direct: ext.direct.clone(),
+        databases: ext.create_databases,
+    };
+    Ok((worker, server))
+}
+
+/// Builds (or finds) a template once per server and process; other
+/// processes are kept out by the template's own advisory lock.
+async fn ensure_template_once(
+    server_key: &str,
+    template: &ResolvedTemplate,
+    admin: &DbUrl,
+) -> Result<()> {
+    type Cell = Arc<tokio::sync::OnceCell<()>>;
+    static DONE: Mutex<Option<HashMap<String, Cell>>> = Mutex::new(None);
+    let cell = {
+        let mut guard = DONE.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .get_or_insert_with(HashMap::new)
+            .entry(format!("{server_key}/{}", template.name))
+            .or_default()
+            .clone()
+    };
+    cell.get_or_try_init(|| template.ensure(admin))
+        .await
+        .map(|_| ())
+}
+
+fn env_prepared_clones(env: &Env) -> Result<usize> {
+    match env.get("PGBF_PREPARED_CLONES") {
+        None => Ok(2),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 64)
+            .ok_or(Error::InvalidEnv {
+                var: "PGBF_PREPARED_CLONES",
+                value: v.to_string(),
+                expected: "a whole number from 0 to 64",
+            }),
     }
 }
 
@@ -225,6 +313,7 @@ async fn external(ext: &ExternalTarget, name: String, timeout: Duration) -> Resu
 async fn external_worker(
     admin_url: DbUrl,
     admin_kind: &'static str,
+    pooled: DbUrl,
     connect_timeout: Duration,
 ) -> Result<Worker> {
     type Cell = Arc<tokio::sync::OnceCell<Worker>>;
@@ -240,6 +329,7 @@ async fn external_worker(
             .clone()
     };
     cell.get_or_try_init(|| async {
+        let pooled_url = pooled.clone();
         let (worker, ()) = Worker::spawn("pgbf-external-admin".into(), move || async move {
             Ok((
                 (),
@@ -248,6 +338,7 @@ async fn external_worker(
                     admin_kind,
                     connect_timeout,
                     console_url: None,
+                    pooled_url,
                     cleanup: None,
                 },
             ))
@@ -419,6 +510,19 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if self.closed {
+            return;
+        }
+        if self.keep_failed && std::thread::panicking() {
+            let mut stderr = std::io::stderr();
+            let _ = std::io::Write::write_fmt(
+                &mut stderr,
+                format_args!(
+                    "pgbouncer-fixtures: PGBF_KEEP_FAILED: kept {:?} of failed test {}: {}\n",
+                    self.isolation,
+                    self.test_name,
+                    self.pooled.redacted()
+                ),
+            );
             return;
         }
         // Wait for the worker thread (never this runtime) so that the database

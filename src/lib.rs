@@ -49,6 +49,7 @@ pub mod probes;
 mod settings;
 mod stack;
 mod target;
+mod template;
 mod worker;
 
 pub use database::Isolation;
@@ -66,3 +67,4 @@ pub use target::{
     redact, DbUrl, Env, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,
     TEST_DIRECT_URL,
 };
+pub use template::Template;

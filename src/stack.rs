@@ -391,6 +391,7 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
     });
     let admin_url = endpoints.direct_url("postgres");
     let console_url = Some(endpoints.admin_url());
+    let pooled_url = endpoints.pooled_url("postgres");
     Ok((
         endpoints,
         WorkerSetup {
@@ -398,6 +399,7 @@ async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoi
             admin_kind: "direct endpoint",
             connect_timeout: Duration::from_secs(10),
             console_url,
+            pooled_url,
             cleanup: Some(cleanup),
         },
     ))

@@ -5,12 +5,13 @@
 //! to it through a channel, so statics hold only a sender (plain data), never
 //! a runtime-bound handle.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{mpsc as std_mpsc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -30,6 +31,8 @@ pub(crate) struct WorkerSetup {
     /// PgBouncer's admin console, when the worker belongs to one of the
     /// crate's stacks (console steps are skipped otherwise).
     pub console_url: Option<DbUrl>,
+    /// Where tests connect (the pooler), to warm prepared clones.
+    pub pooled_url: DbUrl,
     /// Run at shutdown.
     pub cleanup: Option<Cleanup>,
 }
@@ -89,8 +92,18 @@ impl Reply {
 }
 
 enum Command {
-    Admin { steps: Vec<Step>, reply: Reply },
-    Shutdown { done: std_mpsc::SyncSender<()> },
+    Admin {
+        steps: Vec<Step>,
+        reply: Reply,
+    },
+    Claim {
+        template: String,
+        prepared: usize,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    Shutdown {
+        done: std_mpsc::SyncSender<()>,
+    },
 }
 
 /// A handle on a worker thread; cheap to clone.
@@ -184,6 +197,18 @@ impl Worker {
         }
     }
 
+    /// A fresh clone of `template` for one test: a prepared one when ready,
+    /// else cloned now; then keeps `prepared` clones ready in the background.
+    pub(crate) async fn claim(&self, template: String, prepared: usize) -> Result<String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Claim {
+            template,
+            prepared,
+            reply: tx,
+        })?;
+        rx.await.map_err(|_| gone())?
+    }
+
     /// Stops the worker, waiting up to `wait` for its clean-up to finish.
     pub(crate) fn shutdown_blocking(&self, wait: Duration) -> bool {
         let (done_tx, done_rx) = std_mpsc::sync_channel(1);
@@ -215,6 +240,7 @@ fn gone() -> Error {
 
 async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup) {
     let mut conns = Connections::default();
+    let clones = ClonePool::default();
     let mut done = None;
     while let Some(command) = rx.recv().await {
         match command {
@@ -232,11 +258,51 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
                     });
                 reply.send(result);
             }
+            Command::Claim {
+                template,
+                prepared,
+                reply,
+            } => {
+                let ready = clones.take(&template);
+                let result = match ready {
+                    Some(name) => Ok(name),
+                    None => {
+                        let name = clone_name(&template);
+                        let steps = [Step::server(clone_sql(&template, &name))];
+                        match tokio::time::timeout(ADMIN_TIMEOUT, conns.run(&setup, &steps)).await {
+                            Ok(r) => r.map(|()| name),
+                            Err(_) => Err(Error::Timeout {
+                                what: format!("cloning template {template}"),
+                                after: ADMIN_TIMEOUT,
+                                hint: "the server is overloaded or gone; see its logs".into(),
+                            }),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+                if prepared > 0 && clones.start_refill(&template) {
+                    tokio::spawn(refill(
+                        clones.clone(),
+                        setup.refill_setup(),
+                        template,
+                        prepared,
+                    ));
+                }
+            }
             Command::Shutdown { done: tx } => {
                 done = Some(tx);
                 break;
             }
         }
+    }
+    // Unclaimed clones are ours: remove them (matters on external servers).
+    for name in clones.drain() {
+        let _ = conns
+            .run(
+                &setup,
+                &crate::database::Isolation::Database(name).drop_steps(),
+            )
+            .await;
     }
     for c in [conns.server.take(), conns.console.take()]
         .into_iter()
@@ -298,7 +364,9 @@ async fn execute(
                 slot.insert(crate::factory::open(kind, url, &options, connect_timeout).await?)
             }
         };
-        match sqlx::raw_sql(sql).execute(&mut *conn).await {
+        // `&str` without arguments goes out as a simple Query (raw_sql is not
+        // `Send` enough for the refill task in sqlx 0.8).
+        match conn.execute(sql).await {
             Ok(_) => return Ok(()),
             Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) if attempt == 0 => {
                 tracing::debug!(error = %e, "admin connection lost; reconnecting");
@@ -313,6 +381,116 @@ async fn execute(
         }
     }
     Err(gone())
+}
+
+/// Prepared clones per template, shared with the refill tasks.
+#[derive(Clone, Default)]
+struct ClonePool {
+    inner: Arc<Mutex<ClonePoolState>>,
+}
+
+#[derive(Default)]
+struct ClonePoolState {
+    ready: HashMap<String, VecDeque<String>>,
+    refilling: HashSet<String>,
+}
+
+impl ClonePool {
+    fn with<T>(&self, f: impl FnOnce(&mut ClonePoolState) -> T) -> T {
+        let mut guard = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    fn take(&self, template: &str) -> Option<String> {
+        self.with(|s| s.ready.get_mut(template).and_then(VecDeque::pop_front))
+    }
+
+    /// Whether the caller should start a refill task (none is running).
+    fn start_refill(&self, template: &str) -> bool {
+        self.with(|s| s.refilling.insert(template.to_string()))
+    }
+
+    fn drain(&self) -> Vec<String> {
+        self.with(|s| s.ready.drain().flat_map(|(_, q)| q).collect())
+    }
+}
+
+/// What a refill task needs: plain URLs, its own connections.
+struct RefillSetup {
+    admin_url: DbUrl,
+    admin_kind: &'static str,
+    pooled_url: DbUrl,
+    connect_timeout: Duration,
+}
+
+impl WorkerSetup {
+    fn refill_setup(&self) -> RefillSetup {
+        RefillSetup {
+            admin_url: self.admin_url.clone(),
+            admin_kind: self.admin_kind,
+            pooled_url: self.pooled_url.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+fn clone_name(template: &str) -> String {
+    // pgbf_tpl_<hash> -> pgbf_<hash>_<random>: never reused, recognisable.
+    let hash = template.trim_start_matches("pgbf_tpl_");
+    crate::database::unique_name(&format!("c{hash}"))
+}
+
+fn clone_sql(template: &str, name: &str) -> String {
+    use crate::database::quote_ident;
+    // FILE_COPY: on a tmpfs data directory with fsync off it is the fastest
+    // strategy (FACTS.md section 4: 13 ms vs 16-33 ms for WAL_LOG).
+    format!(
+        "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
+        quote_ident(name),
+        quote_ident(template)
+    )
+}
+
+/// Clones until `target` are ready, warming PgBouncer's server connection to
+/// each (a test then pays no backend start), then ends.
+async fn refill(pool: ClonePool, setup: RefillSetup, template: String, target: usize) {
+    let result = async {
+        let mut admin: Option<PgConnection> = None;
+        while pool.with(|s| s.ready.get(&template).map_or(0, VecDeque::len)) < target {
+            let name = clone_name(&template);
+            execute(
+                &mut admin,
+                &setup.admin_url,
+                setup.admin_kind,
+                setup.connect_timeout,
+                &clone_sql(&template, &name),
+            )
+            .await?;
+            let url = setup.pooled_url.with_database(&name);
+            let options = url
+                .connect_options()
+                .application_name("pgbouncer-fixtures warm-up")
+                .extra_float_digits(None)
+                .statement_cache_capacity(0);
+            let mut warm =
+                crate::factory::open("pooler", &url, &options, setup.connect_timeout).await?;
+            warm.execute("select 1").await.map_err(|e| Error::Sql {
+                action: "warming a prepared clone".into(),
+                source: e,
+            })?;
+            let _ = warm.close().await;
+            pool.with(|s| s.ready.entry(template.clone()).or_default().push_back(name));
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(template, error = %e, "could not prepare clones; tests clone on demand");
+    }
+    pool.with(|s| s.refilling.remove(&template));
 }
 
 /// Workers to stop when the process exits normally.
