@@ -610,3 +610,10 @@ pub(crate) fn connect_error(kind: &'static str, url: &DbUrl, error: sqlx::Error)
         },
     }
 }
+
+// `TestDbBuilder::build()` must be usable inside `tokio::spawn`.
+#[allow(dead_code)]
+fn build_future_is_send() {
+    fn assert_send<T: Send>(_: T) {}
+    assert_send(TestDb::builder().build());
+}

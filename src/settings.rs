@@ -217,6 +217,8 @@ server_lifetime = 3600
 server_idle_timeout = 60
 log_connections = 0
 log_disconnections = 0
+;; Forget pools of databases nobody uses (dropped test databases) soon.
+autodb_idle_timeout = 10
 ",
             pool_mode = self.pool_mode,
             mps = self.max_prepared_statements,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
 use crate::database::quote_ident;
 use crate::error::{Error, Result};
@@ -188,8 +188,7 @@ impl ResolvedTemplate {
             "select pg_advisory_lock(hashtext('pgbouncer-fixtures'), hashtext('{}'))",
             self.name
         );
-        sqlx::raw_sql(&lock)
-            .execute(&mut conn)
+        conn.execute(lock.as_str())
             .await
             .map_err(sql_err("locking the template".into()))?;
         let result = self.build_locked(&mut conn, admin).await;
@@ -197,7 +196,7 @@ impl ResolvedTemplate {
             "select pg_advisory_unlock(hashtext('pgbouncer-fixtures'), hashtext('{}'))",
             self.name
         );
-        let _ = sqlx::raw_sql(&unlock).execute(&mut conn).await;
+        let _ = conn.execute(unlock.as_str()).await;
         let _ = conn.close().await;
         result
     }
@@ -219,8 +218,7 @@ impl ResolvedTemplate {
                 format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
                 format!("CREATE DATABASE {name}"),
             ] {
-                sqlx::raw_sql(&sql)
-                    .execute(&mut *conn)
+                conn.execute(sql.as_str())
                     .await
                     .map_err(sql_err(format!("`{sql}`")))?;
             }
@@ -233,13 +231,15 @@ impl ResolvedTemplate {
                 .await
                 .map_err(|e| crate::factory::connect_error("direct endpoint", &target, e))?;
             if let Some(migrator) = &self.migrator {
-                migrator.run(&mut tpl).await.map_err(|e| Error::Template {
-                    reason: format!("migrations failed on the template: {e}"),
-                })?;
+                migrator
+                    .run_direct(&mut tpl)
+                    .await
+                    .map_err(|e| Error::Template {
+                        reason: format!("migrations failed on the template: {e}"),
+                    })?;
             }
             for (path, sql) in &self.seeds {
-                sqlx::raw_sql(sql)
-                    .execute(&mut tpl)
+                tpl.execute(sql.as_str())
                     .await
                     .map_err(|e| Error::Template {
                         reason: format!("seed file {} failed: {e}", path.display()),
@@ -253,8 +253,7 @@ impl ResolvedTemplate {
                 format!("ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"),
                 format!("COMMENT ON DATABASE {name} IS '{}'", self.comment()),
             ] {
-                sqlx::raw_sql(&sql)
-                    .execute(&mut *conn)
+                conn.execute(sql.as_str())
                     .await
                     .map_err(sql_err(format!("`{sql}`")))?;
             }
@@ -278,7 +277,7 @@ impl ResolvedTemplate {
                 format!("ALTER DATABASE {old} WITH IS_TEMPLATE false"),
                 format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"),
             ] {
-                if let Err(e) = sqlx::raw_sql(&sql).execute(&mut *conn).await {
+                if let Err(e) = conn.execute(sql.as_str()).await {
                     tracing::warn!(error = %e, "could not remove a stale template");
                 }
             }
