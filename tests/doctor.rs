@@ -1,9 +1,12 @@
 //! `doctor` gives the right verdicts behind every profile of a local stack,
 //! and its command-line form exits as CI needs.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::password_of;
 use pgbouncer_fixtures::doctor::{diagnose, items, PoolBehaviour, Report, Verdict};
 use pgbouncer_fixtures::probes::Workload;
 use pgbouncer_fixtures::{Profile, TestDb};
@@ -52,7 +55,7 @@ async fn verdicts_match_each_profile(
         "{text}"
     );
     assert!(
-        !text.contains(&password(db.url())),
+        !text.contains(&password_of(db.url())),
         "the report never shows the password"
     );
     match profile {
@@ -105,11 +108,6 @@ async fn verdicts_match_each_profile(
     }
 }
 
-fn password(url: &str) -> String {
-    let rest = &url[url.find("://").unwrap() + 3..];
-    rest[rest.find(':').unwrap() + 1..rest.find('@').unwrap()].to_string()
-}
-
 #[rstest]
 #[tokio::test]
 async fn the_command_exits_non_zero_on_a_hazard_and_speaks_json(
@@ -127,7 +125,7 @@ async fn the_command_exits_non_zero_on_a_hazard_and_speaks_json(
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
-    assert!(!stdout.contains(&password(db.url())));
+    assert!(!stdout.contains(&password_of(db.url())));
     let hazard = profile == Profile::Transaction;
     assert_eq!(json["hazard"], serde_json::Value::Bool(hazard), "{stdout}");
     assert_eq!(

@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
+use common::password_of;
 use pgbouncer_fixtures::{redact, test_db, DbUrl, Env, Error, Target, TestDb, TEST_DATABASE_URL};
 use rstest::rstest;
 
@@ -253,11 +254,6 @@ async fn a_wrong_password_says_what_to_change(#[future(awt)] test_db: TestDb) {
     );
     assert!(msg.contains("Check the user and password"), "{msg}");
     assert!(!msg.contains("wrongpassword"), "{msg}");
-}
-
-fn password_of(url: &str) -> String {
-    let after_user = &url[url.find("://").unwrap() + 3..];
-    after_user[after_user.find(':').unwrap() + 1..after_user.find('@').unwrap()].to_string()
 }
 
 #[rstest]

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::assert_named_statement_collisions;
+
 use std::time::Duration;
 
 use pgbouncer_fixtures::probes::{run_pattern, SqlxPattern, Workload};
@@ -43,17 +45,7 @@ async fn default_statement_cache_collides_only_behind_the_default_profile(
     .await
     .unwrap();
     if profile == Profile::Transaction {
-        assert!(
-            !outcome.passed(),
-            "named statements collide behind a non-tracking transaction pooler"
-        );
-        for failure in &outcome.failures {
-            match failure.code.as_deref() {
-                Some("42P05") => assert!(failure.message.contains("already exists"), "{failure:?}"),
-                Some("26000") => assert!(failure.message.contains("does not exist"), "{failure:?}"),
-                other => panic!("unexpected failure {other:?}: {failure:?}"),
-            }
-        }
+        assert_named_statement_collisions(&outcome);
     } else {
         assert!(outcome.passed(), "{profile}: {}", outcome.summary());
     }
@@ -239,49 +231,28 @@ async fn session_state_survives_only_session_pooling(
         "a session advisory lock stays on the server connection that took it"
     );
 
-    let prepared = across_transactions(
-        &db,
-        "prepare pgbf_q as select 1",
-        async |a: &mut PgConnection| {
-            sqlx::raw_sql("execute pgbf_q")
-                .execute(a)
-                .await
-                .map(|_| ())
-                .map_err(|e| code_of(&e))
-        },
-    )
-    .await;
-    assert_eq!(
-        prepared,
-        if kept {
-            Ok(())
-        } else {
-            Err(Some("26000".into()))
-        },
-        "SQL PREPARE"
-    );
-
-    let temp = across_transactions(
-        &db,
-        "create temp table pgbf_tmp (x int)",
-        async |a: &mut PgConnection| {
-            sqlx::raw_sql("select count(*) from pgbf_tmp")
-                .execute(a)
-                .await
-                .map(|_| ())
-                .map_err(|e| code_of(&e))
-        },
-    )
-    .await;
-    assert_eq!(
-        temp,
-        if kept {
-            Ok(())
-        } else {
-            Err(Some("42P01".into()))
-        },
-        "temp table"
-    );
+    // SQL-level PREPARE and temp tables live in the server session too.
+    for (setup, check, sqlstate_when_lost) in [
+        ("prepare pgbf_q as select 1", "execute pgbf_q", "26000"),
+        (
+            "create temp table pgbf_tmp (x int)",
+            "select count(*) from pgbf_tmp",
+            "42P01",
+        ),
+    ] {
+        let met = across_transactions(&db, setup, async |a: &mut PgConnection| {
+            let result = sqlx::raw_sql(check).execute(a).await;
+            result
+                .err()
+                .map(|e| code_of(&e).unwrap_or_else(|| e.to_string()))
+        })
+        .await;
+        assert_eq!(
+            met,
+            (!kept).then(|| sqlstate_when_lost.to_string()),
+            "{setup} then {check}"
+        );
+    }
 
     // LISTEN: the notification goes to the server connection, not to the client.
     let pool = PgPoolOptions::new()

@@ -62,3 +62,25 @@ pub async fn database_exists(admin: &mut PgConnection, name: &str) -> bool {
     );
     int(admin, &sql).await == 1
 }
+
+/// The password inside a `scheme://user:password@host/...` URL.
+pub fn password_of(url: &str) -> String {
+    let rest = &url[url.find("://").expect("a URL") + 3..];
+    rest[rest.find(':').expect("a password") + 1..rest.find('@').expect("a host")].to_string()
+}
+
+/// Named prepared statements collided: every failure is 42P05 (already
+/// exists) or 26000 (does not exist), and there is at least one.
+pub fn assert_named_statement_collisions(outcome: &pgbouncer_fixtures::probes::Outcome) {
+    assert!(
+        !outcome.passed(),
+        "named statements collide behind a non-tracking transaction pooler"
+    );
+    for failure in &outcome.failures {
+        match failure.code.as_deref() {
+            Some("42P05") => assert!(failure.message.contains("already exists"), "{failure:?}"),
+            Some("26000") => assert!(failure.message.contains("does not exist"), "{failure:?}"),
+            other => panic!("unexpected failure {other:?}: {failure:?}"),
+        }
+    }
+}
