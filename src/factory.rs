@@ -92,21 +92,35 @@ impl TestDbBuilder {
         };
         let test_name = self.test_name.unwrap_or_else(current_test_name);
         let name = unique_name(&test_name);
+        let started = Instant::now();
         let (worker, isolation, pooled, direct) = match target {
             Target::Containers(settings) => {
-                let stack = Stack::shared(&settings).await?;
-                let e = stack.endpoints();
-                (
-                    stack.worker().clone(),
-                    Isolation::Database(name.clone()),
-                    e.pooled_url(&name),
-                    Some(e.direct_url(&name)),
-                )
+                // A stack found dead while creating the database is replaced once.
+                let mut attempt = 0;
+                loop {
+                    let stack = Stack::shared(&settings).await?;
+                    let e = stack.endpoints();
+                    let isolation = Isolation::Database(name.clone());
+                    match create(stack.worker(), &isolation).await {
+                        Ok(()) => {
+                            break (
+                                stack.worker().clone(),
+                                isolation,
+                                e.pooled_url(&name),
+                                Some(e.direct_url(&name)),
+                            )
+                        }
+                        Err(Error::StackDied { .. }) if attempt == 0 => attempt += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
             }
-            Target::External(ext) => external(&ext, name, connect_timeout).await?,
+            Target::External(ext) => {
+                let isolated = external(&ext, name, connect_timeout).await?;
+                isolated.0.admin(isolated.1.create_steps()).await?;
+                isolated
+            }
         };
-        let started = Instant::now();
-        worker.admin(isolation.create_steps()).await?;
         tracing::debug!(
             test = %test_name,
             isolation = ?isolation,
@@ -122,6 +136,22 @@ impl TestDbBuilder {
             worker,
             closed: false,
         })
+    }
+}
+
+/// Creates the test's database; a failure on a dead stack says so.
+async fn create(worker: &Worker, isolation: &Isolation) -> Result<()> {
+    match worker.admin(isolation.create_steps()).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(died_or(worker, e).await),
+    }
+}
+
+/// `StackDied` when the stack is gone, else the error as it was.
+async fn died_or(worker: &Worker, error: Error) -> Error {
+    match worker.probe().await {
+        Err(died @ Error::StackDied { .. }) => died,
+        _ => error,
     }
 }
 
@@ -216,6 +246,8 @@ async fn external_worker(
                     connect_timeout,
                     console_url: None,
                     cleanup: None,
+                    lease: None,
+                    probe: None,
                 },
             ))
         })
@@ -286,8 +318,15 @@ impl TestDb {
         url: &DbUrl,
         options: PgConnectOptions,
     ) -> Result<PgConnection> {
+        if let Some(dead) = self.worker.dead() {
+            return Err(dead);
+        }
         let started = Instant::now();
-        let conn = open(kind, url, &options, self.connect_timeout).await?;
+        let conn = match open(kind, url, &options, self.connect_timeout).await {
+            Ok(conn) => conn,
+            // Say "the stack died" rather than "connection refused" when that is why.
+            Err(e) => return Err(died_or(&self.worker, e).await),
+        };
         tracing::debug!(
             test = %self.test_name,
             endpoint = kind,

@@ -37,25 +37,30 @@
 //! `statement_cache_capacity(0)` does and does not protect against.
 #![warn(missing_docs)]
 
+mod containers;
 mod database;
 mod docker;
 mod error;
 mod factory;
 mod fixtures;
 mod images;
+mod lock;
+mod reaper;
+mod runkey;
 mod settings;
 mod stack;
 mod target;
 mod worker;
 
 pub use database::Isolation;
-pub use docker::{LABEL_MANAGED, LABEL_STACK};
+pub use docker::{LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK};
 pub use error::{Error, Result};
 pub use factory::{TestDb, TestDbBuilder};
 pub use fixtures::{test_db, try_test_db};
 pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
 };
+pub use reaper::{gc, GcReport};
 pub use settings::{PoolMode, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! pgbouncer-fixtures up [--pool-mode transaction|session] [--max-prepared-statements N]
-//!                       [--default-pool-size N]
+//!                       [--default-pool-size N] [--run-id ID]
+//! pgbouncer-fixtures gc [--stack ID]
 //! ```
 
 use std::process::ExitCode;
@@ -19,6 +20,12 @@ commands:
          options: --pool-mode transaction|session   (default transaction)
                   --max-prepared-statements N        (default 0, as Supabase's port 6543)
                   --default-pool-size N              (default 20)
+                  --run-id ID    join (or start) the shared stack of run ID, as test
+                                 processes with PGBF_RUN_ID=ID do, instead of a private
+                                 one; it stays for the other users when this exits
+  gc     remove every container and network this crate created on this Docker
+         host, running or not, and list them
+         options: --stack ID   only those of stack ID (label pgbouncer-fixtures.stack)
   help   show this text
 
 environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE, DOCKER_HOST,
@@ -28,6 +35,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("up") => run(up(&args[1..])),
+        Some("gc") => run(gc(&args[1..])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -47,6 +55,33 @@ fn run(result: Result<(), String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn gc(args: &[String]) -> Result<(), String> {
+    let stack = match args {
+        [] => None,
+        [flag, id] if flag == "--stack" && !id.trim().is_empty() => Some(id.as_str()),
+        _ => return Err(format!("gc takes no option but --stack ID\n\n{USAGE}")),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let report = runtime
+        .block_on(pgbouncer_fixtures::gc(stack))
+        .map_err(|e| e.to_string())?;
+    for c in &report.containers {
+        println!("removed container {c}");
+    }
+    for n in &report.networks {
+        println!("removed network {n}");
+    }
+    println!(
+        "gc: removed {} container(s), {} network(s)",
+        report.containers.len(),
+        report.networks.len()
+    );
+    Ok(())
 }
 
 fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
@@ -78,6 +113,13 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
                 let v = value("--default-pool-size")?;
                 settings = settings.with_default_pool_size(number("--default-pool-size", v)?);
             }
+            "--run-id" => {
+                let v = value("--run-id")?;
+                if v.trim().is_empty() {
+                    return Err("--run-id takes a non-empty id".into());
+                }
+                settings = settings.with_run_id(v);
+            }
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
     }
@@ -97,12 +139,22 @@ fn up(args: &[String]) -> Result<(), String> {
             "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}) ...",
             settings.pool_mode, settings.max_prepared_statements
         );
+        if settings.run_id.is_some() {
+            let stack = Stack::shared(&settings).await.map_err(|e| e.to_string())?;
+            print_urls(stack);
+            eprintln!(
+                "pgbouncer-fixtures: {} shared stack {} in {:.2} s; it stays while any process holds a lease, and is reaped {} s after the last one. Ctrl-C to leave it.",
+                if stack.joined() { "joined" } else { "started" },
+                stack.id(),
+                started.elapsed().as_secs_f64(),
+                stack.settings().reap_after.as_secs()
+            );
+            wait_for_signal().await?;
+            // The lease closes at exit; the stack's watchdog does the rest.
+            return Ok(());
+        }
         let stack = Stack::start(settings).await.map_err(|e| e.to_string())?;
-        let e = stack.endpoints();
-        // These lines are the command's product: a throw-away stack's URLs,
-        // password included, for a .env file.
-        println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
-        println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
+        print_urls(&stack);
         eprintln!(
             "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
             stack.id(),
@@ -114,6 +166,14 @@ fn up(args: &[String]) -> Result<(), String> {
         eprintln!("pgbouncer-fixtures: stopped");
         Ok(())
     })
+}
+
+fn print_urls(stack: &Stack) {
+    let e = stack.endpoints();
+    // These lines are the command's product: a throw-away stack's URLs,
+    // password included, for a .env file.
+    println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
+    println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
 }
 
 async fn wait_for_signal() -> Result<(), String> {

@@ -71,6 +71,13 @@ pub struct StackSettings {
     pub images: ImageSettings,
     /// How long starting the stack may take before it is a timeout.
     pub startup_timeout: Duration,
+    /// How long the stack outlives its last user (`PGBF_REAP_AFTER_SECS`):
+    /// the PostgreSQL container stops itself once no process has held a
+    /// lease on it for this long, and both containers remove themselves.
+    pub reap_after: Duration,
+    /// Pins the run id that decides which processes share a stack
+    /// (`PGBF_RUN_ID`); unset: `NEXTEST_RUN_ID`, else the `cargo test` invocation.
+    pub run_id: Option<String>,
 }
 
 impl Default for StackSettings {
@@ -83,6 +90,8 @@ impl Default for StackSettings {
             server_round_robin: false,
             images: ImageSettings::default(),
             startup_timeout: Duration::from_secs(120),
+            reap_after: Duration::from_secs(10),
+            run_id: None,
         }
     }
 }
@@ -134,6 +143,23 @@ impl StackSettings {
         )? {
             s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
         }
+        if let Some(n) = parse_u32(
+            env,
+            "PGBF_REAP_AFTER_SECS",
+            "a whole number of seconds from 1 to 3600",
+        )? {
+            if !(1..=3600).contains(&n) {
+                return Err(Error::InvalidEnv {
+                    var: "PGBF_REAP_AFTER_SECS",
+                    value: n.to_string(),
+                    expected: "a whole number of seconds from 1 to 3600",
+                });
+            }
+            s.reap_after = Duration::from_secs(u64::from(n));
+        }
+        if let Some(id) = env.get("PGBF_RUN_ID") {
+            s.run_id = Some(check_run_id(id)?);
+        }
         Ok(s)
     }
 
@@ -176,15 +202,30 @@ impl StackSettings {
         self
     }
 
+    /// Pins the run id: processes asking for a stack with the same settings
+    /// and run id (in the same checkout) share one.
+    pub fn with_run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
+        self
+    }
+
+    /// Sets how long the stack outlives its last user (at least 1 s).
+    pub fn with_reap_after(mut self, after: Duration) -> Self {
+        self.reap_after = after.max(Duration::from_secs(1));
+        self
+    }
+
     /// A short stable key: stacks are shared only between identical settings.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
-        h.update(self.pgbouncer_ini("postgres").as_bytes());
+        h.update(self.pgbouncer_ini("127.0.0.1").as_bytes());
         h.update(format!("{:?}", self.images).as_bytes());
+        h.update(self.reap_after.as_secs().to_le_bytes());
         hex(&h.finalize()[..6])
     }
 
-    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`.
+    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`
+    /// (the crate's stacks: `127.0.0.1`, PgBouncer shares PostgreSQL's network).
     pub fn pgbouncer_ini(&self, pg_host: &str) -> String {
         format!(
             "\
@@ -198,7 +239,7 @@ listen_addr = 0.0.0.0
 listen_port = 6432
 unix_socket_dir =
 auth_type = scram-sha-256
-auth_file = /etc/pgbf/userlist.txt
+auth_file = /tmp/pgbf/userlist.txt
 admin_users = postgres
 stats_users = postgres
 pool_mode = {pool_mode}
@@ -225,4 +266,18 @@ log_disconnections = 0
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A run id is hashed, never used as a name, but it is still user input:
+/// refuse what is clearly a mistake (control characters, absurd length).
+pub(crate) fn check_run_id(raw: &str) -> Result<String> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(Error::InvalidEnv {
+            var: "PGBF_RUN_ID",
+            value: raw.chars().take(80).collect(),
+            expected: "1 to 200 printable characters",
+        });
+    }
+    Ok(id.to_string())
 }
