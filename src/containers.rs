@@ -115,11 +115,33 @@ async fn create_and_start(docker: &Docker, name: &str, body: ContainerCreateBody
         name: Some(name.to_string()),
         ..Default::default()
     };
-    docker::call(
-        &format!("create container {name}"),
-        docker.create_container(Some(options), body),
-    )
-    .await?;
+    // A container of that name may still be on its way out (AutoRemove of a
+    // dead stack runs concurrently): a name conflict is retried for a while.
+    let mut attempts = 0;
+    loop {
+        match tokio::time::timeout(
+            docker::CALL_TIMEOUT,
+            docker.create_container(Some(options.clone()), body.clone()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => break,
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            })) if attempts < 40 => {
+                attempts += 1;
+                remove(docker, name).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(Err(e)) => {
+                return Err(Error::Docker {
+                    action: format!("create container {name}"),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => return Err(docker::timeout(&format!("create container {name}"))),
+        }
+    }
     if let Err(e) = docker::call(
         &format!("start container {name}"),
         docker.start_container(name, None),
