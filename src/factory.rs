@@ -162,7 +162,7 @@ fn env_connect_timeout(env: &Env) -> Result<Duration> {
             Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
             _ => Err(Error::InvalidEnv {
                 var: "PGBF_CONNECT_TIMEOUT_SECS",
-                value: v.to_string(),
+                value: crate::target::redact_value(v),
                 expected: "a whole number of seconds >= 1",
             }),
         },

@@ -44,7 +44,7 @@ impl std::str::FromStr for PoolMode {
             "session" => Ok(PoolMode::Session),
             _ => Err(Error::InvalidEnv {
                 var: "PGBF_POOL_MODE",
-                value: s.to_string(),
+                value: crate::target::redact_value(s),
                 expected: "transaction or session",
             }),
         }
@@ -101,7 +101,7 @@ fn parse_u32(env: &Env, var: &'static str, expected: &'static str) -> Result<Opt
         .map(|v| {
             v.trim().parse::<u32>().map_err(|_| Error::InvalidEnv {
                 var,
-                value: v.to_string(),
+                value: crate::target::redact_value(v),
                 expected,
             })
         })
@@ -275,7 +275,7 @@ pub(crate) fn check_run_id(raw: &str) -> Result<String> {
     if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
         return Err(Error::InvalidEnv {
             var: "PGBF_RUN_ID",
-            value: raw.chars().take(80).collect(),
+            value: crate::target::redact_value(raw).chars().take(80).collect(),
             expected: "1 to 200 printable characters",
         });
     }
