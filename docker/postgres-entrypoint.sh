@@ -46,6 +46,9 @@ while kill -0 "$pg" 2>/dev/null; do
   now=$(date +%s)
   leases=$(psql -h /tmp -U postgres -d postgres -XAtq -c \
     "select count(*) from pg_stat_activity where application_name like 'pgbf-lease%'" 2>/dev/null || echo 0)
+  # A lease too short for this 1 s poll still leaves its mark (a file the
+  # lease holder writes with COPY): the start-up grace is over either way.
+  [ -e /tmp/pgbf-leased ] && seen=1
   if [ "${leases:-0}" -gt 0 ] 2>/dev/null; then
     last_lease=$now
     seen=1

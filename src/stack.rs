@@ -425,7 +425,17 @@ async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnec
         match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
             .await
         {
-            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Ok(mut conn)) => {
+                // Tells the watchdog a lease existed, however short it lives,
+                // which ends its start-up grace (see postgres-entrypoint.sh).
+                match sqlx::raw_sql("copy (select) to '/tmp/pgbf-leased'")
+                    .execute(&mut conn)
+                    .await
+                {
+                    Ok(_) => return Ok(conn),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => last_error = "no answer within 5 s".into(),
         }
