@@ -60,7 +60,7 @@ pub use fixtures::{test_db, try_test_db};
 pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
 };
-pub use reaper::{gc, GcReport};
+pub use reaper::{gc, GcReport, GcScope};
 pub use settings::{PoolMode, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{

@@ -3,13 +3,13 @@
 //! ```text
 //! pgbouncer-fixtures up [--pool-mode transaction|session] [--max-prepared-statements N]
 //!                       [--default-pool-size N] [--run-id ID]
-//! pgbouncer-fixtures gc [--stack ID]
+//! pgbouncer-fixtures gc [--stack ID | --checkout PATH]
 //! ```
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pgbouncer_fixtures::{Env, PoolMode, Stack, StackSettings};
+use pgbouncer_fixtures::{Env, GcScope, PoolMode, Stack, StackSettings};
 
 const USAGE: &str = "\
 usage: pgbouncer-fixtures <command>
@@ -25,7 +25,9 @@ commands:
                                  one; it stays for the other users when this exits
   gc     remove every container and network this crate created on this Docker
          host, running or not, and list them
-         options: --stack ID   only those of stack ID (label pgbouncer-fixtures.stack)
+         options: --stack ID         only those of stack ID (label pgbouncer-fixtures.stack)
+                  --checkout PATH    only those made by runs in checkout PATH
+                                     (label pgbouncer-fixtures.checkout)
   help   show this text
 
 environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE, DOCKER_HOST,
@@ -58,17 +60,22 @@ fn run(result: Result<(), String>) -> ExitCode {
 }
 
 fn gc(args: &[String]) -> Result<(), String> {
-    let stack = match args {
-        [] => None,
-        [flag, id] if flag == "--stack" && !id.trim().is_empty() => Some(id.as_str()),
-        _ => return Err(format!("gc takes no option but --stack ID\n\n{USAGE}")),
+    let scope = match args {
+        [] => GcScope::All,
+        [flag, id] if flag == "--stack" && !id.trim().is_empty() => GcScope::Stack(id),
+        [flag, path] if flag == "--checkout" && !path.trim().is_empty() => GcScope::Checkout(path),
+        _ => {
+            return Err(format!(
+                "gc takes no option, or --stack ID, or --checkout PATH\n\n{USAGE}"
+            ))
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     let report = runtime
-        .block_on(pgbouncer_fixtures::gc(stack))
+        .block_on(pgbouncer_fixtures::gc(scope))
         .map_err(|e| e.to_string())?;
     for c in &report.containers {
         println!("removed container {c}");

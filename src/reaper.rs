@@ -13,7 +13,7 @@ use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
 
 use crate::containers;
-use crate::docker::{self, LABEL_MANAGED, LABEL_STACK};
+use crate::docker::{self, LABEL_CHECKOUT, LABEL_MANAGED, LABEL_STACK};
 use crate::error::Result;
 
 /// Leftovers younger than this are left alone by the sweep: they may belong
@@ -29,10 +29,22 @@ pub struct GcReport {
     pub networks: Vec<String>,
 }
 
-fn label_filter(stack: Option<&str>) -> HashMap<String, Vec<String>> {
-    let label = match stack {
-        Some(id) => format!("{LABEL_STACK}={id}"),
-        None => LABEL_MANAGED.to_string(),
+/// Which of the crate's resources `gc` removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcScope<'a> {
+    /// Everything the crate created on this Docker host, whoever's.
+    All,
+    /// The containers of one stack (label `pgbouncer-fixtures.stack`).
+    Stack(&'a str),
+    /// What runs in one checkout created (label `pgbouncer-fixtures.checkout`).
+    Checkout(&'a str),
+}
+
+fn label_filter(scope: GcScope<'_>) -> HashMap<String, Vec<String>> {
+    let label = match scope {
+        GcScope::All => LABEL_MANAGED.to_string(),
+        GcScope::Stack(id) => format!("{LABEL_STACK}={id}"),
+        GcScope::Checkout(path) => format!("{LABEL_CHECKOUT}={path}"),
     };
     HashMap::from([("label".to_string(), vec![label])])
 }
@@ -44,16 +56,16 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
-/// Removes every container and network the crate created on this Docker
-/// host (only stack `stack`'s, when given), running or not.
-pub async fn gc(stack: Option<&str>) -> Result<GcReport> {
+/// Removes the containers and networks the crate created on this Docker
+/// host within `scope`, running or not, and says which.
+pub async fn gc(scope: GcScope<'_>) -> Result<GcReport> {
     let docker = docker::connect().await?;
     let mut report = GcReport::default();
     let list = docker::call(
         "list the crate's containers",
         docker.list_containers(Some(ListContainersOptions {
             all: true,
-            filters: Some(label_filter(stack)),
+            filters: Some(label_filter(scope)),
             ..Default::default()
         })),
     )
@@ -63,7 +75,7 @@ pub async fn gc(stack: Option<&str>) -> Result<GcReport> {
         containers::remove(&docker, &name).await;
         report.containers.push(name);
     }
-    for name in networks(&docker, stack, None).await? {
+    for name in networks(&docker, scope, None).await? {
         if remove_network(&docker, &name).await {
             report.networks.push(name);
         }
@@ -101,7 +113,7 @@ pub(crate) async fn sweep(docker: &Docker) {
         }
         Err(e) => tracing::debug!(error = %e, "sweep: cannot list containers"),
     }
-    match networks(docker, None, Some(cutoff)).await {
+    match networks(docker, GcScope::All, Some(cutoff)).await {
         Ok(names) => {
             for name in names {
                 tracing::info!(network = %name, "sweeping an unused network left by an earlier run");
@@ -116,13 +128,13 @@ pub(crate) async fn sweep(docker: &Docker) {
 /// created before that time.
 async fn networks(
     docker: &Docker,
-    stack: Option<&str>,
+    scope: GcScope<'_>,
     unused_before: Option<i64>,
 ) -> Result<Vec<String>> {
     let list = docker::call(
         "list the crate's networks",
         docker.list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(stack)),
+            filters: Some(label_filter(scope)),
         })),
     )
     .await?;

@@ -346,5 +346,6 @@ fn gc_refuses_unknown_options() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("gc takes no option but --stack ID"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("gc takes no option, or --stack ID, or --checkout PATH"));
 }
