@@ -56,7 +56,12 @@ async fn a_killed_postgres_fails_the_next_connect_and_the_next_testdb_gets_a_fre
     sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
 
     docker(&["kill", &pg]);
+    let started = Instant::now();
     let err = db.connect().await.unwrap_err();
+    println!(
+        "connect() after `docker kill` of PostgreSQL failed in {:.2} s: {err}",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         matches!(&err, Error::StackDied { stack: s, .. } if s == stack.id()),
         "{err:?}"
