@@ -26,6 +26,9 @@ pub const STACK_USER: &str = "postgres";
 
 /// `application_name` prefix of a lease: the stack's watchdog counts these.
 const LEASE_APP: &str = "pgbf-lease";
+/// How long building the images may take (a stock base image installs
+/// PostgreSQL from Debian's mirror: minutes on a slow network).
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a joiner waits for an existing stack to answer before replacing it.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -377,7 +380,16 @@ async fn create(
     settings: &StackSettings,
 ) -> Result<(Endpoints, PgConnection)> {
     let build_started = Instant::now();
-    let images = ensure_images(docker, &settings.images).await?;
+    let images = tokio::time::timeout(IMAGE_TIMEOUT, ensure_images(docker, &settings.images))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "building the stack's images".into(),
+            after: IMAGE_TIMEOUT,
+            hint: "the Debian mirror or the Docker build is stuck; run `docker build` of \
+                   docker/*.Dockerfile by hand to see where, or set PGBF_POSTGRES_IMAGE / \
+                   PGBF_PGBOUNCER_IMAGE to images you have"
+                .into(),
+        })??;
     tracing::debug!(
         elapsed_ms = build_started.elapsed().as_millis() as u64,
         "images ready"
