@@ -116,7 +116,9 @@ async fn create_and_start(docker: &Docker, name: &str, body: ContainerCreateBody
         ..Default::default()
     };
     // A container of that name may still be on its way out (AutoRemove of a
-    // dead stack runs concurrently): a name conflict is retried for a while.
+    // dead stack runs concurrently): a name conflict is retried for a while,
+    // never resolved by removing it (it could be a live stack made by another
+    // user or machine sharing this Docker engine).
     let mut attempts = 0;
     loop {
         match tokio::time::timeout(
@@ -130,7 +132,6 @@ async fn create_and_start(docker: &Docker, name: &str, body: ContainerCreateBody
                 status_code: 409, ..
             })) if attempts < 40 => {
                 attempts += 1;
-                remove(docker, name).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Ok(Err(e)) => {
