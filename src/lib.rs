@@ -6,7 +6,8 @@
 //! parameters then fail your tests instead of your deployment.
 //!
 //! - [`test_db`]: an `rstest` fixture giving each test its own database on a
-//!   Postgres + PgBouncer stack (containers, shared by the process);
+//!   Postgres + PgBouncer stack (containers, one per test run, shared by all
+//!   its processes and removed by itself after the run; see the README);
 //! - [`TestDb::connect`]: a fresh, unpooled sqlx `PgConnection` through the
 //!   pooler; [`TestDb::connect_direct`]: the same database without it, for
 //!   migrations;
