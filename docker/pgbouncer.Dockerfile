@@ -1,5 +1,5 @@
-# PgBouncer in front of the stack's PostgreSQL. Its pgbouncer.ini and
-# userlist.txt are written by the crate into /etc/pgbf before start.
+# PgBouncer in front of the stack's PostgreSQL. The entrypoint writes its
+# pgbouncer.ini and userlist.txt from the environment the crate passes.
 ARG BASE_IMAGE=debian:trixie-slim
 FROM ${BASE_IMAGE}
 
@@ -7,10 +7,11 @@ RUN if ! command -v pgbouncer >/dev/null 2>&1; then \
       apt-get update \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer \
       && rm -rf /var/lib/apt/lists/*; \
-    fi \
-    && install -d -m 755 /etc/pgbf
+    fi
 
+COPY pgbouncer-entrypoint.sh /usr/local/bin/pgbf-pgbouncer
+RUN chmod 755 /usr/local/bin/pgbf-pgbouncer
 # PgBouncer refuses to run as root.
 USER nobody
 EXPOSE 6432
-ENTRYPOINT ["pgbouncer", "/etc/pgbf/pgbouncer.ini"]
+ENTRYPOINT ["/usr/local/bin/pgbf-pgbouncer"]

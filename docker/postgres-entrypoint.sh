@@ -1,24 +1,71 @@
 #!/bin/sh
 # Start a throw-away PostgreSQL: copy the build-time cluster onto /pgdata
 # (tmpfs), set the stack's password, run with durability off.
-# POSTGRES_PASSWORD is a plain alphanumeric password or a SCRAM-SHA-256
-# verifier (what the crate passes, so that PgBouncer can hold the same one).
+# POSTGRES_PASSWORD is the plain password (joining processes read it back);
+# POSTGRES_PASSWORD_SCRAM, when set, is its SCRAM-SHA-256 verifier, which is
+# what the role gets (PgBouncer holds the same one).
+#
+# Reaping: nothing inside a test process runs after SIGKILL, so this script
+# (PID 1) watches for "leases": connections whose application_name starts
+# with `pgbf-lease`, one per process using the stack. When none has existed
+# for PGBF_REAP_AFTER_SECS (after a start-up grace of PGBF_LEASE_GRACE_SECS),
+# it stops the server (the grace applies only until the first lease is seen);
+# the container was created with AutoRemove, so it
+# vanishes, and the PgBouncer container sharing its network follows.
 set -eu
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
-case "$POSTGRES_PASSWORD" in
-  *[!A-Za-z0-9+/=:\$-]*) echo "pgbf-postgres: POSTGRES_PASSWORD has characters outside [A-Za-z0-9+/=:\$-]" >&2; exit 2 ;;
+secret="${POSTGRES_PASSWORD_SCRAM:-$POSTGRES_PASSWORD}"
+case "$secret" in
+  *[!A-Za-z0-9+/=:\$-]*) echo "pgbf-postgres: the password has characters outside [A-Za-z0-9+/=:\$-]" >&2; exit 2 ;;
+esac
+reap_after="${PGBF_REAP_AFTER_SECS:-0}"
+grace="${PGBF_LEASE_GRACE_SECS:-30}"
+case "$reap_after$grace" in
+  *[!0-9]*) echo "pgbf-postgres: PGBF_REAP_AFTER_SECS and PGBF_LEASE_GRACE_SECS must be whole numbers" >&2; exit 2 ;;
 esac
 bin=/usr/lib/postgresql/17/bin
 data=/pgdata/data
 cp -a /var/lib/pgbf/cluster "$data"
 chmod 700 "$data"
-echo "ALTER ROLE postgres PASSWORD '$POSTGRES_PASSWORD'" \
+echo "ALTER ROLE postgres PASSWORD '$secret'" \
   | "$bin/postgres" --single -D "$data" -c fsync=off postgres >/dev/null
-exec "$bin/postgres" -D "$data" \
+"$bin/postgres" -D "$data" \
   -c listen_addresses='*' \
   -c unix_socket_directories=/tmp \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
   -c max_connections="${POSTGRES_MAX_CONNECTIONS:-300}" \
   -c shared_buffers=128MB \
   -c log_min_messages=warning \
-  "$@"
+  "$@" &
+pg=$!
+# docker stop / Ctrl-C: fast shutdown of the server, then this script ends.
+trap 'kill -INT "$pg" 2>/dev/null || true' INT TERM
+
+started=$(date +%s)
+last_lease=$started
+seen=0
+while kill -0 "$pg" 2>/dev/null; do
+  sleep 1
+  [ "$reap_after" -gt 0 ] || continue
+  now=$(date +%s)
+  leases=$(psql -h /tmp -U postgres -d postgres -XAtq -c \
+    "select count(*) from pg_stat_activity where application_name like 'pgbf-lease%'" 2>/dev/null || echo 0)
+  # A lease too short for this 1 s poll still leaves its mark (a file the
+  # lease holder writes with COPY): the start-up grace is over either way.
+  [ -e /tmp/pgbf-leased ] && seen=1
+  if [ "${leases:-0}" -gt 0 ] 2>/dev/null; then
+    last_lease=$now
+    seen=1
+  elif { [ "$seen" = 1 ] || [ $((now - started)) -ge "$grace" ]; } \
+    && [ $((now - last_lease)) -ge "$reap_after" ]; then
+    echo "pgbf-postgres: no lease for ${reap_after} s: stopping (the stack is reaped)" >&2
+    kill -INT "$pg" 2>/dev/null || true
+    break
+  fi
+done
+# `wait` returns early when a trapped signal arrives: wait until the server is gone.
+status=0
+while kill -0 "$pg" 2>/dev/null; do
+  wait "$pg" || status=$?
+done
+exit "$status"

@@ -1,11 +1,10 @@
 //! The Docker engine as the crate uses it: one connection helper with an
 //! error that says what was tried, the labels that mark what the crate
-//! creates, and the stack's private network.
+//! creates, and time limits on every call.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
 
 use crate::error::{Error, Result};
@@ -40,34 +39,76 @@ pub async fn connect() -> Result<Docker> {
     }
 }
 
-/// The labels of a resource belonging to stack `stack_id`.
-pub fn labels(stack_id: &str) -> HashMap<String, String> {
+/// Label naming what a container is: `postgres` or `pgbouncer`.
+pub const LABEL_KIND: &str = "pgbouncer-fixtures.kind";
+/// Label holding the checkout (`CARGO_MANIFEST_DIR`) whose run made the container.
+pub const LABEL_CHECKOUT: &str = "pgbouncer-fixtures.checkout";
+/// Label holding the pid of the process that created the container.
+pub const LABEL_PID: &str = "pgbouncer-fixtures.pid";
+/// Label: `true` for a run's shared stack, `false` for a private `Stack::start`.
+pub const LABEL_SHARED: &str = "pgbouncer-fixtures.shared";
+
+/// How long one Docker API call may take.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a container of a stack runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Postgres,
+    Pgbouncer,
+}
+
+/// The labels of a container of stack `stack_id`.
+pub(crate) fn labels_for(stack_id: &str, kind: Kind, shared: bool) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_STACK.to_string(), stack_id.to_string()),
+        (
+            LABEL_KIND.to_string(),
+            match kind {
+                Kind::Postgres => "postgres",
+                Kind::Pgbouncer => "pgbouncer",
+            }
+            .to_string(),
+        ),
+        (LABEL_CHECKOUT.to_string(), crate::runkey::checkout()),
+        (LABEL_PID.to_string(), std::process::id().to_string()),
+        (LABEL_SHARED.to_string(), shared.to_string()),
     ])
 }
 
-/// Creates the stack's private bridge network.
-pub async fn create_network(docker: &Docker, name: &str, stack_id: &str) -> Result<()> {
-    docker
-        .create_network(NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".to_string()),
-            labels: Some(labels(stack_id)),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::Docker {
-            action: format!("create network {name}"),
-            reason: e.to_string(),
-        })?;
-    Ok(())
+/// The error of a Docker call that did not answer in time.
+pub(crate) fn timeout(action: &str) -> Error {
+    Error::Timeout {
+        what: format!("Docker to {action}"),
+        after: CALL_TIMEOUT,
+        hint: "the Docker daemon is overloaded or stuck; check `docker info`".into(),
+    }
 }
 
-/// Removes a network, logging rather than failing: it is clean-up.
-pub async fn remove_network(docker: &Docker, name: &str) {
-    if let Err(e) = docker.remove_network(name).await {
-        tracing::warn!(network = name, error = %e, "could not remove network");
+/// Runs one Docker call with a time limit and an error naming the action.
+pub(crate) async fn call<T>(
+    action: &str,
+    fut: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::Docker {
+            action: action.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(timeout(action)),
     }
+}
+
+/// The host where published ports answer: the host of a `tcp://` DOCKER_HOST,
+/// else this machine.
+pub(crate) fn published_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| url::Url::parse(h.trim()).ok())
+        .filter(|u| matches!(u.scheme(), "tcp" | "http" | "https"))
+        .and_then(|u| u.host_str().map(str::to_string))
+        .filter(|h| h != "localhost")
+        .unwrap_or_else(|| "127.0.0.1".to_string())
 }

@@ -132,6 +132,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The stack's PostgreSQL went away under the run (killed, removed, crashed).
+    #[error(
+        "the test stack {stack} died: {reason}. Tests of this process cannot use it any more; \
+         the next TestDb (or the next run) starts a fresh stack. If you did not stop it, see \
+         `docker events --filter label=pgbouncer-fixtures.stack={stack}`"
+    )]
+    StackDied {
+        /// The stack's id (its `pgbouncer-fixtures.stack` label).
+        stack: String,
+        /// What is known about its end.
+        reason: String,
+    },
+
     /// A SQL statement the crate runs for itself (create/drop database ...) failed.
     #[error("{action} failed: {source}")]
     Sql {
@@ -141,6 +154,22 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+}
+
+impl Error {
+    /// The same error again, for the places that must report one error
+    /// twice (sqlx errors cannot be cloned: they are kept as text).
+    pub(crate) fn again(&self) -> Error {
+        match self {
+            Error::StackDied { stack, reason } => Error::StackDied {
+                stack: stack.clone(),
+                reason: reason.clone(),
+            },
+            other => Error::Stack {
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

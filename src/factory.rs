@@ -121,54 +121,36 @@ impl TestDbBuilder {
                 .transpose()?,
         };
         let test_name = self.test_name.unwrap_or_else(current_test_name);
-        let (worker, server) = match target {
-            Target::Containers(settings) => {
-                let settings = match profile {
-                    Some(p) => p.apply(settings),
-                    None => settings,
-                };
-                let stack = Stack::shared(&settings).await?;
-                let e = stack.endpoints();
-                let server = Server {
-                    key: stack.id().to_string(),
-                    pooled: e.pooled_url("postgres"),
-                    direct: Some(e.direct_url("postgres")),
-                    databases: true,
-                };
-                (stack.worker().clone(), server)
-            }
-            Target::External(ext) => external(&ext, connect_timeout).await?,
+        let target = match (target, profile) {
+            (Target::Containers(settings), Some(p)) => Target::Containers(p.apply(settings)),
+            (target, _) => target,
         };
         let started = Instant::now();
-        let isolation = match (&self.template, server.databases) {
-            (Some(template), true) => {
-                let resolved = template.resolve(env_prepared_clones(&env)?).await?;
-                let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
-                    feature: "templates",
-                })?;
-                ensure_template_once(&server.key, &resolved, admin).await?;
-                Isolation::Database(
-                    worker
-                        .claim(resolved.name.clone(), resolved.prepared)
-                        .await?,
-                )
-            }
-            (Some(_), false) => {
-                return Err(Error::Template {
-                    reason: "on an external server templates need one database per test: set \
-                             PGBF_EXTERNAL_CREATE_DATABASES=1 and TEST_DIRECT_URL"
-                        .into(),
-                });
-            }
-            (None, databases) => {
-                let name = unique_name(&test_name);
-                let isolation = if databases {
-                    Isolation::Database(name)
-                } else {
-                    Isolation::Schema(name)
-                };
-                worker.admin(isolation.create_steps()).await?;
-                isolation
+        // A stack found dead while preparing the database is replaced once.
+        let mut attempt = 0;
+        let (worker, server, isolation) = loop {
+            let (worker, server) = match &target {
+                Target::Containers(settings) => {
+                    let stack = Stack::shared(settings).await?;
+                    let e = stack.endpoints();
+                    let server = Server {
+                        key: stack.id().to_string(),
+                        pooled: e.pooled_url("postgres"),
+                        direct: Some(e.direct_url("postgres")),
+                        databases: true,
+                    };
+                    (stack.worker().clone(), server)
+                }
+                Target::External(ext) => external(ext, connect_timeout).await?,
+            };
+            match isolate(&worker, &server, self.template.as_ref(), &env, &test_name).await {
+                Ok(isolation) => break (worker, server, isolation),
+                Err(Error::StackDied { .. })
+                    if attempt == 0 && matches!(target, Target::Containers(_)) =>
+                {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
             }
         };
         tracing::debug!(
@@ -206,6 +188,61 @@ impl TestDbBuilder {
     }
 }
 
+/// Makes the test's database (a template clone or an empty one) or schema;
+/// a failure on a dead stack says so.
+async fn isolate(
+    worker: &Worker,
+    server: &Server,
+    template: Option<&Template>,
+    env: &Env,
+    test_name: &str,
+) -> Result<Isolation> {
+    let result = match (template, server.databases) {
+        (Some(template), true) => {
+            let resolved = template.resolve(env_prepared_clones(env)?).await?;
+            let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
+                feature: "templates",
+            })?;
+            ensure_template_once(&server.key, &resolved, admin).await?;
+            worker
+                .claim(resolved.name.clone(), resolved.prepared)
+                .await
+                .map(Isolation::Database)
+        }
+        (Some(_), false) => {
+            return Err(Error::Template {
+                reason: "on an external server templates need one database per test: set \
+                         PGBF_EXTERNAL_CREATE_DATABASES=1 and TEST_DIRECT_URL"
+                    .into(),
+            });
+        }
+        (None, databases) => {
+            let name = unique_name(test_name);
+            let isolation = if databases {
+                Isolation::Database(name)
+            } else {
+                Isolation::Schema(name)
+            };
+            worker
+                .admin(isolation.create_steps())
+                .await
+                .map(|()| isolation)
+        }
+    };
+    match result {
+        Ok(isolation) => Ok(isolation),
+        Err(e) => Err(died_or(worker, e).await),
+    }
+}
+
+/// `StackDied` when the stack is gone, else the error as it was.
+async fn died_or(worker: &Worker, error: Error) -> Error {
+    match worker.probe().await {
+        Err(died @ Error::StackDied { .. }) => died,
+        _ => error,
+    }
+}
+
 fn env_connect_timeout(env: &Env) -> Result<Duration> {
     match env.get("PGBF_CONNECT_TIMEOUT_SECS") {
         None => Ok(DEFAULT_CONNECT_TIMEOUT),
@@ -213,7 +250,7 @@ fn env_connect_timeout(env: &Env) -> Result<Duration> {
             Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
             _ => Err(Error::InvalidEnv {
                 var: "PGBF_CONNECT_TIMEOUT_SECS",
-                value: v.to_string(),
+                value: crate::target::redact_value(v),
                 expected: "a whole number of seconds >= 1",
             }),
         },
@@ -340,6 +377,8 @@ async fn external_worker(
                     console_url: None,
                     pooled_url,
                     cleanup: None,
+                    lease: None,
+                    probe: None,
                 },
             ))
         })
@@ -432,8 +471,15 @@ impl TestDb {
         url: &DbUrl,
         options: PgConnectOptions,
     ) -> Result<PgConnection> {
+        if let Some(dead) = self.worker.dead() {
+            return Err(dead);
+        }
         let started = Instant::now();
-        let conn = open(kind, url, &options, self.connect_timeout).await?;
+        let conn = match open(kind, url, &options, self.connect_timeout).await {
+            Ok(conn) => conn,
+            // Say "the stack died" rather than "connection refused" when that is why.
+            Err(e) => return Err(died_or(&self.worker, e).await),
+        };
         tracing::debug!(
             test = %self.test_name,
             endpoint = kind,

@@ -25,6 +25,7 @@ pub const PGBOUNCER_REPOSITORY: &str = "pgbouncer-fixtures/pgbouncer";
 const POSTGRES_DOCKERFILE: &str = include_str!("../docker/postgres.Dockerfile");
 const POSTGRES_ENTRYPOINT: &str = include_str!("../docker/postgres-entrypoint.sh");
 const PGBOUNCER_DOCKERFILE: &str = include_str!("../docker/pgbouncer.Dockerfile");
+const PGBOUNCER_ENTRYPOINT: &str = include_str!("../docker/pgbouncer-entrypoint.sh");
 
 /// Where the base-image script lives in this crate's sources.
 pub const BASE_IMAGE_SCRIPT: &str =
@@ -157,7 +158,7 @@ pub async fn ensure_images(docker: &Docker, settings: &ImageSettings) -> Result<
             build(
                 PGBOUNCER_REPOSITORY,
                 PGBOUNCER_DOCKERFILE,
-                &[],
+                &[(PGBOUNCER_ENTRYPOINT, "./pgbouncer-entrypoint.sh")],
                 &base,
                 base_id.as_deref(),
             )

@@ -6,7 +6,8 @@
 //! parameters then fail your tests instead of your deployment.
 //!
 //! - [`test_db`]: an `rstest` fixture giving each test its own database on a
-//!   Postgres + PgBouncer stack (containers, shared by the process);
+//!   Postgres + PgBouncer stack (containers, one per test run, shared by all
+//!   its processes and removed by itself after the run; see the README);
 //! - [`TestDb::connect`]: a fresh, unpooled sqlx `PgConnection` through the
 //!   pooler; [`TestDb::connect_direct`]: the same database without it, for
 //!   migrations;
@@ -37,6 +38,7 @@
 //! `statement_cache_capacity(0)` does and does not protect against.
 #![warn(missing_docs)]
 
+mod containers;
 mod database;
 mod docker;
 pub mod doctor;
@@ -44,8 +46,11 @@ mod error;
 mod factory;
 mod fixtures;
 mod images;
+mod lock;
 mod matrix;
 pub mod probes;
+mod reaper;
+mod runkey;
 mod settings;
 mod stack;
 mod target;
@@ -53,7 +58,7 @@ mod template;
 mod worker;
 
 pub use database::Isolation;
-pub use docker::{LABEL_MANAGED, LABEL_STACK};
+pub use docker::{LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK};
 pub use error::{Error, Result};
 pub use factory::{TestDb, TestDbBuilder};
 pub use fixtures::{test_db, try_test_db};
@@ -61,6 +66,7 @@ pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
 };
 pub use matrix::{compatibility_matrix, Matrix};
+pub use reaper::{gc, GcReport, GcScope};
 pub use settings::{PoolMode, Profile, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{

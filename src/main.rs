@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! pgbouncer-fixtures up [--pool-mode transaction|session] [--max-prepared-statements N]
-//!                       [--default-pool-size N]
+//!                       [--default-pool-size N] [--run-id ID]
+//! pgbouncer-fixtures gc [--stack ID | --checkout PATH]
 //! ```
 
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use pgbouncer_fixtures::doctor::diagnose;
 use pgbouncer_fixtures::probes::Workload;
 use pgbouncer_fixtures::{
-    compatibility_matrix, DbUrl, Env, PoolMode, Profile, Stack, StackSettings, TestDb,
+    compatibility_matrix, DbUrl, Env, GcScope, PoolMode, Profile, Stack, StackSettings, TestDb,
     TEST_DATABASE_URL,
 };
 
@@ -36,6 +37,14 @@ commands:
                   --pool-mode transaction|session   (default transaction)
                   --max-prepared-statements N        (default 0, as Supabase's port 6543)
                   --default-pool-size N              (default 20)
+                  --run-id ID    join (or start) the shared stack of run ID, as test
+                                 processes with PGBF_RUN_ID=ID do, instead of a private
+                                 one; it stays for the other users when this exits
+  gc     remove every container and network this crate created on this Docker
+         host, running or not, and list them
+         options: --stack ID         only those of stack ID (label pgbouncer-fixtures.stack)
+                  --checkout PATH    only those made by runs in checkout PATH
+                                     (label pgbouncer-fixtures.checkout)
   doctor [URL] [--json]
          probe URL (default TEST_DATABASE_URL from env/.env; with none, a local stack
          of each profile) for pooler hazards; exit 0 none, 1 hazard, 2 bad input
@@ -52,6 +61,7 @@ fn main() -> ExitCode {
         Some("up") => run(up(&args[1..])),
         Some("matrix") => run(matrix(&args[1..])),
         Some("doctor") => doctor(&args[1..]),
+        Some("gc") => run(gc(&args[1..])),
         None | Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -71,6 +81,38 @@ fn run(result: Result<(), String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn gc(args: &[String]) -> Result<(), String> {
+    let scope = match args {
+        [] => GcScope::All,
+        [flag, id] if flag == "--stack" && !id.trim().is_empty() => GcScope::Stack(id),
+        [flag, path] if flag == "--checkout" && !path.trim().is_empty() => GcScope::Checkout(path),
+        _ => {
+            return Err(format!(
+                "gc takes no option, or --stack ID, or --checkout PATH\n\n{USAGE}"
+            ))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let report = runtime
+        .block_on(pgbouncer_fixtures::gc(scope))
+        .map_err(|e| e.to_string())?;
+    for c in &report.containers {
+        println!("removed container {c}");
+    }
+    for n in &report.networks {
+        println!("removed network {n}");
+    }
+    println!(
+        "gc: removed {} container(s), {} network(s)",
+        report.containers.len(),
+        report.networks.len()
+    );
+    Ok(())
 }
 
 fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
@@ -108,6 +150,13 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
             "--default-pool-size" => {
                 let v = value("--default-pool-size")?;
                 settings = settings.with_default_pool_size(number("--default-pool-size", v)?);
+            }
+            "--run-id" => {
+                let v = value("--run-id")?;
+                if v.trim().is_empty() {
+                    return Err("--run-id takes a non-empty id".into());
+                }
+                settings = settings.with_run_id(v);
             }
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
@@ -262,12 +311,22 @@ fn up(args: &[String]) -> Result<(), String> {
             "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}) ...",
             settings.pool_mode, settings.max_prepared_statements
         );
+        if settings.run_id.is_some() {
+            let stack = Stack::shared(&settings).await.map_err(|e| e.to_string())?;
+            print_urls(stack);
+            say!(
+                "pgbouncer-fixtures: {} shared stack {} in {:.2} s; it stays while any process holds a lease, and is reaped {} s after the last one. Ctrl-C to leave it.",
+                if stack.joined() { "joined" } else { "started" },
+                stack.id(),
+                started.elapsed().as_secs_f64(),
+                stack.settings().reap_after.as_secs()
+            );
+            wait_for_signal().await?;
+            // The lease closes at exit; the stack's watchdog does the rest.
+            return Ok(());
+        }
         let stack = Stack::start(settings).await.map_err(|e| e.to_string())?;
-        let e = stack.endpoints();
-        // These lines are the command's product: a throw-away stack's URLs,
-        // password included, for a .env file.
-        println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
-        println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
+        print_urls(&stack);
         say!(
             "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
             stack.id(),
@@ -279,6 +338,14 @@ fn up(args: &[String]) -> Result<(), String> {
         say!("pgbouncer-fixtures: stopped");
         Ok(())
     })
+}
+
+fn print_urls(stack: &Stack) {
+    let e = stack.endpoints();
+    // These lines are the command's product: a throw-away stack's URLs,
+    // password included, for a .env file.
+    println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
+    println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
 }
 
 async fn wait_for_signal() -> Result<(), String> {

@@ -44,7 +44,7 @@ impl std::str::FromStr for PoolMode {
             "session" => Ok(PoolMode::Session),
             _ => Err(Error::InvalidEnv {
                 var: "PGBF_POOL_MODE",
-                value: s.to_string(),
+                value: crate::target::redact_value(s),
                 expected: "transaction or session",
             }),
         }
@@ -74,6 +74,13 @@ pub struct StackSettings {
     /// Iterations of the SCRAM-SHA-256 verifier (PostgreSQL's default: 4096).
     /// Every login derives a key with this many HMAC rounds on the client.
     pub scram_iterations: u32,
+    /// How long the stack outlives its last user (`PGBF_REAP_AFTER_SECS`):
+    /// the PostgreSQL container stops itself once no process has held a
+    /// lease on it for this long, and both containers remove themselves.
+    pub reap_after: Duration,
+    /// Pins the run id that decides which processes share a stack
+    /// (`PGBF_RUN_ID`); unset: `NEXTEST_RUN_ID`, else the `cargo test` invocation.
+    pub run_id: Option<String>,
 }
 
 impl Default for StackSettings {
@@ -87,6 +94,8 @@ impl Default for StackSettings {
             images: ImageSettings::default(),
             startup_timeout: Duration::from_secs(120),
             scram_iterations: 4096,
+            reap_after: Duration::from_secs(10),
+            run_id: None,
         }
     }
 }
@@ -96,7 +105,7 @@ fn parse_u32(env: &Env, var: &'static str, expected: &'static str) -> Result<Opt
         .map(|v| {
             v.trim().parse::<u32>().map_err(|_| Error::InvalidEnv {
                 var,
-                value: v.to_string(),
+                value: crate::target::redact_value(v),
                 expected,
             })
         })
@@ -137,6 +146,23 @@ impl StackSettings {
             "a whole number of seconds >= 1",
         )? {
             s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
+        }
+        if let Some(n) = parse_u32(
+            env,
+            "PGBF_REAP_AFTER_SECS",
+            "a whole number of seconds from 1 to 3600",
+        )? {
+            if !(1..=3600).contains(&n) {
+                return Err(Error::InvalidEnv {
+                    var: "PGBF_REAP_AFTER_SECS",
+                    value: n.to_string(),
+                    expected: "a whole number of seconds from 1 to 3600",
+                });
+            }
+            s.reap_after = Duration::from_secs(u64::from(n));
+        }
+        if let Some(id) = env.get("PGBF_RUN_ID") {
+            s.run_id = Some(check_run_id(id)?);
         }
         Ok(s)
     }
@@ -180,15 +206,30 @@ impl StackSettings {
         self
     }
 
+    /// Pins the run id: processes asking for a stack with the same settings
+    /// and run id (in the same checkout) share one.
+    pub fn with_run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
+        self
+    }
+
+    /// Sets how long the stack outlives its last user (at least 1 s).
+    pub fn with_reap_after(mut self, after: Duration) -> Self {
+        self.reap_after = after.max(Duration::from_secs(1));
+        self
+    }
+
     /// A short stable key: stacks are shared only between identical settings.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
-        h.update(self.pgbouncer_ini("postgres").as_bytes());
+        h.update(self.pgbouncer_ini("127.0.0.1").as_bytes());
         h.update(format!("{:?}", self.images).as_bytes());
+        h.update(self.reap_after.as_secs().to_le_bytes());
         hex(&h.finalize()[..6])
     }
 
-    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`.
+    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`
+    /// (the crate's stacks: `127.0.0.1`, PgBouncer shares PostgreSQL's network).
     pub fn pgbouncer_ini(&self, pg_host: &str) -> String {
         format!(
             "\
@@ -202,7 +243,7 @@ listen_addr = 0.0.0.0
 listen_port = 6432
 unix_socket_dir =
 auth_type = scram-sha-256
-auth_file = /etc/pgbf/userlist.txt
+auth_file = /tmp/pgbf/userlist.txt
 admin_users = postgres
 stats_users = postgres
 pool_mode = {pool_mode}
@@ -318,8 +359,22 @@ impl std::str::FromStr for Profile {
             .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| Error::InvalidEnv {
                 var: "PGBF_PROFILE",
-                value: s.to_string(),
+                value: crate::target::redact_value(s),
                 expected: "transaction, tracking, session or direct",
             })
     }
+}
+
+/// A run id is hashed, never used as a name, but it is still user input:
+/// refuse what is clearly a mistake (control characters, absurd length).
+pub(crate) fn check_run_id(raw: &str) -> Result<String> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(Error::InvalidEnv {
+            var: "PGBF_RUN_ID",
+            value: crate::target::redact_value(raw).chars().take(80).collect(),
+            expected: "1 to 200 printable characters",
+        });
+    }
+    Ok(id.to_string())
 }

@@ -1,5 +1,6 @@
-//! The running pair: PostgreSQL and PgBouncer on a private network, their
-//! endpoints, readiness, and the per-process shared stack.
+//! The running pair: PostgreSQL and PgBouncer, their endpoints, readiness,
+//! private stacks (`Stack::start`) and the run's shared stack
+//! (`Stack::shared`: created or joined under a file lock, see `runkey`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,20 +10,27 @@ use std::time::{Duration, Instant};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sqlx::{Connection, PgConnection};
-use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::CopyTargetOptions;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+use crate::containers::{self, PairInfo, PairState};
 use crate::docker;
 use crate::error::{Error, Result};
-use crate::images::{ensure_images, ImageRef};
+use crate::images::ensure_images;
+use crate::lock;
+use crate::runkey::RunKey;
 use crate::settings::StackSettings;
 use crate::target::DbUrl;
-use crate::worker::{shutdown_at_exit, Worker, WorkerSetup};
+use crate::worker::{shutdown_at_exit, ProbeTarget, Worker, WorkerSetup};
 
 /// The stack's superuser (as on Supabase).
 pub const STACK_USER: &str = "postgres";
+
+/// `application_name` prefix of a lease: the stack's watchdog counts these.
+const LEASE_APP: &str = "pgbf-lease";
+/// How long building the images may take (a stock base image installs
+/// PostgreSQL from Debian's mirror: minutes on a slow network).
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a joiner waits for an existing stack to answer before replacing it.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How to reach a stack: host, ports and credentials.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,14 +98,16 @@ impl Endpoints {
 /// A running Postgres + PgBouncer pair.
 ///
 /// Dropping (or [`Stack::stop`]ping) a stack started with [`Stack::start`]
-/// removes its containers and network. Stacks from [`Stack::shared`] live
-/// until the process exits.
+/// removes its containers. A stack from [`Stack::shared`] belongs to the
+/// whole run: every process using it holds a lease, and it removes itself
+/// once no process has held one for [`StackSettings::reap_after`].
 pub struct Stack {
     id: String,
     endpoints: Endpoints,
     settings: StackSettings,
     worker: Worker,
     owned: bool,
+    joined: bool,
 }
 
 impl fmt::Debug for Stack {
@@ -106,6 +116,7 @@ impl fmt::Debug for Stack {
             .field("id", &self.id)
             .field("endpoints", &self.endpoints)
             .field("settings", &self.settings)
+            .field("joined", &self.joined)
             .finish()
     }
 }
@@ -113,56 +124,72 @@ impl fmt::Debug for Stack {
 type SharedCell = Arc<tokio::sync::OnceCell<&'static Stack>>;
 static SHARED: Mutex<Option<HashMap<String, SharedCell>>> = Mutex::new(None);
 
+/// What the worker thread hands back once a stack is up.
+struct Started {
+    id: String,
+    endpoints: Endpoints,
+    joined: bool,
+}
+
 impl Stack {
-    /// Starts a new stack with these settings; it is removed when dropped.
+    /// Starts a new private stack with these settings; it is removed when
+    /// dropped (and reaped like any stack if this process is killed).
     pub async fn start(settings: StackSettings) -> Result<Stack> {
-        let started = Instant::now();
         let id: String = {
             let mut rng = rand::thread_rng();
             (0..10)
                 .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
                 .collect()
         };
+        Stack::launch(settings, Mode::Private(id)).await
+    }
+
+    async fn launch(settings: StackSettings, mode: Mode) -> Result<Stack> {
+        let started = Instant::now();
         let thread_settings = settings.clone();
-        let thread_id = id.clone();
-        let span = tracing::info_span!("stack_start", stack = %id);
-        let (worker, endpoints) = Worker::spawn(format!("pgbf-stack-{id}"), move || {
-            start_containers(thread_id, thread_settings)
-        })
-        .await?;
-        let _enter = span.enter();
+        let thread_name = format!("pgbf-stack-{}", mode.id());
+        let owned = matches!(mode, Mode::Private(_));
+        let (worker, up) =
+            Worker::spawn(thread_name, move || bring_up(mode, thread_settings)).await?;
         tracing::info!(
-            stack = %id,
+            stack = %up.id,
+            joined = up.joined,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            pooled_port = endpoints.pooled_port,
-            direct_port = endpoints.direct_port,
+            pooled_port = up.endpoints.pooled_port,
+            direct_port = up.endpoints.direct_port,
             "stack ready"
         );
         Ok(Stack {
-            id,
-            endpoints,
+            id: up.id,
+            endpoints: up.endpoints,
             settings,
             worker,
-            owned: true,
+            owned,
+            joined: up.joined,
         })
     }
 
-    /// The stack shared by every caller in this process asking for the same
-    /// settings: started on first use, removed when the process exits.
+    /// The run's stack for these settings: joined if a process of the same
+    /// run (same settings, run id and checkout; see the README's sharing
+    /// rule) already started it, else started here. This process holds a
+    /// lease on it until it exits. A stack found dead is replaced.
     pub async fn shared(settings: &StackSettings) -> Result<&'static Stack> {
+        let run = RunKey::current(settings);
         let cell = {
             let mut guard = SHARED.lock().map_err(|_| Error::Stack {
                 reason: "shared stack registry poisoned by an earlier panic".into(),
             })?;
-            guard
-                .get_or_insert_with(HashMap::new)
-                .entry(settings.key())
-                .or_default()
-                .clone()
+            let map = guard.get_or_insert_with(HashMap::new);
+            let cell = map.entry(run.key.clone()).or_default();
+            if cell.get().is_some_and(|s| s.worker.dead().is_some()) {
+                // The old stack died: later callers get a fresh one.
+                *cell = SharedCell::default();
+            }
+            cell.clone()
         };
         cell.get_or_try_init(|| async {
-            let mut stack = Stack::start(settings.clone()).await?;
-            stack.owned = false;
+            tracing::debug!(run_key = %run.key, origin = %run.origin, "joining or starting the run's stack");
+            let stack = Stack::launch(settings.clone(), Mode::Shared(run)).await?;
             shutdown_at_exit(&stack.worker);
             Ok::<_, Error>(&*Box::leak(Box::new(stack)))
         })
@@ -175,6 +202,11 @@ impl Stack {
         &self.id
     }
 
+    /// Whether this process joined a stack another process had started.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
     /// How to reach it.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
@@ -185,11 +217,17 @@ impl Stack {
         &self.settings
     }
 
+    /// Checks that the stack is alive: `Err(Error::StackDied)` once its
+    /// PostgreSQL is gone. One round trip on this process's lease.
+    pub async fn check(&self) -> Result<()> {
+        self.worker.probe().await
+    }
+
     pub(crate) fn worker(&self) -> &Worker {
         &self.worker
     }
 
-    /// Removes the containers and network now.
+    /// Removes the containers now.
     pub async fn stop(mut self) -> Result<()> {
         self.owned = false;
         let worker = self.worker.clone();
@@ -213,9 +251,20 @@ impl Drop for Stack {
     }
 }
 
-struct Containers {
-    postgres: ContainerAsync<GenericImage>,
-    pgbouncer: Option<ContainerAsync<GenericImage>>,
+enum Mode {
+    /// A stack of this process, removed when it stops.
+    Private(String),
+    /// The run's stack, created or joined.
+    Shared(RunKey),
+}
+
+impl Mode {
+    fn id(&self) -> &str {
+        match self {
+            Mode::Private(id) => id,
+            Mode::Shared(run) => &run.key,
+        }
+    }
 }
 
 fn random_password() -> String {
@@ -263,159 +312,192 @@ fn scram_verifier(password: &str, iterations: u32) -> String {
     )
 }
 
-fn image(r: &ImageRef) -> GenericImage {
-    GenericImage::new(r.name.clone(), r.tag.clone())
+fn endpoints_of(info: &PairInfo) -> Endpoints {
+    Endpoints {
+        host: docker::published_host(),
+        pooled_port: info.pooled_port,
+        direct_port: info.direct_port,
+        password: info.password.clone(),
+    }
 }
 
 // Runs on the worker thread: everything Docker-bound lives on its runtime.
-async fn start_containers(id: String, settings: StackSettings) -> Result<(Endpoints, WorkerSetup)> {
+async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, WorkerSetup)> {
     let docker = docker::connect().await?;
+    let id = mode.id().to_string();
+    let (endpoints, lease, joined) = match &mode {
+        Mode::Private(_) => {
+            let (endpoints, lease) = create(&docker, &id, false, &settings).await?;
+            (endpoints, lease, false)
+        }
+        Mode::Shared(run) => {
+            // Serialises create-or-join between the run's processes; the
+            // kernel releases it if this process dies.
+            let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
+            match join(&docker, &id).await? {
+                Some((endpoints, lease)) => (endpoints, lease, true),
+                None => {
+                    lock::sweep_old_locks();
+                    crate::reaper::sweep(&docker).await;
+                    let (endpoints, lease) = create(&docker, &id, true, &settings).await?;
+                    (endpoints, lease, false)
+                }
+            }
+        }
+    };
+    let cleanup = match mode {
+        Mode::Private(_) => {
+            let docker = docker.clone();
+            let id = id.clone();
+            Some(Box::pin(async move {
+                containers::remove_pair(&docker, &id).await;
+                tracing::info!(stack = %id, "stack removed");
+            }) as crate::worker::Cleanup)
+        }
+        // The run's stack outlives this process; the lease's end lets it go.
+        Mode::Shared(_) => None,
+    };
+    let setup = WorkerSetup {
+        admin_url: endpoints.direct_url("postgres"),
+        admin_kind: "direct endpoint",
+        connect_timeout: Duration::from_secs(10),
+        console_url: Some(endpoints.admin_url()),
+        pooled_url: endpoints.pooled_url("postgres"),
+        cleanup,
+        lease: Some(lease),
+        probe: Some(ProbeTarget {
+            docker,
+            stack_id: id.clone(),
+            postgres_container: containers::postgres_name(&id),
+        }),
+    };
+    Ok((
+        Started {
+            id,
+            endpoints,
+            joined,
+        },
+        setup,
+    ))
+}
+
+/// Joins the running stack `id`, re-checking it: a lease, then a query
+/// through PgBouncer. A broken or unanswering stack is removed (`None`).
+async fn join(docker: &bollard::Docker, id: &str) -> Result<Option<(Endpoints, PgConnection)>> {
+    let info = match containers::pair_state(docker, id).await? {
+        PairState::Absent => return Ok(None),
+        PairState::Running(info) => info,
+        PairState::Broken(why) => {
+            tracing::info!(stack = id, why, "replacing a broken stack of this run");
+            containers::remove_pair(docker, id).await;
+            return Ok(None);
+        }
+    };
+    let endpoints = endpoints_of(&info);
+    let checked = async {
+        let lease = take_lease(&endpoints, JOIN_TIMEOUT).await?;
+        wait_until_ready(&endpoints, JOIN_TIMEOUT).await?;
+        Ok::<_, Error>(lease)
+    }
+    .await;
+    match checked {
+        Ok(lease) => Ok(Some((endpoints, lease))),
+        Err(e) => {
+            tracing::info!(stack = id, error = %e, "replacing a stack of this run that does not answer");
+            containers::remove_pair(docker, id).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Creates stack `id`, waits until it answers, and takes this process's lease.
+async fn create(
+    docker: &bollard::Docker,
+    id: &str,
+    shared: bool,
+    settings: &StackSettings,
+) -> Result<(Endpoints, PgConnection)> {
     let build_started = Instant::now();
-    let images = ensure_images(&docker, &settings.images).await?;
+    let images = tokio::time::timeout(IMAGE_TIMEOUT, ensure_images(docker, &settings.images))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "building the stack's images".into(),
+            after: IMAGE_TIMEOUT,
+            hint: "the Debian mirror or the Docker build is stuck; run `docker build` of \
+                   docker/*.Dockerfile by hand to see where, or set PGBF_POSTGRES_IMAGE / \
+                   PGBF_PGBOUNCER_IMAGE to images you have"
+                .into(),
+        })??;
     tracing::debug!(
         elapsed_ms = build_started.elapsed().as_millis() as u64,
         "images ready"
     );
-
-    let network = format!("pgbf-{id}");
-    docker::create_network(&docker, &network, &id).await?;
     let password = random_password();
     let verifier = scram_verifier(&password, settings.scram_iterations);
-    let pg_name = format!("pgbf-{id}-postgres");
-
-    let result = tokio::time::timeout(settings.startup_timeout, async {
-        let postgres = image(&images.postgres)
-            .with_exposed_port(5432.tcp())
-            .with_wait_for(WaitFor::message_on_stderr(
-                "database system is ready to accept connections",
-            ))
-            .with_network(&network)
-            .with_container_name(&pg_name)
-            .with_labels(docker::labels(&id))
-            .with_env_var("POSTGRES_PASSWORD", &verifier)
-            .with_mount(Mount::tmpfs_mount("/pgdata").with_mode(0o1777))
-            .with_startup_timeout(settings.startup_timeout)
-            .start()
-            .await
-            .map_err(|e| Error::Stack {
-                reason: format!("PostgreSQL container did not start: {e}"),
-            })?;
-        let mut containers = Containers {
-            postgres,
-            pgbouncer: None,
-        };
-        let pgbouncer = image(&images.pgbouncer)
-            .with_exposed_port(6432.tcp())
-            .with_wait_for(WaitFor::message_on_either_std("process up: PgBouncer"))
-            .with_network(&network)
-            .with_container_name(format!("pgbf-{id}-pgbouncer"))
-            .with_labels(docker::labels(&id))
-            .with_copy_to(
-                CopyTargetOptions::new("/etc/pgbf/pgbouncer.ini").with_mode(0o644),
-                settings.pgbouncer_ini(&pg_name).into_bytes(),
-            )
-            .with_copy_to(
-                CopyTargetOptions::new("/etc/pgbf/userlist.txt").with_mode(0o644),
-                format!("\"{STACK_USER}\" \"{verifier}\"\n").into_bytes(),
-            )
-            .with_startup_timeout(settings.startup_timeout)
-            .start()
-            .await;
-        containers.pgbouncer = Some(match pgbouncer {
-            Ok(c) => c,
-            Err(e) => {
-                remove(containers).await;
+    containers::create_pair(docker, id, shared, settings, &images, &password, &verifier).await?;
+    let up = async {
+        let info = match containers::pair_state(docker, id).await? {
+            PairState::Running(info) => info,
+            PairState::Absent => {
                 return Err(Error::Stack {
-                    reason: format!("PgBouncer container did not start: {e}"),
-                });
-            }
-        });
-        let ports = async {
-            let direct_port = containers.postgres.get_host_port_ipv4(5432).await?;
-            let pooled_port = match &containers.pgbouncer {
-                Some(c) => c.get_host_port_ipv4(6432).await?,
-                None => unreachable!("set above"),
-            };
-            let host = match containers.postgres.get_host().await?.to_string().as_str() {
-                "localhost" => "127.0.0.1".to_string(),
-                other => other.to_string(),
-            };
-            Ok::<_, testcontainers::TestcontainersError>(Endpoints {
-                host,
-                pooled_port,
-                direct_port,
-                password: password.clone(),
-            })
-        }
-        .await;
-        match ports {
-            Ok(endpoints) => Ok((endpoints, containers)),
-            Err(e) => {
-                remove(containers).await;
-                Err(Error::Stack {
-                    reason: format!("cannot read the containers' ports: {e}"),
+                    reason: "the containers vanished right after starting; see `docker events`"
+                        .into(),
                 })
             }
-        }
-    })
+            PairState::Broken(why) => {
+                return Err(Error::Stack {
+                    reason: format!("the containers stopped right after starting ({why}); run the stack's image by hand to see its log"),
+                })
+            }
+        };
+        let endpoints = endpoints_of(&info);
+        // The lease first: the watchdog's start-up grace is counting.
+        let lease = take_lease(&endpoints, settings.startup_timeout).await?;
+        wait_until_ready(&endpoints, settings.startup_timeout).await?;
+        Ok((endpoints, lease))
+    }
     .await;
-
-    let (endpoints, containers) = match result {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            docker::remove_network(&docker, &network).await;
-            return Err(e);
-        }
-        Err(_) => {
-            // The containers (if any) were dropped with the future; testcontainers removes them.
-            docker::remove_network(&docker, &network).await;
-            return Err(Error::Timeout {
-                what: "starting PostgreSQL and PgBouncer".into(),
-                after: settings.startup_timeout,
-                hint: "raise PGBF_STARTUP_TIMEOUT_SECS on a slow machine, or check `docker logs` of the pgbf-* containers".into(),
-            });
-        }
-    };
-
-    if let Err(e) = wait_until_ready(&endpoints, settings.startup_timeout).await {
-        remove(containers).await;
-        docker::remove_network(&docker, &network).await;
-        return Err(e);
+    if up.is_err() {
+        containers::remove_pair(docker, id).await;
     }
-
-    let cleanup_docker = docker.clone();
-    let cleanup = Box::pin(async move {
-        remove(containers).await;
-        docker::remove_network(&cleanup_docker, &network).await;
-        tracing::info!(network, "stack removed");
-    });
-    let admin_url = endpoints.direct_url("postgres");
-    let console_url = Some(endpoints.admin_url());
-    let pooled_url = endpoints.pooled_url("postgres");
-    Ok((
-        endpoints,
-        WorkerSetup {
-            admin_url,
-            admin_kind: "direct endpoint",
-            connect_timeout: Duration::from_secs(10),
-            console_url,
-            pooled_url,
-            cleanup: Some(cleanup),
-        },
-    ))
+    up
 }
 
-async fn remove(containers: Containers) {
-    if let Some(pgbouncer) = containers.pgbouncer {
-        if let Err(e) = pgbouncer.rm().await {
-            tracing::warn!(error = %e, "could not remove the PgBouncer container");
+/// Opens this process's lease: a direct connection the watchdog counts.
+async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
+    let url = endpoints.direct_url("postgres");
+    let options = url
+        .connect_options()
+        .application_name(&format!("{LEASE_APP} pid {}", std::process::id()))
+        .extra_float_digits(None);
+    let deadline = Instant::now() + timeout;
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
+            .await
+        {
+            Ok(Ok(mut conn)) => {
+                // Tells the watchdog a lease existed, however short it lives,
+                // which ends its start-up grace (see postgres-entrypoint.sh).
+                match sqlx::raw_sql("copy (select) to '/tmp/pgbf-leased'")
+                    .execute(&mut conn)
+                    .await
+                {
+                    Ok(_) => return Ok(conn),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            Ok(Err(e)) => last_error = e.to_string(),
+            Err(_) => last_error = "no answer within 5 s".into(),
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if let Err(e) = containers.postgres.rm().await {
-        tracing::warn!(error = %e, "could not remove the PostgreSQL container");
-    }
+    Err(Error::Timeout {
+        what: format!("a lease connection to PostgreSQL at {url}"),
+        after: timeout,
+        hint: format!("last error: {}", crate::target::redact(&last_error)),
+    })
 }
-
 /// Ready means: a real query answers through PgBouncer (which implies Postgres
 /// accepts logins too), not merely a log line.
 async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()> {
@@ -453,6 +535,6 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()
     Err(Error::Timeout {
         what: format!("the first query through PgBouncer at {url}"),
         after: timeout,
-        hint: format!("last error: {last_error}"),
+        hint: format!("last error: {}", crate::target::redact(&last_error)),
     })
 }

@@ -141,7 +141,7 @@ impl Env {
             Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
             Some(v) => Err(Error::InvalidEnv {
                 var: name,
-                value: v,
+                value: redact_value(&v),
                 expected: "1/true/yes/on or 0/false/no/off",
             }),
         }
@@ -158,7 +158,7 @@ impl Error {
                 expected,
             } => Error::InvalidEnv {
                 var,
-                value: format!("{value} ({reason})"),
+                value: redact(&format!("{value} ({reason})")),
                 expected,
             },
             other => other,
@@ -186,7 +186,7 @@ impl DbUrl {
     pub fn parse(source_name: &str, raw: &str) -> Result<DbUrl> {
         let invalid = |part: &'static str, problem: String| Error::InvalidUrl {
             source_name: source_name.to_string(),
-            url: redact(raw),
+            url: redact_value(raw),
             part,
             problem,
         };
@@ -327,30 +327,56 @@ fn percent_decode(s: &str) -> String {
 
 /// Replaces the password of every `scheme://user:password@` in `text` with `***`.
 ///
-/// Works on any text (error messages included), not only on a lone URL.
+/// Works on any text (error messages included), not only on a lone URL. It
+/// errs on the side of hiding: the user information runs up to the *last*
+/// `@` before the next whitespace, so a password holding `/`, `?`, `#` or `@`
+/// (unencoded, as people paste them) is hidden too.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
-        // The authority ends at the first '/', '?', '#' or whitespace.
-        let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon]);
-                out.push_str(":***");
-                out.push_str(&authority[at..]);
+        let word_end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let word = &tail[..word_end];
+        match word.rfind('@') {
+            Some(at) => {
+                let userinfo = &word[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                // The rest of the word (host onwards) is scanned again:
+                // it may hold another URL.
+                out.push('@');
+                rest = &tail[at + 1..];
             }
-            _ => out.push_str(authority),
+            None => {
+                out.push_str(word);
+                rest = &tail[word_end..];
+            }
         }
-        rest = &tail[end..];
     }
     out.push_str(rest);
     out
+}
+
+/// Redacts one value that is meant to be a single URL (an environment
+/// variable's value): everything between the first `:` of the user
+/// information and the *last* `@` is hidden, whatever characters the
+/// password holds (spaces included).
+pub(crate) fn redact_value(raw: &str) -> String {
+    let start = raw.find("://").map_or(0, |p| p + 3);
+    match raw.rfind('@') {
+        Some(at) if at >= start => match raw[start..at].find(':') {
+            Some(colon) => format!("{}:***{}", &raw[..start + colon], &raw[at..]),
+            None => raw.to_string(),
+        },
+        _ => redact(raw),
+    }
 }
 
 /// An existing server to run tests against instead of containers.

@@ -1,14 +1,16 @@
 //! A dedicated thread with its own tokio runtime.
 //!
 //! It owns what must outlive any one test's runtime: the stack's containers
-//! and the admin connection that creates and drops test databases. Tests talk
+//! (private stacks), the process's lease on the stack (the connection whose
+//! existence keeps the stack alive, and whose loss says the stack died) and
+//! the admin connection that creates and drops test databases. Tests talk
 //! to it through a channel, so statics hold only a sender (plain data), never
 //! a runtime-bound handle.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sqlx::{Connection, Executor, PgConnection};
@@ -35,6 +37,18 @@ pub(crate) struct WorkerSetup {
     pub pooled_url: DbUrl,
     /// Run at shutdown.
     pub cleanup: Option<Cleanup>,
+    /// The lease on a crate stack: closed at shutdown (or by the kernel, when
+    /// the process dies), which lets the stack's watchdog reap it.
+    pub lease: Option<PgConnection>,
+    /// Where to look when the lease breaks, to say why in the error.
+    pub probe: Option<ProbeTarget>,
+}
+
+/// The stack a worker holds a lease on.
+pub(crate) struct ProbeTarget {
+    pub docker: bollard::Docker,
+    pub stack_id: String,
+    pub postgres_container: String,
 }
 
 /// Where a step of admin work runs.
@@ -101,6 +115,9 @@ enum Command {
         prepared: usize,
         reply: oneshot::Sender<Result<String>>,
     },
+    Probe {
+        reply: oneshot::Sender<Result<()>>,
+    },
     Shutdown {
         done: std_mpsc::SyncSender<()>,
     },
@@ -110,9 +127,12 @@ enum Command {
 #[derive(Clone)]
 pub(crate) struct Worker {
     tx: mpsc::UnboundedSender<Command>,
+    /// Set once the stack is known dead: the error every later call returns.
+    dead: Arc<OnceLock<Error>>,
 }
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Worker {
     /// Starts a worker thread, runs `init` on it and returns what `init`
@@ -125,6 +145,8 @@ impl Worker {
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<T>>();
+        let dead: Arc<OnceLock<Error>> = Arc::default();
+        let thread_dead = dead.clone();
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
@@ -157,7 +179,7 @@ impl Worker {
                             return;
                         }
                     };
-                    serve(&mut rx, setup).await;
+                    serve(&mut rx, setup, &thread_dead).await;
                 });
             })
             .map_err(|e| Error::Stack {
@@ -166,11 +188,37 @@ impl Worker {
         let value = ready_rx.await.map_err(|_| Error::Stack {
             reason: "the worker thread ended during start-up".into(),
         })??;
-        Ok((Worker { tx }, value))
+        Ok((Worker { tx, dead }, value))
+    }
+
+    /// The error saying the stack died, once that is known.
+    pub(crate) fn dead(&self) -> Option<Error> {
+        self.dead.get().map(Error::again)
+    }
+
+    /// Checks the lease: `Err(StackDied)` when the stack is gone. Cheap (one
+    /// round trip), bounded (a few seconds), and a no-op without a lease.
+    pub(crate) async fn probe(&self) -> Result<()> {
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Probe { reply: tx })?;
+        match tokio::time::timeout(PROBE_TIMEOUT + Duration::from_secs(5), rx).await {
+            Ok(reply) => reply.map_err(|_| gone())?,
+            Err(_) => Err(Error::Timeout {
+                what: "checking the stack's lease".into(),
+                after: PROBE_TIMEOUT,
+                hint: "the worker thread is busy or stuck; see the container logs".into(),
+            }),
+        }
     }
 
     /// Runs `steps` in order (simple protocol) on the admin connections.
     pub(crate) async fn admin(&self, steps: Vec<Step>) -> Result<()> {
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Command::Admin {
             steps,
@@ -181,6 +229,9 @@ impl Worker {
 
     /// Like [`Worker::admin`], for places that cannot await (`Drop`).
     pub(crate) fn admin_blocking(&self, steps: Vec<Step>) -> Result<()> {
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
         let what = describe(&steps);
         let (tx, rx) = std_mpsc::sync_channel(1);
         self.send(Command::Admin {
@@ -238,12 +289,20 @@ fn gone() -> Error {
     }
 }
 
-async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup) {
+async fn serve(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    mut setup: WorkerSetup,
+    dead: &OnceLock<Error>,
+) {
     let mut conns = Connections::default();
     let clones = ClonePool::default();
+    let mut lease = setup.lease.take();
     let mut done = None;
     while let Some(command) = rx.recv().await {
         match command {
+            Command::Probe { reply } => {
+                let _ = reply.send(probe(&mut lease, &setup, dead).await);
+            }
             Command::Admin { steps, reply } => {
                 let what = describe(&steps);
                 let result = tokio::time::timeout(ADMIN_TIMEOUT, conns.run(&setup, &steps))
@@ -304,7 +363,7 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
             )
             .await;
     }
-    for c in [conns.server.take(), conns.console.take()]
+    for c in [conns.server.take(), conns.console.take(), lease.take()]
         .into_iter()
         .flatten()
     {
@@ -316,6 +375,34 @@ async fn serve(rx: &mut mpsc::UnboundedReceiver<Command>, mut setup: WorkerSetup
     if let Some(tx) = done {
         let _ = tx.send(());
     }
+}
+
+async fn probe(
+    lease: &mut Option<PgConnection>,
+    setup: &WorkerSetup,
+    dead: &OnceLock<Error>,
+) -> Result<()> {
+    if let Some(e) = dead.get() {
+        return Err(e.again());
+    }
+    let (Some(conn), Some(target)) = (lease.as_mut(), setup.probe.as_ref()) else {
+        return Ok(());
+    };
+    let failure =
+        match tokio::time::timeout(PROBE_TIMEOUT, sqlx::raw_sql("select 1").execute(conn)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => format!("its lease connection failed ({e})"),
+            Err(_) => format!("its lease connection did not answer within {PROBE_TIMEOUT:?}"),
+        };
+    *lease = None;
+    let state = crate::containers::describe(&target.docker, &target.postgres_container).await;
+    let error = Error::StackDied {
+        stack: target.stack_id.clone(),
+        reason: format!("{state}; {failure}"),
+    };
+    let _ = dead.set(error.again());
+    tracing::warn!(error = %error, "stack died");
+    Err(error)
 }
 
 /// The worker's two lazily opened admin connections.
@@ -516,6 +603,8 @@ extern "C" fn run_at_exit() {
         Err(_) => return,
     };
     for worker in workers {
-        let _ = std::panic::catch_unwind(|| worker.shutdown_blocking(Duration::from_secs(20)));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            worker.shutdown_blocking(Duration::from_secs(20))
+        }));
     }
 }

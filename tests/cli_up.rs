@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{assert_named_statement_collisions, managed_containers};
+use common::{assert_named_statement_collisions, stack_containers};
 use pgbouncer_fixtures::probes::{run_pattern, SqlxPattern, Workload};
 use pgbouncer_fixtures::{DbUrl, Env, Profile, Target, TestDb};
 use rstest::rstest;
@@ -70,21 +70,7 @@ fn stop(mut up: Up, signal: i32) {
     }
     let status = up.child.wait().unwrap();
     assert!(status.success(), "up exits 0 after the signal: {status}");
-    let left: Vec<String> = managed_containers()
-        .into_iter()
-        .filter(|id| {
-            let out = Command::new("docker")
-                .args([
-                    "inspect",
-                    "-f",
-                    "{{index .Config.Labels \"pgbouncer-fixtures.stack\"}}",
-                    id,
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim() == up.stack_id
-        })
-        .collect();
+    let left = stack_containers(&up.stack_id);
     assert!(
         left.is_empty(),
         "containers of stack {} remain: {left:?}",

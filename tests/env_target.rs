@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 
-use common::{database_exists, int, managed_containers, text};
+use common::{containers_with, database_exists, int, text};
 use pgbouncer_fixtures::{
     Env, Isolation, Stack, StackSettings, Target, TestDb, TEST_DATABASE_URL, TEST_DIRECT_URL,
 };
@@ -97,12 +97,21 @@ fn the_target_follows_the_environment() {
     }
 }
 
+/// The two tests that start stacks take turns: the first counts the
+/// containers this process created (label `pgbouncer-fixtures.pid`).
+static STACK_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn containers_of_this_process() -> Vec<String> {
+    containers_with(&format!("pgbouncer-fixtures.pid={}", std::process::id()))
+}
+
 /// Points `TEST_DATABASE_URL` (only) at a running stack's pooled URL.
 #[tokio::test]
 async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
+    let _turn = STACK_TESTS.lock().await;
     let stack = Stack::start(StackSettings::default()).await.unwrap();
     let e = stack.endpoints();
-    let containers_before = managed_containers();
+    let containers_before = containers_of_this_process();
 
     // Objects the crate did not create, which must survive.
     let mut owner = PgConnection::connect(e.direct_url("postgres").expose())
@@ -172,7 +181,7 @@ async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
     );
     assert!(database_exists(&mut owner, "users_own_db").await);
     assert_eq!(
-        managed_containers(),
+        containers_of_this_process(),
         containers_before,
         "no container was started"
     );
@@ -189,6 +198,7 @@ async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
 /// creates and drops, and nothing else is touched.
 #[tokio::test]
 async fn external_target_databases_are_opt_in() {
+    let _turn = STACK_TESTS.lock().await;
     let stack = Stack::start(StackSettings::default()).await.unwrap();
     let e = stack.endpoints();
     let mut owner = PgConnection::connect(e.direct_url("postgres").expose())

@@ -129,6 +129,9 @@ fn invalid_settings_are_typed_errors() {
         ("PGBF_MAX_PREPARED_STATEMENTS", "-1"),
         ("PGBF_DEFAULT_POOL_SIZE", "0"),
         ("PGBF_EXTERNAL_CREATE_DATABASES", "perhaps"),
+        ("PGBF_REAP_AFTER_SECS", "0"),
+        ("PGBF_REAP_AFTER_SECS", "forever"),
+        ("PGBF_RUN_ID", "run\u{7}id"),
     ] {
         let mut vars = vec![(var, value)];
         if var == "PGBF_EXTERNAL_CREATE_DATABASES" {

@@ -27,15 +27,30 @@ async fn admin_console_reports_transaction_pooling(#[future(awt)] test_db: TestD
         .expect("SHOW POOLS lists the test's database");
     assert_eq!(mode, "transaction");
 
-    let databases = sqlx::raw_sql("SHOW DATABASES")
-        .fetch_all(&mut admin)
-        .await
-        .unwrap();
-    assert!(
-        databases
+    // PgBouncer's janitor parks an auto-database (our wildcard entry) off the
+    // SHOW DATABASES list when it catches it without an active pool, e.g.
+    // between registration and login; the next client login brings it back.
+    let mut listed = Vec::new();
+    let mut held = vec![conn];
+    for _ in 0..5 {
+        let databases = sqlx::raw_sql("SHOW DATABASES")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+        listed = databases
             .iter()
-            .any(|row| row.get::<String, _>("name") == test_db.database_name()),
-        "SHOW DATABASES lists the test's database"
+            .map(|row| row.get::<String, _>("name"))
+            .collect();
+        if listed.contains(&test_db.database_name()) {
+            break;
+        }
+        let mut again = test_db.connect().await.unwrap();
+        sqlx::raw_sql("begin").execute(&mut again).await.unwrap();
+        held.push(again);
+    }
+    assert!(
+        listed.contains(&test_db.database_name()),
+        "SHOW DATABASES lists the test's database: {listed:?}"
     );
 }
 

@@ -7,21 +7,52 @@ use pgbouncer_fixtures::TestDb;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 
-/// Ids of the containers the crate created (label `pgbouncer-fixtures.managed`).
-pub fn managed_containers() -> Vec<String> {
+/// Runs the docker CLI and returns its stdout (panics, failing the test, on failure).
+pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=pgbouncer-fixtures.managed"])
+        .args(args)
         .output()
         .expect("docker CLI runs");
     assert!(
         out.status.success(),
-        "docker ps failed: {}",
+        "docker {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Ids of the containers (running or not) carrying `label` (`key` or `key=value`).
+/// Never count containers globally: another run may share the Docker host.
+pub fn containers_with(label: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label={label}")])
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Ids of the containers of stack `id`.
+pub fn stack_containers(id: &str) -> Vec<String> {
+    containers_with(&format!("pgbouncer-fixtures.stack={id}"))
+}
+
+/// The Docker id of a container, or None when it does not exist.
+pub fn container_id(name: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.Id}}", name])
+        .output()
+        .expect("docker CLI runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A run id nobody else uses: fault tests get stacks of their own.
+pub fn unique_run_id(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{what}-{}-{nanos}", std::process::id())
 }
 
 /// Runs one statement with the simple protocol (no prepared statement) and

@@ -1,0 +1,275 @@
+//! The pair of containers a stack runs, created straight through the Docker
+//! API: PostgreSQL publishes both ports, PgBouncer joins its network namespace
+//! (it reaches PostgreSQL at 127.0.0.1:5432, and no Docker network exists to
+//! leak). Both are created with AutoRemove: when their entrypoint's watchdog
+//! stops them, they vanish.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::Docker;
+
+use crate::docker::{self, Kind};
+use crate::error::{Error, Result};
+use crate::images::ResolvedImages;
+use crate::settings::StackSettings;
+
+/// Seconds a fresh PostgreSQL container waits for its first lease.
+pub(crate) const LEASE_GRACE_SECS: u64 = 30;
+
+/// Where a running pair answers, as Docker reports it.
+#[derive(Clone, Debug)]
+pub(crate) struct PairInfo {
+    pub direct_port: u16,
+    pub pooled_port: u16,
+    pub password: String,
+}
+
+/// What Docker knows about a stack's pair.
+#[derive(Debug)]
+pub(crate) enum PairState {
+    /// Neither container exists.
+    Absent,
+    /// Both run.
+    Running(PairInfo),
+    /// Something exists but not both running: a dead or half-made stack.
+    Broken(String),
+}
+
+pub(crate) fn postgres_name(id: &str) -> String {
+    format!("pgbf-{id}-postgres")
+}
+
+pub(crate) fn pgbouncer_name(id: &str) -> String {
+    format!("pgbf-{id}-pgbouncer")
+}
+
+/// Creates and starts both containers (not waiting for readiness).
+pub(crate) async fn create_pair(
+    docker: &Docker,
+    id: &str,
+    shared: bool,
+    settings: &StackSettings,
+    images: &ResolvedImages,
+    password: &str,
+    scram_verifier: &str,
+) -> Result<()> {
+    let pg = postgres_name(id);
+    let binding = || {
+        Some(vec![PortBinding {
+            host_ip: Some(String::new()),
+            host_port: Some(String::new()),
+        }])
+    };
+    let postgres = ContainerCreateBody {
+        image: Some(images.postgres.to_string()),
+        env: Some(vec![
+            format!("POSTGRES_PASSWORD={password}"),
+            format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
+            format!(
+                "PGBF_REAP_AFTER_SECS={}",
+                settings.reap_after.as_secs().max(1)
+            ),
+            format!("PGBF_LEASE_GRACE_SECS={LEASE_GRACE_SECS}"),
+        ]),
+        labels: Some(docker::labels_for(id, Kind::Postgres, shared)),
+        exposed_ports: Some(vec!["5432/tcp".into(), "6432/tcp".into()]),
+        host_config: Some(HostConfig {
+            auto_remove: Some(true),
+            port_bindings: Some(HashMap::from([
+                ("5432/tcp".to_string(), binding()),
+                ("6432/tcp".to_string(), binding()),
+            ])),
+            tmpfs: Some(HashMap::from([(
+                "/pgdata".to_string(),
+                "mode=1777".to_string(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    create_and_start(docker, &pg, postgres).await?;
+    let pgbouncer = ContainerCreateBody {
+        image: Some(images.pgbouncer.to_string()),
+        env: Some(vec![
+            format!("POSTGRES_PASSWORD={password}"),
+            format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
+            format!("PGBF_PGBOUNCER_INI={}", settings.pgbouncer_ini("127.0.0.1")),
+        ]),
+        labels: Some(docker::labels_for(id, Kind::Pgbouncer, shared)),
+        host_config: Some(HostConfig {
+            auto_remove: Some(true),
+            network_mode: Some(format!("container:{pg}")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = create_and_start(docker, &pgbouncer_name(id), pgbouncer).await {
+        remove_pair(docker, id).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn create_and_start(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<()> {
+    let options = CreateContainerOptions {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    // A container of that name may still be on its way out (AutoRemove of a
+    // dead stack runs concurrently): a name conflict is retried for a while,
+    // never resolved by removing it (it could be a live stack made by another
+    // user or machine sharing this Docker engine).
+    let mut attempts = 0;
+    loop {
+        match tokio::time::timeout(
+            docker::CALL_TIMEOUT,
+            docker.create_container(Some(options.clone()), body.clone()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => break,
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            })) if attempts < 40 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(Err(e)) => {
+                return Err(Error::Docker {
+                    action: format!("create container {name}"),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => return Err(docker::timeout(&format!("create container {name}"))),
+        }
+    }
+    if let Err(e) = docker::call(
+        &format!("start container {name}"),
+        docker.start_container(name, None),
+    )
+    .await
+    {
+        remove(docker, name).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn inspect(docker: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>> {
+    match tokio::time::timeout(docker::CALL_TIMEOUT, docker.inspect_container(name, None)).await {
+        Ok(Ok(c)) => Ok(Some(c)),
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Ok(None),
+        Ok(Err(e)) => Err(Error::Docker {
+            action: format!("inspect container {name}"),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(docker::timeout(&format!("inspect container {name}"))),
+    }
+}
+
+fn running(c: &ContainerInspectResponse) -> bool {
+    c.state.as_ref().and_then(|s| s.running).unwrap_or(false)
+        && !c.state.as_ref().and_then(|s| s.restarting).unwrap_or(false)
+}
+
+/// A short description of a container's state, for messages.
+pub(crate) async fn describe(docker: &Docker, name: &str) -> String {
+    match inspect(docker, name).await {
+        Ok(None) => format!("container {name} is gone (killed, removed or reaped)"),
+        Ok(Some(c)) => {
+            let state = c.state.unwrap_or_default();
+            format!(
+                "container {name} is {} (exit code {})",
+                state.status.map(|s| s.to_string()).unwrap_or_default(),
+                state.exit_code.unwrap_or_default()
+            )
+        }
+        Err(e) => format!("container {name}: {e}"),
+    }
+}
+
+/// Looks the pair of stack `id` up.
+pub(crate) async fn pair_state(docker: &Docker, id: &str) -> Result<PairState> {
+    let pg = inspect(docker, &postgres_name(id)).await?;
+    let pgb = inspect(docker, &pgbouncer_name(id)).await?;
+    match (pg, pgb) {
+        (None, None) => Ok(PairState::Absent),
+        (Some(pg), Some(pgb)) if running(&pg) && running(&pgb) => match info(&pg) {
+            Some(info) => Ok(PairState::Running(info)),
+            None => Ok(PairState::Broken(
+                "its PostgreSQL container has no published ports or password".into(),
+            )),
+        },
+        (pg, pgb) => Ok(PairState::Broken(format!(
+            "PostgreSQL {}, PgBouncer {}",
+            pg.as_ref()
+                .map_or("absent", |c| if running(c) { "running" } else { "stopped" }),
+            pgb.as_ref()
+                .map_or("absent", |c| if running(c) { "running" } else { "stopped" }),
+        ))),
+    }
+}
+
+fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
+    let ports = pg.network_settings.as_ref()?.ports.as_ref()?;
+    let port = |key: &str| -> Option<u16> {
+        ports
+            .get(key)?
+            .as_ref()?
+            .iter()
+            // Prefer the IPv4 binding; any will do.
+            .max_by_key(|b| b.host_ip.as_deref() == Some("0.0.0.0"))?
+            .host_port
+            .as_deref()?
+            .parse()
+            .ok()
+    };
+    let password = pg
+        .config
+        .as_ref()?
+        .env
+        .as_ref()?
+        .iter()
+        .find_map(|kv| kv.strip_prefix("POSTGRES_PASSWORD="))?
+        .to_string();
+    Some(PairInfo {
+        direct_port: port("5432/tcp")?,
+        pooled_port: port("6432/tcp")?,
+        password,
+    })
+}
+
+/// Removes one container now (force), logging rather than failing: clean-up.
+pub(crate) async fn remove(docker: &Docker, name: &str) {
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        docker.remove_container(name, Some(options)),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        // Gone already, or AutoRemove is removing it.
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        })) => {}
+        Ok(Err(e)) => tracing::warn!(container = name, error = %e, "could not remove container"),
+        Err(_) => tracing::warn!(container = name, "removing the container timed out"),
+    }
+}
+
+/// Removes both containers of stack `id`, PgBouncer first.
+pub(crate) async fn remove_pair(docker: &Docker, id: &str) {
+    remove(docker, &pgbouncer_name(id)).await;
+    remove(docker, &postgres_name(id)).await;
+}

@@ -1,0 +1,356 @@
+//! Real faults, injected with the docker CLI and signals, each with its
+//! outcome asserted. Every test works on a stack of its own (a unique run
+//! id), never on the stack other tests of the run share.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{container_id, docker, stack_containers, unique_run_id};
+use pgbouncer_fixtures::{Error, Stack, StackSettings, Target, TestDb};
+use sqlx::{Connection, PgConnection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
+
+/// Longer than any documented bound: a stack still here after this leaked.
+const LEAK_LIMIT: Duration = Duration::from_secs(90);
+
+fn settings(what: &str) -> StackSettings {
+    StackSettings::default().with_run_id(unique_run_id(what))
+}
+
+async fn db_on(settings: &StackSettings, name: &str) -> TestDb {
+    TestDb::builder()
+        .target(Target::Containers(settings.clone()))
+        .test_name(name)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits until stack `id` has no container left; returns how long it took.
+fn wait_until_reaped(id: &str) -> Duration {
+    let started = Instant::now();
+    while !stack_containers(id).is_empty() {
+        assert!(
+            started.elapsed() < LEAK_LIMIT,
+            "stack {id} still has containers {:?} after {LEAK_LIMIT:?}",
+            stack_containers(id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_killed_postgres_fails_the_next_connect_and_the_next_testdb_gets_a_fresh_stack() {
+    let settings = settings("kill-postgres");
+    let db = db_on(&settings, "before_the_kill").await;
+    let stack = Stack::shared(&settings).await.unwrap();
+    let pg = format!("pgbf-{}-postgres", stack.id());
+    let old_container = container_id(&pg).expect("the stack's PostgreSQL container");
+    let mut conn = db.connect().await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+
+    docker(&["kill", &pg]);
+    let started = Instant::now();
+    let err = db.connect().await.unwrap_err();
+    println!(
+        "connect() after `docker kill` of PostgreSQL failed in {:.2} s: {err}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        matches!(&err, Error::StackDied { stack: s, .. } if s == stack.id()),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("the test stack {} died", stack.id())),
+        "{msg}"
+    );
+    assert!(msg.contains("starts a fresh stack"), "{msg}");
+    assert!(matches!(stack.check().await, Err(Error::StackDied { .. })));
+    drop(conn);
+    drop(db); // its database died with the stack: dropping must not hang
+
+    // The next TestDb replaces the dead stack and works.
+    let db = db_on(&settings, "after_the_kill").await;
+    let mut conn = db.connect().await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    let new_container = container_id(&pg).expect("a new PostgreSQL container");
+    assert_ne!(new_container, old_container);
+    drop(conn);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_pgbouncer_serves_new_connections_once_it_is_back() {
+    let settings = settings("restart-pgbouncer");
+    let db = db_on(&settings, "restart").await;
+    let stack = Stack::shared(&settings).await.unwrap();
+    let mut conn = db.connect().await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+
+    docker(&[
+        "restart",
+        "-t",
+        "1",
+        &format!("pgbf-{}-pgbouncer", stack.id()),
+    ]);
+    let started = Instant::now();
+    let mut last = None;
+    let answered = loop {
+        match db.connect().await {
+            Ok(mut c) => match sqlx::raw_sql("select 1").execute(&mut c).await {
+                Ok(_) => break true,
+                Err(e) => last = Some(e.to_string()),
+            },
+            Err(e) => {
+                assert!(
+                    !matches!(e, Error::StackDied { .. }),
+                    "a PgBouncer restart is not a dead stack: {e}"
+                );
+                last = Some(e.to_string());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(answered, "PgBouncer never came back: {last:?}");
+    println!(
+        "new connections work again {:.2} s after `docker restart` returned",
+        started.elapsed().as_secs_f64()
+    );
+    stack.check().await.unwrap();
+    // The old client connection went down with the old PgBouncer.
+    assert!(sqlx::raw_sql("select 1").execute(&mut conn).await.is_err());
+    db.close().await.unwrap();
+}
+
+/// `pgbouncer-fixtures up`, its output in files (a pipe nobody reads could block it).
+struct Up {
+    child: Child,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn spawn(args: &[&str]) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        let child = Command::new(BIN)
+            .arg("up")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Up {
+            child,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the line announcing the stack; returns (stack id, pooled URL).
+    fn ready(&mut self) -> (String, String) {
+        let started = Instant::now();
+        loop {
+            let err = fs::read_to_string(&self.stderr).unwrap_or_default();
+            if let Some(id) = stack_id_in(&err) {
+                let out = fs::read_to_string(&self.stdout).unwrap();
+                let url = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("TEST_DATABASE_URL="))
+                    .expect("the URL is printed before the ready line")
+                    .to_string();
+                return (id, url);
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("`up` exited with {status}: {err}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "`up` never got ready: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stack_id_in(stderr: &str) -> Option<String> {
+    let rest = stderr.split(" stack ").nth(1)?;
+    let id: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    (!id.is_empty() && rest[id.len()..].starts_with(' ')).then_some(id)
+}
+
+async fn answers(url: &str) -> bool {
+    match PgConnection::connect(url).await {
+        Ok(mut c) => sqlx::raw_sql("select 1").execute(&mut c).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Two processes asking for the same run's stack at the same instant end
+/// with one stack; both use it; SIGKILL of both leaves nothing behind.
+#[tokio::test]
+async fn racing_processes_share_one_stack_and_sigkill_of_all_of_them_reaps_it() {
+    let run = unique_run_id("race");
+    let mut a = Up::spawn(&["--run-id", &run]);
+    let mut b = Up::spawn(&["--run-id", &run]);
+    let (id_a, url_a) = a.ready();
+    let (id_b, url_b) = b.ready();
+    assert_eq!(id_a, id_b, "one stack for the run");
+    assert_eq!(url_a, url_b);
+    let verbs = [a.stderr(), b.stderr()].map(|e| {
+        if e.contains("joined shared stack") {
+            "joined"
+        } else {
+            "started"
+        }
+    });
+    assert!(
+        verbs.contains(&"joined") && verbs.contains(&"started"),
+        "{verbs:?}"
+    );
+    assert_eq!(
+        stack_containers(&id_a).len(),
+        2,
+        "one PostgreSQL, one PgBouncer"
+    );
+    assert!(answers(&url_a).await);
+
+    a.sigkill();
+    b.sigkill();
+    let took = wait_until_reaped(&id_a);
+    println!("REAP_AFTER_SIGKILL_SECS={:.1}", took.as_secs_f64());
+}
+
+/// `up` without a run id owns a private stack; SIGKILL cannot run its
+/// clean-up, and the stack goes anyway.
+#[tokio::test]
+async fn sigkill_of_the_owner_of_a_private_stack_reaps_it() {
+    let mut up = Up::spawn(&[]);
+    let (id, url) = up.ready();
+    assert_eq!(stack_containers(&id).len(), 2);
+    assert!(answers(&url).await);
+    up.sigkill();
+    let took = wait_until_reaped(&id);
+    println!(
+        "private stack reaped {:.1} s after SIGKILL",
+        took.as_secs_f64()
+    );
+}
+
+/// A joiner re-checks the stack it finds: a run's stack that lost its
+/// PgBouncer is replaced, not joined.
+#[tokio::test]
+async fn a_joiner_replaces_a_broken_stack() {
+    let run = unique_run_id("broken");
+    let mut holder = Up::spawn(&["--run-id", &run]);
+    let (id, _) = holder.ready();
+    let pg = format!("pgbf-{id}-postgres");
+    let old_container = container_id(&pg).unwrap();
+    docker(&["kill", &format!("pgbf-{id}-pgbouncer")]);
+
+    let settings = StackSettings::default().with_run_id(run);
+    let db = db_on(&settings, "joiner").await;
+    let stack = Stack::shared(&settings).await.unwrap();
+    assert_eq!(stack.id(), id, "same run, same stack id");
+    assert!(!stack.joined(), "the broken stack was not joined");
+    assert_ne!(container_id(&pg).unwrap(), old_container);
+    let mut conn = db.connect().await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    drop(conn);
+    db.close().await.unwrap();
+    holder.sigkill();
+}
+
+#[tokio::test]
+async fn gc_removes_a_stack_and_says_what_it_removed() {
+    let stack = Stack::start(StackSettings::default()).await.unwrap();
+    let id = stack.id().to_string();
+    assert_eq!(stack_containers(&id).len(), 2);
+    let out = Command::new(BIN)
+        .args(["gc", "--stack", &id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("removed container pgbf-{id}-postgres")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("removed container pgbf-{id}-pgbouncer")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("gc: removed 2 container(s)"), "{stdout}");
+    assert!(stack_containers(&id).is_empty());
+    assert!(matches!(stack.check().await, Err(Error::StackDied { .. })));
+    // Stopping a stack that gc already removed is not an error.
+    stack.stop().await.unwrap();
+}
+
+/// A Docker endpoint that accepts connections and never answers: a clear
+/// error, not a hang.
+#[test]
+fn a_silent_docker_daemon_is_an_error_not_a_hang() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .arg("up")
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Docker is unreachable at tcp://127.0.0.1:{port} (DOCKER_HOST)"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no answer within"), "{stderr}");
+    drop(listener);
+}
+
+#[test]
+fn gc_refuses_unknown_options() {
+    let out = Command::new(BIN)
+        .args(["gc", "--everything"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("gc takes no option, or --stack ID, or --checkout PATH"));
+}
