@@ -333,7 +333,7 @@ fn up(args: &[String]) -> Result<(), String> {
             started.elapsed().as_secs_f64()
         );
         wait_for_signal().await?;
-        say!("pgbouncer-fixtures: stopping, removing containers and network ...");
+        say!("pgbouncer-fixtures: stopping, removing its containers ...");
         stack.stop().await.map_err(|e| e.to_string())?;
         say!("pgbouncer-fixtures: stopped");
         Ok(())
