@@ -100,14 +100,26 @@ impl Default for StackSettings {
     }
 }
 
-fn parse_u32(env: &Env, var: &'static str, expected: &'static str) -> Result<Option<u32>> {
+/// A whole number from `range`, when `var` is set; `expected` names the range.
+fn parse_u32(
+    env: &Env,
+    var: &'static str,
+    range: std::ops::RangeInclusive<u32>,
+    expected: &'static str,
+) -> Result<Option<u32>> {
     env.get(var)
-        .map(|v| {
-            v.trim().parse::<u32>().map_err(|_| Error::InvalidEnv {
+        .map(|v| match v.trim().parse::<u32>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            Ok(n) => Err(Error::InvalidEnv {
+                var,
+                value: n.to_string(),
+                expected,
+            }),
+            Err(_) => Err(Error::InvalidEnv {
                 var,
                 value: crate::target::redact_value(v),
                 expected,
-            })
+            }),
         })
         .transpose()
 }
@@ -123,26 +135,26 @@ impl StackSettings {
         if let Some(mode) = env.get("PGBF_POOL_MODE") {
             s.pool_mode = mode.parse()?;
         }
-        if let Some(n) = parse_u32(env, "PGBF_MAX_PREPARED_STATEMENTS", "a whole number >= 0")? {
+        if let Some(n) = parse_u32(
+            env,
+            "PGBF_MAX_PREPARED_STATEMENTS",
+            0..=u32::MAX,
+            "a whole number >= 0",
+        )? {
             s.max_prepared_statements = n;
         }
         if let Some(n) = parse_u32(
             env,
             "PGBF_DEFAULT_POOL_SIZE",
+            1..=1000,
             "a whole number from 1 to 1000",
         )? {
-            if !(1..=1000).contains(&n) {
-                return Err(Error::InvalidEnv {
-                    var: "PGBF_DEFAULT_POOL_SIZE",
-                    value: n.to_string(),
-                    expected: "a whole number from 1 to 1000",
-                });
-            }
             s.default_pool_size = n;
         }
         if let Some(n) = parse_u32(
             env,
             "PGBF_STARTUP_TIMEOUT_SECS",
+            0..=u32::MAX,
             "a whole number of seconds >= 1",
         )? {
             s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
@@ -150,15 +162,9 @@ impl StackSettings {
         if let Some(n) = parse_u32(
             env,
             "PGBF_REAP_AFTER_SECS",
+            1..=3600,
             "a whole number of seconds from 1 to 3600",
         )? {
-            if !(1..=3600).contains(&n) {
-                return Err(Error::InvalidEnv {
-                    var: "PGBF_REAP_AFTER_SECS",
-                    value: n.to_string(),
-                    expected: "a whole number of seconds from 1 to 3600",
-                });
-            }
             s.reap_after = Duration::from_secs(u64::from(n));
         }
         if let Some(id) = env.get("PGBF_RUN_ID") {

@@ -6,8 +6,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{assert_named_statement_collisions, stack_containers};
-use pgbouncer_fixtures::probes::{run_pattern, SqlxPattern, Workload};
+use common::{assert_named_statement_collisions, run_default_workload, stack_containers};
+use pgbouncer_fixtures::probes::SqlxPattern;
 use pgbouncer_fixtures::{DbUrl, Env, Profile, Target, TestDb};
 use rstest::rstest;
 
@@ -119,13 +119,7 @@ async fn up_prints_working_urls_and_cleans_up(#[case] mps: &str, #[case] signal:
         .build()
         .await
         .unwrap();
-    let outcome = run_pattern(
-        SqlxPattern::PoolDefaultCache,
-        &db.connect_options(),
-        Workload::default(),
-    )
-    .await
-    .unwrap();
+    let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
     if mps == "0" {
         assert_named_statement_collisions(&outcome);
     } else {

@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::assert_named_statement_collisions;
+use common::{assert_named_statement_collisions, run_default_workload};
 
 use std::time::Duration;
 
-use pgbouncer_fixtures::probes::{run_pattern, SqlxPattern, Workload};
+use pgbouncer_fixtures::probes::SqlxPattern;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use rstest::rstest;
 use sqlx::migrate::{Migrate, Migrator};
@@ -37,13 +37,7 @@ async fn default_statement_cache_collides_only_behind_the_default_profile(
     profile: Profile,
 ) {
     let db = db(profile).await;
-    let outcome = run_pattern(
-        SqlxPattern::PoolDefaultCache,
-        &db.connect_options(),
-        Workload::default(),
-    )
-    .await
-    .unwrap();
+    let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
     if profile == Profile::Transaction {
         assert_named_statement_collisions(&outcome);
     } else {
@@ -59,13 +53,7 @@ async fn capacity_zero_still_fails_behind_the_default_profile(
     #[values(Profile::Transaction, Profile::TransactionTracking)] profile: Profile,
 ) {
     let db = db(profile).await;
-    let outcome = run_pattern(
-        SqlxPattern::ConnectionCacheOff,
-        &db.connect_options(),
-        Workload::default(),
-    )
-    .await
-    .unwrap();
+    let outcome = run_default_workload(SqlxPattern::ConnectionCacheOff, &db).await;
     if profile == Profile::Transaction {
         assert!(!outcome.passed());
         assert!(
@@ -86,13 +74,7 @@ async fn capacity_zero_still_fails_behind_the_default_profile(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_break_outside_a_transaction_only() {
     let db = db(Profile::Transaction).await;
-    let outside = run_pattern(
-        SqlxPattern::UnnamedOutsideTransaction,
-        &db.connect_options(),
-        Workload::default(),
-    )
-    .await
-    .unwrap();
+    let outside = run_default_workload(SqlxPattern::UnnamedOutsideTransaction, &db).await;
     assert!(
         !outside.passed(),
         "Parse and Bind go out in two round trips and meet different servers"
@@ -106,13 +88,7 @@ async fn unnamed_statements_break_outside_a_transaction_only() {
         "{:?}",
         outside.failures
     );
-    let inside = run_pattern(
-        SqlxPattern::UnnamedInsideTransaction,
-        &db.connect_options(),
-        Workload::default(),
-    )
-    .await
-    .unwrap();
+    let inside = run_default_workload(SqlxPattern::UnnamedInsideTransaction, &db).await;
     assert!(inside.passed(), "{}", inside.summary());
 }
 

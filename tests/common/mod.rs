@@ -115,3 +115,15 @@ pub fn assert_named_statement_collisions(outcome: &pgbouncer_fixtures::probes::O
         }
     }
 }
+
+/// Runs `pattern` with the default workload (16 clients x 200 queries)
+/// against the test's pooled endpoint.
+pub async fn run_default_workload(
+    pattern: pgbouncer_fixtures::probes::SqlxPattern,
+    db: &TestDb,
+) -> pgbouncer_fixtures::probes::Outcome {
+    let workload = pgbouncer_fixtures::probes::Workload::default();
+    pgbouncer_fixtures::probes::run_pattern(pattern, &db.connect_options(), workload)
+        .await
+        .expect("the workload runs")
+}
