@@ -17,6 +17,9 @@ printf '%s\n' "$PGBF_PGBOUNCER_INI" >"$conf/pgbouncer.ini"
 # deriving keys and logs in to PostgreSQL with the client's proof.
 printf '"postgres" "%s"\n' "${POSTGRES_PASSWORD_SCRAM:-$POSTGRES_PASSWORD}" >"$conf/userlist.txt"
 chmod 600 "$conf/userlist.txt"
+# The stack's TLS certificate (pgbouncer.ini names these files).
+(umask 077 && printf '%s\n' "${PGBF_TLS_CERT:-}" >"$conf/tls.crt" \
+  && printf '%s\n' "${PGBF_TLS_KEY:-}" >"$conf/tls.key" && printf '%s\n' "${PGBF_TLS_CA:-}" >"$conf/ca.crt")
 
 pgbouncer "$conf/pgbouncer.ini" &
 pid=$!

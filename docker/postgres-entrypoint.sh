@@ -29,6 +29,21 @@ cp -a /var/lib/pgbf/cluster "$data"
 chmod 700 "$data"
 echo "ALTER ROLE postgres PASSWORD '$secret'" \
   | "$bin/postgres" --single -D "$data" -c fsync=off postgres >/dev/null
+# TLS with the stack's own certificate (made by the crate per stack), as
+# Supabase serves it: offered to all, required only with PGBF_REQUIRE_TLS=1
+# (then PgBouncer reaches this server over TLS too; the socket stays open).
+tls_flags=""
+if [ -n "${PGBF_TLS_CERT:-}" ] && [ -n "${PGBF_TLS_KEY:-}" ]; then
+  (umask 077 && printf '%s\n' "$PGBF_TLS_CERT" >/pgdata/tls.crt && printf '%s\n' "$PGBF_TLS_KEY" >/pgdata/tls.key)
+  tls_flags="-c ssl=on -c ssl_cert_file=/pgdata/tls.crt -c ssl_key_file=/pgdata/tls.key"
+  if [ "${PGBF_REQUIRE_TLS:-0}" = 1 ]; then
+    printf '%s\n' 'local all all trust' 'hostssl all all all scram-sha-256' >"$data/pg_hba.conf"
+  fi
+fi
+# Errors, warnings and lock waits go to a JSON log the crate reads (with
+# pg_read_file) to explain a failed test: each line names the session's
+# database, application_name and SQLSTATE.
+# shellcheck disable=SC2086 # tls_flags is a list of words
 "$bin/postgres" -D "$data" \
   -c listen_addresses='*' \
   -c unix_socket_directories=/tmp \
@@ -36,6 +51,10 @@ echo "ALTER ROLE postgres PASSWORD '$secret'" \
   -c max_connections="${POSTGRES_MAX_CONNECTIONS:-300}" \
   -c shared_buffers=128MB \
   -c log_min_messages=warning \
+  -c logging_collector=on -c log_destination=jsonlog -c log_directory=/pgdata/log \
+  -c log_filename=postgresql -c log_rotation_age=0 -c log_rotation_size=0 \
+  -c log_min_error_statement=warning -c log_lock_waits=on -c deadlock_timeout=500ms \
+  $tls_flags \
   "$@" &
 pg=$!
 # docker stop / Ctrl-C: fast shutdown of the server, then this script ends.

@@ -25,6 +25,16 @@ pub(crate) struct PairInfo {
     pub direct_port: u16,
     pub pooled_port: u16,
     pub password: String,
+    /// The stack's CA, for joiners (absent on images without TLS).
+    pub ca_pem: Option<String>,
+}
+
+/// What a new pair is given: its password, the password's SCRAM verifier,
+/// and its TLS certificate.
+pub(crate) struct Secrets<'a> {
+    pub password: &'a str,
+    pub scram_verifier: &'a str,
+    pub tls: &'a crate::tls::TlsMaterial,
 }
 
 /// What Docker knows about a stack's pair.
@@ -53,9 +63,13 @@ pub(crate) async fn create_pair(
     shared: bool,
     settings: &StackSettings,
     images: &ResolvedImages,
-    password: &str,
-    scram_verifier: &str,
+    secrets: &Secrets<'_>,
 ) -> Result<()> {
+    let Secrets {
+        password,
+        scram_verifier,
+        tls,
+    } = secrets;
     let pg = postgres_name(id);
     let binding = || {
         Some(vec![PortBinding {
@@ -73,6 +87,10 @@ pub(crate) async fn create_pair(
                 settings.reap_after.as_secs().max(1)
             ),
             format!("PGBF_LEASE_GRACE_SECS={LEASE_GRACE_SECS}"),
+            format!("PGBF_REQUIRE_TLS={}", u8::from(settings.require_tls)),
+            format!("PGBF_TLS_CA={}", tls.ca_pem),
+            format!("PGBF_TLS_CERT={}", tls.cert_pem),
+            format!("PGBF_TLS_KEY={}", tls.key_pem),
         ]),
         labels: Some(docker::labels_for(id, Kind::Postgres, shared)),
         exposed_ports: Some(vec!["5432/tcp".into(), "6432/tcp".into()]),
@@ -97,6 +115,9 @@ pub(crate) async fn create_pair(
             format!("POSTGRES_PASSWORD={password}"),
             format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
             format!("PGBF_PGBOUNCER_INI={}", settings.pgbouncer_ini("127.0.0.1")),
+            format!("PGBF_TLS_CA={}", tls.ca_pem),
+            format!("PGBF_TLS_CERT={}", tls.cert_pem),
+            format!("PGBF_TLS_KEY={}", tls.key_pem),
         ]),
         labels: Some(docker::labels_for(id, Kind::Pgbouncer, shared)),
         host_config: Some(HostConfig {
@@ -229,18 +250,17 @@ fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
             .parse()
             .ok()
     };
-    let password = pg
-        .config
-        .as_ref()?
-        .env
-        .as_ref()?
-        .iter()
-        .find_map(|kv| kv.strip_prefix("POSTGRES_PASSWORD="))?
-        .to_string();
+    let env = pg.config.as_ref()?.env.as_ref()?;
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
     Some(PairInfo {
         direct_port: port("5432/tcp")?,
         pooled_port: port("6432/tcp")?,
-        password,
+        password: var("POSTGRES_PASSWORD")?,
+        ca_pem: var("PGBF_TLS_CA"),
     })
 }
 
@@ -272,4 +292,28 @@ pub(crate) async fn remove(docker: &Docker, name: &str) {
 pub(crate) async fn remove_pair(docker: &Docker, id: &str) {
     remove(docker, &pgbouncer_name(id)).await;
     remove(docker, &postgres_name(id)).await;
+}
+
+/// PgBouncer's log lines of stack `id` since `since` (Unix seconds); empty
+/// when the container or its log cannot be read (explanations are best effort).
+pub(crate) async fn pgbouncer_log_since(docker: &Docker, id: &str, since: i64) -> Vec<String> {
+    use futures_util::StreamExt as _;
+    let options = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .since(i32::try_from(since).unwrap_or(0))
+        .build();
+    let mut stream = docker.logs(&pgbouncer_name(id), Some(options));
+    let mut lines = Vec::new();
+    let collect = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            lines.extend(
+                String::from_utf8_lossy(&chunk.into_bytes())
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), collect).await;
+    lines
 }

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::factory::open;
+use crate::hazard::Hazard;
 use crate::probes::{run_pattern, Outcome, SqlxPattern, Workload};
 use crate::target::DbUrl;
 
@@ -21,6 +22,8 @@ pub enum Verdict {
     Info,
     /// sqlx code will fail here unless it follows the remedy.
     Hazard,
+    /// Queries returned wrong results with no error: the worst case.
+    WrongResults,
     /// The probe could not run (e.g. no connection).
     Error,
 }
@@ -31,6 +34,7 @@ impl Verdict {
             Verdict::Ok => "ok",
             Verdict::Info => "info",
             Verdict::Hazard => "HAZARD",
+            Verdict::WrongResults => "WRONG",
             Verdict::Error => "ERROR",
         }
     }
@@ -82,9 +86,12 @@ pub struct Report {
 impl Report {
     /// Whether any item is a hazard or could not run.
     pub fn has_hazard(&self) -> bool {
-        self.findings
-            .iter()
-            .any(|f| matches!(f.verdict, Verdict::Hazard | Verdict::Error))
+        self.findings.iter().any(|f| {
+            matches!(
+                f.verdict,
+                Verdict::Hazard | Verdict::WrongResults | Verdict::Error
+            )
+        })
     }
 
     /// The finding for `item`, if probed.
@@ -109,7 +116,7 @@ impl Report {
         let hazards = self
             .findings
             .iter()
-            .filter(|f| f.verdict == Verdict::Hazard)
+            .filter(|f| matches!(f.verdict, Verdict::Hazard | Verdict::WrongResults))
             .count();
         out.push_str(&format!(
             "  {} in {:.1} s\n",
@@ -268,20 +275,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
         ..workload
     };
     let unnamed = run_pattern(SqlxPattern::UnnamedOutsideTransaction, &base, longer).await;
-    findings.push(match unnamed {
-        Ok(o) if o.passed() => Finding { item: items::UNNAMED, verdict: Verdict::Ok, detail: o.summary(), remedy: None },
-        Ok(o) => Finding {
-            item: items::UNNAMED,
-            verdict: Verdict::Hazard,
-            detail: format!("{}: {}", o.summary(), first_message(&o)),
-            remedy: Some(
-                "sqlx sends Parse and Bind in two round trips; outside a transaction the pooler may route them \
-                 to different servers. Use .persistent(false) only inside begin()..commit()"
-                    .into(),
-            ),
-        },
-        Err(e) => Finding { item: items::UNNAMED, verdict: Verdict::Error, detail: e.to_string(), remedy: None },
-    });
+    findings.push(unnamed_finding(unnamed, pool_behaviour));
 
     // sqlx's defaults send extra_float_digits=2 at startup.
     let defaults = url
@@ -303,32 +297,44 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
             ),
         },
     });
-    findings.push(match connect(base.clone().options([("jit", "off")])).await {
-        Ok(c) => {
-            let _ = c.close().await;
-            Finding { item: items::STARTUP_OPTIONS, verdict: Verdict::Ok, detail: "accepted".into(), remedy: None }
-        }
-        Err(e) => Finding {
-            item: items::STARTUP_OPTIONS,
-            verdict: Verdict::Info,
-            detail: format!("refused: {}", server_message(&e)),
-            remedy: Some(
-                "do not pass server settings at connect time (sqlx: PgConnectOptions::options); use SET LOCAL \
-                 inside transactions or ALTER ROLE/DATABASE .. SET"
-                    .into(),
-            ),
+    findings.push(
+        match connect(base.clone().options([("jit", "off")])).await {
+            Ok(c) => {
+                let _ = c.close().await;
+                Finding {
+                    item: items::STARTUP_OPTIONS,
+                    verdict: Verdict::Ok,
+                    detail: "accepted".into(),
+                    remedy: None,
+                }
+            }
+            Err(e) => Finding {
+                item: items::STARTUP_OPTIONS,
+                verdict: Verdict::Info,
+                detail: format!("refused: {}", server_message(&e)),
+                remedy: Some(Hazard::StartupParameterRefused.remedy_line()),
+            },
         },
-    });
+    );
     findings.push(match connect(base.clone().ssl_mode(PgSslMode::Require)).await {
         Ok(c) => {
             let _ = c.close().await;
-            Finding { item: items::TLS, verdict: Verdict::Ok, detail: "TLS available".into(), remedy: None }
+            Finding {
+                item: items::TLS,
+                verdict: Verdict::Ok,
+                detail: "TLS offered: sslmode=require connects".into(),
+                remedy: None,
+            }
         }
-        Err(_) => Finding {
+        Err(e) => Finding {
             item: items::TLS,
-            verdict: Verdict::Info,
-            detail: "no TLS (fine for a local test stack; production poolers such as Supabase's offer it)".into(),
-            remedy: None,
+            verdict: Verdict::Hazard,
+            detail: format!("sslmode=require fails: {}", server_message(&e)),
+            remedy: Some(
+                "an application whose URL says sslmode=require (as Supabase's docs tell it to) cannot connect \
+                 here: serve TLS on this endpoint (the crate's stacks do), or test with the URL production uses"
+                    .into(),
+            ),
         },
     });
     Report {
@@ -348,10 +354,7 @@ fn server_message(e: &crate::Error) -> String {
 }
 
 fn first_message(o: &Outcome) -> String {
-    o.failures
-        .first()
-        .map(|f| f.message.clone())
-        .unwrap_or_default()
+    o.first_problem()
 }
 
 fn statement_finding(
@@ -363,29 +366,60 @@ fn statement_finding(
         Ok(o) if o.passed() => Finding {
             item,
             verdict: Verdict::Ok,
-            detail: format!("{} under concurrency", o.summary()),
+            detail: format!("{} under concurrency, answers checked", o.summary()),
             remedy: default_cache.then(|| {
                 "named prepared statements are safe here (a tracking pooler, a session pooler or PostgreSQL): \
                  the default sqlx cache is fine"
                     .to_string()
             }),
         },
-        Ok(o) => Finding {
+        Ok(o) => problem_finding(item, &o, statement_hazard(&o)),
+        Err(e) => Finding { item, verdict: Verdict::Error, detail: e.to_string(), remedy: None },
+    }
+}
+
+/// The hazard behind a failed statement workload: the SQLSTATE most met.
+fn statement_hazard(o: &Outcome) -> Hazard {
+    if o.has_wrong_answers() && o.failures.is_empty() {
+        return Hazard::WrongAnswer;
+    }
+    o.failures
+        .iter()
+        .find_map(|f| Hazard::of_error(f.code.as_deref()?, &f.message, None))
+        .unwrap_or(Hazard::WrongAnswer)
+}
+
+/// A finding for a workload that went wrong: wrong answers outrank errors.
+fn problem_finding(item: &'static str, o: &Outcome, hazard: Hazard) -> Finding {
+    Finding {
+        item,
+        verdict: if o.has_wrong_answers() {
+            Verdict::WrongResults
+        } else {
+            Verdict::Hazard
+        },
+        detail: format!("{}: {}", o.summary(), first_message(o)),
+        remedy: Some(hazard.remedy_line()),
+    }
+}
+
+/// Unnamed statements outside a transaction: behind a transaction pooler
+/// never "fine", even in a run where the race did not strike.
+fn unnamed_finding(outcome: crate::Result<Outcome>, pool: Option<PoolBehaviour>) -> Finding {
+    let item = items::UNNAMED;
+    match outcome {
+        Ok(o) if o.passed() && pool == Some(PoolBehaviour::Transaction) => Finding {
             item,
             verdict: Verdict::Hazard,
-            detail: format!("{}: {}", o.summary(), first_message(&o)),
-            remedy: Some(if default_cache {
-                "this pooler does not track prepared statements: use a pooler that does (PgBouncer >= 1.21 with \
-                 max_prepared_statements > 0), the session URL, or no named statements (raw_sql, or \
-                 .persistent(false) inside transactions)"
-                    .into()
-            } else {
-                "statement_cache_capacity(0) is not enough here: sqlx still names its statements (sqlx_s_N) and \
-                 they collide across clients. Use .persistent(false) inside transactions, raw_sql, the session \
-                 URL, or a tracking pooler"
-                    .into()
-            }),
+            detail: format!(
+                "{} this time, but behind a transaction pooler Parse and Bind can land on different \
+                 server connections",
+                o.summary()
+            ),
+            remedy: Some(Hazard::MissingUnnamedStatement.remedy_line()),
         },
+        Ok(o) if o.passed() => Finding { item, verdict: Verdict::Ok, detail: o.summary(), remedy: None },
+        Ok(o) => problem_finding(item, &o, Hazard::MissingUnnamedStatement),
         Err(e) => Finding { item, verdict: Verdict::Error, detail: e.to_string(), remedy: None },
     }
 }

@@ -12,7 +12,10 @@ use sqlx::{Connection, PgConnection};
 
 use crate::database::{unique_name, Isolation};
 use crate::error::{Error, Result};
-use crate::settings::Profile;
+use crate::explain::{explain, EvidenceSource, Explanation};
+use crate::hazard::Pooler;
+use crate::profile::Profile;
+use crate::settings::StackSettings;
 use crate::stack::Stack;
 use crate::target::{DbUrl, Env, ExternalTarget, Target};
 use crate::template::{ResolvedTemplate, Template};
@@ -40,6 +43,10 @@ pub struct TestDb {
     worker: Worker,
     keep_failed: bool,
     closed: bool,
+    ca_pem: Option<String>,
+    /// Where the servers' reports for this test can be read (the crate's
+    /// stacks only): see [`TestDb::explain`].
+    evidence: Option<EvidenceSource>,
 }
 
 impl fmt::Debug for TestDb {
@@ -78,7 +85,8 @@ impl TestDbBuilder {
     }
 
     /// Runs behind this pooler profile (default: `PGBF_PROFILE`, else the
-    /// settings from the environment, i.e. [`Profile::Transaction`]).
+    /// settings from the environment, i.e. [`Profile::SupabaseShared`]).
+    /// It overrides the pooler settings of an explicit [`target`](Self::target).
     ///
     /// On an external target the server's own pooler decides; only
     /// [`Profile::Direct`] changes anything there (`connect()` then uses
@@ -104,6 +112,9 @@ impl TestDbBuilder {
     /// Creates the test's database (starting or joining the stack if needed).
     pub async fn build(self) -> Result<TestDb> {
         let env = Env::load()?;
+        // Explicit builder values win over the environment: PGBF_PROFILE
+        // shapes only the target the environment names.
+        let explicit_target = self.target.is_some();
         let target = match self.target {
             Some(t) => t,
             None => Target::resolve(&env)?,
@@ -115,17 +126,19 @@ impl TestDbBuilder {
         };
         let profile = match self.profile {
             Some(p) => Some(p),
+            None if explicit_target => None,
             None => env
                 .get("PGBF_PROFILE")
                 .map(str::parse::<Profile>)
                 .transpose()?,
         };
         let test_name = self.test_name.unwrap_or_else(current_test_name);
-        let target = match (target, profile) {
+        let target = match (target, self.profile) {
             (Target::Containers(settings), Some(p)) => Target::Containers(p.apply(settings)),
             (target, _) => target,
         };
         let started = Instant::now();
+        let created = std::time::SystemTime::now();
         // A stack found dead while preparing the database is replaced once.
         let mut attempt = 0;
         let (worker, server, isolation) = loop {
@@ -134,10 +147,12 @@ impl TestDbBuilder {
                     let stack = Stack::shared(settings).await?;
                     let e = stack.endpoints();
                     let server = Server {
+                        stack: Some((stack.id().to_string(), pooler_of(profile, settings))),
                         key: stack.id().to_string(),
                         pooled: e.pooled_url("postgres"),
                         direct: Some(e.direct_url("postgres")),
                         databases: true,
+                        ca_pem: e.ca_cert_pem().map(str::to_string),
                     };
                     (stack.worker().clone(), server)
                 }
@@ -175,7 +190,20 @@ impl TestDbBuilder {
                 });
             }
         };
+        let evidence = match (&server.stack, &isolation, &direct) {
+            (Some((stack_id, pooler)), Isolation::Database(database), Some(direct)) => {
+                Some(EvidenceSource {
+                    direct: direct.clone(),
+                    database: database.clone(),
+                    stack_id: stack_id.clone(),
+                    pooler: pooler.clone(),
+                    since: created,
+                })
+            }
+            _ => None,
+        };
         Ok(TestDb {
+            evidence,
             test_name,
             isolation,
             pooled,
@@ -184,6 +212,7 @@ impl TestDbBuilder {
             worker,
             keep_failed: env.flag("PGBF_KEEP_FAILED")?,
             closed: false,
+            ca_pem: server.ca_pem,
         })
     }
 }
@@ -269,6 +298,22 @@ fn warn_once(target: &Target) {
     }
 }
 
+/// The pooler of a stack, in words: its profile when its settings are one.
+fn pooler_of(profile: Option<Profile>, settings: &StackSettings) -> Pooler {
+    let profile = profile.or_else(|| {
+        Profile::ALL
+            .into_iter()
+            .find(|p| !p.is_direct() && p.apply(settings.clone()) == *settings)
+    });
+    match profile {
+        Some(p) => Pooler::Profile(p),
+        None => Pooler::Other(format!(
+            "this stack's PgBouncer (pool_mode={}, max_prepared_statements={})",
+            settings.pool_mode, settings.max_prepared_statements
+        )),
+    }
+}
+
 /// The test's name: libtest names each test's thread after the test.
 fn current_test_name() -> String {
     match std::thread::current().name() {
@@ -279,12 +324,16 @@ fn current_test_name() -> String {
 
 /// A server tests run on, and how to reach a database there.
 struct Server {
+    /// On the crate's own stack: its id and the pooler in words.
+    stack: Option<(String, Pooler)>,
     /// Identifies the server within the process (for one-time template checks).
     key: String,
     pooled: DbUrl,
     direct: Option<DbUrl>,
     /// One database per test (else one schema per test).
     databases: bool,
+    /// The CA of the server's TLS certificate, when the crate made it.
+    ca_pem: Option<String>,
 }
 
 async fn external(ext: &ExternalTarget, timeout: Duration) -> Result<(Worker, Server)> {
@@ -300,10 +349,12 @@ async fn external(ext: &ExternalTarget, timeout: Duration) -> Result<(Worker, Se
     };
     let worker = external_worker(admin.clone(), kind, ext.pooled.clone(), timeout).await?;
     let server = Server {
+        stack: None,
         key: admin.expose().to_string(),
         pooled: ext.pooled.clone(),
         direct: ext.direct.clone(),
         databases: ext.create_databases,
+        ca_pem: None,
     };
     Ok((worker, server))
 }
@@ -407,7 +458,7 @@ impl TestDb {
     /// #[rstest]
     /// #[tokio::test]
     /// async fn works_behind_every_pooler(
-    ///     #[values(Profile::Transaction, Profile::TransactionTracking, Profile::Session, Profile::Direct)]
+    ///     #[values(Profile::SupabaseShared, Profile::SupabaseDedicated, Profile::SupabaseSession, Profile::Direct)]
     ///     profile: Profile,
     /// ) {
     ///     let db = TestDb::for_profile(profile).await.unwrap();
@@ -534,9 +585,67 @@ impl TestDb {
         &self.isolation
     }
 
+    /// The certificate authority (PEM) of the stack's TLS certificate, to
+    /// test `sslmode=verify-full` / `verify-ca`: sqlx's
+    /// `PgConnectOptions::ssl_root_cert_from_pem`, or write it to a file for
+    /// `sslrootcert=`. `None` on an external target.
+    pub fn ca_cert_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
     /// The test name used for `application_name`.
     pub fn test_name(&self) -> &str {
         &self.test_name
+    }
+
+    /// What the servers reported for this test that the pooler explains:
+    /// each hazard (42P05 / 26000 statement collisions, refused startup
+    /// parameters, advisory locks and temporary tables lost between
+    /// transactions, the migrator's lock left held), why it happens behind
+    /// this profile, and what to change. `None` on an external target,
+    /// where the crate cannot read the server's logs.
+    ///
+    /// A test that panics prints this on its own (when something was
+    /// found) as its `TestDb` drops.
+    pub async fn explain(&self) -> Result<Option<Explanation>> {
+        match &self.evidence {
+            Some(source) => explain(&self.test_name, source).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// On a panicking test: the explanation, printed once to stderr.
+    fn explain_panic(&self) {
+        let Some(source) = self.evidence.clone() else {
+            return;
+        };
+        if matches!(source.pooler, Pooler::Profile(p) if p.is_direct()) {
+            return;
+        }
+        let test = self.test_name.clone();
+        // Drop may run inside a runtime: gather on a thread of its own.
+        let gathered = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime
+                .block_on(tokio::time::timeout(
+                    Duration::from_secs(15),
+                    explain(&test, &source),
+                ))
+                .ok()?
+                .ok()
+        })
+        .join();
+        if let Ok(Some(explanation)) = gathered {
+            if !explanation.is_empty() {
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!("\n{explanation}"),
+                );
+            }
+        }
     }
 
     /// Drops the test's database (or schema) now and reports any error.
@@ -557,6 +666,9 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if self.closed {
             return;
+        }
+        if std::thread::panicking() {
+            self.explain_panic();
         }
         if self.keep_failed && std::thread::panicking() {
             let mut stderr = std::io::stderr();

@@ -43,31 +43,37 @@ mod database;
 mod docker;
 pub mod doctor;
 mod error;
+mod explain;
 mod factory;
 mod fixtures;
+pub mod hazard;
 mod images;
 mod lock;
 mod matrix;
 pub mod probes;
+mod profile;
 mod reaper;
 mod runkey;
 mod settings;
 mod stack;
 mod target;
 mod template;
+mod tls;
 mod worker;
 
 pub use database::Isolation;
 pub use docker::{LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK};
 pub use error::{Error, Result};
+pub use explain::{Explanation, Seen};
 pub use factory::{TestDb, TestDbBuilder};
 pub use fixtures::{test_db, try_test_db};
 pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
 };
-pub use matrix::{compatibility_matrix, Matrix};
+pub use matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
+pub use profile::{supavisor_dropped_parameters, Profile};
 pub use reaper::{gc, GcReport, GcScope};
-pub use settings::{PoolMode, Profile, StackSettings};
+pub use settings::{PoolMode, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{
     redact, DbUrl, Env, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,

@@ -14,8 +14,8 @@ use std::time::Duration;
 use pgbouncer_fixtures::doctor::diagnose;
 use pgbouncer_fixtures::probes::Workload;
 use pgbouncer_fixtures::{
-    compatibility_matrix, DbUrl, Env, GcScope, PoolMode, Profile, Stack, StackSettings, TestDb,
-    TEST_DATABASE_URL,
+    compatibility_matrix_with, DbUrl, Env, GcScope, PoolMode, Profile, Stack, StackSettings,
+    TestDb, TEST_DATABASE_URL,
 };
 
 /// `eprintln!` that never panics: `up` must still clean up when whoever
@@ -33,10 +33,16 @@ usage: pgbouncer-fixtures <command>
 commands:
   up     start PostgreSQL + PgBouncer, print TEST_DATABASE_URL / TEST_DIRECT_URL
          (for .env), keep running until Ctrl-C or SIGTERM, then remove everything
-         options: --profile transaction|tracking|session|direct
-                  --pool-mode transaction|session   (default transaction)
-                  --max-prepared-statements N        (default 0, as Supabase's port 6543)
+         options: --profile supabase-shared|supabase-dedicated|supabase-session|direct
+                                  (default supabase-shared: Supavisor, port 6543)
+                  a plain PgBouncer, after or instead of a profile:
+                  --pool-mode transaction|session
+                  --max-prepared-statements N
                   --default-pool-size N              (default 20)
+                  --ignore-startup-parameters a,b    (replaces the profile's list)
+                  --track-extra-parameters a,b
+                  --server-round-robin
+                  --require-tls    refuse clients without TLS (Supabase's Enforce SSL)
                   --run-id ID    join (or start) the shared stack of run ID, as test
                                  processes with PGBF_RUN_ID=ID do, instead of a private
                                  one; it stays for the other users when this exits
@@ -115,9 +121,24 @@ fn gc(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
+/// A comma-separated list of parameter names (empty: none).
+fn list(v: String) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The stack settings `up` asks for, and whether its `TEST_DATABASE_URL`
+/// bypasses the pooler (`--profile direct`).
+fn parse_settings(args: &[String]) -> Result<(StackSettings, bool), String> {
     let env = Env::load().map_err(|e| e.to_string())?;
     let mut settings = StackSettings::from_env(&env).map_err(|e| e.to_string())?;
+    let mut direct = env
+        .get("PGBF_PROFILE")
+        .and_then(|p| p.parse::<Profile>().ok())
+        .is_some_and(Profile::is_direct);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| {
@@ -132,10 +153,11 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
         match flag.as_str() {
             "--profile" => {
                 let v = value("--profile")?;
-                let profile = v.parse::<Profile>().map_err(|_| {
-                    format!("--profile takes transaction, tracking, session or direct, not `{v}`")
-                })?;
+                let profile = v
+                    .parse::<Profile>()
+                    .map_err(|e| format!("--profile: {e}"))?;
                 settings = profile.apply(settings);
+                direct = profile.is_direct();
             }
             "--pool-mode" => {
                 let v = value("--pool-mode")?;
@@ -151,6 +173,16 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
                 let v = value("--default-pool-size")?;
                 settings = settings.with_default_pool_size(number("--default-pool-size", v)?);
             }
+            "--ignore-startup-parameters" => {
+                settings = settings
+                    .with_ignore_startup_parameters(list(value("--ignore-startup-parameters")?));
+            }
+            "--track-extra-parameters" => {
+                settings =
+                    settings.with_track_extra_parameters(list(value("--track-extra-parameters")?));
+            }
+            "--server-round-robin" => settings = settings.with_server_round_robin(true),
+            "--require-tls" => settings = settings.with_require_tls(true),
             "--run-id" => {
                 let v = value("--run-id")?;
                 if v.trim().is_empty() {
@@ -161,7 +193,7 @@ fn parse_settings(args: &[String]) -> Result<StackSettings, String> {
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
     }
-    Ok(settings)
+    Ok((settings, direct))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -295,25 +327,28 @@ fn matrix(args: &[String]) -> Result<(), String> {
         }
     }
     runtime()?.block_on(async {
-        let m = compatibility_matrix(workload)
-            .await
-            .map_err(|e| e.to_string())?;
+        let m = compatibility_matrix_with(workload, |behaviour, profile, outcome| {
+            say!("{profile:>18} | {behaviour}: {}", outcome.summary());
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         println!("{}", m.to_markdown());
         Ok(())
     })
 }
 
 fn up(args: &[String]) -> Result<(), String> {
-    let settings = parse_settings(args)?;
+    let (settings, direct) = parse_settings(args)?;
     runtime()?.block_on(async {
         let started = Instant::now();
         say!(
-            "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}) ...",
-            settings.pool_mode, settings.max_prepared_statements
+            "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}, TLS {}) ...",
+            settings.pool_mode, settings.max_prepared_statements,
+            if settings.require_tls { "required" } else { "offered" }
         );
         if settings.run_id.is_some() {
             let stack = Stack::shared(&settings).await.map_err(|e| e.to_string())?;
-            print_urls(stack);
+            print_urls(stack, direct);
             say!(
                 "pgbouncer-fixtures: {} shared stack {} in {:.2} s; it stays while any process holds a lease, and is reaped {} s after the last one. Ctrl-C to leave it.",
                 if stack.joined() { "joined" } else { "started" },
@@ -326,7 +361,7 @@ fn up(args: &[String]) -> Result<(), String> {
             return Ok(());
         }
         let stack = Stack::start(settings).await.map_err(|e| e.to_string())?;
-        print_urls(&stack);
+        print_urls(&stack, direct);
         say!(
             "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
             stack.id(),
@@ -340,11 +375,16 @@ fn up(args: &[String]) -> Result<(), String> {
     })
 }
 
-fn print_urls(stack: &Stack) {
+fn print_urls(stack: &Stack, direct: bool) {
     let e = stack.endpoints();
     // These lines are the command's product: a throw-away stack's URLs,
     // password included, for a .env file.
-    println!("TEST_DATABASE_URL={}", e.pooled_url("postgres").expose());
+    let app = if direct {
+        e.direct_url("postgres")
+    } else {
+        e.pooled_url("postgres")
+    };
+    println!("TEST_DATABASE_URL={}", app.expose());
     println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
 }
 

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::images::ImageSettings;
+use crate::profile::Profile;
 use crate::target::Env;
 
 /// How PgBouncer hands server connections to clients.
@@ -51,10 +52,13 @@ impl std::str::FromStr for PoolMode {
     }
 }
 
-/// The settings of a Postgres + PgBouncer stack.
+/// The settings of a Postgres + PgBouncer stack: a plain PgBouncer's knobs.
 ///
-/// The defaults mirror Supabase's transaction pooler: `pool_mode = transaction`,
-/// no prepared-statement tracking (`max_prepared_statements = 0`).
+/// The defaults are those of [`Profile::SupabaseShared`](crate::Profile):
+/// `pool_mode = transaction`, no prepared-statement tracking
+/// (`max_prepared_statements = 0`), unknown startup parameters ignored.
+/// [`Profile::apply`](crate::Profile::apply) sets another profile's; the
+/// `with_*` methods set single knobs for any other PgBouncer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StackSettings {
     /// PgBouncer's `pool_mode`.
@@ -63,8 +67,15 @@ pub struct StackSettings {
     pub max_prepared_statements: u32,
     /// PgBouncer's `default_pool_size`: server connections per database and user.
     pub default_pool_size: u32,
-    /// PgBouncer's `ignore_startup_parameters`.
+    /// PgBouncer's `ignore_startup_parameters`: parameters accepted at
+    /// startup and dropped (any other unknown one is refused).
     pub ignore_startup_parameters: Vec<String>,
+    /// PgBouncer's `track_extra_parameters`: parameters kept per client and
+    /// restored on each server connection, beyond its built-in five.
+    pub track_extra_parameters: Vec<String>,
+    /// Accept only TLS connections from clients, on both ports (Supabase's
+    /// "Enforce SSL"; `PGBF_REQUIRE_TLS=1`). TLS is always offered.
+    pub require_tls: bool,
     /// PgBouncer's `server_round_robin`.
     pub server_round_robin: bool,
     /// Which images run the stack.
@@ -85,18 +96,20 @@ pub struct StackSettings {
 
 impl Default for StackSettings {
     fn default() -> Self {
-        StackSettings {
+        Profile::default().apply(StackSettings {
             pool_mode: PoolMode::Transaction,
             max_prepared_statements: 0,
             default_pool_size: 20,
             ignore_startup_parameters: vec!["extra_float_digits".to_string()],
+            track_extra_parameters: vec!["IntervalStyle".to_string()],
+            require_tls: false,
             server_round_robin: false,
             images: ImageSettings::default(),
             startup_timeout: Duration::from_secs(120),
             scram_iterations: 4096,
             reap_after: Duration::from_secs(10),
             run_id: None,
-        }
+        })
     }
 }
 
@@ -125,13 +138,19 @@ fn parse_u32(
 }
 
 impl StackSettings {
-    /// The defaults, overridden by `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
-    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_STARTUP_TIMEOUT_SECS` and the image variables.
+    /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
+    /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`,
+    /// `PGBF_STARTUP_TIMEOUT_SECS` and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
             ..StackSettings::default()
         };
+        if let Some(profile) = env.get("PGBF_PROFILE") {
+            s = profile.parse::<Profile>()?.apply(s);
+        }
+        s.require_tls = env.flag("PGBF_REQUIRE_TLS")?;
         if let Some(mode) = env.get("PGBF_POOL_MODE") {
             s.pool_mode = mode.parse()?;
         }
@@ -200,6 +219,21 @@ impl StackSettings {
         self
     }
 
+    /// Sets `track_extra_parameters`.
+    pub fn with_track_extra_parameters(
+        mut self,
+        params: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.track_extra_parameters = params.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Accept only TLS connections from clients (Supabase's "Enforce SSL").
+    pub fn with_require_tls(mut self, on: bool) -> Self {
+        self.require_tls = on;
+        self
+    }
+
     /// Sets `server_round_robin`.
     pub fn with_server_round_robin(mut self, on: bool) -> Self {
         self.server_round_robin = on;
@@ -258,6 +292,8 @@ default_pool_size = {pool_size}
 max_client_conn = 2000
 max_db_connections = 0
 ignore_startup_parameters = {ignore}
+track_extra_parameters = {track}
+server_reset_query = DISCARD ALL
 server_round_robin = {rr}
 server_login_retry = 1
 server_lifetime = 3600
@@ -266,11 +302,27 @@ log_connections = 0
 log_disconnections = 0
 ;; Forget pools of databases nobody uses (dropped test databases) soon.
 autodb_idle_timeout = 10
+;; TLS as Supabase serves it: offered to every client, required only when
+;; asked; the entrypoint writes the stack's own certificate there.
+client_tls_sslmode = {client_tls}
+client_tls_cert_file = /tmp/pgbf/tls.crt
+client_tls_key_file = /tmp/pgbf/tls.key
+client_tls_ca_file = /tmp/pgbf/ca.crt
+server_tls_sslmode = {server_tls}
+server_tls_ca_file = /tmp/pgbf/ca.crt
 ",
             pool_mode = self.pool_mode,
             mps = self.max_prepared_statements,
             pool_size = self.default_pool_size,
             ignore = self.ignore_startup_parameters.join(","),
+            track = self.track_extra_parameters.join(","),
+            client_tls = if self.require_tls { "require" } else { "allow" },
+            // PostgreSQL then accepts only TLS from outside its own socket.
+            server_tls = if self.require_tls {
+                "require"
+            } else {
+                "disable"
+            },
             rr = u8::from(self.server_round_robin),
         )
     }
@@ -278,97 +330,6 @@ autodb_idle_timeout = 10
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Which production a test mirrors: one value per pooler behaviour, usable
-/// with rstest's `#[values(..)]` so one test can run against several.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Profile {
-    /// Transaction pooling without prepared-statement support
-    /// (`max_prepared_statements = 0`): Supabase's transaction pooler (port
-    /// 6543) and PgBouncer < 1.21. The default: what the seeds' teams deploy on.
-    #[default]
-    Transaction,
-    /// Transaction pooling with PgBouncer's prepared-statement tracking
-    /// (`max_prepared_statements = 200`, as PgBouncer >= 1.24 ships).
-    TransactionTracking,
-    /// Session pooling: Supabase's session pooler (port 5432).
-    Session,
-    /// Straight to PostgreSQL, no pooler.
-    Direct,
-}
-
-impl Profile {
-    /// Every profile, in the order of the compatibility matrix.
-    pub const ALL: [Profile; 4] = [
-        Profile::Transaction,
-        Profile::TransactionTracking,
-        Profile::Session,
-        Profile::Direct,
-    ];
-
-    /// A short name (`transaction`, `tracking`, `session`, `direct`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Profile::Transaction => "transaction",
-            Profile::TransactionTracking => "tracking",
-            Profile::Session => "session",
-            Profile::Direct => "direct",
-        }
-    }
-
-    /// What it stands for, for people.
-    pub fn description(self) -> &'static str {
-        match self {
-            Profile::Transaction => {
-                "PgBouncer transaction mode, max_prepared_statements=0 (Supabase port 6543)"
-            }
-            Profile::TransactionTracking => {
-                "PgBouncer transaction mode, max_prepared_statements=200 (PgBouncer >= 1.24)"
-            }
-            Profile::Session => "PgBouncer session mode (Supabase session pooler, port 5432)",
-            Profile::Direct => "PostgreSQL without a pooler",
-        }
-    }
-
-    /// `base` with this profile's pool mode and prepared-statement tracking.
-    /// (`Direct` runs on a transaction-mode stack and bypasses its pooler.)
-    pub fn apply(self, base: StackSettings) -> StackSettings {
-        match self {
-            Profile::Transaction | Profile::Direct => base
-                .with_pool_mode(PoolMode::Transaction)
-                .with_max_prepared_statements(0),
-            Profile::TransactionTracking => base
-                .with_pool_mode(PoolMode::Transaction)
-                .with_max_prepared_statements(200),
-            Profile::Session => base.with_pool_mode(PoolMode::Session),
-        }
-    }
-
-    /// Whether `connect()` bypasses the pooler.
-    pub fn is_direct(self) -> bool {
-        self == Profile::Direct
-    }
-}
-
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Profile {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Profile> {
-        Profile::ALL
-            .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| Error::InvalidEnv {
-                var: "PGBF_PROFILE",
-                value: crate::target::redact_value(s),
-                expected: "transaction, tracking, session or direct",
-            })
-    }
 }
 
 /// A run id is hashed, never used as a name, but it is still user input:

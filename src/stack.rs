@@ -39,6 +39,8 @@ pub struct Endpoints {
     pooled_port: u16,
     direct_port: u16,
     password: String,
+    ca_pem: Option<String>,
+    require_tls: bool,
 }
 
 impl fmt::Debug for Endpoints {
@@ -60,7 +62,22 @@ impl Endpoints {
             self.password, self.host
         );
         // Built from parts we control: host, port, alphanumeric password.
-        DbUrl::parse("the stack's endpoints", &raw).expect("stack URLs are well-formed")
+        DbUrl::parse("the stack's endpoints", &raw)
+            .expect("stack URLs are well-formed")
+            .on_stack(self.require_tls)
+    }
+
+    /// The stack's own certificate authority (PEM), which signed the
+    /// certificate both ports serve: for `sslmode=verify-full` /
+    /// `verify-ca` (sqlx: `PgConnectOptions::ssl_root_cert_from_pem`).
+    /// `None` on images that do not serve TLS.
+    pub fn ca_cert_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// Whether both ports refuse clients without TLS.
+    pub fn requires_tls(&self) -> bool {
+        self.require_tls
     }
 
     /// URL of `database` through PgBouncer.
@@ -312,12 +329,14 @@ fn scram_verifier(password: &str, iterations: u32) -> String {
     )
 }
 
-fn endpoints_of(info: &PairInfo) -> Endpoints {
+fn endpoints_of(info: &PairInfo, settings: &StackSettings) -> Endpoints {
     Endpoints {
         host: docker::published_host(),
         pooled_port: info.pooled_port,
         direct_port: info.direct_port,
         password: info.password.clone(),
+        ca_pem: info.ca_pem.clone(),
+        require_tls: settings.require_tls,
     }
 }
 
@@ -334,7 +353,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
             // Serialises create-or-join between the run's processes; the
             // kernel releases it if this process dies.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
-            match join(&docker, &id).await? {
+            match join(&docker, &id, &settings).await? {
                 Some((endpoints, lease)) => (endpoints, lease, true),
                 None => {
                     lock::sweep_old_locks();
@@ -383,7 +402,11 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
 
 /// Joins the running stack `id`, re-checking it: a lease, then a query
 /// through PgBouncer. A broken or unanswering stack is removed (`None`).
-async fn join(docker: &bollard::Docker, id: &str) -> Result<Option<(Endpoints, PgConnection)>> {
+async fn join(
+    docker: &bollard::Docker,
+    id: &str,
+    settings: &StackSettings,
+) -> Result<Option<(Endpoints, PgConnection)>> {
     let info = match containers::pair_state(docker, id).await? {
         PairState::Absent => return Ok(None),
         PairState::Running(info) => info,
@@ -393,7 +416,7 @@ async fn join(docker: &bollard::Docker, id: &str) -> Result<Option<(Endpoints, P
             return Ok(None);
         }
     };
-    let endpoints = endpoints_of(&info);
+    let endpoints = endpoints_of(&info, settings);
     let checked = async {
         let lease = take_lease(&endpoints, JOIN_TIMEOUT).await?;
         wait_until_ready(&endpoints, JOIN_TIMEOUT).await?;
@@ -434,7 +457,13 @@ async fn create(
     );
     let password = random_password();
     let verifier = scram_verifier(&password, settings.scram_iterations);
-    containers::create_pair(docker, id, shared, settings, &images, &password, &verifier).await?;
+    let tls = crate::tls::generate(&docker::published_host())?;
+    let secrets = containers::Secrets {
+        password: &password,
+        scram_verifier: &verifier,
+        tls: &tls,
+    };
+    containers::create_pair(docker, id, shared, settings, &images, &secrets).await?;
     let up = async {
         let info = match containers::pair_state(docker, id).await? {
             PairState::Running(info) => info,
@@ -450,7 +479,7 @@ async fn create(
                 })
             }
         };
-        let endpoints = endpoints_of(&info);
+        let endpoints = endpoints_of(&info, settings);
         // The lease first: the watchdog's start-up grace is counting.
         let lease = take_lease(&endpoints, settings.startup_timeout).await?;
         wait_until_ready(&endpoints, settings.startup_timeout).await?;

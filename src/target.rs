@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::error::{Error, Result};
 use crate::settings::StackSettings;
@@ -178,6 +178,10 @@ fn find_dotenv(start: &Path) -> Option<PathBuf> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct DbUrl {
     url: url::Url,
+    /// On the crate's own stacks: whether they require TLS. Connections the
+    /// crate opens there use plain TCP (TLS when required) unless the URL
+    /// names an `sslmode`; elsewhere sqlx's default (`prefer`) applies.
+    stack_tls: Option<bool>,
 }
 
 impl DbUrl {
@@ -239,7 +243,16 @@ impl DbUrl {
                 format!("is rejected by sqlx: {}", redact(&e.to_string())),
             )
         })?;
-        Ok(DbUrl { url })
+        Ok(DbUrl {
+            url,
+            stack_tls: None,
+        })
+    }
+
+    /// Marks a URL of the crate's own stack (see `connect_options`).
+    pub(crate) fn on_stack(mut self, require_tls: bool) -> DbUrl {
+        self.stack_tls = Some(require_tls);
+        self
     }
 
     /// The full URL, password included: for drivers, never for logs.
@@ -256,7 +269,10 @@ impl DbUrl {
     pub fn with_database(&self, database: &str) -> DbUrl {
         let mut url = self.url.clone();
         url.set_path(&format!("/{database}"));
-        DbUrl { url }
+        DbUrl {
+            url,
+            stack_tls: self.stack_tls,
+        }
     }
 
     /// The database named in the path (`postgres` when empty, as libpq does with user `postgres`).
@@ -284,9 +300,27 @@ impl DbUrl {
     }
 
     /// sqlx options for this URL.
+    ///
+    /// On the crate's own stacks, without an `sslmode` in the URL, TLS is
+    /// used only when the stack requires it: every stack offers TLS, and a
+    /// handshake per test connection would cost time for nothing. Ask for it
+    /// with `.ssl_mode(PgSslMode::Require)` (or `sslmode=require` in the URL).
     pub fn connect_options(&self) -> PgConnectOptions {
         // Checked in `parse`; every constructor goes through it.
-        PgConnectOptions::from_str(self.url.as_str()).unwrap_or_else(|_| PgConnectOptions::new())
+        let options = PgConnectOptions::from_str(self.url.as_str())
+            .unwrap_or_else(|_| PgConnectOptions::new());
+        let names_sslmode = self
+            .url
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("sslmode") || k.eq_ignore_ascii_case("ssl-mode"));
+        match self.stack_tls {
+            Some(required) if !names_sslmode => options.ssl_mode(if required {
+                PgSslMode::Require
+            } else {
+                PgSslMode::Disable
+            }),
+            _ => options,
+        }
     }
 
     /// Warnings about URL parameters that sqlx ignores although other

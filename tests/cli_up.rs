@@ -138,16 +138,20 @@ fn up_refuses_unknown_profiles() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("--profile takes transaction, tracking, session or direct"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--profile: PGBF_PROFILE")
+            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or direct"),
+        "{stderr}"
+    );
 }
 
 /// Stacks of different settings run side by side; identical settings share one.
 #[tokio::test]
 async fn stacks_are_shared_only_between_identical_settings() {
-    let a = TestDb::for_profile(Profile::Transaction).await.unwrap();
-    let b = TestDb::for_profile(Profile::Transaction).await.unwrap();
-    let c = TestDb::for_profile(Profile::Session).await.unwrap();
+    let a = TestDb::for_profile(Profile::SupabaseShared).await.unwrap();
+    let b = TestDb::for_profile(Profile::SupabaseShared).await.unwrap();
+    let c = TestDb::for_profile(Profile::SupabaseSession).await.unwrap();
     let d = TestDb::for_profile(Profile::Direct).await.unwrap();
     assert_eq!(
         a.pooled().port(),

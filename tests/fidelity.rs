@@ -29,16 +29,16 @@ fn code_of(e: &sqlx::Error) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_statement_cache_collides_only_behind_the_default_profile(
     #[values(
-        Profile::Transaction,
-        Profile::TransactionTracking,
-        Profile::Session,
+        Profile::SupabaseShared,
+        Profile::SupabaseDedicated,
+        Profile::SupabaseSession,
         Profile::Direct
     )]
     profile: Profile,
 ) {
     let db = db(profile).await;
     let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
-    if profile == Profile::Transaction {
+    if profile == Profile::SupabaseShared {
         assert_named_statement_collisions(&outcome);
     } else {
         assert!(outcome.passed(), "{profile}: {}", outcome.summary());
@@ -50,11 +50,11 @@ async fn default_statement_cache_collides_only_behind_the_default_profile(
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_zero_still_fails_behind_the_default_profile(
-    #[values(Profile::Transaction, Profile::TransactionTracking)] profile: Profile,
+    #[values(Profile::SupabaseShared, Profile::SupabaseDedicated)] profile: Profile,
 ) {
     let db = db(profile).await;
     let outcome = run_default_workload(SqlxPattern::ConnectionCacheOff, &db).await;
-    if profile == Profile::Transaction {
+    if profile == Profile::SupabaseShared {
         assert!(!outcome.passed());
         assert!(
             outcome.codes().iter().all(|c| c == "42P05" || c == "26000"),
@@ -73,7 +73,7 @@ async fn capacity_zero_still_fails_behind_the_default_profile(
 /// Seed 3: unnamed statements are safe only inside an explicit transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_break_outside_a_transaction_only() {
-    let db = db(Profile::Transaction).await;
+    let db = db(Profile::SupabaseShared).await;
     let outside = run_default_workload(SqlxPattern::UnnamedOutsideTransaction, &db).await;
     assert!(
         !outside.passed(),
@@ -95,7 +95,7 @@ async fn unnamed_statements_break_outside_a_transaction_only() {
 /// Seed 4: startup parameters PgBouncer refuses.
 #[tokio::test]
 async fn startup_parameters_are_refused_by_the_pooler_and_accepted_direct() {
-    let db = db(Profile::Transaction).await;
+    let db = db(Profile::SupabaseShared).await;
     // The seeds' server_settings {"jit": "off"}.
     let pooled = PgConnection::connect_with(&db.connect_options().options([("jit", "off")])).await;
     let err = pooled.expect_err("PgBouncer refuses options it does not know");
@@ -171,10 +171,10 @@ async fn across_transactions<T>(
 #[rstest]
 #[tokio::test]
 async fn session_state_survives_only_session_pooling(
-    #[values(Profile::Transaction, Profile::Session)] profile: Profile,
+    #[values(Profile::SupabaseShared, Profile::SupabaseSession)] profile: Profile,
 ) {
     let db = db(profile).await;
-    let kept = profile == Profile::Session;
+    let kept = profile == Profile::SupabaseSession;
 
     let set = across_transactions(
         &db,
@@ -283,7 +283,7 @@ fn migrations_dir() -> tempfile::TempDir {
 /// Through the direct endpoint the same sequence is safe.
 #[tokio::test]
 async fn migrations_belong_on_the_direct_endpoint() {
-    let db = db(Profile::Transaction).await;
+    let db = db(Profile::SupabaseShared).await;
     let dir = migrations_dir();
     let migrator = Migrator::new(dir.path()).await.unwrap();
 
