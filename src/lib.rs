@@ -58,7 +58,9 @@ mod template;
 mod worker;
 
 pub use database::Isolation;
-pub use docker::{LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK};
+pub use docker::{
+    docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
+};
 pub use error::{Error, Result};
 pub use factory::{TestDb, TestDbBuilder};
 pub use fixtures::{test_db, try_test_db};

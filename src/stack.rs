@@ -312,9 +312,9 @@ fn scram_verifier(password: &str, iterations: u32) -> String {
     )
 }
 
-fn endpoints_of(info: &PairInfo) -> Endpoints {
+fn endpoints_of(info: &PairInfo, host: &str) -> Endpoints {
     Endpoints {
-        host: docker::published_host(),
+        host: host.to_string(),
         pooled_port: info.pooled_port,
         direct_port: info.direct_port,
         password: info.password.clone(),
@@ -323,23 +323,26 @@ fn endpoints_of(info: &PairInfo) -> Endpoints {
 
 // Runs on the worker thread: everything Docker-bound lives on its runtime.
 async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, WorkerSetup)> {
-    let docker = docker::connect().await?;
+    // The process's engine: the one testcontainers builds the images on too.
+    let engine = docker::engine().await?;
+    let docker = engine.connect().await?;
+    let host = engine.published_host();
     let id = mode.id().to_string();
     let (endpoints, lease, joined) = match &mode {
         Mode::Private(_) => {
-            let (endpoints, lease) = create(&docker, &id, false, &settings).await?;
+            let (endpoints, lease) = create(&docker, host, &id, false, &settings).await?;
             (endpoints, lease, false)
         }
         Mode::Shared(run) => {
             // Serialises create-or-join between the run's processes; the
             // kernel releases it if this process dies.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
-            match join(&docker, &id).await? {
+            match join(&docker, host, &id).await? {
                 Some((endpoints, lease)) => (endpoints, lease, true),
                 None => {
                     lock::sweep_old_locks();
                     crate::reaper::sweep(&docker).await;
-                    let (endpoints, lease) = create(&docker, &id, true, &settings).await?;
+                    let (endpoints, lease) = create(&docker, host, &id, true, &settings).await?;
                     (endpoints, lease, false)
                 }
             }
@@ -383,7 +386,11 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
 
 /// Joins the running stack `id`, re-checking it: a lease, then a query
 /// through PgBouncer. A broken or unanswering stack is removed (`None`).
-async fn join(docker: &bollard::Docker, id: &str) -> Result<Option<(Endpoints, PgConnection)>> {
+async fn join(
+    docker: &bollard::Docker,
+    host: &str,
+    id: &str,
+) -> Result<Option<(Endpoints, PgConnection)>> {
     let info = match containers::pair_state(docker, id).await? {
         PairState::Absent => return Ok(None),
         PairState::Running(info) => info,
@@ -393,7 +400,7 @@ async fn join(docker: &bollard::Docker, id: &str) -> Result<Option<(Endpoints, P
             return Ok(None);
         }
     };
-    let endpoints = endpoints_of(&info);
+    let endpoints = endpoints_of(&info, host);
     let checked = async {
         let lease = take_lease(&endpoints, JOIN_TIMEOUT).await?;
         wait_until_ready(&endpoints, JOIN_TIMEOUT).await?;
@@ -410,9 +417,11 @@ async fn join(docker: &bollard::Docker, id: &str) -> Result<Option<(Endpoints, P
     }
 }
 
-/// Creates stack `id`, waits until it answers, and takes this process's lease.
+/// Creates stack `id`, waits until it answers (its ports published on
+/// `host`), and takes this process's lease.
 async fn create(
     docker: &bollard::Docker,
+    host: &str,
     id: &str,
     shared: bool,
     settings: &StackSettings,
@@ -450,7 +459,7 @@ async fn create(
                 })
             }
         };
-        let endpoints = endpoints_of(&info);
+        let endpoints = endpoints_of(&info, host);
         // The lease first: the watchdog's start-up grace is counting.
         let lease = take_lease(&endpoints, settings.startup_timeout).await?;
         wait_until_ready(&endpoints, settings.startup_timeout).await?;
