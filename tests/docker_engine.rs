@@ -11,7 +11,8 @@
 //! telling testcontainers' (User-Agent `tc-rust/...`) from the crate's own.
 //! Where a case must leave no other way to Docker, the binary runs in a
 //! mount namespace with an empty `/run` (so `/var/run/docker.sock` is
-//! absent), which needs root and `unshare` (util-linux).
+//! absent): `unshare` (util-linux), as root or in a user namespace. Where
+//! neither is allowed those cases fail, saying so, rather than pass unchecked.
 
 mod common;
 
@@ -169,7 +170,12 @@ impl Scene {
         let mut cmd = if self.hide_default_socket {
             // An empty /run in a mount namespace of its own: no
             // /var/run/docker.sock (a symlink into /run) for the binary.
+            // Without root, a user namespace grants the mount.
             let mut c = Command::new("unshare");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                c.args(["--user", "--map-root-user"]);
+            }
             c.args([
                 "--mount",
                 "--propagation",
@@ -206,7 +212,11 @@ impl Scene {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         );
-        assert!(out.status.success(), "gc failed:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "gc failed (an `unshare`/`mount` error means this machine cannot hide /run: \
+             run as root or allow user namespaces):\n{stdout}\n{stderr}"
+        );
         assert!(
             stdout.contains("gc: removed 0 container(s), 0 network(s)"),
             "{stdout}"
@@ -249,7 +259,11 @@ async fn up_works(scene: Scene) -> (Scene, String, String) {
         let Some(Ok(pooled)) = stdout.next() else {
             let _ = child.kill();
             let rest: Vec<String> = stderr.map_while(Result::ok).collect();
-            panic!("up printed no URL:\n{}", rest.join("\n"));
+            panic!(
+                "up printed no URL (an `unshare`/`mount` error means this machine cannot \
+                 hide /run: run as root or allow user namespaces):\n{}",
+                rest.join("\n")
+            );
         };
         let mut seen = Vec::new();
         for line in stderr.by_ref().map_while(Result::ok) {
@@ -557,4 +571,19 @@ fn a_bad_host_override_names_the_variable(#[case] value: &str) {
     assert!(stderr.contains("a host name or IP address"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(scene.containers().is_empty());
+}
+
+/// A properties file testcontainers would refuse is refused too, as a typed
+/// error naming the file and the expected syntax; never a panic.
+#[rstest]
+#[case::bad_escape("docker.host=\\u12zz\n", "encoding: not hex")]
+#[case::tls_verify_not_a_number("docker.tls.verify=true\n", "expected 1 or 0")]
+fn a_malformed_properties_file_is_a_typed_error(#[case] content: &str, #[case] expected: &str) {
+    let scene = Scene::new().properties(content);
+    let out = scene.run(&["gc", "--checkout", &scene.work.display().to_string()]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("~/.testcontainers.properties"), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
