@@ -70,7 +70,11 @@
 //!   testcontainers call. testcontainers then reads it: only `tc.host` beats
 //!   `DOCKER_HOST`, and a `tc.host` would have won the crate's resolution too.
 //!   This is the crate's only write to the process environment, at most once
-//!   per process; child processes inherit it;
+//!   per process, and only in those cases; child processes inherit it.
+//!   (`std::env::set_var` races with C code reading the environment on other
+//!   threads; the alternative, a testcontainers client that takes a host, does
+//!   not exist in 0.28. Setting `DOCKER_HOST` yourself, or `docker.host` in
+//!   the properties file, means the crate never writes.)
 //! - **checked**: [`engine()`] then asks testcontainers' own client
 //!   (`testcontainers::core::client::docker_client_instance`) for the engine's
 //!   ID and compares it with the ID behind the crate's connection; a
