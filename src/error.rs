@@ -8,17 +8,23 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The Docker engine could not be reached.
+    /// The Docker engine could not be reached. The engine is found as
+    /// testcontainers finds it (see the README's "Which Docker engine"); the
+    /// message lists every place looked at and what was found there.
     #[error(
-        "Docker is unreachable at {tried}: {reason}. Start the Docker daemon, or point DOCKER_HOST \
-         at a running engine (e.g. unix:///var/run/docker.sock), or set TEST_DATABASE_URL to use \
-         an existing server instead of containers"
+        "Docker is unreachable at {tried}: {reason}. {fix}.\nWhere the crate looked for Docker, \
+         in testcontainers' order (the first place set or present is used; it does not fall \
+         through to the next):\n{looked}"
     )]
     DockerUnreachable {
         /// The address that was tried, and where it came from.
         tried: String,
         /// What the Docker client reported.
         reason: String,
+        /// Every place looked at, one per line, with what was found there.
+        looked: String,
+        /// What to change.
+        fix: String,
     },
 
     /// A Docker operation other than connecting failed.

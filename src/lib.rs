@@ -62,7 +62,9 @@ mod tls;
 mod worker;
 
 pub use database::Isolation;
-pub use docker::{LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK};
+pub use docker::{
+    docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
+};
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
 pub use factory::{TestDb, TestDbBuilder};

@@ -58,7 +58,11 @@ commands:
          compatibility matrix as Markdown (options: --clients N, --rounds N)
   help   show this text
 
-environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE, DOCKER_HOST,
+environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE;
+             the Docker engine is found as testcontainers finds it: tc.host in
+             ~/.testcontainers.properties, DOCKER_HOST (environment, then .env),
+             docker.host in that file, then the usual sockets (see the README);
+             TESTCONTAINERS_HOST_OVERRIDE: the host published ports answer on.
              RUST_LOG-style tracing is not installed; errors go to stderr";
 
 fn main() -> ExitCode {
@@ -105,7 +109,11 @@ fn gc(args: &[String]) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     let report = runtime
-        .block_on(pgbouncer_fixtures::gc(scope))
+        .block_on(async {
+            let engine = pgbouncer_fixtures::docker_engine().await?;
+            say!("pgbouncer-fixtures: Docker engine {engine}");
+            pgbouncer_fixtures::gc(scope).await
+        })
         .map_err(|e| e.to_string())?;
     for c in &report.containers {
         println!("removed container {c}");
@@ -341,6 +349,10 @@ fn up(args: &[String]) -> Result<(), String> {
     let (settings, direct) = parse_settings(args)?;
     runtime()?.block_on(async {
         let started = Instant::now();
+        let engine = pgbouncer_fixtures::docker_engine()
+            .await
+            .map_err(|e| e.to_string())?;
+        say!("pgbouncer-fixtures: Docker engine {engine}");
         say!(
             "pgbouncer-fixtures: starting PostgreSQL + PgBouncer (pool_mode={}, max_prepared_statements={}, TLS {}) ...",
             settings.pool_mode, settings.max_prepared_statements,

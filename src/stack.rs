@@ -329,9 +329,9 @@ fn scram_verifier(password: &str, iterations: u32) -> String {
     )
 }
 
-fn endpoints_of(info: &PairInfo, settings: &StackSettings) -> Endpoints {
+fn endpoints_of(info: &PairInfo, host: &str, settings: &StackSettings) -> Endpoints {
     Endpoints {
-        host: docker::published_host(),
+        host: host.to_string(),
         pooled_port: info.pooled_port,
         direct_port: info.direct_port,
         password: info.password.clone(),
@@ -342,23 +342,26 @@ fn endpoints_of(info: &PairInfo, settings: &StackSettings) -> Endpoints {
 
 // Runs on the worker thread: everything Docker-bound lives on its runtime.
 async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, WorkerSetup)> {
-    let docker = docker::connect().await?;
+    // The process's engine: the one testcontainers builds the images on too.
+    let engine = docker::engine().await?;
+    let docker = engine.connect().await?;
+    let host = engine.published_host();
     let id = mode.id().to_string();
     let (endpoints, lease, joined) = match &mode {
         Mode::Private(_) => {
-            let (endpoints, lease) = create(&docker, &id, false, &settings).await?;
+            let (endpoints, lease) = create(&docker, host, &id, false, &settings).await?;
             (endpoints, lease, false)
         }
         Mode::Shared(run) => {
             // Serialises create-or-join between the run's processes; the
             // kernel releases it if this process dies.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
-            match join(&docker, &id, &settings).await? {
+            match join(&docker, host, &id, &settings).await? {
                 Some((endpoints, lease)) => (endpoints, lease, true),
                 None => {
                     lock::sweep_old_locks();
                     crate::reaper::sweep(&docker).await;
-                    let (endpoints, lease) = create(&docker, &id, true, &settings).await?;
+                    let (endpoints, lease) = create(&docker, host, &id, true, &settings).await?;
                     (endpoints, lease, false)
                 }
             }
@@ -404,6 +407,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
 /// through PgBouncer. A broken or unanswering stack is removed (`None`).
 async fn join(
     docker: &bollard::Docker,
+    host: &str,
     id: &str,
     settings: &StackSettings,
 ) -> Result<Option<(Endpoints, PgConnection)>> {
@@ -416,7 +420,7 @@ async fn join(
             return Ok(None);
         }
     };
-    let endpoints = endpoints_of(&info, settings);
+    let endpoints = endpoints_of(&info, host, settings);
     let checked = async {
         let lease = take_lease(&endpoints, JOIN_TIMEOUT).await?;
         wait_until_ready(&endpoints, JOIN_TIMEOUT).await?;
@@ -433,9 +437,11 @@ async fn join(
     }
 }
 
-/// Creates stack `id`, waits until it answers, and takes this process's lease.
+/// Creates stack `id`, waits until it answers (its ports published on
+/// `host`), and takes this process's lease.
 async fn create(
     docker: &bollard::Docker,
+    host: &str,
     id: &str,
     shared: bool,
     settings: &StackSettings,
@@ -457,7 +463,7 @@ async fn create(
     );
     let password = random_password();
     let verifier = scram_verifier(&password, settings.scram_iterations);
-    let tls = crate::tls::generate(&docker::published_host())?;
+    let tls = crate::tls::generate(host)?;
     let secrets = containers::Secrets {
         password: &password,
         scram_verifier: &verifier,
@@ -479,7 +485,7 @@ async fn create(
                 })
             }
         };
-        let endpoints = endpoints_of(&info, settings);
+        let endpoints = endpoints_of(&info, host, settings);
         // The lease first: the watchdog's start-up grace is counting.
         let lease = take_lease(&endpoints, settings.startup_timeout).await?;
         wait_until_ready(&endpoints, settings.startup_timeout).await?;
