@@ -7,6 +7,7 @@ use common::{assert_named_statement_collisions, run_default_workload};
 
 use std::time::Duration;
 
+use pgbouncer_fixtures::probes::startup::{send_startup, StartupAnswer};
 use pgbouncer_fixtures::probes::SqlxPattern;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use rstest::rstest;
@@ -71,54 +72,110 @@ async fn capacity_zero_still_fails_behind_the_default_profile(
 }
 
 /// Seed 3: unnamed statements are safe only inside an explicit transaction.
+/// Outside one, Parse and Bind go out in two round trips and can meet
+/// different server connections: an error, or worse, another client's
+/// unnamed statement and a wrong answer. Never silent success, run after run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_break_outside_a_transaction_only() {
     let db = db(Profile::SupabaseShared).await;
-    let outside = run_default_workload(SqlxPattern::UnnamedOutsideTransaction, &db).await;
-    assert!(
-        !outside.passed(),
-        "Parse and Bind go out in two round trips and meet different servers"
-    );
-    assert!(
-        outside
-            .failures
-            .iter()
-            .any(|f| f.code.as_deref() == Some("26000")
-                && f.message == "unnamed prepared statement does not exist"),
-        "{:?}",
-        outside.failures
-    );
+    for run in 0..3 {
+        let outside = run_default_workload(SqlxPattern::UnnamedOutsideTransaction, &db).await;
+        assert!(
+            !outside.passed(),
+            "run {run}: errors or wrong answers, never silent success"
+        );
+        for f in &outside.failures {
+            assert_eq!(f.code.as_deref(), Some("26000"), "run {run}: {f:?}");
+            assert_eq!(f.message, "unnamed prepared statement does not exist");
+        }
+    }
     let inside = run_default_workload(SqlxPattern::UnnamedInsideTransaction, &db).await;
     assert!(inside.passed(), "{}", inside.summary());
 }
 
-/// Seed 4: startup parameters PgBouncer refuses.
+/// The seeds' startup-parameter recipes, as each endpoint treats them:
+/// Supavisor (the shared pooler, and its session mode) accepts and drops
+/// them, Supabase's dedicated PgBouncer refuses what it does not know,
+/// PostgreSQL applies them.
+#[rstest]
+#[case::top_level_jit(Recipe::TopLevel("jit", "off"), "unsupported startup parameter: jit")]
+#[case::top_level_search_path(
+    Recipe::TopLevel("search_path", "public"),
+    "unsupported startup parameter: search_path"
+)]
+#[case::options_jit(
+    Recipe::Options("jit", "off"),
+    "unsupported startup parameter in options: jit"
+)]
+#[case::options_search_path(
+    Recipe::Options("search_path", "public"),
+    "unsupported startup parameter in options: search_path"
+)]
 #[tokio::test]
-async fn startup_parameters_are_refused_by_the_pooler_and_accepted_direct() {
-    let db = db(Profile::SupabaseShared).await;
-    // The seeds' server_settings {"jit": "off"}.
-    let pooled = PgConnection::connect_with(&db.connect_options().options([("jit", "off")])).await;
-    let err = pooled.expect_err("PgBouncer refuses options it does not know");
-    assert_eq!(code_of(&err).as_deref(), Some("08P01"));
-    assert!(
-        err.to_string()
-            .contains("unsupported startup parameter in options: jit"),
-        "{err}"
-    );
+async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
+    #[case] recipe: Recipe,
+    #[case] refusal: &str,
+    #[values(
+        Profile::SupabaseShared,
+        Profile::SupabaseSession,
+        Profile::SupabaseDedicated,
+        Profile::Direct
+    )]
+    profile: Profile,
+) {
+    let db = db(profile).await;
+    let refused = profile == Profile::SupabaseDedicated;
+    match recipe {
+        Recipe::TopLevel(name, value) => {
+            // What asyncpg's server_settings sends: a parameter of its own in
+            // the StartupMessage (sqlx cannot send one).
+            let answer = send_startup(&db.connect_options(), &[(name, value)])
+                .await
+                .unwrap();
+            match answer {
+                StartupAnswer::Accepted => assert!(!refused, "{profile} accepted {name}"),
+                StartupAnswer::Refused(e) => {
+                    assert!(refused, "{profile} refused {name}: {e}");
+                    assert_eq!(e.code.as_deref(), Some("08P01"));
+                    assert_eq!(e.message, refusal);
+                }
+            }
+        }
+        Recipe::Options(name, value) => {
+            let options = db.connect_options().options([(name, value)]);
+            match PgConnection::connect_with(&options).await {
+                Ok(mut conn) => {
+                    assert!(!refused, "{profile} accepted options -c {name}");
+                    let applied: String = sqlx::raw_sql(&format!("show {name}"))
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap()
+                        .get(0);
+                    // Only PostgreSQL itself applies them; the Supavisor-like
+                    // profiles drop them (search_path: the documented residue).
+                    assert_eq!(
+                        applied == value,
+                        profile == Profile::Direct,
+                        "{name}={applied}"
+                    );
+                }
+                Err(err) => {
+                    assert!(refused, "{profile} refused options -c {name}: {err}");
+                    assert_eq!(code_of(&err).as_deref(), Some("08P01"));
+                    assert!(err.to_string().contains(refusal), "{err}");
+                }
+            }
+        }
+    }
+}
 
-    let mut direct = PgConnection::connect_with(
-        &db.connect_options_direct()
-            .unwrap()
-            .options([("jit", "off")]),
-    )
-    .await
-    .unwrap();
-    let jit: String = sqlx::raw_sql("show jit")
-        .fetch_one(&mut direct)
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(jit, "off");
+/// A startup-parameter recipe of the seeds.
+#[derive(Clone, Copy, Debug)]
+enum Recipe {
+    /// A parameter of its own in the StartupMessage.
+    TopLevel(&'static str, &'static str),
+    /// `-c name=value` in the `options` parameter.
+    Options(&'static str, &'static str),
 }
 
 /// Seed 4, continued: sqlx sends `extra_float_digits` by default; a strict

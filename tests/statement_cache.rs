@@ -44,6 +44,38 @@ async fn concurrent_workload(connections: Vec<PgConnection>) -> Vec<Option<Strin
     out
 }
 
+/// No concurrency needed: sqlx 0.8.6 names its statements even at capacity 0
+/// and never closes them, so the *second* `connect()` of a test fails on its
+/// first bound query: it lands on the server connection the first one used,
+/// where `sqlx_s_1` still exists.
+#[rstest]
+#[tokio::test]
+async fn capacity_zero_fails_on_the_second_connect_without_concurrency(
+    #[future(awt)] test_db: TestDb,
+) {
+    let mut first = test_db.connect().await.unwrap();
+    let one: i64 = sqlx::query_scalar("select $1::int8 + 1")
+        .bind(1_i64)
+        .fetch_one(&mut first)
+        .await
+        .unwrap();
+    assert_eq!(one, 2);
+    first.close().await.unwrap();
+
+    let mut second = test_db.connect().await.unwrap();
+    let err = sqlx::query_scalar::<_, i64>("select $1::int8 + 1")
+        .bind(1_i64)
+        .fetch_one(&mut second)
+        .await
+        .expect_err("the first client's sqlx_s_1 is still on that server connection");
+    let db = err.as_database_error().expect("a server error");
+    assert_eq!(db.code().as_deref(), Some("42P05"), "{err}");
+    assert_eq!(
+        db.message(),
+        "prepared statement \"sqlx_s_1\" already exists"
+    );
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_zero_does_not_prevent_collisions_under_concurrency(
