@@ -630,10 +630,9 @@ impl TestDb {
                 .build()
                 .ok()?;
             runtime
-                .block_on(tokio::time::timeout(
-                    Duration::from_secs(15),
-                    explain(&test, &source),
-                ))
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(15), explain(&test, &source)).await
+                })
                 .ok()?
                 .ok()
         })

@@ -265,10 +265,13 @@ async fn scenario_temp_table() {
         .execute(&mut b)
         .await
         .unwrap();
-    sqlx::raw_sql("select count(*) from scratch")
+    let counted = sqlx::raw_sql("select count(*) from scratch")
         .execute(&mut a)
-        .await
-        .unwrap();
+        .await;
+    // B's server session (holding the table) must outlive the panic: a
+    // server connection whose client leaves mid-transaction is closed.
+    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    counted.unwrap();
 }
 
 #[ignore = "a scenario: run by a parent test in a child process"]
