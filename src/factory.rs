@@ -47,6 +47,30 @@ pub struct TestDb {
     /// Where the servers' reports for this test can be read (the crate's
     /// stacks only): see [`TestDb::explain`].
     evidence: Option<EvidenceSource>,
+    timings: AcquireTimings,
+    /// A template clone (the worker sizes its pool by the clones in use).
+    clone: bool,
+}
+
+/// Where the time went while the fixture made a test's database: see
+/// [`TestDb::acquire_timings`] (the README's breakdown is made of these).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AcquireTimings {
+    /// Starting or joining the run's stack (about zero once this process
+    /// holds it).
+    pub stack: Duration,
+    /// Checking (or building) the template: zero when a prepared clone was
+    /// there at once.
+    pub template: Duration,
+    /// Waiting for the background worker to take the request up.
+    pub queued: Duration,
+    /// Taking a prepared clone (one round trip), or cloning on demand, or
+    /// creating an empty database or schema.
+    pub claim: Duration,
+    /// Whether the test got a clone prepared ahead of time.
+    pub prepared: bool,
+    /// All of it, as the test saw it.
+    pub total: Duration,
 }
 
 impl fmt::Debug for TestDb {
@@ -141,7 +165,9 @@ impl TestDbBuilder {
         let created = std::time::SystemTime::now();
         // A stack found dead while preparing the database is replaced once.
         let mut attempt = 0;
+        let mut timings = AcquireTimings::default();
         let (worker, server, isolation) = loop {
+            let stack_started = Instant::now();
             let (worker, server) = match &target {
                 Target::Containers(settings) => {
                     let stack = Stack::shared(settings).await?;
@@ -158,7 +184,17 @@ impl TestDbBuilder {
                 }
                 Target::External(ext) => external(ext, connect_timeout).await?,
             };
-            match isolate(&worker, &server, self.template.as_ref(), &env, &test_name).await {
+            timings.stack += stack_started.elapsed();
+            match isolate(
+                &worker,
+                &server,
+                self.template.as_ref(),
+                &env,
+                &test_name,
+                &mut timings,
+            )
+            .await
+            {
                 Ok(isolation) => break (worker, server, isolation),
                 Err(Error::StackDied { .. })
                     if attempt == 0 && matches!(target, Target::Containers(_)) =>
@@ -168,10 +204,16 @@ impl TestDbBuilder {
                 Err(e) => return Err(e),
             }
         };
+        timings.total = started.elapsed();
         tracing::debug!(
             test = %test_name,
             isolation = ?isolation,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            elapsed_ms = timings.total.as_secs_f64() * 1e3,
+            stack_ms = timings.stack.as_secs_f64() * 1e3,
+            template_ms = timings.template.as_secs_f64() * 1e3,
+            queued_ms = timings.queued.as_secs_f64() * 1e3,
+            claim_ms = timings.claim.as_secs_f64() * 1e3,
+            prepared = timings.prepared,
             "test database ready"
         );
         let (pooled, direct) = match &isolation {
@@ -203,6 +245,8 @@ impl TestDbBuilder {
             _ => None,
         };
         Ok(TestDb {
+            clone: self.template.is_some() && server.databases,
+            timings,
             evidence,
             test_name,
             isolation,
@@ -225,6 +269,7 @@ async fn isolate(
     template: Option<&Template>,
     env: &Env,
     test_name: &str,
+    timings: &mut AcquireTimings,
 ) -> Result<Isolation> {
     let result = match (template, server.databases) {
         (Some(template), true) => {
@@ -232,9 +277,7 @@ async fn isolate(
             let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
                 feature: "templates",
             })?;
-            ensure_template_once(&server.key, &resolved, admin).await?;
-            worker
-                .claim(resolved.name.clone(), resolved.prepared)
+            claim_clone(worker, &server.key, &resolved, admin, timings)
                 .await
                 .map(Isolation::Database)
         }
@@ -252,16 +295,53 @@ async fn isolate(
             } else {
                 Isolation::Schema(name)
             };
-            worker
-                .admin(isolation.create_steps())
-                .await
-                .map(|()| isolation)
+            let started = Instant::now();
+            let created = worker.admin(isolation.create_steps()).await;
+            timings.claim = started.elapsed();
+            created.map(|()| isolation)
         }
     };
     match result {
         Ok(isolation) => Ok(isolation),
         Err(e) => Err(died_or(worker, e).await),
     }
+}
+
+/// A clone of the template: a prepared one when there is one (a clone
+/// proves its template is built: no check needed), else the template is
+/// checked (built if missing) and cloned on demand.
+async fn claim_clone(
+    worker: &Worker,
+    server_key: &str,
+    resolved: &ResolvedTemplate,
+    admin: &DbUrl,
+    timings: &mut AcquireTimings,
+) -> Result<String> {
+    let started = Instant::now();
+    let mut claimed = worker
+        .claim(resolved.name.clone(), resolved.prepared, true)
+        .await?;
+    if claimed.is_none() {
+        let checking = Instant::now();
+        ensure_template_once(server_key, resolved, admin).await?;
+        timings.template = checking.elapsed();
+        claimed = worker
+            .claim(resolved.name.clone(), resolved.prepared, false)
+            .await?;
+    }
+    let claimed = claimed.ok_or_else(|| Error::Template {
+        reason: "the worker made no clone of the template".into(),
+    })?;
+    timings.prepared = claimed.prepared;
+    timings.queued = claimed.queued;
+    // The worker's share; the rest of `started.elapsed()` is the template
+    // check and the channel round trips.
+    timings.claim = claimed.took;
+    tracing::trace!(
+        all_ms = started.elapsed().as_secs_f64() * 1e3,
+        "claimed a clone"
+    );
+    Ok(claimed.name)
 }
 
 /// `StackDied` when the stack is gone, else the error as it was.
@@ -647,6 +727,11 @@ impl TestDb {
         }
     }
 
+    /// Where the time went while the fixture made this test's database.
+    pub fn acquire_timings(&self) -> &AcquireTimings {
+        &self.timings
+    }
+
     /// Drops the test's database (or schema) now and reports any error.
     pub async fn close(mut self) -> Result<()> {
         self.closed = true;
@@ -656,6 +741,8 @@ impl TestDb {
     async fn remove(&self) -> Result<()> {
         let started = Instant::now();
         let result = self.worker.admin(self.isolation.drop_steps()).await;
+        // Counts the clone as released (nothing more to drop).
+        self.worker.discard(Vec::new(), self.clone);
         tracing::debug!(isolation = ?self.isolation, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, ok = result.is_ok(), "test database dropped");
         result
     }
@@ -682,11 +769,10 @@ impl Drop for TestDb {
             );
             return;
         }
-        // Wait for the worker thread (never this runtime) so that the database
-        // is gone when the handle is.
-        if let Err(e) = self.worker.admin_blocking(self.isolation.drop_steps()) {
-            tracing::warn!(isolation = ?self.isolation, error = %e, "could not drop the test database");
-        }
+        // Dropped in the background by the worker thread: the test does not
+        // wait for it, and no other test's claim waits behind it. Queued
+        // drops are done before the process exits (or the stack is reaped).
+        self.worker.discard(self.isolation.drop_steps(), self.clone);
     }
 }
 

@@ -67,7 +67,7 @@ pub use docker::{
 };
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
-pub use factory::{TestDb, TestDbBuilder};
+pub use factory::{AcquireTimings, TestDb, TestDbBuilder};
 pub use fixtures::{test_db, try_test_db};
 pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,

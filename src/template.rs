@@ -271,14 +271,32 @@ impl ResolvedTemplate {
         .fetch_all(&mut *conn)
         .await
         .map_err(sql_err("looking for stale templates".into()))?;
-        for old in stale {
-            let old = quote_ident(&old);
+        for old_raw in stale {
+            let old = quote_ident(&old_raw);
             for sql in [
                 format!("ALTER DATABASE {old} WITH IS_TEMPLATE false"),
                 format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"),
             ] {
                 if let Err(e) = conn.execute(sql.as_str()).await {
                     tracing::warn!(error = %e, "could not remove a stale template");
+                }
+            }
+            // Its prepared clones in the stack's pool go too (no pool table
+            // on an external server: nothing to do there).
+            let clones: Vec<String> =
+                sqlx::query_scalar("delete from pgbf_prepared where template = $1 returning name")
+                    .bind(&old_raw)
+                    .persistent(false)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .unwrap_or_default();
+            for clone in clones {
+                let sql = format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&clone)
+                );
+                if let Err(e) = conn.execute(sql.as_str()).await {
+                    tracing::warn!(error = %e, "could not remove a stale prepared clone");
                 }
             }
             tracing::info!(template = %old, "stale template removed");

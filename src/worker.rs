@@ -7,13 +7,14 @@
 //! to it through a channel, so statics hold only a sender (plain data), never
 //! a runtime-bound handle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -87,33 +88,24 @@ impl Step {
     }
 }
 
-enum Reply {
-    Async(oneshot::Sender<Result<()>>),
-    Blocking(std_mpsc::SyncSender<Result<()>>),
-}
-
-impl Reply {
-    fn send(self, result: Result<()>) {
-        match self {
-            Reply::Async(tx) => {
-                let _ = tx.send(result);
-            }
-            Reply::Blocking(tx) => {
-                let _ = tx.send(result);
-            }
-        }
-    }
-}
-
 enum Command {
     Admin {
         steps: Vec<Step>,
-        reply: Reply,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Drops a test's database (or schema) in the background; nothing waits.
+    Discard {
+        steps: Vec<Step>,
+        /// A template clone (counted in the demand for prepared clones).
+        clone: bool,
     },
     Claim {
         template: String,
         prepared: usize,
-        reply: oneshot::Sender<Result<String>>,
+        /// Only a prepared clone, never one made on demand (`Ok(None)` then).
+        prepared_only: bool,
+        asked: Instant,
+        reply: oneshot::Sender<Result<Option<Claimed>>>,
     },
     Probe {
         reply: oneshot::Sender<Result<()>>,
@@ -220,44 +212,41 @@ impl Worker {
             return Err(e);
         }
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Admin {
-            steps,
-            reply: Reply::Async(tx),
-        })?;
+        self.send(Command::Admin { steps, reply: tx })?;
         rx.await.map_err(|_| gone())?
     }
 
-    /// Like [`Worker::admin`], for places that cannot await (`Drop`).
-    pub(crate) fn admin_blocking(&self, steps: Vec<Step>) -> Result<()> {
+    /// A fresh clone of `template` for one test: a prepared one when ready,
+    /// else cloned now (unless `prepared_only`: then `Ok(None)`); keeps
+    /// prepared clones ready in the background, as many as the observed
+    /// demand asks for (at least `prepared`; 0: none).
+    pub(crate) async fn claim(
+        &self,
+        template: String,
+        prepared: usize,
+        prepared_only: bool,
+    ) -> Result<Option<Claimed>> {
         if let Some(e) = self.dead() {
             return Err(e);
         }
-        let what = describe(&steps);
-        let (tx, rx) = std_mpsc::sync_channel(1);
-        self.send(Command::Admin {
-            steps,
-            reply: Reply::Blocking(tx),
-        })?;
-        match rx.recv_timeout(ADMIN_TIMEOUT + Duration::from_secs(5)) {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                what,
-                after: ADMIN_TIMEOUT,
-                hint: "the stack may be overloaded or dead; see the container logs".into(),
-            }),
-        }
-    }
-
-    /// A fresh clone of `template` for one test: a prepared one when ready,
-    /// else cloned now; then keeps `prepared` clones ready in the background.
-    pub(crate) async fn claim(&self, template: String, prepared: usize) -> Result<String> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Claim {
             template,
             prepared,
+            prepared_only,
+            asked: Instant::now(),
             reply: tx,
         })?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Drops a test's database (or schema) in the background: the caller
+    /// does not wait, and no claim waits behind it. Queued drops finish
+    /// before the worker stops (at the latest when the process exits).
+    pub(crate) fn discard(&self, steps: Vec<Step>, clone: bool) {
+        if self.dead().is_none() {
+            let _ = self.send(Command::Discard { steps, clone });
+        }
     }
 
     /// Stops the worker, waiting up to `wait` for its clean-up to finish.
@@ -294,59 +283,46 @@ async fn serve(
     mut setup: WorkerSetup,
     dead: &OnceLock<Error>,
 ) {
-    let mut conns = Connections::default();
-    let clones = ClonePool::default();
     let mut lease = setup.lease.take();
+    let cleanup = setup.cleanup.take();
+    let jobs = Arc::new(Jobs::new(&setup));
     let mut done = None;
+    // Probes run here, on the lease; everything else runs as concurrent
+    // tasks, so that a claim never waits behind a drop or a refill.
     while let Some(command) = rx.recv().await {
         match command {
             Command::Probe { reply } => {
                 let _ = reply.send(probe(&mut lease, &setup, dead).await);
             }
             Command::Admin { steps, reply } => {
-                let what = describe(&steps);
-                let result = tokio::time::timeout(ADMIN_TIMEOUT, conns.run(&setup, &steps))
-                    .await
-                    .unwrap_or_else(|_| {
-                        conns = Connections::default();
-                        Err(Error::Timeout {
-                            what,
-                            after: ADMIN_TIMEOUT,
-                            hint: "the server is overloaded or gone; see its logs".into(),
-                        })
-                    });
-                reply.send(result);
+                let task = jobs.clone();
+                jobs.spawn(async move {
+                    let _ = reply.send(task.run_bounded(&steps).await);
+                });
+            }
+            Command::Discard { steps, clone } => {
+                if clone {
+                    jobs.pool.dropped();
+                }
+                if !steps.is_empty() {
+                    jobs.queue_drop(steps);
+                }
             }
             Command::Claim {
                 template,
                 prepared,
+                prepared_only,
+                asked,
                 reply,
             } => {
-                let ready = clones.take(&template);
-                let result = match ready {
-                    Some(name) => Ok(name),
-                    None => {
-                        let name = clone_name(&template);
-                        let steps = [Step::server(clone_sql(&template, &name))];
-                        match tokio::time::timeout(ADMIN_TIMEOUT, conns.run(&setup, &steps)).await {
-                            Ok(r) => r.map(|()| name),
-                            Err(_) => Err(Error::Timeout {
-                                what: format!("cloning template {template}"),
-                                after: ADMIN_TIMEOUT,
-                                hint: "the server is overloaded or gone; see its logs".into(),
-                            }),
-                        }
-                    }
-                };
-                let _ = reply.send(result);
-                if prepared > 0 && clones.start_refill(&template) {
-                    tokio::spawn(refill(
-                        clones.clone(),
-                        setup.refill_setup(),
-                        template,
-                        prepared,
-                    ));
-                }
+                jobs.pool.claimed();
+                let task = jobs.clone();
+                jobs.spawn(async move {
+                    let result = task
+                        .claim(&template, prepared, prepared_only, asked.elapsed())
+                        .await;
+                    let _ = reply.send(result);
+                });
             }
             Command::Shutdown { done: tx } => {
                 done = Some(tx);
@@ -354,22 +330,23 @@ async fn serve(
             }
         }
     }
-    // Unclaimed clones are ours: remove them (matters on external servers).
-    for name in clones.drain() {
-        let _ = conns
-            .run(
-                &setup,
-                &crate::database::Isolation::Database(name).drop_steps(),
-            )
+    // Queued drops and refills in flight finish first (no new clone starts).
+    jobs.stopping.store(true, Ordering::SeqCst);
+    jobs.wait_idle(SHUTDOWN_WAIT).await;
+    // Unclaimed clones of an in-process pool are ours: remove them (matters
+    // on external servers). A stack's pool lives on the stack, for later
+    // processes and runs, and goes with it.
+    for name in jobs.pool.drain() {
+        let _ = jobs
+            .run(&crate::database::Isolation::Database(name).drop_steps())
             .await;
     }
-    for c in [conns.server.take(), conns.console.take(), lease.take()]
-        .into_iter()
-        .flatten()
-    {
+    let idle = std::mem::take(&mut *lock(&jobs.admin));
+    let console = jobs.console.lock().await.take();
+    for c in idle.into_iter().chain(console).chain(lease.take()) {
         let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
     }
-    if let Some(cleanup) = setup.cleanup.take() {
+    if let Some(cleanup) = cleanup {
         cleanup.await;
     }
     if let Some(tx) = done {
@@ -405,32 +382,449 @@ async fn probe(
     Err(error)
 }
 
-/// The worker's two lazily opened admin connections.
-#[derive(Default)]
-struct Connections {
-    server: Option<PgConnection>,
-    console: Option<PgConnection>,
+/// How long stopping a worker waits for queued drops and refills.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+/// Drops running at once: the server has other work (2 cores in CI).
+const DROP_PARALLEL: usize = 2;
+/// Clones made at once per template, in the background.
+const REFILL_PARALLEL: usize = 2;
+/// Prepared clones kept per template at most, whatever the demand (unless
+/// more were asked for): each costs a database's worth of tmpfs (~8 MB).
+const MAX_PREPARED: usize = 16;
+/// How long making one clone takes, roughly (FACTS.md section 4 plus the
+/// warm-up): claims expected within that time are the pool's headroom.
+const CLONE_SECS: f64 = 0.05;
+/// Idle admin connections kept for the next job.
+const MAX_IDLE_ADMIN: usize = 6;
+/// Clones and drops running at once on the server, whoever asks: beyond
+/// two, a 2-core server only makes each slower (measured with pgbench:
+/// clone+drop pairs went from 28/s at 1 to 43/s at 2 and 44/s at 4, with
+/// twice the latency).
+const HEAVY_PARALLEL: usize = 2;
+/// Drops wait while tests wait for a clone, unless this many are queued.
+const DROP_BACKLOG: usize = 32;
+
+/// What claiming a clone took, for the test's timing breakdown.
+#[derive(Clone, Debug)]
+pub(crate) struct Claimed {
+    /// The clone's database name.
+    pub name: String,
+    /// From the request until the worker took it up.
+    pub queued: Duration,
+    /// Taking a prepared clone (one round trip) or cloning on demand.
+    pub took: Duration,
+    /// Whether it was a prepared clone.
+    pub prepared: bool,
 }
 
-impl Connections {
-    async fn run(&mut self, setup: &WorkerSetup, steps: &[Step]) -> Result<()> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where the worker's jobs connect.
+struct Urls {
+    admin_url: DbUrl,
+    admin_kind: &'static str,
+    console_url: Option<DbUrl>,
+    pooled_url: DbUrl,
+    connect_timeout: Duration,
+}
+
+/// What the worker's concurrent jobs share: connections, the prepared
+/// clones, the queue of drops, and a count of running tasks.
+struct Jobs {
+    urls: Urls,
+    /// Idle admin connections (to PostgreSQL or the external server).
+    admin: Mutex<Vec<PgConnection>>,
+    /// PgBouncer's admin console: one connection, one statement at a time.
+    console: tokio::sync::Mutex<Option<PgConnection>>,
+    pool: ClonePool,
+    /// Keeps prepared clones in the stack's `postgres` database, for every
+    /// process and later runs of the stack (else in this process).
+    shared_pool: bool,
+    pool_table: tokio::sync::OnceCell<()>,
+    drops: Mutex<DropQueue>,
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+    stopping: AtomicBool,
+    /// Server-heavy statements (clones, drops) running at once.
+    heavy: tokio::sync::Semaphore,
+    /// Claims cloning on demand now: the background work steps aside.
+    claims_cloning: AtomicUsize,
+}
+
+#[derive(Default)]
+struct DropQueue {
+    queue: VecDeque<Vec<Step>>,
+    workers: usize,
+}
+
+impl Jobs {
+    fn new(setup: &WorkerSetup) -> Jobs {
+        Jobs {
+            urls: Urls {
+                admin_url: setup.admin_url.clone(),
+                admin_kind: setup.admin_kind,
+                console_url: setup.console_url.clone(),
+                pooled_url: setup.pooled_url.clone(),
+                connect_timeout: setup.connect_timeout,
+            },
+            admin: Mutex::default(),
+            console: tokio::sync::Mutex::default(),
+            pool: ClonePool::default(),
+            // The crate's own stacks only: never a table on a user's server.
+            shared_pool: setup.console_url.is_some(),
+            pool_table: tokio::sync::OnceCell::new(),
+            drops: Mutex::default(),
+            running: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            stopping: AtomicBool::new(false),
+            heavy: tokio::sync::Semaphore::new(HEAVY_PARALLEL),
+            claims_cloning: AtomicUsize::new(0),
+        }
+    }
+
+    /// A slot for a clone or drop in the background, once no test waits for
+    /// an on-demand clone (claims first) and, `after_refills`, no prepared
+    /// clone is being made (refills next, drops last), unless `urgent`.
+    async fn background_slot(
+        &self,
+        after_refills: bool,
+        urgent: impl Fn() -> bool,
+    ) -> tokio::sync::SemaphorePermit<'_> {
+        while (self.claims_cloning.load(Ordering::SeqCst) > 0
+            || (after_refills && self.pool.making_any()))
+            && !urgent()
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.heavy
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Runs `task` concurrently, counted until it ends.
+    fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            task.await;
+            if jobs.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                jobs.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits until no task runs (at most `limit`).
+    async fn wait_idle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    tasks = self.running.load(Ordering::SeqCst),
+                    "the stack's worker stops with drops or refills unfinished"
+                );
+                return;
+            }
+        }
+    }
+
+    /// Runs `steps` in order on an admin connection of its own (and the
+    /// console), with a time limit.
+    async fn run_bounded(&self, steps: &[Step]) -> Result<()> {
+        match tokio::time::timeout(ADMIN_TIMEOUT, self.run(steps)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                what: describe(steps),
+                after: ADMIN_TIMEOUT,
+                hint: "the server is overloaded or gone; see its logs".into(),
+            }),
+        }
+    }
+
+    async fn run(&self, steps: &[Step]) -> Result<()> {
+        let mut server = lock(&self.admin).pop();
+        let mut result = Ok(());
         for step in steps {
-            let (slot, url, kind) = match (step.on, &setup.console_url) {
-                (On::Server, _) => (&mut self.server, &setup.admin_url, setup.admin_kind),
-                (On::Console, Some(url)) => (&mut self.console, url, "PgBouncer admin console"),
+            let outcome = match (step.on, &self.urls.console_url) {
+                (On::Server, _) => self.execute(&mut server, &step.sql).await.map(|_| ()),
+                (On::Console, Some(url)) => {
+                    let mut console = self.console.lock().await;
+                    execute(
+                        &mut console,
+                        url,
+                        "PgBouncer admin console",
+                        self.urls.connect_timeout,
+                        &step.sql,
+                    )
+                    .await
+                    .map(|_| ())
+                }
                 (On::Console, None) => continue,
             };
-            match execute(slot, url, kind, setup.connect_timeout, &step.sql).await {
+            match outcome {
                 Ok(()) => {}
                 Err(e) if step.best_effort => {
                     tracing::debug!(sql = %step.sql, error = %e, "best-effort admin step failed");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
+        }
+        if let Some(conn) = server {
+            let mut idle = lock(&self.admin);
+            if idle.len() < MAX_IDLE_ADMIN {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    /// One statement on an admin connection (`slot`, opened if empty);
+    /// the first column of the rows it returns, as text.
+    async fn execute(&self, slot: &mut Option<PgConnection>, sql: &str) -> Result<Vec<String>> {
+        execute(
+            slot,
+            &self.urls.admin_url,
+            self.urls.admin_kind,
+            self.urls.connect_timeout,
+            sql,
+        )
+        .await
+    }
+
+    /// One statement on a pooled admin connection.
+    async fn query(&self, sql: &str) -> Result<Vec<String>> {
+        let mut server = lock(&self.admin).pop();
+        let result = self.execute(&mut server, sql).await;
+        if let Some(conn) = server {
+            let mut idle = lock(&self.admin);
+            if idle.len() < MAX_IDLE_ADMIN {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    fn queue_drop(self: &Arc<Self>, steps: Vec<Step>) {
+        let start = {
+            let mut drops = lock(&self.drops);
+            drops.queue.push_back(steps);
+            let start = drops.workers < DROP_PARALLEL;
+            if start {
+                drops.workers += 1;
+            }
+            start
+        };
+        if start {
+            let jobs = self.clone();
+            self.spawn(async move {
+                loop {
+                    let next = {
+                        let mut drops = lock(&jobs.drops);
+                        let next = drops.queue.pop_front();
+                        if next.is_none() {
+                            drops.workers -= 1;
+                        }
+                        next
+                    };
+                    let Some(steps) = next else { break };
+                    let slot = jobs
+                        .background_slot(true, || {
+                            lock(&jobs.drops).queue.len() >= DROP_BACKLOG
+                                || jobs.stopping.load(Ordering::SeqCst)
+                        })
+                        .await;
+                    let started = Instant::now();
+                    let dropped = jobs.run_bounded(&steps).await;
+                    drop(slot);
+                    match dropped {
+                        Ok(()) => tracing::debug!(
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "test database dropped (background)"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "could not drop a test database"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// The stack's table of prepared clones, made on first use.
+    async fn ensure_pool_table(&self) -> Result<()> {
+        self.pool_table
+            .get_or_try_init(|| async {
+                match self.query(POOL_TABLE_SQL).await {
+                    Ok(_) => Ok(()),
+                    // Another process made it at the same instant.
+                    Err(Error::Sql {
+                        source: sqlx::Error::Database(e),
+                        ..
+                    }) if matches!(e.code().as_deref(), Some("42P07" | "23505")) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// A prepared clone of `template`, if one is ready.
+    async fn take_prepared(&self, template: &str) -> Result<Option<String>> {
+        if !self.shared_pool {
+            return Ok(self.pool.take(template));
+        }
+        self.ensure_pool_table().await?;
+        // Any process of the stack may have made it; SKIP LOCKED: two
+        // claimers never wait on each other nor get the same clone.
+        let rows = self
+            .query(&format!(
+                "delete from pgbf_prepared where name = (select name from pgbf_prepared \
+                 where template = '{template}' order by made_at limit 1 for update skip locked) \
+                 returning name"
+            ))
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// How many clones of `template` are ready.
+    async fn ready_count(&self, template: &str) -> Result<usize> {
+        if !self.shared_pool {
+            return Ok(self.pool.ready(template));
+        }
+        self.ensure_pool_table().await?;
+        let rows = self
+            .query(&format!(
+                "select count(*) from pgbf_prepared where template = '{template}'"
+            ))
+            .await?;
+        Ok(rows.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+
+    async fn claim(
+        self: &Arc<Self>,
+        template: &str,
+        prepared: usize,
+        prepared_only: bool,
+        queued: Duration,
+    ) -> Result<Option<Claimed>> {
+        let started = Instant::now();
+        let claimed = match self.take_prepared(template).await? {
+            Some(name) => Some(Claimed {
+                name,
+                queued,
+                took: started.elapsed(),
+                prepared: true,
+            }),
+            None if prepared_only => None,
+            None => {
+                let name = clone_name(template);
+                self.claims_cloning.fetch_add(1, Ordering::SeqCst);
+                let cloned = async {
+                    let _slot = self.heavy.acquire().await.expect("never closed");
+                    self.run_bounded(&[Step::server(clone_sql(template, &name))])
+                        .await
+                }
+                .await;
+                self.claims_cloning.fetch_sub(1, Ordering::SeqCst);
+                cloned?;
+                Some(Claimed {
+                    name,
+                    queued,
+                    took: started.elapsed(),
+                    prepared: false,
+                })
+            }
+        };
+        // Without a clone the template may not exist yet: the caller builds
+        // it and claims again.
+        if claimed.is_some() && prepared > 0 {
+            self.refill(template, prepared);
+        }
+        Ok(claimed)
+    }
+
+    /// Starts a refill task for `template` unless enough already run.
+    fn refill(self: &Arc<Self>, template: &str, base: usize) {
+        if self.stopping.load(Ordering::SeqCst) || !self.pool.start_refill(template) {
+            return;
+        }
+        let jobs = self.clone();
+        let template = template.to_string();
+        self.spawn(async move {
+            if let Err(e) = jobs.refill_loop(&template, base).await {
+                tracing::warn!(template, error = %e, "could not prepare clones; tests clone on demand");
+            }
+            jobs.pool.end_refill(&template);
+        });
+    }
+
+    /// Clones until the pool holds what the demand asks for, warming
+    /// PgBouncer's server connection to each (a test then pays no backend
+    /// start), then ends.
+    async fn refill_loop(&self, template: &str, base: usize) -> Result<()> {
+        while !self.stopping.load(Ordering::SeqCst) {
+            let ready = self.ready_count(template).await?;
+            if !self.pool.reserve(template, ready, base) {
+                break;
+            }
+            let made = self.make_clone(template).await;
+            self.pool.unreserve(template);
+            made?;
         }
         Ok(())
     }
+
+    async fn make_clone(&self, template: &str) -> Result<()> {
+        let started = Instant::now();
+        let name = clone_name(template);
+        {
+            let _slot = self.background_slot(false, || false).await;
+            self.run_bounded(&[Step::server(clone_sql(template, &name))])
+                .await?;
+        }
+        let url = self.urls.pooled_url.with_database(&name);
+        let options = url
+            .connect_options()
+            .application_name("pgbouncer-fixtures warm-up")
+            .extra_float_digits(None)
+            .statement_cache_capacity(0);
+        let mut warm =
+            crate::factory::open("pooler", &url, &options, self.urls.connect_timeout).await?;
+        warm.execute("select 1").await.map_err(|e| Error::Sql {
+            action: "warming a prepared clone".into(),
+            source: e,
+        })?;
+        let _ = warm.close().await;
+        if self.shared_pool {
+            self.query(&format!(
+                "insert into pgbf_prepared (name, template) values ('{name}', '{template}')"
+            ))
+            .await?;
+        } else {
+            self.pool.put(template, name);
+        }
+        tracing::debug!(
+            template,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "prepared a clone"
+        );
+        Ok(())
+    }
 }
+
+/// The stack's prepared clones: rows of a table in its `postgres` database,
+/// claimed with `DELETE .. RETURNING`. Gone with the stack.
+const POOL_TABLE_SQL: &str = "create table if not exists pgbf_prepared (\
+     name text primary key, template text not null, made_at timestamptz not null default now())";
 
 async fn execute(
     slot: &mut Option<PgConnection>,
@@ -438,7 +832,7 @@ async fn execute(
     kind: &'static str,
     connect_timeout: Duration,
     sql: &str,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     // One retry on a fresh connection: the old one may have been cut.
     for attempt in 0..2 {
         let conn = match slot {
@@ -452,14 +846,24 @@ async fn execute(
             }
         };
         // `&str` without arguments goes out as a simple Query (raw_sql is not
-        // `Send` enough for the refill task in sqlx 0.8).
-        match conn.execute(sql).await {
-            Ok(_) => return Ok(()),
+        // `Send` enough for the worker's tasks in sqlx 0.8).
+        match conn.fetch_all(sql).await {
+            Ok(rows) => {
+                return Ok(rows
+                    .iter()
+                    .filter_map(|r| {
+                        r.try_get::<String, _>(0)
+                            .or_else(|_| r.try_get::<i64, _>(0).map(|n| n.to_string()))
+                            .ok()
+                    })
+                    .collect());
+            }
             Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) if attempt == 0 => {
                 tracing::debug!(error = %e, "admin connection lost; reconnecting");
                 *slot = None;
             }
             Err(e) => {
+                *slot = None;
                 return Err(Error::Sql {
                     action: format!("`{sql}`"),
                     source: e,
@@ -470,57 +874,133 @@ async fn execute(
     Err(gone())
 }
 
-/// Prepared clones per template, shared with the refill tasks.
-#[derive(Clone, Default)]
+/// Prepared clones kept in this process (external servers), and the
+/// demand every pool is sized to.
+#[derive(Default)]
 struct ClonePool {
-    inner: Arc<Mutex<ClonePoolState>>,
+    inner: Mutex<ClonePoolState>,
 }
 
 #[derive(Default)]
 struct ClonePoolState {
     ready: HashMap<String, VecDeque<String>>,
-    refilling: HashSet<String>,
+    /// Refill tasks running, per template.
+    refilling: HashMap<String, usize>,
+    /// Clones being made, per template.
+    making: HashMap<String, usize>,
+    /// Claims of the last second.
+    recent: VecDeque<Instant>,
+    /// Tests holding a clone now.
+    live: usize,
 }
 
 impl ClonePool {
     fn with<T>(&self, f: impl FnOnce(&mut ClonePoolState) -> T) -> T {
-        let mut guard = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
+        f(&mut lock(&self.inner))
+    }
+
+    fn claimed(&self) {
+        self.with(|s| {
+            let now = Instant::now();
+            s.recent.push_back(now);
+            while s
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+            {
+                s.recent.pop_front();
+            }
+            s.live += 1;
+        });
+    }
+
+    fn dropped(&self) {
+        self.with(|s| s.live = s.live.saturating_sub(1));
+    }
+
+    /// Clones to keep ready: at least `base` (0: none), more when tests
+    /// claim faster or more at once than that covers.
+    fn target(s: &ClonePoolState, base: usize) -> usize {
+        if base == 0 {
+            return 0;
+        }
+        let now = Instant::now();
+        let rate = s
+            .recent
+            .iter()
+            .filter(|t| now.duration_since(**t) <= Duration::from_secs(1))
+            .count();
+        let demand = s.live + (rate as f64 * CLONE_SECS).ceil() as usize;
+        demand.max(base).min(MAX_PREPARED.max(base))
     }
 
     fn take(&self, template: &str) -> Option<String> {
         self.with(|s| s.ready.get_mut(template).and_then(VecDeque::pop_front))
     }
 
-    /// Whether the caller should start a refill task (none is running).
+    fn put(&self, template: &str, name: String) {
+        self.with(|s| {
+            s.ready
+                .entry(template.to_string())
+                .or_default()
+                .push_back(name)
+        });
+    }
+
+    fn ready(&self, template: &str) -> usize {
+        self.with(|s| s.ready.get(template).map_or(0, VecDeque::len))
+    }
+
+    /// Whether the caller should start a refill task (fewer than
+    /// `REFILL_PARALLEL` run).
     fn start_refill(&self, template: &str) -> bool {
-        self.with(|s| s.refilling.insert(template.to_string()))
+        self.with(|s| {
+            let n = s.refilling.entry(template.to_string()).or_default();
+            let start = *n < REFILL_PARALLEL;
+            if start {
+                *n += 1;
+            }
+            start
+        })
+    }
+
+    fn end_refill(&self, template: &str) {
+        self.with(|s| {
+            if let Some(n) = s.refilling.get_mut(template) {
+                *n = n.saturating_sub(1);
+            }
+        });
+    }
+
+    /// Reserves the making of one clone when `ready` plus those being made
+    /// fall short of the target.
+    fn reserve(&self, template: &str, ready: usize, base: usize) -> bool {
+        self.with(|s| {
+            let target = ClonePool::target(s, base);
+            let making = s.making.entry(template.to_string()).or_default();
+            let go = ready + *making < target;
+            if go {
+                *making += 1;
+            }
+            go
+        })
+    }
+
+    /// Whether any clone is being made in the background.
+    fn making_any(&self) -> bool {
+        self.with(|s| s.making.values().any(|n| *n > 0))
+    }
+
+    fn unreserve(&self, template: &str) {
+        self.with(|s| {
+            if let Some(n) = s.making.get_mut(template) {
+                *n = n.saturating_sub(1);
+            }
+        });
     }
 
     fn drain(&self) -> Vec<String> {
         self.with(|s| s.ready.drain().flat_map(|(_, q)| q).collect())
-    }
-}
-
-/// What a refill task needs: plain URLs, its own connections.
-struct RefillSetup {
-    admin_url: DbUrl,
-    admin_kind: &'static str,
-    pooled_url: DbUrl,
-    connect_timeout: Duration,
-}
-
-impl WorkerSetup {
-    fn refill_setup(&self) -> RefillSetup {
-        RefillSetup {
-            admin_url: self.admin_url.clone(),
-            admin_kind: self.admin_kind,
-            pooled_url: self.pooled_url.clone(),
-            connect_timeout: self.connect_timeout,
-        }
     }
 }
 
@@ -539,45 +1019,6 @@ fn clone_sql(template: &str, name: &str) -> String {
         quote_ident(name),
         quote_ident(template)
     )
-}
-
-/// Clones until `target` are ready, warming PgBouncer's server connection to
-/// each (a test then pays no backend start), then ends.
-async fn refill(pool: ClonePool, setup: RefillSetup, template: String, target: usize) {
-    let result = async {
-        let mut admin: Option<PgConnection> = None;
-        while pool.with(|s| s.ready.get(&template).map_or(0, VecDeque::len)) < target {
-            let name = clone_name(&template);
-            execute(
-                &mut admin,
-                &setup.admin_url,
-                setup.admin_kind,
-                setup.connect_timeout,
-                &clone_sql(&template, &name),
-            )
-            .await?;
-            let url = setup.pooled_url.with_database(&name);
-            let options = url
-                .connect_options()
-                .application_name("pgbouncer-fixtures warm-up")
-                .extra_float_digits(None)
-                .statement_cache_capacity(0);
-            let mut warm =
-                crate::factory::open("pooler", &url, &options, setup.connect_timeout).await?;
-            warm.execute("select 1").await.map_err(|e| Error::Sql {
-                action: "warming a prepared clone".into(),
-                source: e,
-            })?;
-            let _ = warm.close().await;
-            pool.with(|s| s.ready.entry(template.clone()).or_default().push_back(name));
-        }
-        Ok::<(), Error>(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(template, error = %e, "could not prepare clones; tests clone on demand");
-    }
-    pool.with(|s| s.refilling.remove(&template));
 }
 
 /// Workers to stop when the process exits normally.

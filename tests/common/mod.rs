@@ -94,6 +94,26 @@ pub async fn database_exists(admin: &mut PgConnection, name: &str) -> bool {
     int(admin, &sql).await == 1
 }
 
+/// Whether database `name` is gone within `limit` (a dropped `TestDb`
+/// handle drops its database in the background, soon after).
+#[allow(dead_code)]
+pub async fn database_gone_within(
+    admin: &mut PgConnection,
+    name: &str,
+    limit: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if !database_exists(admin, name).await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The password inside a `scheme://user:password@host/...` URL.
 pub fn password_of(url: &str) -> String {
     let rest = &url[url.find("://").expect("a URL") + 3..];
