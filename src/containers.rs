@@ -216,8 +216,9 @@ pub(crate) async fn describe(docker: &Docker, name: &str) -> String {
 
 /// Looks the pair of stack `id` up.
 pub(crate) async fn pair_state(docker: &Docker, id: &str) -> Result<PairState> {
-    let pg = inspect(docker, &postgres_name(id)).await?;
-    let pgb = inspect(docker, &pgbouncer_name(id)).await?;
+    let (pg_name, pgb_name) = (postgres_name(id), pgbouncer_name(id));
+    let (pg, pgb) = tokio::join!(inspect(docker, &pg_name), inspect(docker, &pgb_name));
+    let (pg, pgb) = (pg?, pgb?);
     match (pg, pgb) {
         (None, None) => Ok(PairState::Absent),
         (Some(pg), Some(pgb)) if running(&pg) && running(&pgb) => match info(&pg) {

@@ -75,11 +75,14 @@
 //!   threads; the alternative, a testcontainers client that takes a host, does
 //!   not exist in 0.28. Setting `DOCKER_HOST` yourself, or `docker.host` in
 //!   the properties file, means the crate never writes.)
-//! - **checked**: [`engine()`] then asks testcontainers' own client
+//! - **checked**: before testcontainers is first used (an image build, and
+//!   `up`/`gc`), [`engine_checked()`] asks testcontainers' own client
 //!   (`testcontainers::core::client::docker_client_instance`) for the engine's
 //!   ID and compares it with the ID behind the crate's connection; a
 //!   difference (e.g. the process made testcontainers' client earlier under
-//!   other settings) is an error, not a silent split.
+//!   other settings) is an error, not a silent split. A process that only
+//!   joins a running stack never uses testcontainers and skips the check
+//!   (two `docker info` calls: most of a join's time).
 //!
 //! ## Where the crate goes to the Docker API directly (bollard), and why
 //!
@@ -171,13 +174,26 @@ pub(crate) async fn engine() -> Result<&'static Engine> {
     ENGINE
         .get_or_try_init(|| async {
             let engine = Engine::resolve(&Inputs::from_process()?)?;
-            let docker = engine.connect().await?;
+            engine.connect().await?;
             engine.export_for_testcontainers();
-            engine.check_testcontainers_agrees(&docker).await?;
             tracing::debug!(host = %engine.host, origin = %engine.origin, "Docker engine resolved");
             Ok(engine)
         })
         .await
+}
+
+/// [`engine()`], checked once to be the engine testcontainers reaches too:
+/// what must precede any use of testcontainers (image builds).
+pub(crate) async fn engine_checked() -> Result<&'static Engine> {
+    static CHECKED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let engine = engine().await?;
+    CHECKED
+        .get_or_try_init(|| async {
+            let docker = engine.connect().await?;
+            engine.check_testcontainers_agrees(&docker).await
+        })
+        .await?;
+    Ok(engine)
 }
 
 /// Connects to the process's engine (see [`engine()`]) and checks that it answers.
@@ -193,7 +209,7 @@ pub(crate) async fn connect() -> Result<Docker> {
 /// environment and `.env`, the usual sockets) and checks that it answers;
 /// `Err(Error::DockerUnreachable)` lists every place looked at.
 pub async fn docker_engine() -> Result<String> {
-    Ok(engine().await?.summary())
+    Ok(engine_checked().await?.summary())
 }
 
 impl Engine {

@@ -2,12 +2,12 @@
 //!
 //! Processes share a stack when they agree on all of: the stack settings
 //! (`StackSettings::key`), the run id, and the checkout. The run id is
-//! `PGBF_RUN_ID` when set, else `NEXTEST_RUN_ID` (one id for every process of
-//! a `cargo nextest run`), else the `cargo test` invocation: the parent
-//! process (cargo runs every test binary as its child) identified by pid and
-//! start time, so a recycled pid is another run. The checkout is
-//! `CARGO_MANIFEST_DIR` as cargo and nextest set it at run time (else the
-//! current directory), so two clones never share by accident.
+//! `PGBF_RUN_ID` when set; else there is none: every process of every run
+//! of the checkout (every binary of a `cargo test`, every process of a
+//! `cargo nextest run`, and the next run) shares the checkout's stack while
+//! it lives, which is what makes a rerun warm (see `StackSettings::keep_warm`).
+//! The checkout is `CARGO_MANIFEST_DIR` as cargo and nextest set it at run
+//! time (else the current directory), so two clones never share by accident.
 
 use sha2::{Digest, Sha256};
 
@@ -29,7 +29,11 @@ impl RunKey {
     pub(crate) fn current(settings: &StackSettings) -> RunKey {
         let (run_id, origin) = match &settings.run_id {
             Some(id) => (id.clone(), "PGBF_RUN_ID".to_string()),
-            None => run_id_from_process(),
+            // A control character: no PGBF_RUN_ID can spell it.
+            None => (
+                "\u{1}checkout".to_string(),
+                "the checkout (no PGBF_RUN_ID)".to_string(),
+            ),
         };
         RunKey::derive(settings, &run_id, origin, checkout())
     }
@@ -52,32 +56,6 @@ impl RunKey {
             checkout,
         }
     }
-}
-
-fn run_id_from_process() -> (String, String) {
-    if let Some(id) = std::env::var("NEXTEST_RUN_ID")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
-        return (format!("nextest:{id}"), "NEXTEST_RUN_ID".to_string());
-    }
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let ppid = unsafe { libc::getppid() };
-    let started = process_start_time(ppid).unwrap_or_default();
-    (
-        format!("parent:{ppid}:{started}"),
-        format!("the parent process (pid {ppid}, e.g. `cargo test`)"),
-    )
-}
-
-/// The start time of `pid` in clock ticks since boot (Linux), so that a
-/// recycled pid does not look like the same run.
-fn process_start_time(pid: libc::pid_t) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Field 22 (starttime) is the 20th after the command name.
-    rest.split_whitespace().nth(19).map(str::to_string)
 }
 
 pub(crate) fn checkout() -> String {
@@ -115,12 +93,5 @@ mod tests {
             RunKey::derive(&other, "r1", String::new(), "/a".into()).key
         );
         assert_eq!(base.key.len(), 16);
-    }
-
-    #[test]
-    fn the_parent_start_time_is_read() {
-        // SAFETY: as above.
-        let ppid = unsafe { libc::getppid() };
-        assert!(process_start_time(ppid).is_some_and(|t| t.parse::<u64>().is_ok()));
     }
 }

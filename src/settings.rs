@@ -90,8 +90,34 @@ pub struct StackSettings {
     /// lease on it for this long, and both containers remove themselves.
     pub reap_after: Duration,
     /// Pins the run id that decides which processes share a stack
-    /// (`PGBF_RUN_ID`); unset: `NEXTEST_RUN_ID`, else the `cargo test` invocation.
+    /// (`PGBF_RUN_ID`); unset: every run of the checkout (with the same
+    /// settings) shares the checkout's stack while it lives.
     pub run_id: Option<String>,
+    /// How long the checkout's shared stack stays up after its last lease,
+    /// so that the next run (the edit-and-rerun loop) finds it, its
+    /// templates and prepared clones (`PGBF_KEEP_WARM_SECS`; default 120 s,
+    /// 0 when `CI` is set). Stacks of a pinned run id and private stacks
+    /// go [`reap_after`](Self::reap_after) after their last lease.
+    pub keep_warm: Duration,
+}
+
+/// The checkout's stack outlives its last lease this long by default.
+pub(crate) const KEEP_WARM_DEFAULT: Duration = Duration::from_secs(120);
+
+/// `PGBF_KEEP_WARM_SECS` of the process environment when valid, else 0 in
+/// CI (the `CI` variable set, as CI services do), else 120 s.
+fn keep_warm_default() -> Duration {
+    if let Some(n) = std::env::var("PGBF_KEEP_WARM_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n <= 3600)
+    {
+        return Duration::from_secs(u64::from(n));
+    }
+    match std::env::var("CI") {
+        Ok(v) if !v.trim().is_empty() && v.trim() != "false" && v.trim() != "0" => Duration::ZERO,
+        _ => KEEP_WARM_DEFAULT,
+    }
 }
 
 impl Default for StackSettings {
@@ -109,6 +135,7 @@ impl Default for StackSettings {
             scram_iterations: 4096,
             reap_after: Duration::from_secs(10),
             run_id: None,
+            keep_warm: keep_warm_default(),
         })
     }
 }
@@ -189,6 +216,14 @@ impl StackSettings {
         if let Some(id) = env.get("PGBF_RUN_ID") {
             s.run_id = Some(check_run_id(id)?);
         }
+        if let Some(n) = parse_u32(
+            env,
+            "PGBF_KEEP_WARM_SECS",
+            0..=3600,
+            "a whole number of seconds from 0 to 3600",
+        )? {
+            s.keep_warm = Duration::from_secs(u64::from(n));
+        }
         Ok(s)
     }
 
@@ -251,6 +286,24 @@ impl StackSettings {
     pub fn with_run_id(mut self, id: impl Into<String>) -> Self {
         self.run_id = Some(id.into());
         self
+    }
+
+    /// Sets how long the checkout's shared stack stays up after its last
+    /// lease, for the next run (0: [`reap_after`](Self::reap_after) only).
+    pub fn with_keep_warm(mut self, idle: Duration) -> Self {
+        self.keep_warm = idle;
+        self
+    }
+
+    /// The settings a shared stack runs with: the checkout's stack (no
+    /// pinned run id) is reaped `max(reap_after, keep_warm)` after its last
+    /// lease.
+    pub(crate) fn for_shared_stack(&self) -> StackSettings {
+        let mut s = self.clone();
+        if s.run_id.is_none() {
+            s.reap_after = s.reap_after.max(s.keep_warm);
+        }
+        s
     }
 
     /// Sets how long the stack outlives its last user (at least 1 s).

@@ -189,8 +189,11 @@ impl Stack {
     /// The run's stack for these settings: joined if a process of the same
     /// run (same settings, run id and checkout; see the README's sharing
     /// rule) already started it, else started here. This process holds a
-    /// lease on it until it exits. A stack found dead is replaced.
+    /// lease on it until it exits. A stack found dead is replaced. Without a
+    /// pinned run id the stack is the checkout's, and stays up
+    /// [`StackSettings::keep_warm`] after its last lease for the next run.
     pub async fn shared(settings: &StackSettings) -> Result<&'static Stack> {
+        let settings = &settings.for_shared_stack();
         let run = RunKey::current(settings);
         let cell = {
             let mut guard = SHARED.lock().map_err(|_| Error::Stack {
@@ -342,9 +345,11 @@ fn endpoints_of(info: &PairInfo, host: &str, settings: &StackSettings) -> Endpoi
 
 // Runs on the worker thread: everything Docker-bound lives on its runtime.
 async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, WorkerSetup)> {
+    let started = Instant::now();
     // The process's engine: the one testcontainers builds the images on too.
     let engine = docker::engine().await?;
     let docker = engine.connect().await?;
+    let engine_at = started.elapsed();
     let host = engine.published_host();
     let id = mode.id().to_string();
     let (endpoints, lease, joined) = match &mode {
@@ -356,8 +361,19 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
             // Serialises create-or-join between the run's processes; the
             // kernel releases it if this process dies.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
+            let locked_at = started.elapsed();
             match join(&docker, host, &id, &settings).await? {
-                Some((endpoints, lease)) => (endpoints, lease, true),
+                Some((endpoints, lease)) => {
+                    // A join is on every nextest process's path: where it goes.
+                    tracing::debug!(
+                        stack = %id,
+                        engine_ms = engine_at.as_secs_f64() * 1e3,
+                        lock_ms = (locked_at - engine_at).as_secs_f64() * 1e3,
+                        check_ms = (started.elapsed() - locked_at).as_secs_f64() * 1e3,
+                        "joined the run's stack"
+                    );
+                    (endpoints, lease, true)
+                }
                 None => {
                     lock::sweep_old_locks();
                     crate::reaper::sweep(&docker).await;
@@ -421,12 +437,12 @@ async fn join(
         }
     };
     let endpoints = endpoints_of(&info, host, settings);
-    let checked = async {
-        let lease = take_lease(&endpoints, JOIN_TIMEOUT).await?;
-        wait_until_ready(&endpoints, JOIN_TIMEOUT).await?;
-        Ok::<_, Error>(lease)
-    }
-    .await;
+    // Both at once: a join is on every nextest process's path.
+    let checked = tokio::try_join!(
+        take_lease(&endpoints, JOIN_TIMEOUT),
+        wait_until_ready(&endpoints, JOIN_TIMEOUT)
+    )
+    .map(|(lease, ())| lease);
     match checked {
         Ok(lease) => Ok(Some((endpoints, lease))),
         Err(e) => {
@@ -447,6 +463,8 @@ async fn create(
     settings: &StackSettings,
 ) -> Result<(Endpoints, PgConnection)> {
     let build_started = Instant::now();
+    // testcontainers builds the images: it must reach the same engine.
+    docker::engine_checked().await?;
     let images = tokio::time::timeout(IMAGE_TIMEOUT, ensure_images(docker, &settings.images))
         .await
         .map_err(|_| Error::Timeout {
