@@ -1,0 +1,335 @@
+//! The whole-suite benchmark: the same 100 tests over the 20 migrations of
+//! `benches/migrations/` (each inserts and reads back 3 rows), written three
+//! ways in the test crate `benches/suite/`, timed as whole test binaries
+//! (compile excluded: built first) under `cargo test` and `cargo nextest run`:
+//!
+//! - `sqlx::test`: the real `#[sqlx::test(migrations = ...)]`, with
+//!   `DATABASE_URL` = the stack's direct port (the same PostgreSQL);
+//! - `fixture`: this crate's `Template` fixture through PgBouncer, warm (the
+//!   checkout's stack up, the template built: a rerun) and cold (a fresh
+//!   stack: stack start and template build included);
+//! - `replay`: this crate without a template (every migration replayed per
+//!   test through `connect_direct()`).
+//!
+//! Rounds are interleaved (every way once per round), the table shows the
+//! median of the rounds. `cargo bench --bench suite`; environment:
+//! `PGBF_SUITE_ROUNDS` (default 3), `PGBF_SUITE_FILTER` (a test-name filter,
+//! e.g. `t00` for 10 tests; default all 100), `PGBF_SUITE_RUNNERS`
+//! (`test,nextest`), `PGBF_SUITE_PROFILE` (`release` or `debug`, the same
+//! for every way; default `release`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgbouncer_fixtures::{Env, Stack, StackSettings};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    SqlxTest,
+    FixtureWarm,
+    FixtureCold,
+    Replay,
+}
+
+impl Way {
+    const ALL: [Way; 4] = [
+        Way::SqlxTest,
+        Way::FixtureWarm,
+        Way::FixtureCold,
+        Way::Replay,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Way::SqlxTest => "`#[sqlx::test]` (database + 20 migrations per test, direct port)",
+            Way::FixtureWarm => "`Template` fixture through PgBouncer, warm stack",
+            Way::FixtureCold => {
+                "`Template` fixture through PgBouncer, cold (stack start + template build)"
+            }
+            Way::Replay => "this crate without a template (20 migrations per test)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Way::SqlxTest => "sqlx",
+            Way::FixtureWarm => "fixture_warm",
+            Way::FixtureCold => "fixture_cold",
+            Way::Replay => "replay",
+        }
+    }
+
+    fn test_binary(self) -> &'static str {
+        match self {
+            Way::SqlxTest => "sqlx_test",
+            Way::FixtureWarm | Way::FixtureCold => "fixture",
+            Way::Replay => "replay",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    CargoTest,
+    Nextest,
+}
+
+impl Runner {
+    fn label(self) -> &'static str {
+        match self {
+            Runner::CargoTest => "cargo test",
+            Runner::Nextest => "cargo nextest run",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Runner::CargoTest => "test",
+            Runner::Nextest => "nextest",
+        }
+    }
+}
+
+struct Bench {
+    cargo: String,
+    manifest: PathBuf,
+    target_dir: PathBuf,
+    release: bool,
+    filter: Option<String>,
+    database_url: String,
+}
+
+impl Bench {
+    fn command(&self, runner: Runner, way: Way) -> Command {
+        let mut c = Command::new(&self.cargo);
+        match runner {
+            Runner::CargoTest => c.arg("test"),
+            Runner::Nextest => c.args(["nextest", "run", "--no-fail-fast"]),
+        };
+        c.arg("--manifest-path").arg(&self.manifest);
+        if self.release {
+            c.arg("--release");
+        }
+        c.args(["--test", way.test_binary()]);
+        if let Some(f) = &self.filter {
+            match runner {
+                Runner::CargoTest => c.args(["--", f.as_str()]),
+                Runner::Nextest => c.arg(f),
+            };
+        }
+        c.env("CARGO_TARGET_DIR", &self.target_dir)
+            .env("DATABASE_URL", &self.database_url)
+            .env_remove("PGBF_RUN_ID")
+            .env_remove("RUST_LOG");
+        if way == Way::FixtureCold {
+            // A run id of its own: a fresh stack, reaped 10 s after the run.
+            let id = format!("suite-cold-{:016x}", rand::random::<u64>());
+            c.env("PGBF_RUN_ID", id);
+        }
+        c
+    }
+
+    /// Runs one way under one runner; its wall time.
+    fn time(&self, runner: Runner, way: Way) -> Duration {
+        let mut c = self.command(runner, way);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let out = c.output().expect("cargo runs");
+        let took = started.elapsed();
+        if !out.status.success() {
+            let tail = |b: &[u8]| {
+                let s = String::from_utf8_lossy(b).to_string();
+                s.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "{} of {} failed:\n{}\n{}",
+                runner.label(),
+                way.key(),
+                tail(&out.stdout),
+                tail(&out.stderr)
+            );
+        }
+        took
+    }
+
+    fn build(&self) {
+        for args in [
+            vec!["test", "--no-run"],
+            // nextest builds through cargo too: the same binaries.
+            vec!["nextest", "list"],
+        ] {
+            let mut c = Command::new(&self.cargo);
+            c.args(&args).arg("--manifest-path").arg(&self.manifest);
+            if self.release {
+                c.arg("--release");
+            }
+            let status = c
+                .env("CARGO_TARGET_DIR", &self.target_dir)
+                .stdout(Stdio::null())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the suite crate failed");
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let suite: PathBuf = std::fs::canonicalize(root.join("benches/suite")).expect("benches/suite");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let rounds: usize = env_or("PGBF_SUITE_ROUNDS", "3")
+        .parse()
+        .expect("PGBF_SUITE_ROUNDS");
+    let filter = std::env::var("PGBF_SUITE_FILTER")
+        .ok()
+        .filter(|f| !f.is_empty());
+    let runners: Vec<Runner> = env_or("PGBF_SUITE_RUNNERS", "test,nextest")
+        .split(',')
+        .filter_map(|r| match r.trim() {
+            "test" => Some(Runner::CargoTest),
+            "nextest" => Some(Runner::Nextest),
+            _ => None,
+        })
+        .collect();
+    let release = env_or("PGBF_SUITE_PROFILE", "release") != "debug";
+
+    // The harness holds the checkout's stack of the test crate, as a
+    // previous run would have left it: same checkout (the test crate's
+    // directory, as cargo sets it for its tests), same settings.
+    std::env::set_var("CARGO_MANIFEST_DIR", &suite);
+    std::env::remove_var("PGBF_RUN_ID");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let settings = StackSettings::from_env(&Env::load().expect("environment")).expect("settings");
+    let stack: &Stack = rt.block_on(Stack::shared(&settings)).expect("stack");
+    let bench = Bench {
+        cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        manifest: suite.join("Cargo.toml"),
+        target_dir,
+        release,
+        filter,
+        database_url: stack
+            .endpoints()
+            .direct_url("postgres")
+            .expose()
+            .to_string(),
+    };
+
+    eprintln!(
+        "building the suite crate ({}) ...",
+        if release { "release" } else { "debug" }
+    );
+    bench.build();
+    let n = count_tests(&bench);
+    eprintln!("{n} tests per way; warming up (template, prepared clones) ...");
+    for runner in &runners {
+        bench.time(*runner, Way::FixtureWarm);
+    }
+
+    let mut times: Vec<((Runner, Way), Vec<Duration>)> = Vec::new();
+    for round in 1..=rounds {
+        for runner in &runners {
+            for way in Way::ALL {
+                let took = bench.time(*runner, way);
+                eprintln!(
+                    "round {round}: {:<17} {:<13} {:>6.2} s",
+                    runner.label(),
+                    way.key(),
+                    took.as_secs_f64()
+                );
+                match times.iter_mut().find(|(k, _)| *k == (*runner, way)) {
+                    Some((_, v)) => v.push(took),
+                    None => times.push(((*runner, way), vec![took])),
+                }
+            }
+        }
+    }
+    let med = |runner: Runner, way: Way| -> f64 {
+        let v = times
+            .iter()
+            .find(|(k, _)| *k == (runner, way))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        median(v).as_secs_f64()
+    };
+
+    println!(
+        "whole suite: {n} tests over 20 migrations, wall time of the test binary's run (built first, {} build), median of {rounds} interleaved rounds",
+        if release { "release" } else { "debug" }
+    );
+    let mut header = String::from("| way |");
+    let mut rule = String::from("|---|");
+    for r in &runners {
+        header.push_str(&format!(" {} s | vs sqlx::test |", r.label()));
+        rule.push_str("---:|---:|");
+    }
+    println!("{header}\n{rule}");
+    let mut result = format!("RESULT n={n} rounds={rounds}");
+    for way in Way::ALL {
+        let mut row = format!("| {} |", way.label());
+        for r in &runners {
+            let t = med(*r, way);
+            let ratio = med(*r, Way::SqlxTest) / t;
+            row.push_str(&format!(" {t:.2} | {ratio:.1}x |"));
+            result.push_str(&format!(" {}_{}_s={t:.2}", r.key(), way.key()));
+        }
+        println!("{row}");
+    }
+    for r in &runners {
+        for way in [Way::FixtureWarm, Way::FixtureCold, Way::Replay] {
+            result.push_str(&format!(
+                " speedup_{}_{}={:.1}",
+                r.key(),
+                way.key(),
+                med(*r, Way::SqlxTest) / med(*r, way)
+            ));
+        }
+    }
+    println!("{result}");
+}
+
+/// How many tests one way runs (with the filter).
+fn count_tests(bench: &Bench) -> usize {
+    let mut c = Command::new(&bench.cargo);
+    c.arg("test")
+        .arg("--manifest-path")
+        .arg(&bench.manifest)
+        .args(["--test", "fixture"]);
+    if bench.release {
+        c.arg("--release");
+    }
+    c.args(["--", "--list"]);
+    if let Some(f) = &bench.filter {
+        c.arg(f);
+    }
+    let out = c
+        .env("CARGO_TARGET_DIR", &bench.target_dir)
+        .stderr(Stdio::null())
+        .output()
+        .expect("cargo runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .count()
+}
