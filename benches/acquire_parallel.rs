@@ -56,7 +56,7 @@ async fn one_test(target: &Target, template: &Template, name: String) -> Sample 
         .await
         .expect("database");
     let t1 = Instant::now();
-    let db_timings = &db.acquire_timings().clone();
+    let db_timings = *db.acquire_timings();
     let mut conn = db.connect().await.expect("connect through PgBouncer");
     let t2 = Instant::now();
     conn.execute("select 1").await.expect("first query");
@@ -68,7 +68,7 @@ async fn one_test(target: &Target, template: &Template, name: String) -> Sample 
     drop(db);
     let t5 = Instant::now();
     Sample {
-        timings: *db_timings,
+        timings: db_timings,
         claim: t1 - t0,
         connect: t2 - t1,
         query: t3 - t2,

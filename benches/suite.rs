@@ -13,6 +13,7 @@
 //!
 //! Rounds are interleaved (every way once per round), the table shows the
 //! median of the rounds. `cargo bench --bench suite`; environment:
+//! `PGBF_SUITE_TARGET_DIR` (default `target/suite`),
 //! `PGBF_SUITE_ROUNDS` (default 3), `PGBF_SUITE_FILTER` (a test-name filter,
 //! e.g. `t00` for 10 tests; default all 100), `PGBF_SUITE_RUNNERS`
 //! (`test,nextest`), `PGBF_SUITE_PROFILE` (`release` or `debug`, the same
@@ -193,9 +194,12 @@ fn env_or(name: &str, default: &str) -> String {
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let suite: PathBuf = std::fs::canonicalize(root.join("benches/suite")).expect("benches/suite");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+    // A target directory of its own: the test crate's feature set (sqlx
+    // macros) differs from the crate's, and sharing one would rebuild both
+    // in turn.
+    let target_dir = std::env::var_os("PGBF_SUITE_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+        .unwrap_or_else(|| root.join("target/suite"));
     let rounds: usize = env_or("PGBF_SUITE_ROUNDS", "3")
         .parse()
         .expect("PGBF_SUITE_ROUNDS");

@@ -451,6 +451,8 @@ struct Jobs {
     heavy: tokio::sync::Semaphore,
     /// Claims cloning on demand now: the background work steps aside.
     claims_cloning: AtomicUsize,
+    /// Told each time a prepared clone is ready.
+    clone_made: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -481,6 +483,7 @@ impl Jobs {
             stopping: AtomicBool::new(false),
             heavy: tokio::sync::Semaphore::new(HEAVY_PARALLEL),
             claims_cloning: AtomicUsize::new(0),
+            clone_made: tokio::sync::Notify::new(),
         }
     }
 
@@ -725,24 +728,15 @@ impl Jobs {
                 prepared: true,
             }),
             None if prepared_only => None,
-            None => {
-                let name = clone_name(template);
-                self.claims_cloning.fetch_add(1, Ordering::SeqCst);
-                let cloned = async {
-                    let _slot = self.heavy.acquire().await.expect("never closed");
-                    self.run_bounded(&[Step::server(clone_sql(template, &name))])
-                        .await
-                }
-                .await;
-                self.claims_cloning.fetch_sub(1, Ordering::SeqCst);
-                cloned?;
-                Some(Claimed {
+            None => match self.wait_for_refill(template).await? {
+                Some(name) => Some(Claimed {
                     name,
                     queued,
                     took: started.elapsed(),
-                    prepared: false,
-                })
-            }
+                    prepared: true,
+                }),
+                None => self.clone_on_demand(template, queued, started).await?,
+            },
         };
         // Without a clone the template may not exist yet: the caller builds
         // it and claims again.
@@ -750,6 +744,48 @@ impl Jobs {
             self.refill(template, prepared);
         }
         Ok(claimed)
+    }
+
+    /// A clone this process is making now is nearer than a new one: waits
+    /// for the refills in flight (twice at most), then takes one.
+    async fn wait_for_refill(&self, template: &str) -> Result<Option<String>> {
+        for _ in 0..2 {
+            let made = self.clone_made.notified();
+            tokio::pin!(made);
+            made.as_mut().enable();
+            if !self.pool.making(template) {
+                return Ok(None);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), made).await;
+            if let Some(name) = self.take_prepared(template).await? {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn clone_on_demand(
+        &self,
+        template: &str,
+        queued: Duration,
+        started: Instant,
+    ) -> Result<Option<Claimed>> {
+        let name = clone_name(template);
+        self.claims_cloning.fetch_add(1, Ordering::SeqCst);
+        let cloned = async {
+            let _slot = self.heavy.acquire().await.expect("never closed");
+            self.run_bounded(&[Step::server(clone_sql(template, &name))])
+                .await
+        }
+        .await;
+        self.claims_cloning.fetch_sub(1, Ordering::SeqCst);
+        cloned?;
+        Ok(Some(Claimed {
+            name,
+            queued,
+            took: started.elapsed(),
+            prepared: false,
+        }))
     }
 
     /// Starts a refill task for `template` unless enough already run.
@@ -812,6 +848,7 @@ impl Jobs {
         } else {
             self.pool.put(template, name);
         }
+        self.clone_made.notify_waiters();
         tracing::debug!(
             template,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -984,6 +1021,11 @@ impl ClonePool {
             }
             go
         })
+    }
+
+    /// Whether a clone of `template` is being made in the background.
+    fn making(&self, template: &str) -> bool {
+        self.with(|s| s.making.get(template).is_some_and(|n| *n > 0))
     }
 
     /// Whether any clone is being made in the background.
