@@ -238,11 +238,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
                     item: items::POOL_MODE,
                     verdict: Verdict::Info,
                     detail: "transaction pooling: the next transaction ran on another backend, without the session's SET".into(),
-                    remedy: Some(
-                        "use the direct or session URL (Supabase: port 5432) for migrations and for session \
-                         features (SET, LISTEN, advisory locks, temp tables, SQL PREPARE)"
-                            .into(),
-                    ),
+                    remedy: Some(Hazard::SessionStateLost.remedy_line()),
                 },
                 PoolBehaviour::Session => Finding {
                     item: items::POOL_MODE,

@@ -1,16 +1,17 @@
 //! # pgbouncer-fixtures
 //!
-//! Integration tests that run behind the same topology as production on
-//! Supabase: PostgreSQL behind PgBouncer in **transaction pooling** mode.
-//! Prepared-statement collisions, lost session state and refused startup
-//! parameters then fail your tests instead of your deployment.
+//! Integration tests that run behind the pooler production runs behind:
+//! PostgreSQL behind PgBouncer in **transaction pooling** mode, shaped like
+//! the Supabase endpoint you deploy to ([`Profile`]). Prepared-statement
+//! collisions, lost session state and refused startup parameters then fail
+//! your tests instead of your deployment, and the failing test says why.
 //!
 //! - [`test_db`]: an `rstest` fixture giving each test its own database on a
 //!   Postgres + PgBouncer stack (containers, one per test run, shared by all
 //!   its processes and removed by itself after the run; see the README);
 //! - [`TestDb::connect`]: a fresh, unpooled sqlx `PgConnection` through the
 //!   pooler; [`TestDb::connect_direct`]: the same database without it, for
-//!   migrations;
+//!   migrations; [`TestDb::explain`]: what the servers reported for the test;
 //! - `TEST_DATABASE_URL` (process environment or `.env`): run against an
 //!   existing server, e.g. a Supabase project, and start no containers.
 //!
@@ -25,17 +26,46 @@
 //!     let mut admin = test_db.connect_direct().await?;
 //!     sqlx::raw_sql("create table notes (id int primary key, body text)").execute(&mut admin).await?;
 //!
-//!     // Application code: through PgBouncer in transaction mode.
+//!     // Application code: through the pooler in transaction mode.
 //!     let mut conn = test_db.connect().await?;
 //!     let mut tx = sqlx::Connection::begin(&mut conn).await?;
-//!     sqlx::query("insert into notes values ($1, $2)").bind(1).bind("hi").execute(&mut *tx).await?;
+//!     sqlx::query("insert into notes values ($1, $2)").bind(1).bind("hi").persistent(false).execute(&mut *tx).await?;
 //!     tx.commit().await?;
 //!     Ok(())
 //! }
 //! ```
 //!
-//! See the README for the `.env` / Supabase recipe and what
-//! `statement_cache_capacity(0)` does and does not protect against.
+//! # Module map (for the next engineer)
+//!
+//! Each concern lives in one module; arrows point down (a module uses only
+//! those below it in this list, `error` and `target` being used by all).
+//!
+//! | module | concern |
+//! |---|---|
+//! | `main.rs` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
+//! | `fixtures` | the `rstest` fixtures; the only module that knows rstest |
+//! | `factory` | [`TestDb`] and its builder: the handle a test holds, connections to its database |
+//! | `matrix` | the compatibility/fidelity matrix: every probe behind every [`Profile`] |
+//! | `doctor` | probes any URL and gives verdicts and remedies (knows nothing of Docker) |
+//! | `explain` | a test's server-side evidence (PostgreSQL's JSON log, PgBouncer's log) -> [`Explanation`] |
+//! | `hazard` | what goes wrong behind a pooler, why, and what to change: the words `doctor` and `explain` share |
+//! | `probes` | workloads with known answers: `statements` (sqlx patterns), `session`, `startup` (parameters, TLS) |
+//! | `template` | migration-keyed template databases |
+//! | `database` | per-test databases and schemas, names, drop steps |
+//! | `stack` | a Postgres + PgBouncer pair: create-or-join, lease, readiness, [`Endpoints`] |
+//! | `worker` | the background thread and runtime that outlive each `#[tokio::test]`: lease, admin connections, clone pool |
+//! | `runkey`, `lock` | which processes share a stack; the file lock that serialises create-or-join |
+//! | `containers`, `images`, `reaper` | the pair of containers, the images, the sweep and `gc` |
+//! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
+//! | `tls` | the per-stack CA and server certificate |
+//! | `profile` | [`Profile`]: the production endpoints and the PgBouncer settings that mirror them |
+//! | `settings` | [`StackSettings`]: PgBouncer's knobs -> `pgbouncer.ini`, the sharing key |
+//! | `target` | `.env` + process environment, `TEST_DATABASE_URL`, [`DbUrl`] and redaction |
+//! | `error` | the one [`Error`] enum; every message names the fix |
+//!
+//! `docker/` holds the Dockerfiles and the entrypoints (with the lease
+//! watchdog that reaps a stack after any exit). See the README for the
+//! `.env` / Supabase recipe, the fidelity table and the measurements.
 #![warn(missing_docs)]
 
 mod containers;
@@ -82,3 +112,9 @@ pub use target::{
     TEST_DIRECT_URL,
 };
 pub use template::Template;
+
+// Every Rust block of the README is compiled as a doctest: a README example
+// that stops compiling fails CI.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -233,7 +233,8 @@ impl DbUrl {
         if db.contains('/') {
             return Err(invalid(
                 "database",
-                format!("`{db}` contains a `/`; the path must be one database name"),
+                // Not echoed: in a mangled URL the path may hold the password.
+                "contains a `/`; the path must be one database name".to_string(),
             ));
         }
         // Let sqlx judge the parameters it knows (sslmode values and so on).

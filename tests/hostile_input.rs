@@ -21,11 +21,22 @@ const VARS: &[&str] = &[
     "PGBF_STARTUP_TIMEOUT_SECS",
     "PGBF_REAP_AFTER_SECS",
     "PGBF_RUN_ID",
+    "PGBF_PROFILE",
+    "PGBF_REQUIRE_TLS",
 ];
 
 const SECRET: &str = "Zq8secretPw";
 
 /// Strings that look like URLs, with the parts attackers and typos vary.
+/// A URL whose path swallowed the password once showed it in the error.
+#[test]
+fn a_mangled_url_never_shows_its_password() {
+    let raw = format!("postgres://$@!/:{SECRET}@localhost/db");
+    if let Err(e) = DbUrl::parse("TEST_DATABASE_URL", &raw) {
+        assert!(!e.to_string().contains(SECRET), "{e}");
+    }
+}
+
 fn url_like() -> impl Strategy<Value = String> {
     let scheme = prop_oneof![
         Just("postgres".to_string()),
