@@ -148,7 +148,8 @@ impl TestDbBuilder {
                     let e = stack.endpoints();
                     let server = Server {
                         stack: Some((stack.id().to_string(), pooler_of(profile, settings))),
-                        key: stack.id().to_string(),
+                        // Per incarnation: a replaced stack builds its templates again.
+                        key: stack.instance().to_string(),
                         pooled: e.pooled_url("postgres"),
                         direct: Some(e.direct_url("postgres")),
                         databases: true,

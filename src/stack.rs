@@ -120,6 +120,10 @@ impl Endpoints {
 /// once no process has held one for [`StackSettings::reap_after`].
 pub struct Stack {
     id: String,
+    /// This process's handle on one incarnation of the stack: a stack that
+    /// died and was replaced keeps its id, but gets a new instance, so
+    /// per-stack state (templates built there) is never carried over.
+    instance: String,
     endpoints: Endpoints,
     settings: StackSettings,
     worker: Worker,
@@ -177,6 +181,7 @@ impl Stack {
             "stack ready"
         );
         Ok(Stack {
+            instance: format!("{}#{:016x}", up.id, rand::random::<u64>()),
             id: up.id,
             endpoints: up.endpoints,
             settings,
@@ -217,6 +222,11 @@ impl Stack {
     /// The stack's id (the value of its `pgbouncer-fixtures.stack` label).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Identifies this incarnation of the stack within the process (see the field).
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Whether this process joined a stack another process had started.

@@ -86,6 +86,48 @@ async fn a_killed_postgres_fails_the_next_connect_and_the_next_testdb_gets_a_fre
     db.close().await.unwrap();
 }
 
+/// A process whose shared stack died gets a replacement stack under the same
+/// id: its template must be built there again, not taken as done.
+#[tokio::test]
+async fn a_replacement_stack_gets_its_template_built_again() {
+    let settings = settings("template-after-kill");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("0001_items.sql"),
+        "create table items (id int primary key);",
+    )
+    .unwrap();
+    let with_template = || async {
+        TestDb::builder()
+            .target(Target::Containers(settings.clone()))
+            .template(pgbouncer_fixtures::Template::new().migrations_dir(dir.path()))
+            .build()
+            .await
+    };
+    let db = with_template().await.unwrap();
+    let mut conn = db.connect_direct().await.unwrap();
+    sqlx::raw_sql("select count(*) from items")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let stack = Stack::shared(&settings).await.unwrap();
+    docker(&["kill", &format!("pgbf-{}-postgres", stack.id())]);
+    assert!(matches!(stack.check().await, Err(Error::StackDied { .. })));
+    drop(db);
+
+    let db = with_template()
+        .await
+        .expect("the template is built on the new stack");
+    let mut conn = db.connect_direct().await.unwrap();
+    sqlx::raw_sql("select count(*) from items")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    db.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_restarted_pgbouncer_serves_new_connections_once_it_is_back() {
     let settings = settings("restart-pgbouncer");
