@@ -68,6 +68,7 @@ pub struct TestDbBuilder {
     profile: Option<Profile>,
     test_name: Option<String>,
     connect_timeout: Option<Duration>,
+    env: Option<Env>,
 }
 
 impl TestDbBuilder {
@@ -103,6 +104,14 @@ impl TestDbBuilder {
         self
     }
 
+    /// Reads the `PGBF_*` variables and the target from `env` instead of the
+    /// process environment and `.env` (for tools and tests that assemble
+    /// their own environment).
+    pub fn env(mut self, env: Env) -> Self {
+        self.env = Some(env);
+        self
+    }
+
     /// How long `connect()` may take (default 10 s, or `PGBF_CONNECT_TIMEOUT_SECS`).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
@@ -111,7 +120,13 @@ impl TestDbBuilder {
 
     /// Creates the test's database (starting or joining the stack if needed).
     pub async fn build(self) -> Result<TestDb> {
-        let env = Env::load()?;
+        let env = match self.env {
+            Some(env) => env,
+            None => Env::load()?,
+        };
+        // Every variable is read up front: a bad value fails before any work.
+        let keep_failed = env.flag("PGBF_KEEP_FAILED")?;
+        let prepared_clones = env_prepared_clones(&env)?;
         // Explicit builder values win over the environment: PGBF_PROFILE
         // shapes only the target the environment names.
         let explicit_target = self.target.is_some();
@@ -159,7 +174,15 @@ impl TestDbBuilder {
                 }
                 Target::External(ext) => external(ext, connect_timeout).await?,
             };
-            match isolate(&worker, &server, self.template.as_ref(), &env, &test_name).await {
+            match isolate(
+                &worker,
+                &server,
+                self.template.as_ref(),
+                prepared_clones,
+                &test_name,
+            )
+            .await
+            {
                 Ok(isolation) => break (worker, server, isolation),
                 Err(Error::StackDied { .. })
                     if attempt == 0 && matches!(target, Target::Containers(_)) =>
@@ -211,7 +234,7 @@ impl TestDbBuilder {
             direct,
             connect_timeout,
             worker,
-            keep_failed: env.flag("PGBF_KEEP_FAILED")?,
+            keep_failed,
             closed: false,
             ca_pem: server.ca_pem,
         })
@@ -224,12 +247,12 @@ async fn isolate(
     worker: &Worker,
     server: &Server,
     template: Option<&Template>,
-    env: &Env,
+    prepared_clones: usize,
     test_name: &str,
 ) -> Result<Isolation> {
     let result = match (template, server.databases) {
         (Some(template), true) => {
-            let resolved = template.resolve(env_prepared_clones(env)?).await?;
+            let resolved = template.resolve(prepared_clones).await?;
             let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
                 feature: "templates",
             })?;
@@ -274,17 +297,15 @@ async fn died_or(worker: &Worker, error: Error) -> Error {
 }
 
 fn env_connect_timeout(env: &Env) -> Result<Duration> {
-    match env.get("PGBF_CONNECT_TIMEOUT_SECS") {
-        None => Ok(DEFAULT_CONNECT_TIMEOUT),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
-            _ => Err(Error::InvalidEnv {
-                var: "PGBF_CONNECT_TIMEOUT_SECS",
-                value: crate::target::redact_value(v),
-                expected: "a whole number of seconds >= 1",
-            }),
-        },
-    }
+    Ok(env
+        .number(
+            "PGBF_CONNECT_TIMEOUT_SECS",
+            1..=u32::MAX,
+            "a whole number of seconds >= 1",
+        )?
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |n| {
+            Duration::from_secs(u64::from(n))
+        }))
 }
 
 fn warn_once(target: &Target) {
@@ -383,19 +404,13 @@ async fn ensure_template_once(
 }
 
 fn env_prepared_clones(env: &Env) -> Result<usize> {
-    match env.get("PGBF_PREPARED_CLONES") {
-        None => Ok(2),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 64)
-            .ok_or(Error::InvalidEnv {
-                var: "PGBF_PREPARED_CLONES",
-                value: v.to_string(),
-                expected: "a whole number from 0 to 64",
-            }),
-    }
+    Ok(env
+        .number(
+            "PGBF_PREPARED_CLONES",
+            0..=64,
+            "a whole number from 0 to 64",
+        )?
+        .map_or(2, |n| n as usize))
 }
 
 /// One admin worker per external admin URL, for the whole process.

@@ -113,30 +113,6 @@ impl Default for StackSettings {
     }
 }
 
-/// A whole number from `range`, when `var` is set; `expected` names the range.
-fn parse_u32(
-    env: &Env,
-    var: &'static str,
-    range: std::ops::RangeInclusive<u32>,
-    expected: &'static str,
-) -> Result<Option<u32>> {
-    env.get(var)
-        .map(|v| match v.trim().parse::<u32>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            Ok(n) => Err(Error::InvalidEnv {
-                var,
-                value: n.to_string(),
-                expected,
-            }),
-            Err(_) => Err(Error::InvalidEnv {
-                var,
-                value: crate::target::redact_value(v),
-                expected,
-            }),
-        })
-        .transpose()
-}
-
 impl StackSettings {
     /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
@@ -154,32 +130,28 @@ impl StackSettings {
         if let Some(mode) = env.get("PGBF_POOL_MODE") {
             s.pool_mode = mode.parse()?;
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_MAX_PREPARED_STATEMENTS",
             0..=u32::MAX,
             "a whole number >= 0",
         )? {
             s.max_prepared_statements = n;
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_DEFAULT_POOL_SIZE",
             1..=1000,
             "a whole number from 1 to 1000",
         )? {
             s.default_pool_size = n;
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_STARTUP_TIMEOUT_SECS",
             0..=u32::MAX,
             "a whole number of seconds >= 1",
         )? {
             s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_REAP_AFTER_SECS",
             1..=3600,
             "a whole number of seconds from 1 to 3600",

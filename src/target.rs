@@ -133,6 +133,26 @@ impl Env {
         self.dotenv_path.as_deref()
     }
 
+    /// A whole number from `range` when `var` is set (`expected` names the
+    /// range): the one parser of numeric variables, redacting what it shows.
+    pub(crate) fn number(
+        &self,
+        var: &'static str,
+        range: std::ops::RangeInclusive<u32>,
+        expected: &'static str,
+    ) -> Result<Option<u32>> {
+        self.get(var)
+            .map(|v| match v.trim().parse::<u32>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(Error::InvalidEnv {
+                    var,
+                    value: redact_value(v),
+                    expected,
+                }),
+            })
+            .transpose()
+    }
+
     /// A boolean flag: `1`, `true`, `yes`, `on` (any case) are true; unset is false.
     pub(crate) fn flag(&self, name: &'static str) -> Result<bool> {
         match self.get(name).map(|v| v.trim().to_ascii_lowercase()) {
