@@ -122,8 +122,8 @@ use std::time::Duration;
 
 use bollard::{Docker, API_DEFAULT_VERSION};
 
+use crate::config::{redact, redact_value, Env};
 use crate::error::{Error, Result};
-use crate::target::{redact, redact_value, Env};
 
 /// Label put on every container and network the crate creates.
 pub const LABEL_MANAGED: &str = "pgbouncer-fixtures.managed";

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::factory::open;
+use crate::connect::open;
 use crate::hazard::Hazard;
 use crate::probes::{run_pattern, Outcome, SqlxPattern, Workload};
 use crate::target::DbUrl;
@@ -178,11 +178,8 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     let started = Instant::now();
     let mut findings = Vec::new();
     // The factory's options: no extra_float_digits, statement cache off.
-    let base = url
-        .connect_options()
-        .application_name("pgbouncer-fixtures doctor")
-        .extra_float_digits(None)
-        .statement_cache_capacity(0);
+    let base =
+        crate::connect::options(url, "pgbouncer-fixtures doctor").statement_cache_capacity(0);
     let connect = |options: PgConnectOptions| async move {
         open("server", url, &options, connect_timeout).await
     };

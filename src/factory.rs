@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
+use crate::config::Env;
+use crate::connect::open;
 use crate::database::{unique_name, Isolation};
 use crate::error::{Error, Result};
 use crate::explain::{explain, EvidenceSource, Explanation};
@@ -17,7 +19,7 @@ use crate::hazard::Pooler;
 use crate::profile::Profile;
 use crate::settings::StackSettings;
 use crate::stack::Stack;
-use crate::target::{DbUrl, Env, ExternalTarget, Target};
+use crate::target::{DbUrl, ExternalTarget, Target};
 use crate::template::{ResolvedTemplate, Template};
 use crate::worker::{shutdown_at_exit, Worker, WorkerSetup};
 
@@ -712,76 +714,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
-}
-
-/// Opens one connection with a time limit, with errors that say what to change.
-pub(crate) async fn open(
-    kind: &'static str,
-    url: &DbUrl,
-    options: &PgConnectOptions,
-    timeout: Duration,
-) -> Result<PgConnection> {
-    tokio::time::timeout(timeout, PgConnection::connect_with(options))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: format!("connecting to the {kind} at {url}"),
-            after: timeout,
-            hint: "the server accepted TCP but did not answer the login; check that the port is a \
-                   PostgreSQL or PgBouncer port, or raise PGBF_CONNECT_TIMEOUT_SECS"
-                .into(),
-        })?
-        .map_err(|e| connect_error(kind, url, e))
-}
-
-/// Turns a driver's connect error into one that says what to change.
-pub(crate) fn connect_error(kind: &'static str, url: &DbUrl, error: sqlx::Error) -> Error {
-    match error {
-        sqlx::Error::Io(io) => {
-            let hint = if io.kind() == std::io::ErrorKind::ConnectionRefused && kind == "pooler" {
-                ". On Supabase the transaction pooler listens on port 6543, the session pooler on 5432".to_string()
-            } else {
-                String::new()
-            };
-            Error::Unreachable {
-                endpoint_kind: kind,
-                url: url.redacted(),
-                reason: io.to_string(),
-                hint,
-            }
-        }
-        sqlx::Error::Database(db) => {
-            let message = db.message().to_string();
-            let code = db.code().map(|c| c.to_string());
-            let hint = if message.contains("unsupported startup parameter") {
-                ". PgBouncer accepts only client_encoding, DateStyle, TimeZone, \
-                 standard_conforming_strings and application_name at startup: remove the \
-                 parameter (sqlx: PgConnectOptions::options), set it per transaction with \
-                 SET LOCAL, or add it to PgBouncer's ignore_startup_parameters"
-                    .to_string()
-            } else if code.as_deref() == Some("28P01") || message.contains("authentication failed")
-            {
-                ". Check the user and password in the URL (on Supabase the pooler's user is postgres.<project-ref>)".to_string()
-            } else if code.as_deref() == Some("3D000") || message.contains("does not exist") {
-                ". The database does not exist (a dropped test database stays refused by PgBouncer for a while)".to_string()
-            } else {
-                String::new()
-            };
-            Error::ConnectRefused {
-                endpoint_kind: kind,
-                url: url.redacted(),
-                reason: message,
-                hint,
-                code,
-            }
-        }
-        other => Error::ConnectRefused {
-            endpoint_kind: kind,
-            url: url.redacted(),
-            reason: crate::target::redact(&other.to_string()),
-            hint: String::new(),
-            code: None,
-        },
-    }
 }
 
 // `TestDbBuilder::build()` must be usable inside `tokio::spawn`.

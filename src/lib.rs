@@ -45,6 +45,7 @@
 //! | `main.rs` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
 //! | `fixtures` | the `rstest` fixtures; the only module that knows rstest |
 //! | `factory` | [`TestDb`] and its builder: the handle a test holds, connections to its database |
+//! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
 //! | `matrix` | the compatibility/fidelity matrix: every probe behind every [`Profile`] |
 //! | `doctor` | probes any URL and gives verdicts and remedies (knows nothing of Docker) |
 //! | `explain` | a test's server-side evidence (PostgreSQL's JSON log, PgBouncer's log) -> [`Explanation`] |
@@ -58,9 +59,11 @@
 //! | `containers`, `images`, `reaper` | the pair of containers, the images, the sweep and `gc` |
 //! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
 //! | `tls` | the per-stack CA and server certificate |
-//! | `profile` | [`Profile`]: the production endpoints and the PgBouncer settings that mirror them |
-//! | `settings` | [`StackSettings`]: PgBouncer's knobs -> `pgbouncer.ini`, the sharing key |
-//! | `target` | `.env` + process environment, `TEST_DATABASE_URL`, [`DbUrl`] and redaction |
+//! | `profile` | [`Profile`]: the production endpoints, in words (a leaf) |
+//! | `settings` | [`StackSettings`]: PgBouncer's knobs, each profile's knobs, `pgbouncer.ini`, the sharing key |
+//! | `target` | containers or an external server (`TEST_DATABASE_URL`), [`DbUrl`] |
+//! | `config` | the one reader of the process environment and `.env` ([`Env`]), its parsers, [`redact`] |
+//! | `digest` | short hex keys (image tags, template names, run keys) |
 //! | `error` | the one [`Error`] enum; every message names the fix |
 //!
 //! `docker/` holds the Dockerfiles and the entrypoints (with the lease
@@ -68,8 +71,11 @@
 //! `.env` / Supabase recipe, the fidelity table and the measurements.
 #![warn(missing_docs)]
 
+mod config;
+mod connect;
 mod containers;
 mod database;
+mod digest;
 mod docker;
 pub mod doctor;
 mod error;
@@ -91,6 +97,7 @@ mod template;
 mod tls;
 mod worker;
 
+pub use config::{redact, Env};
 pub use database::Isolation;
 pub use docker::{
     docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
@@ -103,12 +110,12 @@ pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
 };
 pub use matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
-pub use profile::{supavisor_dropped_parameters, Profile};
+pub use profile::Profile;
 pub use reaper::{gc, GcReport, GcScope};
-pub use settings::{PoolMode, StackSettings};
+pub use settings::{supavisor_dropped_parameters, PoolMode, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{
-    redact, DbUrl, Env, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,
+    DbUrl, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,
     TEST_DIRECT_URL,
 };
 pub use template::Template;

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::Env;
+use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::images::ImageSettings;
 use crate::profile::Profile;
-use crate::target::Env;
 
 /// How PgBouncer hands server connections to clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -45,7 +46,7 @@ impl std::str::FromStr for PoolMode {
             "session" => Ok(PoolMode::Session),
             _ => Err(Error::InvalidEnv {
                 var: "PGBF_POOL_MODE",
-                value: crate::target::redact_value(s),
+                value: crate::config::redact_value(s),
                 expected: "transaction or session",
             }),
         }
@@ -300,10 +301,6 @@ server_tls_ca_file = /tmp/pgbf/ca.crt
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A run id is hashed, never used as a name, but it is still user input:
 /// refuse what is clearly a mistake (control characters, absurd length).
 pub(crate) fn check_run_id(raw: &str) -> Result<String> {
@@ -311,9 +308,89 @@ pub(crate) fn check_run_id(raw: &str) -> Result<String> {
     if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
         return Err(Error::InvalidEnv {
             var: "PGBF_RUN_ID",
-            value: crate::target::redact_value(raw).chars().take(80).collect(),
+            value: crate::config::redact_value(raw).chars().take(80).collect(),
             expected: "1 to 200 printable characters",
         });
     }
     Ok(id.to_string())
+}
+
+/// Parameters PgBouncer keeps per client and restores on every server
+/// connection (its built-in five are always kept); `search_path` is asked for
+/// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
+const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
+
+/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
+/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
+/// them at startup (top-level or in `options=-c ...`) instead of refusing the
+/// login, as Supavisor drops them. `tests/profiles.rs` checks the list
+/// against the stack's own `pg_settings`.
+const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
+
+/// How each profile maps to PgBouncer's knobs (here, so that `profile`
+/// stays a leaf: names and words, no settings).
+impl Profile {
+    /// `base` with this profile's pooler settings. (`Direct` runs on the
+    /// default profile's stack and bypasses its pooler.)
+    pub fn apply(self, base: StackSettings) -> StackSettings {
+        let supavisor_like = |s: StackSettings| {
+            s.with_ignore_startup_parameters(supavisor_dropped_parameters())
+                .with_track_extra_parameters(SUPAVISOR_TRACKED)
+        };
+        match self {
+            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(0),
+            Profile::SupabaseDedicated => base
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(200)
+                .with_ignore_startup_parameters(["extra_float_digits"])
+                .with_track_extra_parameters(["IntervalStyle"]),
+            Profile::SupabaseSession => supavisor_like(base)
+                .with_pool_mode(PoolMode::Session)
+                .with_max_prepared_statements(0),
+        }
+    }
+}
+
+/// The parameters the Supavisor-like profiles ignore at startup: every
+/// PostgreSQL 17 setting PgBouncer does not track.
+pub fn supavisor_dropped_parameters() -> Vec<String> {
+    PG17_SETTINGS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
+        let dropped = supavisor_dropped_parameters();
+        assert!(dropped.len() > 300, "{}", dropped.len());
+        for p in ["jit", "extra_float_digits", "statement_timeout"] {
+            assert!(dropped.iter().any(|d| d == p), "{p}");
+        }
+        for tracked in [
+            "application_name",
+            "client_encoding",
+            "DateStyle",
+            "TimeZone",
+            "standard_conforming_strings",
+            "IntervalStyle",
+            "search_path",
+        ] {
+            assert!(!dropped.iter().any(|d| d == tracked), "{tracked}");
+        }
+    }
+
+    #[test]
+    fn the_default_settings_are_the_default_profile() {
+        let defaults = StackSettings::default();
+        assert_eq!(Profile::default().apply(defaults.clone()), defaults);
+    }
 }

@@ -511,10 +511,7 @@ async fn create(
 /// Opens this process's lease: a direct connection the watchdog counts.
 async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
     let url = endpoints.direct_url("postgres");
-    let options = url
-        .connect_options()
-        .application_name(&format!("{LEASE_APP} pid {}", std::process::id()))
-        .extra_float_digits(None);
+    let options = crate::connect::options(&url, &format!("{LEASE_APP} pid {}", std::process::id()));
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
     while Instant::now() < deadline {
@@ -540,17 +537,14 @@ async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnec
     Err(Error::Timeout {
         what: format!("a lease connection to PostgreSQL at {url}"),
         after: timeout,
-        hint: format!("last error: {}", crate::target::redact(&last_error)),
+        hint: format!("last error: {}", crate::config::redact(&last_error)),
     })
 }
 /// Ready means: a real query answers through PgBouncer (which implies Postgres
 /// accepts logins too), not merely a log line.
 async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()> {
     let url = endpoints.pooled_url("postgres");
-    let options = url
-        .connect_options()
-        .application_name("pgbouncer-fixtures readiness")
-        .extra_float_digits(None);
+    let options = crate::connect::options(&url, "pgbouncer-fixtures readiness");
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
     while Instant::now() < deadline {
@@ -580,6 +574,6 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()
     Err(Error::Timeout {
         what: format!("the first query through PgBouncer at {url}"),
         after: timeout,
-        hint: format!("last error: {}", crate::target::redact(&last_error)),
+        hint: format!("last error: {}", crate::config::redact(&last_error)),
     })
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::database::{On, Step};
 use crate::error::{Error, Result};
 use crate::target::DbUrl;
 
@@ -49,42 +50,6 @@ pub(crate) struct ProbeTarget {
     pub docker: bollard::Docker,
     pub stack_id: String,
     pub postgres_container: String,
-}
-
-/// Where a step of admin work runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum On {
-    /// The admin URL (PostgreSQL, or the external target).
-    Server,
-    /// PgBouncer's admin console (simple protocol only).
-    Console,
-}
-
-/// One statement of admin work.
-#[derive(Clone, Debug)]
-pub(crate) struct Step {
-    pub on: On,
-    pub sql: String,
-    /// A failure is logged and the job goes on (used for PgBouncer housekeeping).
-    pub best_effort: bool,
-}
-
-impl Step {
-    pub(crate) fn server(sql: String) -> Step {
-        Step {
-            on: On::Server,
-            sql,
-            best_effort: false,
-        }
-    }
-
-    pub(crate) fn console(sql: String) -> Step {
-        Step {
-            on: On::Console,
-            sql,
-            best_effort: true,
-        }
-    }
 }
 
 enum Reply {
@@ -444,11 +409,8 @@ async fn execute(
         let conn = match slot {
             Some(c) => c,
             None => {
-                let options = url
-                    .connect_options()
-                    .application_name("pgbouncer-fixtures admin")
-                    .extra_float_digits(None);
-                slot.insert(crate::factory::open(kind, url, &options, connect_timeout).await?)
+                let options = crate::connect::options(url, "pgbouncer-fixtures admin");
+                slot.insert(crate::connect::open(kind, url, &options, connect_timeout).await?)
             }
         };
         // `&str` without arguments goes out as a simple Query (raw_sql is not
@@ -557,13 +519,10 @@ async fn refill(pool: ClonePool, setup: RefillSetup, template: String, target: u
             )
             .await?;
             let url = setup.pooled_url.with_database(&name);
-            let options = url
-                .connect_options()
-                .application_name("pgbouncer-fixtures warm-up")
-                .extra_float_digits(None)
+            let options = crate::connect::options(&url, "pgbouncer-fixtures warm-up")
                 .statement_cache_capacity(0);
             let mut warm =
-                crate::factory::open("pooler", &url, &options, setup.connect_timeout).await?;
+                crate::connect::open("pooler", &url, &options, setup.connect_timeout).await?;
             warm.execute("select 1").await.map_err(|e| Error::Sql {
                 action: "warming a prepared clone".into(),
                 source: e,

@@ -55,7 +55,7 @@ impl ClientError {
             },
             None => ClientError {
                 code: None,
-                message: crate::target::redact(&e.to_string()),
+                message: crate::config::redact(&e.to_string()),
             },
         }
     }
