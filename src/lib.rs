@@ -59,6 +59,8 @@ mod stack;
 mod target;
 mod template;
 mod tls;
+#[cfg(feature = "tokio-postgres")]
+mod tokio_pg;
 mod worker;
 
 pub use database::Isolation;
@@ -82,3 +84,7 @@ pub use target::{
     TEST_DIRECT_URL,
 };
 pub use template::Template;
+/// The tokio-postgres the crate's `connect_tokio_postgres()` is built on
+/// (feature `tokio-postgres`): use it to name its types at the same version.
+#[cfg(feature = "tokio-postgres")]
+pub use tokio_postgres;
