@@ -208,9 +208,9 @@ impl Hazard {
 #[cfg(feature = "tokio-postgres")]
 const TOKIO_POSTGRES_STATEMENTS: &str =
     "tokio-postgres: run parameterised queries with `query_typed` / `execute_typed` (the unnamed \
-     statement, one round trip), or `simple_query` / `batch_execute` (no prepared statement); \
-     plain `query` / `execute` with parameters and `prepare`d `Statement`s need a tracking \
-     pooler or a session";
+     statement, one round trip), or `simple_query` / `batch_execute` (no prepared statement): \
+     plain `query` / `execute` with parameters and `prepare`d `Statement`s use named \
+     statements, which this pooler does not carry from one server connection to the next";
 
 #[cfg(feature = "tokio-postgres")]
 impl Hazard {
@@ -276,6 +276,24 @@ mod tests {
             Some(Hazard::MissingStatement)
         );
         assert_eq!(of("42601", "syntax error", None), None);
+    }
+
+    #[cfg(feature = "tokio-postgres")]
+    #[test]
+    fn tokio_postgres_remedies_speak_tokio_postgres() {
+        for h in [
+            Hazard::MissingStatement,
+            Hazard::DuplicateStatement,
+            Hazard::WrongAnswer,
+        ] {
+            let line = h.tokio_postgres_remedy_line();
+            assert!(line.contains("`query_typed` / `execute_typed`"), "{line}");
+            assert!(!line.contains("persistent(false)"), "{line}");
+        }
+        assert_eq!(
+            Hazard::AdvisoryLockHeld.tokio_postgres_remedies(),
+            Hazard::AdvisoryLockHeld.remedies()
+        );
     }
 
     #[test]
