@@ -14,9 +14,12 @@ use common::password_of;
 use pgbouncer_fixtures::doctor::{diagnose, items, Verdict};
 use pgbouncer_fixtures::probes::tokio_postgres::TokioPgPattern;
 use pgbouncer_fixtures::probes::{Outcome, Workload};
+use pgbouncer_fixtures::tokio_postgres::config::SslMode;
 use pgbouncer_fixtures::tokio_postgres::types::Type;
 use pgbouncer_fixtures::tokio_postgres::{Client, SimpleQueryMessage};
-use pgbouncer_fixtures::{Behaviour, DbUrl, ExternalTarget, Profile, Target, TestDb};
+use pgbouncer_fixtures::{
+    Behaviour, DbUrl, Error, ExternalTarget, Profile, StackSettings, Target, TestDb,
+};
 use rstest::rstest;
 
 /// The first value of a simple query's only row.
@@ -277,6 +280,42 @@ async fn connection_tasks_end_with_the_test_database() {
     assert_eq!(simple_value(&kept, "select 4").await.as_deref(), Some("4"));
     server.close().await.unwrap();
     assert!(kept.is_closed());
+}
+
+/// A stack that requires TLS: the crate's plain-TCP connections are a typed
+/// error naming the fix, before any connection is tried; the config says
+/// `sslmode=require` for a TLS connector of the user's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_that_requires_tls_is_a_typed_error_naming_the_fix() {
+    let settings = StackSettings::default().with_require_tls(true);
+    let db = TestDb::builder()
+        .target(Target::Containers(settings))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(db.tokio_postgres_config().get_ssl_mode(), SslMode::Require);
+    for result in [
+        db.connect_tokio_postgres().await,
+        db.connect_tokio_postgres_direct().await,
+    ] {
+        let Err(err) = result else {
+            panic!("no TLS connector: refused")
+        };
+        assert!(matches!(err, Error::TlsRequired { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("sslmode=require")
+                && message.contains("TestDb::tokio_postgres_config()")
+                && message.contains("tokio-postgres-rustls"),
+            "{message}"
+        );
+        assert!(!message.contains(&password_of(db.url())), "{message}");
+    }
+    // sqlx, which speaks TLS, still gets in: the stack is up and answering.
+    let mut conn = db.connect().await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    drop(conn);
+    db.close().await.unwrap();
 }
 
 /// The README's example, as it reads there.
