@@ -49,6 +49,9 @@ pub struct TestDb {
     /// Where the servers' reports for this test can be read (the crate's
     /// stacks only): see [`TestDb::explain`].
     evidence: Option<EvidenceSource>,
+    /// Connection tasks of the tokio-postgres clients handed out.
+    #[cfg(feature = "tokio-postgres")]
+    tokio_postgres_tasks: crate::tokio_pg::ConnectionTasks,
 }
 
 impl fmt::Debug for TestDb {
@@ -239,6 +242,8 @@ impl TestDbBuilder {
             keep_failed,
             closed: false,
             ca_pem: server.ca_pem,
+            #[cfg(feature = "tokio-postgres")]
+            tokio_postgres_tasks: Default::default(),
         })
     }
 }
@@ -668,6 +673,8 @@ impl TestDb {
     /// Drops the test's database (or schema) now and reports any error.
     pub async fn close(mut self) -> Result<()> {
         self.closed = true;
+        #[cfg(feature = "tokio-postgres")]
+        self.tokio_postgres_tasks.end().await;
         self.remove().await
     }
 
@@ -679,8 +686,83 @@ impl TestDb {
     }
 }
 
+/// tokio-postgres (feature `tokio-postgres`): the glue is in `src/tokio_pg.rs`.
+#[cfg(feature = "tokio-postgres")]
+impl TestDb {
+    /// A connected `tokio_postgres::Client` through the pooler, with the
+    /// settings of [`connect_options`](Self::connect_options) (same database,
+    /// user, `application_name`). The crate drives its connection task on the
+    /// current runtime and ends it with the test's database ([`close`](Self::close)
+    /// or drop): the client then reports `is_closed()`.
+    ///
+    /// Plain TCP (`NoTls`): the crate's stacks offer TLS without requiring it.
+    /// Where TLS is required (`StackSettings::with_require_tls(true)`, or
+    /// `sslmode=require` in `TEST_DATABASE_URL`) this is [`Error::TlsRequired`]:
+    /// connect from [`tokio_postgres_config`](Self::tokio_postgres_config)
+    /// with a TLS connector of your own.
+    ///
+    /// Behind a transaction pooler without prepared-statement tracking
+    /// ([`Profile::SupabaseShared`]) plain `query`/`execute` with parameters
+    /// and `prepare`d statements fail; `query_typed`/`execute_typed` and
+    /// `simple_query` work (README, "tokio-postgres").
+    pub async fn connect_tokio_postgres(&self) -> Result<tokio_postgres::Client> {
+        self.open_tokio_postgres("pooler", &self.pooled, self.connect_options())
+            .await
+    }
+
+    /// [`connect_tokio_postgres`](Self::connect_tokio_postgres) straight to
+    /// PostgreSQL: for migrations and session features.
+    pub async fn connect_tokio_postgres_direct(&self) -> Result<tokio_postgres::Client> {
+        let options = self.connect_options_direct()?;
+        let url = self.direct.as_ref().ok_or(Error::DirectUrlRequired {
+            feature: "connect_tokio_postgres_direct()",
+        })?;
+        self.open_tokio_postgres("direct endpoint", url, options)
+            .await
+    }
+
+    /// The `tokio_postgres::Config` of [`connect_tokio_postgres`](Self::connect_tokio_postgres)
+    /// (host, port, user, password, database, `application_name` and TLS mode
+    /// of [`connect_options`](Self::connect_options)), for code that connects
+    /// itself, e.g. a deadpool-postgres pool. Connections made from it are
+    /// yours to drive and end.
+    pub fn tokio_postgres_config(&self) -> tokio_postgres::Config {
+        crate::tokio_pg::config(&self.pooled, &self.connect_options(), self.connect_timeout)
+    }
+
+    /// The `tokio_postgres::Config` of [`connect_tokio_postgres_direct`](Self::connect_tokio_postgres_direct).
+    pub fn tokio_postgres_config_direct(&self) -> Result<tokio_postgres::Config> {
+        let url = self.direct.as_ref().ok_or(Error::DirectUrlRequired {
+            feature: "tokio_postgres_config_direct()",
+        })?;
+        let options = self.connect_options_direct()?;
+        Ok(crate::tokio_pg::config(url, &options, self.connect_timeout))
+    }
+
+    async fn open_tokio_postgres(
+        &self,
+        kind: &'static str,
+        url: &DbUrl,
+        options: PgConnectOptions,
+    ) -> Result<tokio_postgres::Client> {
+        if let Some(dead) = self.worker.dead() {
+            return Err(dead);
+        }
+        match crate::tokio_pg::connect_url(kind, url, &options, self.connect_timeout).await {
+            Ok((client, connection)) => {
+                self.tokio_postgres_tasks.spawn(connection);
+                Ok(client)
+            }
+            Err(e @ Error::TlsRequired { .. }) => Err(e),
+            Err(e) => Err(died_or(&self.worker, e).await),
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
+        #[cfg(feature = "tokio-postgres")]
+        self.tokio_postgres_tasks.abort();
         if self.closed {
             return;
         }

@@ -204,6 +204,36 @@ impl Hazard {
     }
 }
 
+/// What a tokio-postgres user changes against statement hazards.
+#[cfg(feature = "tokio-postgres")]
+const TOKIO_POSTGRES_STATEMENTS: &str =
+    "tokio-postgres: run parameterised queries with `query_typed` / `execute_typed` (the unnamed \
+     statement, one round trip), or `simple_query` / `batch_execute` (no prepared statement): \
+     plain `query` / `execute` with parameters and `prepare`d `Statement`s use named \
+     statements, which this pooler does not carry from one server connection to the next";
+
+#[cfg(feature = "tokio-postgres")]
+impl Hazard {
+    /// What a tokio-postgres user changes, most direct first (feature
+    /// `tokio-postgres`); hazards that do not depend on the driver keep
+    /// their [`remedies`](Hazard::remedies).
+    pub fn tokio_postgres_remedies(self) -> Vec<&'static str> {
+        match self {
+            Hazard::DuplicateStatement
+            | Hazard::MissingStatement
+            | Hazard::MissingUnnamedStatement
+            | Hazard::WrongAnswer => vec![TOKIO_POSTGRES_STATEMENTS, TRACKING_POOLER],
+            other => other.remedies().to_vec(),
+        }
+    }
+
+    /// [`tokio_postgres_remedies`](Hazard::tokio_postgres_remedies) as one
+    /// line, for `doctor`.
+    pub fn tokio_postgres_remedy_line(self) -> String {
+        self.tokio_postgres_remedies().join("; ")
+    }
+}
+
 impl fmt::Display for Hazard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.title())
@@ -246,6 +276,24 @@ mod tests {
             Some(Hazard::MissingStatement)
         );
         assert_eq!(of("42601", "syntax error", None), None);
+    }
+
+    #[cfg(feature = "tokio-postgres")]
+    #[test]
+    fn tokio_postgres_remedies_speak_tokio_postgres() {
+        for h in [
+            Hazard::MissingStatement,
+            Hazard::DuplicateStatement,
+            Hazard::WrongAnswer,
+        ] {
+            let line = h.tokio_postgres_remedy_line();
+            assert!(line.contains("`query_typed` / `execute_typed`"), "{line}");
+            assert!(!line.contains("persistent(false)"), "{line}");
+        }
+        assert_eq!(
+            Hazard::AdvisoryLockHeld.tokio_postgres_remedies(),
+            Hazard::AdvisoryLockHeld.remedies()
+        );
     }
 
     #[test]

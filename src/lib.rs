@@ -95,6 +95,8 @@ mod stack;
 mod target;
 mod template;
 mod tls;
+#[cfg(feature = "tokio-postgres")]
+mod tokio_pg;
 mod worker;
 
 pub use config::{redact, Env};
@@ -119,6 +121,10 @@ pub use target::{
     TEST_DIRECT_URL,
 };
 pub use template::Template;
+/// The tokio-postgres the crate's `connect_tokio_postgres()` is built on
+/// (feature `tokio-postgres`): use it to name its types at the same version.
+#[cfg(feature = "tokio-postgres")]
+pub use tokio_postgres;
 
 // Every Rust block of the README is compiled as a doctest: a README example
 // that stops compiling fails CI.

@@ -8,13 +8,17 @@
 //! - [`statements`]: sqlx's ways of running a parameterised query, as a
 //!   concurrent workload ([`SqlxPattern`], [`run_pattern`]);
 //! - [`session`]: session state across transactions, and sqlx's migrator lock;
-//! - [`startup`]: startup parameters (top-level and in `options`) and TLS.
+//! - [`startup`]: startup parameters (top-level and in `options`) and TLS;
+//! - `tokio_postgres` (feature `tokio-postgres`): tokio-postgres's ways of
+//!   running a parameterised query, as the same concurrent workload.
 
 use std::fmt;
 
 pub mod session;
 pub mod startup;
 pub mod statements;
+#[cfg(feature = "tokio-postgres")]
+pub mod tokio_postgres;
 
 pub use statements::{run_pattern, SqlxPattern};
 
