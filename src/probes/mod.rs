@@ -115,6 +115,26 @@ impl From<Result<(), sqlx::Error>> for ClientEnd {
     }
 }
 
+/// Distinct SQL texts per client in the statement workloads.
+pub(crate) const TEXTS: usize = 7;
+
+/// Query `i` of client `c` in the statement workloads: its SQL text and the
+/// constant it adds. Each client has constants of its own per text, so
+/// another client's statement of the same name cannot give the right answer.
+pub(crate) fn query(client: usize, i: usize) -> (String, i64) {
+    let k = (client * 100 + i % TEXTS) as i64;
+    (format!("select $1::int8 + {k}"), k)
+}
+
+/// `None` when `got` is the known answer of `sql` with `$1 = arg`.
+pub(crate) fn check(sql: &str, arg: i64, k: i64, got: i64) -> Option<WrongAnswer> {
+    (got != arg + k).then(|| WrongAnswer {
+        asked: format!("{sql} with $1 = {arg}"),
+        expected: (arg + k).to_string(),
+        got: got.to_string(),
+    })
+}
+
 /// How long one probe client may wait for its answers: a pooler that loses
 /// a reply (it happens when a client's messages are split across server
 /// connections) would otherwise hang the probe forever.

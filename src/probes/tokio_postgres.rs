@@ -25,7 +25,10 @@ use std::fmt;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, SimpleQueryMessage, Statement};
 
-use super::{within, ClientEnd, ClientError, Outcome, Workload, WrongAnswer, CLIENT_TIMEOUT};
+use super::{
+    check, query, within, ClientEnd, ClientError, Outcome, Workload, WrongAnswer, CLIENT_TIMEOUT,
+    TEXTS,
+};
 use crate::error::Result;
 use crate::tokio_pg::{connect, describe, ConnectionTasks};
 
@@ -44,9 +47,6 @@ pub enum TokioPgPattern {
     /// `client.simple_query(sql)` with the values in the SQL text.
     SimpleQuery,
 }
-
-/// Distinct SQL texts per client (as in [`super::statements`]).
-const TEXTS: usize = 7;
 
 impl TokioPgPattern {
     /// Every pattern, in the order of the compatibility matrix.
@@ -74,21 +74,6 @@ impl fmt::Display for TokioPgPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.description())
     }
-}
-
-/// Query `i` of client `c`: its SQL text and the constant it adds (the
-/// scheme of [`super::statements`]).
-fn query(client: usize, i: usize) -> (String, i64) {
-    let k = (client * 100 + i % TEXTS) as i64;
-    (format!("select $1::int8 + {k}"), k)
-}
-
-fn check(sql: &str, arg: i64, k: i64, got: i64) -> Option<WrongAnswer> {
-    (got != arg + k).then(|| WrongAnswer {
-        asked: format!("{sql} with $1 = {arg}"),
-        expected: (arg + k).to_string(),
-        got: got.to_string(),
-    })
 }
 
 impl ClientError {
