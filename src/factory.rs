@@ -2,9 +2,7 @@
 //! connections through the pooler (`connect`) or straight to PostgreSQL
 //! (`connect_direct`), to a database (or schema) that only this test sees.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
@@ -17,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::explain::{explain, EvidenceSource, Explanation};
 use crate::hazard::Pooler;
 use crate::profile::Profile;
+use crate::registry::OnceMap;
 use crate::settings::StackSettings;
 use crate::stack::Stack;
 use crate::target::{DbUrl, ExternalTarget, Target};
@@ -395,16 +394,8 @@ async fn ensure_template_once(
     template: &ResolvedTemplate,
     admin: &DbUrl,
 ) -> Result<()> {
-    type Cell = Arc<tokio::sync::OnceCell<()>>;
-    static DONE: Mutex<Option<HashMap<String, Cell>>> = Mutex::new(None);
-    let cell = {
-        let mut guard = DONE.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .get_or_insert_with(HashMap::new)
-            .entry(format!("{server_key}/{}", template.name))
-            .or_default()
-            .clone()
-    };
+    static DONE: OnceMap<()> = OnceMap::new();
+    let cell = DONE.cell(&format!("{server_key}/{}", template.name), |_| false);
     cell.get_or_try_init(|| template.ensure(admin))
         .await
         .map(|_| ())
@@ -427,18 +418,8 @@ async fn external_worker(
     pooled: DbUrl,
     connect_timeout: Duration,
 ) -> Result<Worker> {
-    type Cell = Arc<tokio::sync::OnceCell<Worker>>;
-    static WORKERS: Mutex<Option<HashMap<String, Cell>>> = Mutex::new(None);
-    let cell = {
-        let mut guard = WORKERS.lock().map_err(|_| Error::Stack {
-            reason: "worker registry poisoned by an earlier panic".into(),
-        })?;
-        guard
-            .get_or_insert_with(HashMap::new)
-            .entry(admin_url.expose().to_string())
-            .or_default()
-            .clone()
-    };
+    static WORKERS: OnceMap<Worker> = OnceMap::new();
+    let cell = WORKERS.cell(admin_url.expose(), |_| false);
     cell.get_or_try_init(|| async {
         let pooled_url = pooled.clone();
         let (worker, ()) = Worker::spawn("pgbf-external-admin".into(), move || async move {

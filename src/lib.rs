@@ -55,6 +55,7 @@
 //! | `database` | per-test databases and schemas, names, drop steps |
 //! | `stack` | a Postgres + PgBouncer pair: create-or-join, lease, readiness, [`Endpoints`] |
 //! | `worker` | the background thread and runtime that outlive each `#[tokio::test]`: lease, admin connections, clone pool |
+//! | `registry` | process-wide once-per-key registries (stacks, templates, external workers) |
 //! | `runkey`, `lock` | which processes share a stack; the file lock that serialises create-or-join |
 //! | `containers`, `images`, `reaper` | the pair of containers, the images, the sweep and `gc` |
 //! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
@@ -89,6 +90,7 @@ mod matrix;
 pub mod probes;
 mod profile;
 mod reaper;
+mod registry;
 mod runkey;
 mod settings;
 mod stack;

@@ -2,9 +2,7 @@
 //! private stacks (`Stack::start`) and the run's shared stack
 //! (`Stack::shared`: created or joined under a file lock, see `runkey`).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::distributions::Alphanumeric;
@@ -16,6 +14,7 @@ use crate::docker;
 use crate::error::{Error, Result};
 use crate::images::ensure_images;
 use crate::lock;
+use crate::registry::OnceMap;
 use crate::runkey::RunKey;
 use crate::settings::StackSettings;
 use crate::target::DbUrl;
@@ -142,8 +141,8 @@ impl fmt::Debug for Stack {
     }
 }
 
-type SharedCell = Arc<tokio::sync::OnceCell<&'static Stack>>;
-static SHARED: Mutex<Option<HashMap<String, SharedCell>>> = Mutex::new(None);
+/// The run's shared stacks of this process, by run key.
+static SHARED: OnceMap<&'static Stack> = OnceMap::new();
 
 /// What the worker thread hands back once a stack is up.
 struct Started {
@@ -197,18 +196,8 @@ impl Stack {
     /// lease on it until it exits. A stack found dead is replaced.
     pub async fn shared(settings: &StackSettings) -> Result<&'static Stack> {
         let run = RunKey::current(settings);
-        let cell = {
-            let mut guard = SHARED.lock().map_err(|_| Error::Stack {
-                reason: "shared stack registry poisoned by an earlier panic".into(),
-            })?;
-            let map = guard.get_or_insert_with(HashMap::new);
-            let cell = map.entry(run.key.clone()).or_default();
-            if cell.get().is_some_and(|s| s.worker.dead().is_some()) {
-                // The old stack died: later callers get a fresh one.
-                *cell = SharedCell::default();
-            }
-            cell.clone()
-        };
+        // A stack that died is replaced for later callers.
+        let cell = SHARED.cell(&run.key, |s| s.worker.dead().is_some());
         cell.get_or_try_init(|| async {
             tracing::debug!(run_key = %run.key, origin = %run.origin, "joining or starting the run's stack");
             let stack = Stack::launch(settings.clone(), Mode::Shared(run)).await?;
