@@ -24,13 +24,38 @@ trap 'kill -INT "$pid" 2>/dev/null || true' INT TERM
 
 # Both containers start together: misses count once PostgreSQL was seen,
 # or after a minute without ever seeing it.
+#
+# No process per second: the watchdog keeps one TCP connection open to
+# PostgreSQL and waits on it with bash's `read -t 1`, which returns at once
+# when PostgreSQL goes (its end of the socket closes). PostgreSQL drops a
+# connection that never logs in after 60 s (authentication_timeout): then
+# it reconnects, a backend start a minute instead of one a second. Without
+# a connection the pause is a `read -t 1` on a pipe nobody writes.
+exec {tick}<> <(:)
+conn=
+# True while PostgreSQL accepts connections; takes about a second either way.
+pg_alive() {
+  local rc=0
+  if [ -n "$conn" ]; then
+    read -r -t 1 -u "$conn" _ || rc=$?
+    # 0: it said something; > 128: timed out with the connection open.
+    [ "$rc" -eq 1 ] || return 0
+    exec {conn}<&-
+    conn=
+  fi
+  if { exec {conn}<>/dev/tcp/127.0.0.1/5432; } 2>/dev/null; then
+    return 0
+  fi
+  conn=
+  read -r -t 1 -u "$tick" _ || true
+  return 1
+}
 seen=0
 misses=0
 waited=0
 while kill -0 "$pid" 2>/dev/null; do
-  sleep 1
   waited=$((waited + 1))
-  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  if pg_alive; then
     seen=1
     misses=0
   elif [ "$seen" = 1 ] || [ "$waited" -ge 60 ]; then
