@@ -1,8 +1,9 @@
 //! The pair of containers a stack runs, created straight through the Docker
 //! API: PostgreSQL publishes both ports, PgBouncer joins its network namespace
 //! (it reaches PostgreSQL at 127.0.0.1:5432, and no Docker network exists to
-//! leak). Both are created with AutoRemove: when their entrypoint's watchdog
-//! stops them, they vanish.
+//! leak) and its PID namespace (it ends when PostgreSQL's container ends).
+//! Both are created with AutoRemove: when PostgreSQL's watchdog stops it,
+//! both vanish.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -102,6 +103,9 @@ pub(crate) async fn create_pair(
         host_config: Some(HostConfig {
             auto_remove: Some(true),
             network_mode: Some(format!("container:{pg}")),
+            // Its PID namespace too: when PostgreSQL's container ends, the
+            // kernel ends PgBouncer's at once (no watchdog polling needed).
+            pid_mode: Some(format!("container:{pg}")),
             ..Default::default()
         }),
         ..Default::default()

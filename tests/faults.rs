@@ -17,6 +17,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
 
 /// Longer than any documented bound: a stack still here after this leaked.
 const LEAK_LIMIT: Duration = Duration::from_secs(90);
+/// The reaping contract (gone <= 15 s after the last lease closes) with a
+/// margin for a loaded machine: slower is a regression, not a leak.
+const REAP_CONTRACT: Duration = Duration::from_secs(30);
 
 fn settings(what: &str) -> StackSettings {
     StackSettings::default().with_run_id(unique_run_id(what))
@@ -249,6 +252,7 @@ async fn racing_processes_share_one_stack_and_sigkill_of_all_of_them_reaps_it() 
     b.sigkill();
     let took = wait_until_reaped(&id_a);
     println!("REAP_AFTER_SIGKILL_SECS={:.1}", took.as_secs_f64());
+    assert!(took < REAP_CONTRACT, "reaped after {took:?}");
 }
 
 /// `up` without a run id owns a private stack; SIGKILL cannot run its
@@ -265,6 +269,7 @@ async fn sigkill_of_the_owner_of_a_private_stack_reaps_it() {
         "private stack reaped {:.1} s after SIGKILL",
         took.as_secs_f64()
     );
+    assert!(took < REAP_CONTRACT, "reaped after {took:?}");
 }
 
 /// A joiner re-checks the stack it finds: a run's stack that lost its
