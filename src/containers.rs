@@ -47,6 +47,19 @@ pub(crate) fn pgbouncer_name(id: &str) -> String {
     format!("pgbf-{id}-pgbouncer")
 }
 
+/// The host address the ports are published on, for an engine at
+/// `docker_host` (a `DOCKER_HOST` value, empty for the default socket):
+/// 127.0.0.1 when the engine is local, unless the settings ask for every
+/// interface; every interface (`""`: 0.0.0.0 and `::`) for a remote engine,
+/// whose published ports this machine reaches through the engine's address.
+pub(crate) fn publish_ip(settings: &StackSettings, docker_host: &str) -> &'static str {
+    if settings.publish_all_interfaces || !docker::engine_is_local(docker_host) {
+        ""
+    } else {
+        "127.0.0.1"
+    }
+}
+
 /// Creates and starts both containers (not waiting for readiness).
 pub(crate) async fn create_pair(
     docker: &Docker,
@@ -58,9 +71,10 @@ pub(crate) async fn create_pair(
     scram_verifier: &str,
 ) -> Result<()> {
     let pg = postgres_name(id);
+    let host_ip = publish_ip(settings, &std::env::var("DOCKER_HOST").unwrap_or_default());
     let binding = || {
         Some(vec![PortBinding {
-            host_ip: Some(String::new()),
+            host_ip: Some(host_ip.to_string()),
             host_port: Some(String::new()),
         }])
     };
@@ -226,8 +240,15 @@ fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
             .get(key)?
             .as_ref()?
             .iter()
-            // Prefer the IPv4 binding; any will do.
-            .max_by_key(|b| b.host_ip.as_deref() == Some("0.0.0.0"))?
+            // Where this machine connects (`docker::published_host`, an IPv4
+            // address): the loopback binding of a local engine, else the
+            // IPv4 wildcard; an IPv6 binding may carry another port.
+            .max_by_key(|b| match b.host_ip.as_deref() {
+                Some("127.0.0.1") => 3,
+                Some("0.0.0.0") => 2,
+                Some(ip) if ip.contains(':') => 0,
+                _ => 1,
+            })?
             .host_port
             .as_deref()?
             .parse()
@@ -276,4 +297,40 @@ pub(crate) async fn remove(docker: &Docker, name: &str) {
 pub(crate) async fn remove_pair(docker: &Docker, id: &str) {
     remove(docker, &pgbouncer_name(id)).await;
     remove(docker, &postgres_name(id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_ip;
+    use crate::settings::StackSettings;
+
+    #[test]
+    fn ports_are_private_unless_the_engine_is_remote_or_the_settings_ask() {
+        let default = StackSettings::default();
+        let all = StackSettings::default().with_publish_all_interfaces(true);
+        for local in [
+            "",
+            "unix:///var/run/docker.sock",
+            "unix:///home/me/.docker/run/docker.sock",
+            "/var/run/docker.sock",
+            "npipe:////./pipe/docker_engine",
+            "tcp://127.0.0.1:2375",
+            "tcp://localhost:2375",
+        ] {
+            assert_eq!(publish_ip(&default, local), "127.0.0.1", "{local}");
+            assert_eq!(publish_ip(&all, local), "", "{local}");
+        }
+        for remote in [
+            "tcp://10.0.0.5:2376",
+            "tcp://[::1]:2375",
+            "tcp://127.0.0.2:2375",
+            "tcp://docker.example:2375",
+            "https://docker.example:2376",
+            "ssh://me@docker.example",
+            "not a url",
+        ] {
+            assert_eq!(publish_ip(&default, remote), "", "{remote}");
+            assert_eq!(publish_ip(&all, remote), "", "{remote}");
+        }
+    }
 }

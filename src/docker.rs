@@ -112,3 +112,27 @@ pub(crate) fn published_host() -> String {
         .filter(|h| h != "localhost")
         .unwrap_or_else(|| "127.0.0.1".to_string())
 }
+
+/// Whether the engine at `host` (a `DOCKER_HOST` value; empty: the default
+/// socket) runs on this machine: a Unix socket or named pipe, or TCP to
+/// `localhost` / `127.0.0.1` (where [`published_host`] connects). Stacks of
+/// a local engine publish their ports on 127.0.0.1 only; a remote engine's
+/// must answer on its own address.
+pub(crate) fn engine_is_local(host: &str) -> bool {
+    let host = host.trim();
+    if host.is_empty() || host.starts_with('/') {
+        return true;
+    }
+    match url::Url::parse(host) {
+        Ok(u) => match u.scheme() {
+            "unix" | "npipe" => true,
+            // (`tcp` is not a special scheme: its host is opaque text.)
+            "tcp" | "http" | "https" => u
+                .host_str()
+                .is_some_and(|h| h.eq_ignore_ascii_case("localhost") || h == "127.0.0.1"),
+            // ssh:// and anything else: another machine.
+            _ => false,
+        },
+        Err(_) => false,
+    }
+}

@@ -21,6 +21,7 @@ const VARS: &[&str] = &[
     "PGBF_STARTUP_TIMEOUT_SECS",
     "PGBF_REAP_AFTER_SECS",
     "PGBF_RUN_ID",
+    "PGBF_PUBLISH_ALL_INTERFACES",
 ];
 
 const SECRET: &str = "Zq8secretPw";
