@@ -211,6 +211,19 @@ pub(crate) async fn describe(docker: &Docker, name: &str) -> String {
     }
 }
 
+/// `None` when both containers of stack `id` run, else what is wrong with
+/// each one that does not (gone, exited with a code ...).
+pub(crate) async fn pair_problem(docker: &Docker, id: &str) -> Result<Option<String>> {
+    let mut problems = Vec::new();
+    for name in [postgres_name(id), pgbouncer_name(id)] {
+        match inspect(docker, &name).await? {
+            Some(c) if running(&c) => {}
+            _ => problems.push(describe(docker, &name).await),
+        }
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+}
+
 /// Looks the pair of stack `id` up.
 pub(crate) async fn pair_state(docker: &Docker, id: &str) -> Result<PairState> {
     let pg = inspect(docker, &postgres_name(id)).await?;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use pgbouncer_fixtures::doctor::diagnose;
 use pgbouncer_fixtures::probes::Workload;
 use pgbouncer_fixtures::{
-    compatibility_matrix, DbUrl, Env, GcScope, PoolMode, Profile, Stack, StackSettings, TestDb,
-    TEST_DATABASE_URL,
+    compatibility_matrix, DbUrl, Env, Error, GcScope, PoolMode, Profile, Stack, StackSettings,
+    TestDb, TEST_DATABASE_URL,
 };
 
 /// `eprintln!` that never panics: `up` must still clean up when whoever
@@ -32,7 +32,8 @@ usage: pgbouncer-fixtures <command>
 
 commands:
   up     start PostgreSQL + PgBouncer, print TEST_DATABASE_URL / TEST_DIRECT_URL
-         (for .env), keep running until Ctrl-C or SIGTERM, then remove everything
+         (for .env), keep running until Ctrl-C or SIGTERM, then remove everything;
+         exit 1 within seconds if the stack dies (its URLs are then void)
          options: --profile transaction|tracking|session|direct
                   --pool-mode transaction|session   (default transaction)
                   --max-prepared-statements N        (default 0, as Supabase's port 6543)
@@ -321,7 +322,9 @@ fn up(args: &[String]) -> Result<(), String> {
                 started.elapsed().as_secs_f64(),
                 stack.settings().reap_after.as_secs()
             );
-            wait_for_signal().await?;
+            if let Ended::Died(why) = wait_for_signal_or_death(stack).await? {
+                return Err(died_message(stack, &why));
+            }
             // The lease closes at exit; the stack's watchdog does the rest.
             return Ok(());
         }
@@ -332,12 +335,67 @@ fn up(args: &[String]) -> Result<(), String> {
             stack.id(),
             started.elapsed().as_secs_f64()
         );
-        wait_for_signal().await?;
+        if let Ended::Died(why) = wait_for_signal_or_death(&stack).await? {
+            let message = died_message(&stack, &why);
+            // Remove what is left (PgBouncer's own watchdog would stop it
+            // within seconds anyway): bounded, so `up` exits promptly.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stack.stop()).await;
+            return Err(message);
+        }
         say!("pgbouncer-fixtures: stopping, removing its containers ...");
         stack.stop().await.map_err(|e| e.to_string())?;
         say!("pgbouncer-fixtures: stopped");
         Ok(())
     })
+}
+
+/// Why `up` stops waiting.
+enum Ended {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// The stack died: what is known about it.
+    Died(String),
+}
+
+/// How often `up` checks its stack.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+async fn wait_for_signal_or_death(stack: &Stack) -> Result<Ended, String> {
+    tokio::select! {
+        signal = wait_for_signal() => signal.map(|()| Ended::Signal),
+        why = watch(stack) => Ok(Ended::Died(why)),
+    }
+}
+
+/// Resolves once the stack is dead, with what died: every second, the lease
+/// (PostgreSQL gone: dead at once) and Docker's view of both containers (one
+/// gone or stopped at two checks in a row: a restarting PgBouncer comes back).
+async fn watch(stack: &Stack) -> String {
+    let mut container_misses = 0;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if let Err(Error::StackDied { reason, .. }) = stack.check().await {
+            return reason;
+        }
+        match stack.check_containers().await {
+            Err(Error::StackDied { reason, .. }) => {
+                container_misses += 1;
+                if container_misses >= 2 {
+                    return reason;
+                }
+            }
+            // Docker slow or unreachable says nothing about the stack.
+            _ => container_misses = 0,
+        }
+    }
+}
+
+fn died_message(stack: &Stack, why: &str) -> String {
+    format!(
+        "stack {} died: {why}. The URLs printed above (TEST_DATABASE_URL, TEST_DIRECT_URL) \
+         are void; run `pgbouncer-fixtures up` again for a new stack",
+        stack.id()
+    )
 }
 
 fn print_urls(stack: &Stack) {

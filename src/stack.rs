@@ -218,9 +218,20 @@ impl Stack {
     }
 
     /// Checks that the stack is alive: `Err(Error::StackDied)` once its
-    /// PostgreSQL is gone. One round trip on this process's lease.
+    /// PostgreSQL is gone. One round trip on this process's lease (the
+    /// process's worker also does this every second while idle, and logs a
+    /// `tracing` warning as soon as the stack dies).
     pub async fn check(&self) -> Result<()> {
         self.worker.probe().await
+    }
+
+    /// Asks Docker whether both containers of the stack still run:
+    /// `Err(Error::StackDied)` naming each one that does not (gone, or
+    /// exited with its code). Unlike [`Stack::check`], a failure does not
+    /// mark the stack dead for this process: a PgBouncer being restarted
+    /// comes back, so call it twice before concluding (as `up` does).
+    pub async fn check_containers(&self) -> Result<()> {
+        self.worker.containers().await
     }
 
     pub(crate) fn worker(&self) -> &Worker {

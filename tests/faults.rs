@@ -359,3 +359,63 @@ fn gc_refuses_unknown_options() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("gc takes no option, or --stack ID, or --checkout PATH"));
 }
+
+/// Warnings logged by the crate in this test process, captured as text.
+fn captured_warnings() -> &'static std::sync::Mutex<Vec<u8>> {
+    use std::sync::{Mutex, OnceLock};
+    static BUF: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct Sink(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(buf))
+            .try_init()
+            .expect("no other subscriber in this test binary");
+        buf
+    })
+}
+
+/// A process whose stack dies hears about it at once, from its worker, not
+/// at its next call; the next call then fails with `StackDied`.
+#[tokio::test]
+async fn a_dying_stack_is_warned_about_at_once() {
+    let warnings = captured_warnings();
+    let settings = settings("warn-at-once");
+    let stack = Stack::shared(&settings).await.unwrap();
+    let needle = format!("the test stack {} died", stack.id());
+    docker(&["kill", &format!("pgbf-{}-postgres", stack.id())]);
+    let killed = Instant::now();
+    let line = loop {
+        let text = String::from_utf8_lossy(&warnings.lock().unwrap()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains(&needle)) {
+            break line.to_string();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no warning about stack {} within 15 s of its death; captured: {text}",
+            stack.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "warned {:.2} s after `docker kill`: {line}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("fails with StackDied"), "{line}");
+    assert!(
+        matches!(stack.check().await, Err(Error::StackDied { .. })),
+        "the next call says StackDied"
+    );
+}
