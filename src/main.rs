@@ -42,7 +42,7 @@ commands:
                                  processes with PGBF_RUN_ID=ID do, instead of a private
                                  one; it stays for the other users when this exits
   gc     remove every container and network this crate created on this Docker
-         host, running or not, and list them
+         host, running or not, and the lock files no process holds, and list them
          options: --stack ID         only those of stack ID (label pgbouncer-fixtures.stack)
                   --checkout PATH    only those made by runs in checkout PATH
                                      (label pgbouncer-fixtures.checkout)
@@ -108,10 +108,14 @@ fn gc(args: &[String]) -> Result<(), String> {
     for n in &report.networks {
         println!("removed network {n}");
     }
+    for f in &report.lock_files {
+        println!("removed lock file {}", f.display());
+    }
     println!(
-        "gc: removed {} container(s), {} network(s)",
+        "gc: removed {} container(s), {} network(s), {} stale lock file(s)",
         report.containers.len(),
-        report.networks.len()
+        report.networks.len(),
+        report.lock_files.len()
     );
     Ok(())
 }

@@ -343,12 +343,13 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
         }
         Mode::Shared(run) => {
             // Serialises create-or-join between the run's processes; the
-            // kernel releases it if this process dies.
+            // kernel releases it if this process dies. Dropped at the end of
+            // this arm: the lock file is unlinked, then unlocked.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
             match join(&docker, &id).await? {
                 Some((endpoints, lease)) => (endpoints, lease, true),
                 None => {
-                    lock::sweep_old_locks();
+                    lock::remove_stale_locks();
                     crate::reaper::sweep(&docker).await;
                     let (endpoints, lease) = create(&docker, &id, true, &settings).await?;
                     (endpoints, lease, false)

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{container_id, docker, stack_containers, unique_run_id};
+use common::{container_id, docker, lock_dir, stack_containers, unique_run_id};
 use pgbouncer_fixtures::{Error, Stack, StackSettings, Target, TestDb};
 use sqlx::{Connection, PgConnection};
 
@@ -248,6 +248,10 @@ async fn racing_processes_share_one_stack_and_sigkill_of_all_of_them_reaps_it() 
     );
     assert!(answers(&url_a).await);
 
+    // The lock that serialised them is gone with its last holder.
+    let lock = lock_dir().join(format!("{id_a}.lock"));
+    assert!(!lock.exists(), "{} left behind", lock.display());
+
     a.sigkill();
     b.sigkill();
     let took = wait_until_reaped(&id_a);
@@ -418,4 +422,58 @@ async fn a_dying_stack_is_warned_about_at_once() {
         matches!(stack.check().await, Err(Error::StackDied { .. })),
         "the next call says StackDied"
     );
+}
+
+/// Create-or-join leaves no lock file: it is unlinked by its last holder.
+#[tokio::test]
+async fn a_run_leaves_no_lock_file() {
+    let settings = settings("no-lock-file");
+    let stack = Stack::shared(&settings).await.unwrap();
+    let lock = lock_dir().join(format!("{}.lock", stack.id()));
+    assert!(lock_dir().is_dir(), "the lock directory was used");
+    assert!(!lock.exists(), "{} left behind", lock.display());
+    stack.check().await.unwrap();
+}
+
+/// `gc` removes lock files nobody holds (left by a process killed while it
+/// started a stack, or by older versions) and keeps a held one.
+#[test]
+fn gc_removes_stale_lock_files_and_keeps_held_ones() {
+    use std::os::unix::io::AsRawFd;
+    let dir = lock_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let tag = unique_run_id("gc-locks");
+    let stale = dir.join(format!("{tag}-stale.lock"));
+    let held = dir.join(format!("{tag}-held.lock"));
+    let other = dir.join(format!("{tag}-not-a-lock.txt"));
+    fs::write(&stale, "pid=1\n").unwrap();
+    fs::write(&other, "").unwrap();
+    let holder = fs::File::create(&held).unwrap();
+    // SAFETY: a valid open descriptor; LOCK_NB never blocks.
+    assert_eq!(
+        unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+
+    let out = Command::new(BIN)
+        .args(["gc", "--stack", &tag])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stale.exists(), "the stale lock file is removed");
+    assert!(
+        stdout.contains(&format!("removed lock file {}", stale.display())),
+        "{stdout}"
+    );
+    assert!(held.exists(), "a held lock file is kept");
+    assert!(!stdout.contains(&held.display().to_string()), "{stdout}");
+    assert!(other.exists(), "only *.lock files are touched");
+    drop(holder);
+    fs::remove_file(&held).unwrap();
+    fs::remove_file(&other).unwrap();
 }
