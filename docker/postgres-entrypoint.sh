@@ -58,7 +58,9 @@ stop_psql() {
 }
 start_psql() {
   stop_psql
-  coproc PSQL { exec "$bin/psql" -h /tmp -U postgres -d postgres -XAtq 2>/dev/null; }
+  # (Silenced: bash warns that the previous coprocess "still exists" until
+  # it has disposed of it, which it does lazily.)
+  { coproc PSQL { exec "$bin/psql" -h /tmp -U postgres -d postgres -XAtq 2>/dev/null; }; } 2>/dev/null
   psql_pid=$PSQL_PID
   # Our own copies: bash closes the coprocess's fds when it reaps it.
   if [ -n "${PSQL[1]:-}" ] && [ -n "${PSQL[0]:-}" ]; then

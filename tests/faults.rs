@@ -477,3 +477,74 @@ fn gc_removes_stale_lock_files_and_keeps_held_ones() {
     fs::remove_file(&held).unwrap();
     fs::remove_file(&other).unwrap();
 }
+
+/// The pids of the watchdog's psql in a stack's PostgreSQL container.
+fn watchdog_psql(stack_id: &str) -> Vec<String> {
+    docker(&[
+        "exec",
+        &format!("pgbf-{stack_id}-postgres"),
+        "bash",
+        "-c",
+        r#"for p in /proc/[0-9]*; do
+             case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
+               */bin/psql\ *) echo "${p#/proc/}" ;;
+             esac
+           done"#,
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+/// The last pid handed out in the stack's PID namespace (PostgreSQL's and
+/// PgBouncer's processes share it).
+fn last_pid(stack_id: &str) -> u64 {
+    docker(&[
+        "exec",
+        &format!("pgbf-{stack_id}-postgres"),
+        "cat",
+        "/proc/sys/kernel/ns_last_pid",
+    ])
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The watchdogs start no process per second (the earlier ones started a
+/// `psql` a second, and PgBouncer's a `sleep` and a subshell), and the lease
+/// counting survives its psql dying: the stack stays while a lease is held.
+#[tokio::test]
+async fn the_watchdog_spawns_no_process_per_second_and_survives_its_psql_dying() {
+    let settings = settings("watchdog").with_reap_after(Duration::from_secs(3));
+    let stack = Stack::shared(&settings).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A `docker exec` takes pids itself (runc's threads, then the command):
+    // two readings in a row say how many.
+    let first = last_pid(stack.id());
+    let before = last_pid(stack.id());
+    let per_exec = before - first;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let spawned = (last_pid(stack.id()) - before).saturating_sub(per_exec);
+    println!(
+        "processes started in the stack's PID namespace in 10 s: {spawned} \
+         (a docker exec takes {per_exec} pids, not counted)"
+    );
+    // Autovacuum may start a worker; a process a second would make >= 10.
+    assert!(spawned <= 3, "{spawned} processes in 10 s");
+
+    let old = watchdog_psql(stack.id());
+    assert_eq!(old.len(), 1, "one long-lived psql: {old:?}");
+    docker(&[
+        "exec",
+        &format!("pgbf-{}-postgres", stack.id()),
+        "kill",
+        &old[0],
+    ]);
+    // Longer than the reap delay: a watchdog that lost count would stop it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stack.check().await.unwrap();
+    assert_eq!(stack_containers(stack.id()).len(), 2);
+    let new = watchdog_psql(stack.id());
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, old, "a new psql answers");
+}
