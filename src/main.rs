@@ -54,6 +54,8 @@ commands:
   help   show this text
 
 environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE, DOCKER_HOST,
+             PGBF_PUBLISH_ALL_INTERFACES=1 (publish on every interface, not only
+             127.0.0.1, with a local engine; see the README's environment table),
              RUST_LOG-style tracing is not installed; errors go to stderr";
 
 fn main() -> ExitCode {
