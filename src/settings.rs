@@ -93,6 +93,13 @@ pub struct StackSettings {
     /// Pins the run id that decides which processes share a stack
     /// (`PGBF_RUN_ID`); unset: `NEXTEST_RUN_ID`, else the `cargo test` invocation.
     pub run_id: Option<String>,
+    /// Publish the stack's ports on every interface of the Docker host
+    /// (`PGBF_PUBLISH_ALL_INTERFACES=1`). Off: a local engine (Unix socket,
+    /// or TCP on a loopback address) publishes them on 127.0.0.1 only, so a
+    /// superuser PostgreSQL is not reachable from the network; a remote
+    /// engine publishes them on every interface anyway (they must be
+    /// reachable from this machine through the engine's address).
+    pub publish_all_interfaces: bool,
 }
 
 impl Default for StackSettings {
@@ -110,6 +117,7 @@ impl Default for StackSettings {
             scram_iterations: 4096,
             reap_after: Duration::from_secs(10),
             run_id: None,
+            publish_all_interfaces: false,
         })
     }
 }
@@ -117,8 +125,9 @@ impl Default for StackSettings {
 impl StackSettings {
     /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
-    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`,
-    /// `PGBF_STARTUP_TIMEOUT_SECS` and the image variables.
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
+    /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`
+    /// and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
@@ -162,6 +171,7 @@ impl StackSettings {
         if let Some(id) = env.get("PGBF_RUN_ID") {
             s.run_id = Some(check_run_id(id)?);
         }
+        s.publish_all_interfaces = env.flag("PGBF_PUBLISH_ALL_INTERFACES")?;
         Ok(s)
     }
 
@@ -232,12 +242,24 @@ impl StackSettings {
         self
     }
 
+    /// Publishes the stack's ports on every interface of the Docker host
+    /// (`true`), or on 127.0.0.1 when the engine is local (`false`, the
+    /// default). See [`StackSettings::publish_all_interfaces`].
+    pub fn with_publish_all_interfaces(mut self, on: bool) -> Self {
+        self.publish_all_interfaces = on;
+        self
+    }
+
     /// A short stable key: stacks are shared only between identical settings.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.pgbouncer_ini("127.0.0.1").as_bytes());
         h.update(format!("{:?}", self.images).as_bytes());
         h.update(self.reap_after.as_secs().to_le_bytes());
+        if self.publish_all_interfaces {
+            // Only when set: the keys of default stacks stay as they were.
+            h.update(b"publish on all interfaces");
+        }
         hex(&h.finalize()[..6])
     }
 

@@ -234,9 +234,20 @@ impl Stack {
     }
 
     /// Checks that the stack is alive: `Err(Error::StackDied)` once its
-    /// PostgreSQL is gone. One round trip on this process's lease.
+    /// PostgreSQL is gone. One round trip on this process's lease (the
+    /// process's worker also does this every second while idle, and logs a
+    /// `tracing` warning as soon as the stack dies).
     pub async fn check(&self) -> Result<()> {
         self.worker.probe().await
+    }
+
+    /// Asks Docker whether both containers of the stack still run:
+    /// `Err(Error::StackDied)` naming each one that does not (gone, or
+    /// exited with its code). Unlike [`Stack::check`], a failure does not
+    /// mark the stack dead for this process: a PgBouncer being restarted
+    /// comes back, so call it twice before concluding (as `up` does).
+    pub async fn check_containers(&self) -> Result<()> {
+        self.worker.containers().await
     }
 
     pub(crate) fn worker(&self) -> &Worker {
@@ -353,12 +364,13 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
         }
         Mode::Shared(run) => {
             // Serialises create-or-join between the run's processes; the
-            // kernel releases it if this process dies.
+            // kernel releases it if this process dies. Dropped at the end of
+            // this arm: the lock file is unlinked, then unlocked.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
             match join(&docker, host, &id, &settings).await? {
                 Some((endpoints, lease)) => (endpoints, lease, true),
                 None => {
-                    lock::sweep_old_locks();
+                    lock::remove_stale_locks();
                     crate::reaper::sweep(&docker).await;
                     let (endpoints, lease) = create(&docker, host, &id, true, &settings).await?;
                     (endpoints, lease, false)

@@ -83,6 +83,9 @@ enum Command {
     Probe {
         reply: oneshot::Sender<Result<()>>,
     },
+    Containers {
+        reply: oneshot::Sender<Result<()>>,
+    },
     Shutdown {
         done: std_mpsc::SyncSender<()>,
     },
@@ -98,6 +101,9 @@ pub(crate) struct Worker {
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle worker checks its lease: a dead stack is noticed (and
+/// warned about) within about this long, not at the process's next call.
+const LEASE_WATCH: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// Starts a worker thread, runs `init` on it and returns what `init`
@@ -179,6 +185,25 @@ impl Worker {
         }
     }
 
+    /// Asks Docker whether both containers of the stack run: `Err(StackDied)`
+    /// naming each one that does not. Does not mark the stack dead (a
+    /// PgBouncer that is restarting comes back); a no-op without a stack.
+    pub(crate) async fn containers(&self) -> Result<()> {
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Containers { reply: tx })?;
+        match tokio::time::timeout(docker_limit(), rx).await {
+            Ok(reply) => reply.map_err(|_| gone())?,
+            Err(_) => Err(Error::Timeout {
+                what: "asking Docker about the stack's containers".into(),
+                after: docker_limit(),
+                hint: "the worker thread is busy or Docker is stuck; check `docker ps`".into(),
+            }),
+        }
+    }
+
     /// Runs `steps` in order (simple protocol) on the admin connections.
     pub(crate) async fn admin(&self, steps: Vec<Step>) -> Result<()> {
         if let Some(e) = self.dead() {
@@ -248,6 +273,11 @@ fn describe(steps: &[Step]) -> String {
     format!("running `{}` on the admin connection", sql.join("; "))
 }
 
+fn docker_limit() -> Duration {
+    // Two inspections, each bounded by the Docker call limit.
+    crate::docker::CALL_TIMEOUT * 2 + Duration::from_secs(5)
+}
+
 fn gone() -> Error {
     Error::Stack {
         reason: "the stack's worker has stopped (the stack was shut down)".into(),
@@ -263,10 +293,15 @@ async fn serve(
     let clones = ClonePool::default();
     let mut lease = setup.lease.take();
     let mut done = None;
-    while let Some(command) = rx.recv().await {
+    let mut watch = tokio::time::interval(LEASE_WATCH);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while let Some(command) = next_command(rx, &mut watch, &mut lease, &setup, dead).await {
         match command {
             Command::Probe { reply } => {
                 let _ = reply.send(probe(&mut lease, &setup, dead).await);
+            }
+            Command::Containers { reply } => {
+                let _ = reply.send(containers(&setup).await);
             }
             Command::Admin { steps, reply } => {
                 let what = describe(&steps);
@@ -342,6 +377,40 @@ async fn serve(
     }
 }
 
+/// The next command; while none comes, checks the lease every
+/// [`LEASE_WATCH`], so a stack that dies is noticed at once: the warning is
+/// logged then, and every later call fails fast with `StackDied`.
+async fn next_command(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    watch: &mut tokio::time::Interval,
+    lease: &mut Option<PgConnection>,
+    setup: &WorkerSetup,
+    dead: &OnceLock<Error>,
+) -> Option<Command> {
+    loop {
+        tokio::select! {
+            command = rx.recv() => return command,
+            _ = watch.tick(), if lease.is_some() && setup.probe.is_some() && dead.get().is_none() => {
+                let _ = probe(lease, setup, dead).await;
+            }
+        }
+    }
+}
+
+/// Both containers of the stack run, or `StackDied` saying which does not.
+async fn containers(setup: &WorkerSetup) -> Result<()> {
+    let Some(target) = setup.probe.as_ref() else {
+        return Ok(());
+    };
+    match crate::containers::pair_problem(&target.docker, &target.stack_id).await? {
+        None => Ok(()),
+        Some(reason) => Err(Error::StackDied {
+            stack: target.stack_id.clone(),
+            reason,
+        }),
+    }
+}
+
 async fn probe(
     lease: &mut Option<PgConnection>,
     setup: &WorkerSetup,
@@ -366,7 +435,11 @@ async fn probe(
         reason: format!("{state}; {failure}"),
     };
     let _ = dead.set(error.again());
-    tracing::warn!(error = %error, "stack died");
+    tracing::warn!(
+        stack = %target.stack_id,
+        error = %error,
+        "the stack died: every later call of this process fails with StackDied"
+    );
     Err(error)
 }
 

@@ -23,6 +23,7 @@ const VARS: &[&str] = &[
     "PGBF_RUN_ID",
     "PGBF_PROFILE",
     "PGBF_REQUIRE_TLS",
+    "PGBF_PUBLISH_ALL_INTERFACES",
 ];
 
 /// Variables `TestDb::builder().build()` reads beyond the target's.
@@ -34,7 +35,6 @@ const BUILD_VARS: &[&str] = &[
 
 const SECRET: &str = "Zq8secretPw";
 
-/// Strings that look like URLs, with the parts attackers and typos vary.
 /// A URL whose path swallowed the password once showed it in the error.
 #[test]
 fn a_mangled_url_never_shows_its_password() {
@@ -44,6 +44,7 @@ fn a_mangled_url_never_shows_its_password() {
     }
 }
 
+/// Strings that look like URLs, with the parts attackers and typos vary.
 fn url_like() -> impl Strategy<Value = String> {
     let scheme = prop_oneof![
         Just("postgres".to_string()),
