@@ -4,8 +4,7 @@
 # crate passes in the environment.
 #
 # Reaping: when PostgreSQL is gone (killed, or stopped by its lease watchdog)
-# this container has no reason to live: stop PgBouncer, and AutoRemove
-# removes the container.
+# this container has no reason to live (see below).
 set -euo pipefail
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
 : "${PGBF_PGBOUNCER_INI:?PGBF_PGBOUNCER_INI must be set}"
@@ -25,26 +24,40 @@ pgbouncer "$conf/pgbouncer.ini" &
 pid=$!
 trap 'kill -INT "$pid" 2>/dev/null || true' INT TERM
 
-# Both containers start together: misses count once PostgreSQL was seen,
-# or after a minute without ever seeing it.
-seen=0
-misses=0
-waited=0
-while kill -0 "$pid" 2>/dev/null; do
-  sleep 1
-  waited=$((waited + 1))
-  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
-    seen=1
-    misses=0
-  elif [ "$seen" = 1 ] || [ "$waited" -ge 60 ]; then
-    misses=$((misses + 1))
-  fi
-  if [ "$misses" -ge 2 ]; then
-    echo "pgbf-pgbouncer: PostgreSQL is gone: stopping" >&2
-    kill -INT "$pid" 2>/dev/null || true
-    break
-  fi
-done
+# The crate starts this container in PostgreSQL's PID namespace as well as
+# its network: when PostgreSQL's container ends (its PID 1 exits), the kernel
+# kills every process of that namespace, this one included, and AutoRemove
+# removes the container. Nothing runs per second for it.
+#
+# Started in a PID namespace of its own (this script is PID 1), it watches
+# PostgreSQL itself, still without a process of its own per second: the
+# pause is a `read -t 1` on a pipe nobody writes, the probe a connection
+# bash opens and closes at once (never held: a connection that has not
+# logged in holds up PostgreSQL's fast shutdown until its 60 s
+# authentication_timeout). Misses count once PostgreSQL was seen, or after
+# a minute without ever seeing it.
+if [ "$$" = 1 ]; then
+  exec {tick}<> <(:)
+  seen=0
+  misses=0
+  waited=0
+  while kill -0 "$pid" 2>/dev/null; do
+    read -r -t 1 -u "$tick" _ || true
+    waited=$((waited + 1))
+    if { exec {probe}<>/dev/tcp/127.0.0.1/5432; } 2>/dev/null; then
+      exec {probe}>&-
+      seen=1
+      misses=0
+    elif [ "$seen" = 1 ] || [ "$waited" -ge 60 ]; then
+      misses=$((misses + 1))
+    fi
+    if [ "$misses" -ge 2 ]; then
+      echo "pgbf-pgbouncer: PostgreSQL is gone: stopping" >&2
+      kill -INT "$pid" 2>/dev/null || true
+      break
+    fi
+  done
+fi
 status=0
 while kill -0 "$pid" 2>/dev/null; do
   wait "$pid" || status=$?

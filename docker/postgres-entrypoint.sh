@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Start a throw-away PostgreSQL: copy the build-time cluster onto /pgdata
 # (tmpfs), set the stack's password, run with durability off.
 # POSTGRES_PASSWORD is the plain password (joining processes read it back);
@@ -60,15 +60,66 @@ pg=$!
 # docker stop / Ctrl-C: fast shutdown of the server, then this script ends.
 trap 'kill -INT "$pg" 2>/dev/null || true' INT TERM
 
-started=$(date +%s)
+# The watchdog spawns no process per second: one long-lived psql (the binary,
+# not Debian's Perl wrapper) answers one query a second through a coprocess's
+# pipes and is restarted when it dies; the pause is a `read -t 1` on a pipe
+# nobody writes; the clock is bash's EPOCHSECONDS.
+trap '' PIPE
+exec {tick}<> <(:)
+psql_pid=
+to_psql=
+from_psql=
+stop_psql() {
+  [ -z "$psql_pid" ] || kill "$psql_pid" 2>/dev/null || true
+  [ -z "$to_psql" ] || exec {to_psql}>&-
+  [ -z "$from_psql" ] || exec {from_psql}<&-
+  psql_pid= to_psql= from_psql=
+}
+start_psql() {
+  stop_psql
+  # (Silenced: bash warns that the previous coprocess "still exists" until
+  # it has disposed of it, which it does lazily.)
+  { coproc PSQL { exec "$bin/psql" -h /tmp -U postgres -d postgres -XAtq 2>/dev/null; }; } 2>/dev/null
+  psql_pid=$PSQL_PID
+  # Our own copies: bash closes the coprocess's fds when it reaps it.
+  if [ -n "${PSQL[1]:-}" ] && [ -n "${PSQL[0]:-}" ]; then
+    exec {to_psql}>&"${PSQL[1]}" {from_psql}<&"${PSQL[0]}"
+  fi
+}
+seq=0
+# Sets `leases` (no subshell: `$(...)` would fork); 0 when psql cannot say,
+# as when the per-second psql of earlier versions failed.
+count_leases() {
+  seq=$((seq + 1))
+  leases=0
+  if [ -z "$psql_pid" ] || [ -z "$to_psql" ] || ! kill -0 "$psql_pid" 2>/dev/null; then
+    start_psql
+  fi
+  [ -n "$to_psql" ] || return 0
+  if ! printf "select %d, count(*) from pg_stat_activity where application_name like 'pgbf-lease%%';\n" \
+    "$seq" >&"$to_psql" 2>/dev/null; then
+    stop_psql
+    return 0
+  fi
+  local got n
+  # Answers of earlier, timed-out questions are skipped by their number.
+  while IFS='|' read -r -t 5 -u "$from_psql" got n; do
+    if [ "$got" = "$seq" ]; then
+      leases=$n
+      return 0
+    fi
+  done
+  stop_psql # no answer within 5 s, or psql ended
+}
+
+started=$EPOCHSECONDS
 last_lease=$started
 seen=0
 while kill -0 "$pg" 2>/dev/null; do
-  sleep 1
+  read -r -t 1 -u "$tick" _ || true
   [ "$reap_after" -gt 0 ] || continue
-  now=$(date +%s)
-  leases=$(psql -h /tmp -U postgres -d postgres -XAtq -c \
-    "select count(*) from pg_stat_activity where application_name like 'pgbf-lease%'" 2>/dev/null || echo 0)
+  now=$EPOCHSECONDS
+  count_leases
   # A lease too short for this 1 s poll still leaves its mark (a file the
   # lease holder writes with COPY): the start-up grace is over either way.
   [ -e /tmp/pgbf-leased ] && seen=1
@@ -82,6 +133,7 @@ while kill -0 "$pg" 2>/dev/null; do
     break
   fi
 done
+stop_psql
 # `wait` returns early when a trapped signal arrives: wait until the server is gone.
 status=0
 while kill -0 "$pg" 2>/dev/null; do

@@ -1,8 +1,9 @@
 //! The pair of containers a stack runs, created straight through the Docker
 //! API: PostgreSQL publishes both ports, PgBouncer joins its network namespace
 //! (it reaches PostgreSQL at 127.0.0.1:5432, and no Docker network exists to
-//! leak). Both are created with AutoRemove: when their entrypoint's watchdog
-//! stops them, they vanish.
+//! leak) and its PID namespace (it ends when PostgreSQL's container ends).
+//! Both are created with AutoRemove: when PostgreSQL's watchdog stops it,
+//! both vanish.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,6 +57,18 @@ pub(crate) fn pgbouncer_name(id: &str) -> String {
     format!("pgbf-{id}-pgbouncer")
 }
 
+/// The host address the ports are published on: 127.0.0.1 when the engine
+/// is local (`docker::engine_is_local`), unless the settings ask for every
+/// interface; every interface (`""`: 0.0.0.0 and `::`) for a remote engine,
+/// whose published ports this machine reaches through the engine's address.
+pub(crate) fn publish_ip(settings: &StackSettings, engine_is_local: bool) -> &'static str {
+    if settings.publish_all_interfaces || !engine_is_local {
+        ""
+    } else {
+        "127.0.0.1"
+    }
+}
+
 /// Creates and starts both containers (not waiting for readiness).
 pub(crate) async fn create_pair(
     docker: &Docker,
@@ -71,9 +84,11 @@ pub(crate) async fn create_pair(
         tls,
     } = secrets;
     let pg = postgres_name(id);
+    // The engine the crate resolved (as testcontainers does), not only DOCKER_HOST.
+    let host_ip = publish_ip(settings, docker::engine().await?.is_local());
     let binding = || {
         Some(vec![PortBinding {
-            host_ip: Some(String::new()),
+            host_ip: Some(host_ip.to_string()),
             host_port: Some(String::new()),
         }])
     };
@@ -123,6 +138,9 @@ pub(crate) async fn create_pair(
         host_config: Some(HostConfig {
             auto_remove: Some(true),
             network_mode: Some(format!("container:{pg}")),
+            // Its PID namespace too: when PostgreSQL's container ends, the
+            // kernel ends PgBouncer's at once (no watchdog polling needed).
+            pid_mode: Some(format!("container:{pg}")),
             ..Default::default()
         }),
         ..Default::default()
@@ -214,6 +232,19 @@ pub(crate) async fn describe(docker: &Docker, name: &str) -> String {
     }
 }
 
+/// `None` when both containers of stack `id` run, else what is wrong with
+/// each one that does not (gone, exited with a code ...).
+pub(crate) async fn pair_problem(docker: &Docker, id: &str) -> Result<Option<String>> {
+    let mut problems = Vec::new();
+    for name in [postgres_name(id), pgbouncer_name(id)] {
+        match inspect(docker, &name).await? {
+            Some(c) if running(&c) => {}
+            _ => problems.push(describe(docker, &name).await),
+        }
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+}
+
 /// Looks the pair of stack `id` up.
 pub(crate) async fn pair_state(docker: &Docker, id: &str) -> Result<PairState> {
     let (pg_name, pgb_name) = (postgres_name(id), pgbouncer_name(id));
@@ -244,8 +275,15 @@ fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
             .get(key)?
             .as_ref()?
             .iter()
-            // Prefer the IPv4 binding; any will do.
-            .max_by_key(|b| b.host_ip.as_deref() == Some("0.0.0.0"))?
+            // Where this machine connects (`Engine::published_host`, an IPv4
+            // address): the loopback binding of a local engine, else the
+            // IPv4 wildcard; an IPv6 binding may carry another port.
+            .max_by_key(|b| match b.host_ip.as_deref() {
+                Some("127.0.0.1") => 3,
+                Some("0.0.0.0") => 2,
+                Some(ip) if ip.contains(':') => 0,
+                _ => 1,
+            })?
             .host_port
             .as_deref()?
             .parse()
@@ -317,4 +355,49 @@ pub(crate) async fn pgbouncer_log_since(docker: &Docker, id: &str, since: i64) -
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), collect).await;
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_ip;
+    use crate::docker::engine_is_local;
+    use crate::settings::StackSettings;
+
+    #[test]
+    fn ports_are_private_unless_the_engine_is_remote_or_the_settings_ask() {
+        let default = StackSettings::default();
+        let all = StackSettings::default().with_publish_all_interfaces(true);
+        for local in [
+            "",
+            "unix:///var/run/docker.sock",
+            "unix:///home/me/.docker/run/docker.sock",
+            "/var/run/docker.sock",
+            "npipe:////./pipe/docker_engine",
+            "tcp://127.0.0.1:2375",
+            "tcp://localhost:2375",
+        ] {
+            assert_eq!(
+                publish_ip(&default, engine_is_local(local)),
+                "127.0.0.1",
+                "{local}"
+            );
+            assert_eq!(publish_ip(&all, engine_is_local(local)), "", "{local}");
+        }
+        for remote in [
+            "tcp://10.0.0.5:2376",
+            "tcp://[::1]:2375",
+            "tcp://127.0.0.2:2375",
+            "tcp://docker.example:2375",
+            "https://docker.example:2376",
+            "ssh://me@docker.example",
+            "not a url",
+        ] {
+            assert_eq!(
+                publish_ip(&default, engine_is_local(remote)),
+                "",
+                "{remote}"
+            );
+            assert_eq!(publish_ip(&all, engine_is_local(remote)), "", "{remote}");
+        }
+    }
 }

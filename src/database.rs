@@ -2,9 +2,42 @@
 //! server, a schema of its own unless the user opted in to databases), with
 //! names that are never reused and clean-up the crate owns.
 
-use rand::Rng;
+/// Where a step of admin work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum On {
+    /// The admin URL (PostgreSQL, or the external target).
+    Server,
+    /// PgBouncer's admin console (simple protocol only).
+    Console,
+}
 
-use crate::worker::Step;
+/// One statement of admin work.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub on: On,
+    pub sql: String,
+    /// A failure is logged and the job goes on (used for PgBouncer housekeeping).
+    pub best_effort: bool,
+}
+
+impl Step {
+    pub(crate) fn server(sql: String) -> Step {
+        Step {
+            on: On::Server,
+            sql,
+            best_effort: false,
+        }
+    }
+
+    pub(crate) fn console(sql: String) -> Step {
+        Step {
+            on: On::Console,
+            sql,
+            best_effort: true,
+        }
+    }
+}
+use rand::Rng;
 
 /// What a test was given to work in.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -125,8 +125,8 @@ use std::time::Duration;
 
 use bollard::{Docker, API_DEFAULT_VERSION};
 
+use crate::config::{redact, redact_value, Env};
 use crate::error::{Error, Result};
-use crate::target::{redact, redact_value, Env};
 
 /// Label put on every container and network the crate creates.
 pub const LABEL_MANAGED: &str = "pgbouncer-fixtures.managed";
@@ -221,7 +221,7 @@ impl Engine {
     /// Whether the engine runs on this machine (a socket, or a loopback
     /// `tcp://` address): then published ports answer on this machine.
     pub(crate) fn is_local(&self) -> bool {
-        host_is_local(&self.host)
+        engine_is_local(&self.host)
     }
 
     /// `HOST (ORIGIN)`.
@@ -374,22 +374,6 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 async fn engine_id(docker: &Docker, action: &str) -> Result<Option<String>> {
     let info = call(action, docker.info()).await?;
     Ok(info.id.filter(|id| !id.is_empty()))
-}
-
-/// Whether `host` (an engine address) is on this machine.
-fn host_is_local(host: &str) -> bool {
-    let Ok(url) = url::Url::parse(host) else {
-        return false;
-    };
-    match url.scheme() {
-        "unix" | "npipe" => true,
-        _ => match url.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        },
-    }
 }
 
 /// A variable of the environment: from the process, or from `.env`.
@@ -773,7 +757,7 @@ fn published_host(host_override: Option<&Var>, engine_host: &str) -> Result<Stri
                            (e.g. 192.168.1.20 or docker.internal), without scheme or port",
             });
     }
-    if host_is_local(engine_host) {
+    if engine_is_local(engine_host) {
         return Ok("127.0.0.1".to_string());
     }
     Ok(url::Url::parse(engine_host)
@@ -841,5 +825,28 @@ pub(crate) async fn call<T>(
             reason: e.to_string(),
         }),
         Err(_) => Err(timeout(action)),
+    }
+}
+/// Whether the engine at `host` (a `DOCKER_HOST` value; empty: the default
+/// socket) runs on this machine: a Unix socket or named pipe, or TCP to
+/// `localhost` / `127.0.0.1` (where `Engine::published_host` connects). Stacks of
+/// a local engine publish their ports on 127.0.0.1 only; a remote engine's
+/// must answer on its own address.
+pub(crate) fn engine_is_local(host: &str) -> bool {
+    let host = host.trim();
+    if host.is_empty() || host.starts_with('/') {
+        return true;
+    }
+    match url::Url::parse(host) {
+        Ok(u) => match u.scheme() {
+            "unix" | "npipe" => true,
+            // (`tcp` is not a special scheme: its host is opaque text.)
+            "tcp" | "http" | "https" => u
+                .host_str()
+                .is_some_and(|h| h.eq_ignore_ascii_case("localhost") || h == "127.0.0.1"),
+            // ssh:// and anything else: another machine.
+            _ => false,
+        },
+        Err(_) => false,
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::factory::open;
+use crate::connect::open;
 use crate::hazard::Hazard;
 use crate::probes::{run_pattern, Outcome, SqlxPattern, Workload};
 use crate::target::DbUrl;
@@ -171,6 +171,19 @@ pub mod items {
     pub const STARTUP_OPTIONS: &str = "startup parameters, options=-c jit=off";
     /// TLS.
     pub const TLS: &str = "TLS";
+    /// tokio-postgres `query` with parameters (feature `tokio-postgres`).
+    #[cfg(feature = "tokio-postgres")]
+    pub const TOKIO_PG_QUERY: &str = "tokio-postgres query with parameters";
+    /// tokio-postgres `query_typed` (feature `tokio-postgres`).
+    #[cfg(feature = "tokio-postgres")]
+    pub const TOKIO_PG_QUERY_TYPED: &str = "tokio-postgres query_typed";
+    /// tokio-postgres `prepare`d `Statement` reused across transactions
+    /// (feature `tokio-postgres`).
+    #[cfg(feature = "tokio-postgres")]
+    pub const TOKIO_PG_PREPARED: &str = "tokio-postgres prepared Statement across transactions";
+    /// tokio-postgres `simple_query` (feature `tokio-postgres`).
+    #[cfg(feature = "tokio-postgres")]
+    pub const TOKIO_PG_SIMPLE_QUERY: &str = "tokio-postgres simple_query";
 }
 
 /// Probes `url` and reports. Never fails: what cannot be probed is a finding.
@@ -178,11 +191,8 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     let started = Instant::now();
     let mut findings = Vec::new();
     // The factory's options: no extra_float_digits, statement cache off.
-    let base = url
-        .connect_options()
-        .application_name("pgbouncer-fixtures doctor")
-        .extra_float_digits(None)
-        .statement_cache_capacity(0);
+    let base =
+        crate::connect::options(url, "pgbouncer-fixtures doctor").statement_cache_capacity(0);
     let connect = |options: PgConnectOptions| async move {
         open("server", url, &options, connect_timeout).await
     };
@@ -238,11 +248,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
                     item: items::POOL_MODE,
                     verdict: Verdict::Info,
                     detail: "transaction pooling: the next transaction ran on another backend, without the session's SET".into(),
-                    remedy: Some(
-                        "use the direct or session URL (Supabase: port 5432) for migrations and for session \
-                         features (SET, LISTEN, advisory locks, temp tables, SQL PREPARE)"
-                            .into(),
-                    ),
+                    remedy: Some(Hazard::SessionStateLost.remedy_line()),
                 },
                 PoolBehaviour::Session => Finding {
                     item: items::POOL_MODE,
@@ -276,6 +282,8 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     };
     let unnamed = run_pattern(SqlxPattern::UnnamedOutsideTransaction, &base, longer).await;
     findings.push(unnamed_finding(unnamed, pool_behaviour));
+    #[cfg(feature = "tokio-postgres")]
+    findings.extend(tokio_postgres_findings(url, &base, workload, connect_timeout).await);
 
     // sqlx's defaults send extra_float_digits=2 at startup.
     let defaults = url
@@ -461,4 +469,50 @@ async fn pool_behaviour(
     } else {
         PoolBehaviour::Transaction
     })
+}
+
+/// tokio-postgres's query styles under concurrency, answers checked
+/// (feature `tokio-postgres`), with remedies in tokio-postgres's terms.
+#[cfg(feature = "tokio-postgres")]
+async fn tokio_postgres_findings(
+    url: &DbUrl,
+    base: &PgConnectOptions,
+    workload: Workload,
+    timeout: Duration,
+) -> Vec<Finding> {
+    use crate::probes::tokio_postgres::{run_tokio_pg_pattern, TokioPgPattern};
+    let config = crate::tokio_pg::config(url, base, timeout);
+    let mut findings = Vec::new();
+    for pattern in TokioPgPattern::ALL {
+        let item = match pattern {
+            TokioPgPattern::Query => items::TOKIO_PG_QUERY,
+            TokioPgPattern::QueryTyped => items::TOKIO_PG_QUERY_TYPED,
+            TokioPgPattern::PreparedAcrossTransactions => items::TOKIO_PG_PREPARED,
+            TokioPgPattern::SimpleQuery => items::TOKIO_PG_SIMPLE_QUERY,
+        };
+        findings.push(
+            match run_tokio_pg_pattern(pattern, &config, workload).await {
+                Ok(o) if o.passed() => Finding {
+                    item,
+                    verdict: Verdict::Ok,
+                    detail: format!("{} under concurrency, answers checked", o.summary()),
+                    remedy: None,
+                },
+                Ok(o) => {
+                    let hazard = statement_hazard(&o);
+                    Finding {
+                        remedy: Some(hazard.tokio_postgres_remedy_line()),
+                        ..problem_finding(item, &o, hazard)
+                    }
+                }
+                Err(e) => Finding {
+                    item,
+                    verdict: Verdict::Error,
+                    detail: e.to_string(),
+                    remedy: None,
+                },
+            },
+        );
+    }
+    findings
 }

@@ -151,6 +151,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// A tokio-postgres connection was asked for where TLS is required; the
+    /// crate's tokio-postgres connections are plain TCP (`NoTls`).
+    #[cfg(feature = "tokio-postgres")]
+    #[error(
+        "the {endpoint_kind} at {url} requires TLS ({why}), and the crate's tokio-postgres \
+         connections are plain TCP (tokio_postgres::NoTls). Build the client yourself from \
+         TestDb::tokio_postgres_config() with a TLS connector (tokio-postgres-rustls or \
+         postgres-native-tls; on the crate's stacks trust TestDb::ca_cert_pem()), or run these \
+         tests on a stack that offers TLS without requiring it (the default: no \
+         StackSettings::with_require_tls(true), no PGBF_REQUIRE_TLS=1)"
+    )]
+    TlsRequired {
+        /// `pooler` or `direct endpoint`.
+        endpoint_kind: &'static str,
+        /// The URL with its password redacted.
+        url: String,
+        /// Why TLS is required (the stack's setting or the URL's `sslmode`).
+        why: &'static str,
+    },
+
     /// A SQL statement the crate runs for itself (create/drop database ...) failed.
     #[error("{action} failed: {source}")]
     Sql {

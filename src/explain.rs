@@ -117,12 +117,10 @@ struct LogEvent {
 pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Explanation> {
     let mut conn = tokio::time::timeout(
         Duration::from_secs(5),
-        PgConnection::connect_with(
-            &source
-                .direct
-                .connect_options()
-                .application_name("pgbouncer-fixtures explain"),
-        ),
+        PgConnection::connect_with(&crate::connect::options(
+            &source.direct,
+            "pgbouncer-fixtures explain",
+        )),
     )
     .await
     .map_err(|_| Error::Timeout {
@@ -130,7 +128,7 @@ pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Expla
         after: Duration::from_secs(5),
         hint: "the stack is overloaded or gone".into(),
     })?
-    .map_err(|e| crate::factory::connect_error("direct endpoint", &source.direct, e))?;
+    .map_err(|e| crate::connect::connect_error("direct endpoint", &source.direct, e))?;
     // The log collector writes asynchronously: give a fresh error a moment.
     let mut events = Vec::new();
     for attempt in 0..3 {

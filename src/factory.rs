@@ -2,22 +2,23 @@
 //! connections through the pooler (`connect`) or straight to PostgreSQL
 //! (`connect_direct`), to a database (or schema) that only this test sees.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
+use crate::config::Env;
+use crate::connect::open;
 use crate::database::{unique_name, Isolation};
 use crate::error::{Error, Result};
 use crate::explain::{explain, EvidenceSource, Explanation};
 use crate::hazard::Pooler;
 use crate::profile::Profile;
+use crate::registry::OnceMap;
 use crate::settings::StackSettings;
 use crate::stack::Stack;
-use crate::target::{DbUrl, Env, ExternalTarget, Target};
+use crate::target::{DbUrl, ExternalTarget, Target};
 use crate::template::{ResolvedTemplate, Template};
 use crate::worker::{shutdown_at_exit, Worker, WorkerSetup};
 
@@ -50,6 +51,9 @@ pub struct TestDb {
     timings: AcquireTimings,
     /// A template clone (the worker sizes its pool by the clones in use).
     clone: bool,
+    /// Connection tasks of the tokio-postgres clients handed out.
+    #[cfg(feature = "tokio-postgres")]
+    tokio_postgres_tasks: crate::tokio_pg::ConnectionTasks,
 }
 
 /// Where the time went while the fixture made a test's database: see
@@ -92,6 +96,7 @@ pub struct TestDbBuilder {
     profile: Option<Profile>,
     test_name: Option<String>,
     connect_timeout: Option<Duration>,
+    env: Option<Env>,
 }
 
 impl TestDbBuilder {
@@ -127,6 +132,14 @@ impl TestDbBuilder {
         self
     }
 
+    /// Reads the `PGBF_*` variables and the target from `env` instead of the
+    /// process environment and `.env` (for tools and tests that assemble
+    /// their own environment).
+    pub fn env(mut self, env: Env) -> Self {
+        self.env = Some(env);
+        self
+    }
+
     /// How long `connect()` may take (default 10 s, or `PGBF_CONNECT_TIMEOUT_SECS`).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
@@ -135,7 +148,13 @@ impl TestDbBuilder {
 
     /// Creates the test's database (starting or joining the stack if needed).
     pub async fn build(self) -> Result<TestDb> {
-        let env = Env::load()?;
+        let env = match self.env {
+            Some(env) => env,
+            None => Env::load()?,
+        };
+        // Every variable is read up front: a bad value fails before any work.
+        let keep_failed = env.flag("PGBF_KEEP_FAILED")?;
+        let prepared_clones = env_prepared_clones(&env)?;
         // Explicit builder values win over the environment: PGBF_PROFILE
         // shapes only the target the environment names.
         let explicit_target = self.target.is_some();
@@ -174,7 +193,8 @@ impl TestDbBuilder {
                     let e = stack.endpoints();
                     let server = Server {
                         stack: Some((stack.id().to_string(), pooler_of(profile, settings))),
-                        key: stack.id().to_string(),
+                        // Per incarnation: a replaced stack builds its templates again.
+                        key: stack.instance().to_string(),
                         pooled: e.pooled_url("postgres"),
                         direct: Some(e.direct_url("postgres")),
                         databases: true,
@@ -189,7 +209,7 @@ impl TestDbBuilder {
                 &worker,
                 &server,
                 self.template.as_ref(),
-                &env,
+                prepared_clones,
                 &test_name,
                 &mut timings,
             )
@@ -254,9 +274,11 @@ impl TestDbBuilder {
             direct,
             connect_timeout,
             worker,
-            keep_failed: env.flag("PGBF_KEEP_FAILED")?,
+            keep_failed,
             closed: false,
             ca_pem: server.ca_pem,
+            #[cfg(feature = "tokio-postgres")]
+            tokio_postgres_tasks: Default::default(),
         })
     }
 }
@@ -267,13 +289,13 @@ async fn isolate(
     worker: &Worker,
     server: &Server,
     template: Option<&Template>,
-    env: &Env,
+    prepared_clones: usize,
     test_name: &str,
     timings: &mut AcquireTimings,
 ) -> Result<Isolation> {
     let result = match (template, server.databases) {
         (Some(template), true) => {
-            let resolved = template.resolve(env_prepared_clones(env)?).await?;
+            let resolved = template.resolve(prepared_clones).await?;
             let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
                 feature: "templates",
             })?;
@@ -353,17 +375,15 @@ async fn died_or(worker: &Worker, error: Error) -> Error {
 }
 
 fn env_connect_timeout(env: &Env) -> Result<Duration> {
-    match env.get("PGBF_CONNECT_TIMEOUT_SECS") {
-        None => Ok(DEFAULT_CONNECT_TIMEOUT),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(Duration::from_secs(n)),
-            _ => Err(Error::InvalidEnv {
-                var: "PGBF_CONNECT_TIMEOUT_SECS",
-                value: crate::target::redact_value(v),
-                expected: "a whole number of seconds >= 1",
-            }),
-        },
-    }
+    Ok(env
+        .number(
+            "PGBF_CONNECT_TIMEOUT_SECS",
+            1..=u32::MAX,
+            "a whole number of seconds >= 1",
+        )?
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |n| {
+            Duration::from_secs(u64::from(n))
+        }))
 }
 
 fn warn_once(target: &Target) {
@@ -446,35 +466,21 @@ async fn ensure_template_once(
     template: &ResolvedTemplate,
     admin: &DbUrl,
 ) -> Result<()> {
-    type Cell = Arc<tokio::sync::OnceCell<()>>;
-    static DONE: Mutex<Option<HashMap<String, Cell>>> = Mutex::new(None);
-    let cell = {
-        let mut guard = DONE.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .get_or_insert_with(HashMap::new)
-            .entry(format!("{server_key}/{}", template.name))
-            .or_default()
-            .clone()
-    };
+    static DONE: OnceMap<()> = OnceMap::new();
+    let cell = DONE.cell(&format!("{server_key}/{}", template.name), |_| false);
     cell.get_or_try_init(|| template.ensure(admin))
         .await
         .map(|_| ())
 }
 
 fn env_prepared_clones(env: &Env) -> Result<usize> {
-    match env.get("PGBF_PREPARED_CLONES") {
-        None => Ok(2),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 64)
-            .ok_or(Error::InvalidEnv {
-                var: "PGBF_PREPARED_CLONES",
-                value: v.to_string(),
-                expected: "a whole number from 0 to 64",
-            }),
-    }
+    Ok(env
+        .number(
+            "PGBF_PREPARED_CLONES",
+            0..=64,
+            "a whole number from 0 to 64",
+        )?
+        .map_or(2, |n| n as usize))
 }
 
 /// One admin worker per external admin URL, for the whole process.
@@ -484,18 +490,8 @@ async fn external_worker(
     pooled: DbUrl,
     connect_timeout: Duration,
 ) -> Result<Worker> {
-    type Cell = Arc<tokio::sync::OnceCell<Worker>>;
-    static WORKERS: Mutex<Option<HashMap<String, Cell>>> = Mutex::new(None);
-    let cell = {
-        let mut guard = WORKERS.lock().map_err(|_| Error::Stack {
-            reason: "worker registry poisoned by an earlier panic".into(),
-        })?;
-        guard
-            .get_or_insert_with(HashMap::new)
-            .entry(admin_url.expose().to_string())
-            .or_default()
-            .clone()
-    };
+    static WORKERS: OnceMap<Worker> = OnceMap::new();
+    let cell = WORKERS.cell(admin_url.expose(), |_| false);
     cell.get_or_try_init(|| async {
         let pooled_url = pooled.clone();
         let (worker, ()) = Worker::spawn("pgbf-external-admin".into(), move || async move {
@@ -735,6 +731,8 @@ impl TestDb {
     /// Drops the test's database (or schema) now and reports any error.
     pub async fn close(mut self) -> Result<()> {
         self.closed = true;
+        #[cfg(feature = "tokio-postgres")]
+        self.tokio_postgres_tasks.end().await;
         self.remove().await
     }
 
@@ -748,8 +746,83 @@ impl TestDb {
     }
 }
 
+/// tokio-postgres (feature `tokio-postgres`): the glue is in `src/tokio_pg.rs`.
+#[cfg(feature = "tokio-postgres")]
+impl TestDb {
+    /// A connected `tokio_postgres::Client` through the pooler, with the
+    /// settings of [`connect_options`](Self::connect_options) (same database,
+    /// user, `application_name`). The crate drives its connection task on the
+    /// current runtime and ends it with the test's database ([`close`](Self::close)
+    /// or drop): the client then reports `is_closed()`.
+    ///
+    /// Plain TCP (`NoTls`): the crate's stacks offer TLS without requiring it.
+    /// Where TLS is required (`StackSettings::with_require_tls(true)`, or
+    /// `sslmode=require` in `TEST_DATABASE_URL`) this is [`Error::TlsRequired`]:
+    /// connect from [`tokio_postgres_config`](Self::tokio_postgres_config)
+    /// with a TLS connector of your own.
+    ///
+    /// Behind a transaction pooler without prepared-statement tracking
+    /// ([`Profile::SupabaseShared`]) plain `query`/`execute` with parameters
+    /// and `prepare`d statements fail; `query_typed`/`execute_typed` and
+    /// `simple_query` work (README, "tokio-postgres").
+    pub async fn connect_tokio_postgres(&self) -> Result<tokio_postgres::Client> {
+        self.open_tokio_postgres("pooler", &self.pooled, self.connect_options())
+            .await
+    }
+
+    /// [`connect_tokio_postgres`](Self::connect_tokio_postgres) straight to
+    /// PostgreSQL: for migrations and session features.
+    pub async fn connect_tokio_postgres_direct(&self) -> Result<tokio_postgres::Client> {
+        let options = self.connect_options_direct()?;
+        let url = self.direct.as_ref().ok_or(Error::DirectUrlRequired {
+            feature: "connect_tokio_postgres_direct()",
+        })?;
+        self.open_tokio_postgres("direct endpoint", url, options)
+            .await
+    }
+
+    /// The `tokio_postgres::Config` of [`connect_tokio_postgres`](Self::connect_tokio_postgres)
+    /// (host, port, user, password, database, `application_name` and TLS mode
+    /// of [`connect_options`](Self::connect_options)), for code that connects
+    /// itself, e.g. a deadpool-postgres pool. Connections made from it are
+    /// yours to drive and end.
+    pub fn tokio_postgres_config(&self) -> tokio_postgres::Config {
+        crate::tokio_pg::config(&self.pooled, &self.connect_options(), self.connect_timeout)
+    }
+
+    /// The `tokio_postgres::Config` of [`connect_tokio_postgres_direct`](Self::connect_tokio_postgres_direct).
+    pub fn tokio_postgres_config_direct(&self) -> Result<tokio_postgres::Config> {
+        let url = self.direct.as_ref().ok_or(Error::DirectUrlRequired {
+            feature: "tokio_postgres_config_direct()",
+        })?;
+        let options = self.connect_options_direct()?;
+        Ok(crate::tokio_pg::config(url, &options, self.connect_timeout))
+    }
+
+    async fn open_tokio_postgres(
+        &self,
+        kind: &'static str,
+        url: &DbUrl,
+        options: PgConnectOptions,
+    ) -> Result<tokio_postgres::Client> {
+        if let Some(dead) = self.worker.dead() {
+            return Err(dead);
+        }
+        match crate::tokio_pg::connect_url(kind, url, &options, self.connect_timeout).await {
+            Ok((client, connection)) => {
+                self.tokio_postgres_tasks.spawn(connection);
+                Ok(client)
+            }
+            Err(e @ Error::TlsRequired { .. }) => Err(e),
+            Err(e) => Err(died_or(&self.worker, e).await),
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
+        #[cfg(feature = "tokio-postgres")]
+        self.tokio_postgres_tasks.abort();
         if self.closed {
             return;
         }
@@ -782,76 +855,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
-}
-
-/// Opens one connection with a time limit, with errors that say what to change.
-pub(crate) async fn open(
-    kind: &'static str,
-    url: &DbUrl,
-    options: &PgConnectOptions,
-    timeout: Duration,
-) -> Result<PgConnection> {
-    tokio::time::timeout(timeout, PgConnection::connect_with(options))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: format!("connecting to the {kind} at {url}"),
-            after: timeout,
-            hint: "the server accepted TCP but did not answer the login; check that the port is a \
-                   PostgreSQL or PgBouncer port, or raise PGBF_CONNECT_TIMEOUT_SECS"
-                .into(),
-        })?
-        .map_err(|e| connect_error(kind, url, e))
-}
-
-/// Turns a driver's connect error into one that says what to change.
-pub(crate) fn connect_error(kind: &'static str, url: &DbUrl, error: sqlx::Error) -> Error {
-    match error {
-        sqlx::Error::Io(io) => {
-            let hint = if io.kind() == std::io::ErrorKind::ConnectionRefused && kind == "pooler" {
-                ". On Supabase the transaction pooler listens on port 6543, the session pooler on 5432".to_string()
-            } else {
-                String::new()
-            };
-            Error::Unreachable {
-                endpoint_kind: kind,
-                url: url.redacted(),
-                reason: io.to_string(),
-                hint,
-            }
-        }
-        sqlx::Error::Database(db) => {
-            let message = db.message().to_string();
-            let code = db.code().map(|c| c.to_string());
-            let hint = if message.contains("unsupported startup parameter") {
-                ". PgBouncer accepts only client_encoding, DateStyle, TimeZone, \
-                 standard_conforming_strings and application_name at startup: remove the \
-                 parameter (sqlx: PgConnectOptions::options), set it per transaction with \
-                 SET LOCAL, or add it to PgBouncer's ignore_startup_parameters"
-                    .to_string()
-            } else if code.as_deref() == Some("28P01") || message.contains("authentication failed")
-            {
-                ". Check the user and password in the URL (on Supabase the pooler's user is postgres.<project-ref>)".to_string()
-            } else if code.as_deref() == Some("3D000") || message.contains("does not exist") {
-                ". The database does not exist (a dropped test database stays refused by PgBouncer for a while)".to_string()
-            } else {
-                String::new()
-            };
-            Error::ConnectRefused {
-                endpoint_kind: kind,
-                url: url.redacted(),
-                reason: message,
-                hint,
-                code,
-            }
-        }
-        other => Error::ConnectRefused {
-            endpoint_kind: kind,
-            url: url.redacted(),
-            reason: crate::target::redact(&other.to_string()),
-            hint: String::new(),
-            code: None,
-        },
-    }
 }
 
 // `TestDbBuilder::build()` must be usable inside `tokio::spawn`.

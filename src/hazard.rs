@@ -52,7 +52,7 @@ pub enum Pooler {
 impl fmt::Display for Pooler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Pooler::Profile(p) => write!(f, "profile {p}, which mirrors {}", p.mirrors()),
+            Pooler::Profile(p) => write!(f, "the {p} profile, which mirrors {}", p.mirrors()),
             Pooler::Other(words) => f.write_str(words),
         }
     }
@@ -97,52 +97,52 @@ impl Hazard {
         match self {
             Hazard::DuplicateStatement => format!(
                 "sqlx names its prepared statements sqlx_s_1, sqlx_s_2, ... on every connection, \
-                 even with statement_cache_capacity(0), and never closes them. Behind {pooler} \
+                 even with statement_cache_capacity(0), and never closes them. Behind {pooler}, \
                  server connections pass from client to client between transactions with no \
                  prepared-statement tracking, so this client met a server connection where an \
                  earlier client's statement of the same name still exists."
             ),
             Hazard::MissingStatement => format!(
                 "the statement was prepared on one server connection and bound on another: behind \
-                 {pooler} a client gets whichever server connection is free for each transaction, \
+                 {pooler}, a client gets whichever server connection is free for each transaction, \
                  and nothing carries its prepared statements along."
             ),
             Hazard::MissingUnnamedStatement => format!(
                 "`.persistent(false)` sends Parse and Bind in two round trips; outside an explicit \
-                 transaction {pooler} may route them to different server connections."
+                 transaction, {pooler} may route them to different server connections."
             ),
             Hazard::WrongAnswer => format!(
-                "behind {pooler} a client can execute another client's prepared statement of the \
+                "behind {pooler}, a client can execute another client's prepared statement of the \
                  same name on a shared server connection: the query runs, with the other \
                  client's SQL, and no error is raised."
             ),
             Hazard::StartupParameterRefused => format!(
-                "behind {pooler} PgBouncer accepts at startup only client_encoding, DateStyle, \
+                "behind {pooler}, PgBouncer accepts at startup only client_encoding, DateStyle, \
                  TimeZone, standard_conforming_strings, application_name, the parameters it \
                  tracks and those it is told to ignore; any other one ends the login."
             ),
             Hazard::SqlPrepareLost => format!(
-                "SQL-level PREPARE lives in one server session; behind {pooler} the next \
+                "SQL-level PREPARE lives in one server session; behind {pooler}, the next \
                  transaction ran on another server connection."
             ),
             Hazard::TempTableLost => format!(
-                "temporary tables live in one server session; behind {pooler} the next \
+                "temporary tables live in one server session; behind {pooler}, the next \
                  transaction ran on another server connection (the table is still there, \
                  on the other one)."
             ),
             Hazard::AdvisoryUnlockMissed => format!(
-                "session advisory locks belong to a server session; behind {pooler} the unlock \
+                "session advisory locks belong to a server session; behind {pooler}, the unlock \
                  ran on another server connection than the lock: it returned false and the lock \
                  is still held by a pooled server connection."
             ),
             Hazard::AdvisoryLockHeld => format!(
                 "a session waited for an advisory lock that another server session kept. sqlx's \
                  migrator takes pg_advisory_lock and releases it in a later statement; behind \
-                 {pooler} the release can miss, the lock stays on a pooled server connection, and \
+                 {pooler}, the release can miss, the lock stays on a pooled server connection, and \
                  the next migration run blocks."
             ),
             Hazard::SessionStateLost => format!(
-                "SET, LISTEN and other session state live in one server session; behind {pooler} \
+                "SET, LISTEN and other session state live in one server session; behind {pooler}, \
                  the next transaction ran on another server connection."
             ),
         }
@@ -204,6 +204,36 @@ impl Hazard {
     }
 }
 
+/// What a tokio-postgres user changes against statement hazards.
+#[cfg(feature = "tokio-postgres")]
+const TOKIO_POSTGRES_STATEMENTS: &str =
+    "tokio-postgres: run parameterised queries with `query_typed` / `execute_typed` (the unnamed \
+     statement, one round trip), or `simple_query` / `batch_execute` (no prepared statement): \
+     plain `query` / `execute` with parameters and `prepare`d `Statement`s use named \
+     statements, which this pooler does not carry from one server connection to the next";
+
+#[cfg(feature = "tokio-postgres")]
+impl Hazard {
+    /// What a tokio-postgres user changes, most direct first (feature
+    /// `tokio-postgres`); hazards that do not depend on the driver keep
+    /// their [`remedies`](Hazard::remedies).
+    pub fn tokio_postgres_remedies(self) -> Vec<&'static str> {
+        match self {
+            Hazard::DuplicateStatement
+            | Hazard::MissingStatement
+            | Hazard::MissingUnnamedStatement
+            | Hazard::WrongAnswer => vec![TOKIO_POSTGRES_STATEMENTS, TRACKING_POOLER],
+            other => other.remedies().to_vec(),
+        }
+    }
+
+    /// [`tokio_postgres_remedies`](Hazard::tokio_postgres_remedies) as one
+    /// line, for `doctor`.
+    pub fn tokio_postgres_remedy_line(self) -> String {
+        self.tokio_postgres_remedies().join("; ")
+    }
+}
+
 impl fmt::Display for Hazard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.title())
@@ -248,6 +278,24 @@ mod tests {
         assert_eq!(of("42601", "syntax error", None), None);
     }
 
+    #[cfg(feature = "tokio-postgres")]
+    #[test]
+    fn tokio_postgres_remedies_speak_tokio_postgres() {
+        for h in [
+            Hazard::MissingStatement,
+            Hazard::DuplicateStatement,
+            Hazard::WrongAnswer,
+        ] {
+            let line = h.tokio_postgres_remedy_line();
+            assert!(line.contains("`query_typed` / `execute_typed`"), "{line}");
+            assert!(!line.contains("persistent(false)"), "{line}");
+        }
+        assert_eq!(
+            Hazard::AdvisoryLockHeld.tokio_postgres_remedies(),
+            Hazard::AdvisoryLockHeld.remedies()
+        );
+    }
+
     #[test]
     fn every_hazard_names_the_pooler_and_a_remedy() {
         let pooler = Pooler::Profile(Profile::SupabaseShared);
@@ -263,7 +311,10 @@ mod tests {
             Hazard::AdvisoryLockHeld,
             Hazard::SessionStateLost,
         ] {
-            assert!(h.why(&pooler).contains("supabase-shared"), "{h:?}");
+            assert!(
+                h.why(&pooler).contains("the supabase-shared profile"),
+                "{h:?}"
+            );
             assert!(!h.remedies().is_empty(), "{h:?}");
         }
     }

@@ -9,9 +9,9 @@ use testcontainers::core::BuildImageOptions;
 use testcontainers::runners::AsyncBuilder;
 use testcontainers::GenericBuildableImage;
 
+use crate::config::Env;
+use crate::digest::hex;
 use crate::error::{Error, Result};
-use crate::settings::hex;
-use crate::target::Env;
 
 /// What real users pull; the Dockerfiles' default base.
 pub const DEFAULT_BASE_IMAGE: &str = "debian:trixie-slim";

@@ -1,25 +1,69 @@
 //! A file lock that serialises create-or-join of one run's stack between
 //! processes. `flock` is released by the kernel when its holder exits, even
 //! by SIGKILL, so a killed creator never wedges the run.
+//!
+//! Nothing is left behind: the holder unlinks the lock file before it lets
+//! go of it, so a file exists only while some process is creating or
+//! joining the run's stack (or one was killed doing so: `gc` and the next
+//! stack creation remove such stale files). Unlinking a file that others
+//! may hold or be about to lock is safe because every locker checks, once
+//! it holds the lock, that the path still names the file it locked, and
+//! starts over otherwise: a process never proceeds on an unlinked file.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// Held while the file stays open; dropping it unlocks.
+/// Held while the file stays open; dropping it unlinks the file, then unlocks.
 pub(crate) struct RunLock {
-    _file: File,
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Still holding the lock: nobody else can be past their own check
+        // on this file, and whoever waits for it will see it unlinked.
+        if same_file(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        // `self.file` closes after this: the kernel releases the lock.
+    }
 }
 
 /// The directory for lock files: per user, private.
-fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     std::env::temp_dir().join(format!("pgbouncer-fixtures-{uid}"))
+}
+
+/// Whether `path` still names the file `file` has open.
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another process holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    // SAFETY: a valid open descriptor; LOCK_NB never blocks.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// Takes the lock of run `key`, waiting at most `timeout`.
@@ -37,52 +81,66 @@ pub(crate) async fn lock(key: &str, timeout: Duration) -> Result<RunLock> {
         .mode(0o700)
         .create(&dir)
         .map_err(|e| io_error("create the directory of", e))?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| io_error("open", e))?;
     let deadline = Instant::now() + timeout;
     loop {
-        // SAFETY: a valid open descriptor; LOCK_NB never blocks.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            // Fresh mtime: the sweep of old lock files never takes a live one.
-            let _ = file.set_modified(SystemTime::now());
-            return Ok(RunLock { _file: file });
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("open", e))?;
+        while !try_lock(&file).map_err(|e| io_error("lock", e))? {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("the lock {} (another process is starting the run's stack)", path.display()),
+                    after: timeout,
+                    hint: "the other process may be stuck on Docker; raise PGBF_STARTUP_TIMEOUT_SECS or check `docker ps`".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io_error("lock", e));
+        if !same_file(&file, &path) {
+            // Its holder (or `gc`) unlinked it while we waited: the lock
+            // now lives in a new file at that path.
+            continue;
         }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: format!("the lock {} (another process is starting the run's stack)", path.display()),
-                after: timeout,
-                hint: "the other process may be stuck on Docker; raise PGBF_STARTUP_TIMEOUT_SECS or check `docker ps`".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Who holds it, for people and for CI's leftovers check.
+        let _ = file.set_len(0);
+        let _ = write!(
+            file,
+            "pid={}\ncheckout={}\n",
+            std::process::id(),
+            crate::runkey::checkout()
+        );
+        return Ok(RunLock { file, path });
     }
 }
 
-/// Removes lock files untouched for a day (best effort): one is left per run.
-pub(crate) fn sweep_old_locks() {
+/// Removes the lock files nobody holds (best effort) and returns them: left
+/// by a process killed while creating or joining a stack, or by versions of
+/// the crate that kept one file per run. A held file is never touched.
+pub(crate) fn remove_stale_locks() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(state_dir()) else {
-        return;
+        return Vec::new();
     };
-    let day = Duration::from_secs(24 * 3600);
+    let mut removed = Vec::new();
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > day);
-        if old && entry.path().extension().is_some_and(|x| x == "lock") {
-            let _ = std::fs::remove_file(entry.path());
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "lock") {
+            continue;
         }
+        // Never create: a file that vanished meanwhile is not ours to remake.
+        let Ok(file) = OpenOptions::new().read(true).open(&path) else {
+            continue;
+        };
+        if try_lock(&file).unwrap_or(false)
+            && same_file(&file, &path)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed.push(path);
+        }
+        // Closing `file` releases the lock.
     }
+    removed
 }

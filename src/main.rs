@@ -14,7 +14,7 @@ use std::time::Duration;
 use pgbouncer_fixtures::doctor::diagnose;
 use pgbouncer_fixtures::probes::Workload;
 use pgbouncer_fixtures::{
-    compatibility_matrix_with, DbUrl, Env, GcScope, PoolMode, Profile, Stack, StackSettings,
+    compatibility_matrix_with, DbUrl, Env, Error, GcScope, PoolMode, Profile, Stack, StackSettings,
     TestDb, TEST_DATABASE_URL,
 };
 
@@ -32,7 +32,8 @@ usage: pgbouncer-fixtures <command>
 
 commands:
   up     start PostgreSQL + PgBouncer, print TEST_DATABASE_URL / TEST_DIRECT_URL
-         (for .env), keep running until Ctrl-C or SIGTERM, then remove everything
+         (for .env), keep running until Ctrl-C or SIGTERM, then remove everything;
+         exit 1 within seconds if the stack dies (its URLs are then void)
          options: --profile supabase-shared|supabase-dedicated|supabase-session|direct
                                   (default supabase-shared: Supavisor, port 6543)
                   a plain PgBouncer, after or instead of a profile:
@@ -47,7 +48,7 @@ commands:
                                  processes with PGBF_RUN_ID=ID do, instead of a private
                                  one; it stays for the other users when this exits
   gc     remove every container and network this crate created on this Docker
-         host, running or not, and list them
+         host, running or not, and the lock files no process holds, and list them
          options: --stack ID         only those of stack ID (label pgbouncer-fixtures.stack)
                   --checkout PATH    only those made by runs in checkout PATH
                                      (label pgbouncer-fixtures.checkout)
@@ -63,6 +64,8 @@ environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE;
              ~/.testcontainers.properties, DOCKER_HOST (environment, then .env),
              docker.host in that file, then the usual sockets (see the README);
              TESTCONTAINERS_HOST_OVERRIDE: the host published ports answer on.
+             PGBF_PUBLISH_ALL_INTERFACES=1 (publish on every interface, not only
+             127.0.0.1, with a local engine; see the README's environment table),
              RUST_LOG-style tracing is not installed; errors go to stderr";
 
 fn main() -> ExitCode {
@@ -121,10 +124,14 @@ fn gc(args: &[String]) -> Result<(), String> {
     for n in &report.networks {
         println!("removed network {n}");
     }
+    for f in &report.lock_files {
+        println!("removed lock file {}", f.display());
+    }
     println!(
-        "gc: removed {} container(s), {} network(s)",
+        "gc: removed {} container(s), {} network(s), {} stale lock file(s)",
         report.containers.len(),
-        report.networks.len()
+        report.networks.len(),
+        report.lock_files.len()
     );
     Ok(())
 }
@@ -368,7 +375,9 @@ fn up(args: &[String]) -> Result<(), String> {
                 started.elapsed().as_secs_f64(),
                 stack.settings().reap_after.as_secs()
             );
-            wait_for_signal().await?;
+            if let Ended::Died(why) = wait_for_signal_or_death(stack).await? {
+                return Err(died_message(stack, &why));
+            }
             // The lease closes at exit; the stack's watchdog does the rest.
             return Ok(());
         }
@@ -379,12 +388,70 @@ fn up(args: &[String]) -> Result<(), String> {
             stack.id(),
             started.elapsed().as_secs_f64()
         );
-        wait_for_signal().await?;
+        if let Ended::Died(why) = wait_for_signal_or_death(&stack).await? {
+            let message = died_message(&stack, &why);
+            // Remove what is left (PgBouncer's own watchdog would stop it
+            // within seconds anyway): bounded, so `up` exits promptly.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stack.stop()).await;
+            return Err(message);
+        }
         say!("pgbouncer-fixtures: stopping, removing its containers ...");
         stack.stop().await.map_err(|e| e.to_string())?;
         say!("pgbouncer-fixtures: stopped");
         Ok(())
     })
+}
+
+/// Why `up` stops waiting.
+enum Ended {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// The stack died: what is known about it.
+    Died(String),
+}
+
+/// How often `up` checks its stack.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+async fn wait_for_signal_or_death(stack: &Stack) -> Result<Ended, String> {
+    tokio::select! {
+        signal = wait_for_signal() => signal.map(|()| Ended::Signal),
+        why = watch(stack) => Ok(Ended::Died(why)),
+    }
+}
+
+/// Resolves once the stack is dead, with what died. Every second it checks
+/// the lease (PostgreSQL gone: dead at once, no Docker call); every other
+/// second Docker's view of both containers (two inspections, ~1.5 ms of the
+/// Docker daemon's time), and when one is gone or stopped, again a second
+/// later: still so, the stack is dead (a restarting PgBouncer comes back).
+async fn watch(stack: &Stack) -> String {
+    let mut docker_turn = false;
+    let mut suspect = false;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        docker_turn = !docker_turn;
+        if let Err(Error::StackDied { reason, .. }) = stack.check().await {
+            return reason;
+        }
+        if !suspect && !docker_turn {
+            continue;
+        }
+        match stack.check_containers().await {
+            Err(Error::StackDied { reason, .. }) if suspect => return reason,
+            Err(Error::StackDied { .. }) => suspect = true,
+            // Docker slow or unreachable says nothing about the stack.
+            _ => suspect = false,
+        }
+    }
+}
+
+fn died_message(stack: &Stack, why: &str) -> String {
+    format!(
+        "stack {} died: {why}. The URLs printed above (TEST_DATABASE_URL, TEST_DIRECT_URL) \
+         are void; run `pgbouncer-fixtures up` again for a new stack",
+        stack.id()
+    )
 }
 
 fn print_urls(stack: &Stack, direct: bool) {

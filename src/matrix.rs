@@ -8,6 +8,8 @@ use crate::error::Result;
 use crate::factory::TestDb;
 use crate::probes::session::{run_session_probe, SessionProbe};
 use crate::probes::startup::{run_startup_probe, StartupProbe};
+#[cfg(feature = "tokio-postgres")]
+use crate::probes::tokio_postgres::{run_tokio_pg_pattern, TokioPgPattern};
 use crate::probes::{run_pattern, Outcome, SqlxPattern, Workload};
 use crate::profile::Profile;
 
@@ -20,6 +22,10 @@ pub enum Behaviour {
     Session(SessionProbe),
     /// A startup parameter or TLS.
     Startup(StartupProbe),
+    /// A tokio-postgres way of running parameterised queries, as a
+    /// concurrent workload (feature `tokio-postgres`).
+    #[cfg(feature = "tokio-postgres")]
+    TokioPostgres(TokioPgPattern),
 }
 
 impl Behaviour {
@@ -30,6 +36,7 @@ impl Behaviour {
             .map(Behaviour::Statements)
             .chain(SessionProbe::ALL.into_iter().map(Behaviour::Session))
             .chain(StartupProbe::ALL.into_iter().map(Behaviour::Startup))
+            .chain(tokio_postgres_rows())
             .collect()
     }
 
@@ -39,6 +46,8 @@ impl Behaviour {
             Behaviour::Statements(p) => p.description(),
             Behaviour::Session(p) => p.description(),
             Behaviour::Startup(p) => p.description(),
+            #[cfg(feature = "tokio-postgres")]
+            Behaviour::TokioPostgres(p) => p.description(),
         }
     }
 
@@ -58,8 +67,26 @@ impl Behaviour {
                 )
                 .await
             }
+            #[cfg(feature = "tokio-postgres")]
+            Behaviour::TokioPostgres(p) => {
+                run_tokio_pg_pattern(p, &db.tokio_postgres_config(), workload).await
+            }
         }
     }
+}
+
+/// The tokio-postgres rows, with the feature on.
+#[cfg(feature = "tokio-postgres")]
+fn tokio_postgres_rows() -> impl Iterator<Item = Behaviour> {
+    TokioPgPattern::ALL
+        .into_iter()
+        .map(Behaviour::TokioPostgres)
+}
+
+/// No tokio-postgres rows without the feature.
+#[cfg(not(feature = "tokio-postgres"))]
+fn tokio_postgres_rows() -> impl Iterator<Item = Behaviour> {
+    std::iter::empty()
 }
 
 /// A single-client probe with a time limit: a hang is an outcome too.

@@ -1,12 +1,11 @@
-//! Profiles: the production endpoints users deploy to, each as the PgBouncer
-//! configuration that behaves closest to it. A test names the endpoint
-//! (`Profile::SupabaseShared`), not PgBouncer's knobs; what a PgBouncer
-//! cannot mimic is listed in [`Profile::residue`] and in the README.
+//! Profiles: the production endpoints users deploy to. A test names the
+//! endpoint (`Profile::SupabaseShared`), not PgBouncer's knobs; the knobs
+//! that mirror each endpoint are in `settings` (`Profile::apply`), and what a
+//! PgBouncer cannot mimic is listed in [`Profile::residue`] and the README.
 
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::settings::{PoolMode, StackSettings};
 
 /// Which production endpoint a test mirrors, usable with rstest's
 /// `#[values(..)]` so one test can run behind several.
@@ -30,18 +29,6 @@ pub enum Profile {
     /// Straight to PostgreSQL, no pooler (Supabase's direct connection).
     Direct,
 }
-
-/// Parameters PgBouncer keeps per client and restores on every server
-/// connection (its built-in five are always kept); `search_path` is asked for
-/// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
-const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
-
-/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
-/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
-/// them at startup (top-level or in `options=-c ...`) instead of refusing the
-/// login, as Supavisor drops them. `tests/profiles.rs` checks the list
-/// against the stack's own `pg_settings`.
-const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
 
 impl Profile {
     /// Every profile, in the order of the compatibility matrix.
@@ -113,28 +100,6 @@ impl Profile {
         }
     }
 
-    /// `base` with this profile's pooler settings. (`Direct` runs on the
-    /// default profile's stack and bypasses its pooler.)
-    pub fn apply(self, base: StackSettings) -> StackSettings {
-        let supavisor_like = |s: StackSettings| {
-            s.with_ignore_startup_parameters(supavisor_dropped_parameters())
-                .with_track_extra_parameters(SUPAVISOR_TRACKED)
-        };
-        match self {
-            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
-                .with_pool_mode(PoolMode::Transaction)
-                .with_max_prepared_statements(0),
-            Profile::SupabaseDedicated => base
-                .with_pool_mode(PoolMode::Transaction)
-                .with_max_prepared_statements(200)
-                .with_ignore_startup_parameters(["extra_float_digits"])
-                .with_track_extra_parameters(["IntervalStyle"]),
-            Profile::SupabaseSession => supavisor_like(base)
-                .with_pool_mode(PoolMode::Session)
-                .with_max_prepared_statements(0),
-        }
-    }
-
     /// Whether `connect()` bypasses the pooler.
     pub fn is_direct(self) -> bool {
         self == Profile::Direct
@@ -150,17 +115,6 @@ impl Profile {
     pub fn tracks_prepared_statements(self) -> bool {
         !matches!(self, Profile::SupabaseShared)
     }
-}
-
-/// The parameters the Supavisor-like profiles ignore at startup: every
-/// PostgreSQL 17 setting PgBouncer does not track.
-pub fn supavisor_dropped_parameters() -> Vec<String> {
-    PG17_SETTINGS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 impl fmt::Display for Profile {
@@ -183,7 +137,7 @@ impl std::str::FromStr for Profile {
             .find(|p| p.name().replace('-', "") == wanted)
             .ok_or_else(|| Error::InvalidEnv {
                 var: "PGBF_PROFILE",
-                value: crate::target::redact_value(s),
+                value: crate::config::redact_value(s),
                 expected: "supabase-shared, supabase-dedicated, supabase-session or direct \
                            (the old names: transaction is now supabase-shared, tracking \
                            supabase-dedicated, session supabase-session; a plain PgBouncer is \
@@ -204,25 +158,5 @@ mod tests {
             assert_eq!(p.name().replace('-', "_").parse::<Profile>().unwrap(), p);
         }
         assert!("transaction".parse::<Profile>().is_err());
-    }
-
-    #[test]
-    fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
-        let dropped = supavisor_dropped_parameters();
-        assert!(dropped.len() > 300, "{}", dropped.len());
-        for p in ["jit", "extra_float_digits", "statement_timeout"] {
-            assert!(dropped.iter().any(|d| d == p), "{p}");
-        }
-        for tracked in [
-            "application_name",
-            "client_encoding",
-            "DateStyle",
-            "TimeZone",
-            "standard_conforming_strings",
-            "IntervalStyle",
-            "search_path",
-        ] {
-            assert!(!dropped.iter().any(|d| d == tracked), "{tracked}");
-        }
     }
 }

@@ -1,5 +1,6 @@
 //! Clean-up outside the happy path: the sweep a creator runs before starting
-//! a stack (leftovers of crashed runs) and `gc` (everything the crate made).
+//! a stack (leftovers of crashed runs) and `gc` (everything the crate made,
+//! and the lock files nobody holds).
 //!
 //! The crate's own stacks remove themselves (lease watchdog + AutoRemove);
 //! what remains for these two is what that cannot cover: containers of images
@@ -7,6 +8,7 @@
 //! remove, and Docker networks made by earlier versions of the crate.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
@@ -27,6 +29,10 @@ pub struct GcReport {
     pub containers: Vec<String>,
     /// Names of the removed networks.
     pub networks: Vec<String>,
+    /// Lock files nobody held (`$TMPDIR/pgbouncer-fixtures-<uid>/*.lock`),
+    /// removed whatever the scope: a lock file means something only while a
+    /// process holds it.
+    pub lock_files: Vec<PathBuf>,
 }
 
 /// Which of the crate's resources `gc` removes.
@@ -57,10 +63,14 @@ fn now_secs() -> i64 {
 }
 
 /// Removes the containers and networks the crate created on this Docker
-/// host within `scope`, running or not, and says which.
+/// host within `scope`, running or not, and this user's lock files that no
+/// process holds, and says which.
 pub async fn gc(scope: GcScope<'_>) -> Result<GcReport> {
     let docker = docker::connect().await?;
-    let mut report = GcReport::default();
+    let mut report = GcReport {
+        lock_files: crate::lock::remove_stale_locks(),
+        ..GcReport::default()
+    };
     let list = docker::call(
         "list the crate's containers",
         docker.list_containers(Some(ListContainersOptions {

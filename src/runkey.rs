@@ -11,7 +11,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::settings::{hex, StackSettings};
+use crate::digest::hex;
+use crate::settings::StackSettings;
 
 /// What identifies one run of tests, and the key derived from it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::Env;
+use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::images::ImageSettings;
 use crate::profile::Profile;
-use crate::target::Env;
 
 /// How PgBouncer hands server connections to clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -45,7 +46,7 @@ impl std::str::FromStr for PoolMode {
             "session" => Ok(PoolMode::Session),
             _ => Err(Error::InvalidEnv {
                 var: "PGBF_POOL_MODE",
-                value: crate::target::redact_value(s),
+                value: crate::config::redact_value(s),
                 expected: "transaction or session",
             }),
         }
@@ -93,6 +94,13 @@ pub struct StackSettings {
     /// (`PGBF_RUN_ID`); unset: every run of the checkout (with the same
     /// settings) shares the checkout's stack while it lives.
     pub run_id: Option<String>,
+    /// Publish the stack's ports on every interface of the Docker host
+    /// (`PGBF_PUBLISH_ALL_INTERFACES=1`). Off: a local engine (Unix socket,
+    /// or TCP on a loopback address) publishes them on 127.0.0.1 only, so a
+    /// superuser PostgreSQL is not reachable from the network; a remote
+    /// engine publishes them on every interface anyway (they must be
+    /// reachable from this machine through the engine's address).
+    pub publish_all_interfaces: bool,
     /// How long the checkout's shared stack stays up after its last lease,
     /// so that the next run (the edit-and-rerun loop) finds it, its
     /// templates and prepared clones (`PGBF_KEEP_WARM_SECS`; default 120 s,
@@ -135,40 +143,18 @@ impl Default for StackSettings {
             scram_iterations: 4096,
             reap_after: Duration::from_secs(10),
             run_id: None,
+            publish_all_interfaces: false,
             keep_warm: keep_warm_default(),
         })
     }
 }
 
-/// A whole number from `range`, when `var` is set; `expected` names the range.
-fn parse_u32(
-    env: &Env,
-    var: &'static str,
-    range: std::ops::RangeInclusive<u32>,
-    expected: &'static str,
-) -> Result<Option<u32>> {
-    env.get(var)
-        .map(|v| match v.trim().parse::<u32>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            Ok(n) => Err(Error::InvalidEnv {
-                var,
-                value: n.to_string(),
-                expected,
-            }),
-            Err(_) => Err(Error::InvalidEnv {
-                var,
-                value: crate::target::redact_value(v),
-                expected,
-            }),
-        })
-        .transpose()
-}
-
 impl StackSettings {
     /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
-    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`,
-    /// `PGBF_STARTUP_TIMEOUT_SECS` and the image variables.
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
+    /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
+    /// `PGBF_KEEP_WARM_SECS` and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
@@ -181,32 +167,28 @@ impl StackSettings {
         if let Some(mode) = env.get("PGBF_POOL_MODE") {
             s.pool_mode = mode.parse()?;
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_MAX_PREPARED_STATEMENTS",
             0..=u32::MAX,
             "a whole number >= 0",
         )? {
             s.max_prepared_statements = n;
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_DEFAULT_POOL_SIZE",
             1..=1000,
             "a whole number from 1 to 1000",
         )? {
             s.default_pool_size = n;
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_STARTUP_TIMEOUT_SECS",
             0..=u32::MAX,
             "a whole number of seconds >= 1",
         )? {
             s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
         }
-        if let Some(n) = parse_u32(
-            env,
+        if let Some(n) = env.number(
             "PGBF_REAP_AFTER_SECS",
             1..=3600,
             "a whole number of seconds from 1 to 3600",
@@ -216,8 +198,8 @@ impl StackSettings {
         if let Some(id) = env.get("PGBF_RUN_ID") {
             s.run_id = Some(check_run_id(id)?);
         }
-        if let Some(n) = parse_u32(
-            env,
+        s.publish_all_interfaces = env.flag("PGBF_PUBLISH_ALL_INTERFACES")?;
+        if let Some(n) = env.number(
             "PGBF_KEEP_WARM_SECS",
             0..=3600,
             "a whole number of seconds from 0 to 3600",
@@ -312,12 +294,24 @@ impl StackSettings {
         self
     }
 
+    /// Publishes the stack's ports on every interface of the Docker host
+    /// (`true`), or on 127.0.0.1 when the engine is local (`false`, the
+    /// default). See [`StackSettings::publish_all_interfaces`].
+    pub fn with_publish_all_interfaces(mut self, on: bool) -> Self {
+        self.publish_all_interfaces = on;
+        self
+    }
+
     /// A short stable key: stacks are shared only between identical settings.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.pgbouncer_ini("127.0.0.1").as_bytes());
         h.update(format!("{:?}", self.images).as_bytes());
         h.update(self.reap_after.as_secs().to_le_bytes());
+        if self.publish_all_interfaces {
+            // Only when set: the keys of default stacks stay as they were.
+            h.update(b"publish on all interfaces");
+        }
         hex(&h.finalize()[..6])
     }
 
@@ -381,10 +375,6 @@ server_tls_ca_file = /tmp/pgbf/ca.crt
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A run id is hashed, never used as a name, but it is still user input:
 /// refuse what is clearly a mistake (control characters, absurd length).
 pub(crate) fn check_run_id(raw: &str) -> Result<String> {
@@ -392,9 +382,89 @@ pub(crate) fn check_run_id(raw: &str) -> Result<String> {
     if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
         return Err(Error::InvalidEnv {
             var: "PGBF_RUN_ID",
-            value: crate::target::redact_value(raw).chars().take(80).collect(),
+            value: crate::config::redact_value(raw).chars().take(80).collect(),
             expected: "1 to 200 printable characters",
         });
     }
     Ok(id.to_string())
+}
+
+/// Parameters PgBouncer keeps per client and restores on every server
+/// connection (its built-in five are always kept); `search_path` is asked for
+/// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
+const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
+
+/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
+/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
+/// them at startup (top-level or in `options=-c ...`) instead of refusing the
+/// login, as Supavisor drops them. `tests/profiles.rs` checks the list
+/// against the stack's own `pg_settings`.
+const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
+
+/// How each profile maps to PgBouncer's knobs (here, so that `profile`
+/// stays a leaf: names and words, no settings).
+impl Profile {
+    /// `base` with this profile's pooler settings. (`Direct` runs on the
+    /// default profile's stack and bypasses its pooler.)
+    pub fn apply(self, base: StackSettings) -> StackSettings {
+        let supavisor_like = |s: StackSettings| {
+            s.with_ignore_startup_parameters(supavisor_dropped_parameters())
+                .with_track_extra_parameters(SUPAVISOR_TRACKED)
+        };
+        match self {
+            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(0),
+            Profile::SupabaseDedicated => base
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(200)
+                .with_ignore_startup_parameters(["extra_float_digits"])
+                .with_track_extra_parameters(["IntervalStyle"]),
+            Profile::SupabaseSession => supavisor_like(base)
+                .with_pool_mode(PoolMode::Session)
+                .with_max_prepared_statements(0),
+        }
+    }
+}
+
+/// The parameters the Supavisor-like profiles ignore at startup: every
+/// PostgreSQL 17 setting PgBouncer does not track.
+pub fn supavisor_dropped_parameters() -> Vec<String> {
+    PG17_SETTINGS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
+        let dropped = supavisor_dropped_parameters();
+        assert!(dropped.len() > 300, "{}", dropped.len());
+        for p in ["jit", "extra_float_digits", "statement_timeout"] {
+            assert!(dropped.iter().any(|d| d == p), "{p}");
+        }
+        for tracked in [
+            "application_name",
+            "client_encoding",
+            "DateStyle",
+            "TimeZone",
+            "standard_conforming_strings",
+            "IntervalStyle",
+            "search_path",
+        ] {
+            assert!(!dropped.iter().any(|d| d == tracked), "{tracked}");
+        }
+    }
+
+    #[test]
+    fn the_default_settings_are_the_default_profile() {
+        let defaults = StackSettings::default();
+        assert_eq!(Profile::default().apply(defaults.clone()), defaults);
+    }
 }

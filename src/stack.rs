@@ -2,9 +2,7 @@
 //! private stacks (`Stack::start`) and the run's shared stack
 //! (`Stack::shared`: created or joined under a file lock, see `runkey`).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::distributions::Alphanumeric;
@@ -16,6 +14,7 @@ use crate::docker;
 use crate::error::{Error, Result};
 use crate::images::ensure_images;
 use crate::lock;
+use crate::registry::OnceMap;
 use crate::runkey::RunKey;
 use crate::settings::StackSettings;
 use crate::target::DbUrl;
@@ -120,6 +119,10 @@ impl Endpoints {
 /// once no process has held one for [`StackSettings::reap_after`].
 pub struct Stack {
     id: String,
+    /// This process's handle on one incarnation of the stack: a stack that
+    /// died and was replaced keeps its id, but gets a new instance, so
+    /// per-stack state (templates built there) is never carried over.
+    instance: String,
     endpoints: Endpoints,
     settings: StackSettings,
     worker: Worker,
@@ -138,8 +141,8 @@ impl fmt::Debug for Stack {
     }
 }
 
-type SharedCell = Arc<tokio::sync::OnceCell<&'static Stack>>;
-static SHARED: Mutex<Option<HashMap<String, SharedCell>>> = Mutex::new(None);
+/// The run's shared stacks of this process, by run key.
+static SHARED: OnceMap<&'static Stack> = OnceMap::new();
 
 /// What the worker thread hands back once a stack is up.
 struct Started {
@@ -177,6 +180,7 @@ impl Stack {
             "stack ready"
         );
         Ok(Stack {
+            instance: format!("{}#{:016x}", up.id, rand::random::<u64>()),
             id: up.id,
             endpoints: up.endpoints,
             settings,
@@ -195,18 +199,8 @@ impl Stack {
     pub async fn shared(settings: &StackSettings) -> Result<&'static Stack> {
         let settings = &settings.for_shared_stack();
         let run = RunKey::current(settings);
-        let cell = {
-            let mut guard = SHARED.lock().map_err(|_| Error::Stack {
-                reason: "shared stack registry poisoned by an earlier panic".into(),
-            })?;
-            let map = guard.get_or_insert_with(HashMap::new);
-            let cell = map.entry(run.key.clone()).or_default();
-            if cell.get().is_some_and(|s| s.worker.dead().is_some()) {
-                // The old stack died: later callers get a fresh one.
-                *cell = SharedCell::default();
-            }
-            cell.clone()
-        };
+        // A stack that died is replaced for later callers.
+        let cell = SHARED.cell(&run.key, |s| s.worker.dead().is_some());
         cell.get_or_try_init(|| async {
             tracing::debug!(run_key = %run.key, origin = %run.origin, "joining or starting the run's stack");
             let stack = Stack::launch(settings.clone(), Mode::Shared(run)).await?;
@@ -220,6 +214,11 @@ impl Stack {
     /// The stack's id (the value of its `pgbouncer-fixtures.stack` label).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Identifies this incarnation of the stack within the process (see the field).
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Whether this process joined a stack another process had started.
@@ -238,9 +237,20 @@ impl Stack {
     }
 
     /// Checks that the stack is alive: `Err(Error::StackDied)` once its
-    /// PostgreSQL is gone. One round trip on this process's lease.
+    /// PostgreSQL is gone. One round trip on this process's lease (the
+    /// process's worker also does this every second while idle, and logs a
+    /// `tracing` warning as soon as the stack dies).
     pub async fn check(&self) -> Result<()> {
         self.worker.probe().await
+    }
+
+    /// Asks Docker whether both containers of the stack still run:
+    /// `Err(Error::StackDied)` naming each one that does not (gone, or
+    /// exited with its code). Unlike [`Stack::check`], a failure does not
+    /// mark the stack dead for this process: a PgBouncer being restarted
+    /// comes back, so call it twice before concluding (as `up` does).
+    pub async fn check_containers(&self) -> Result<()> {
+        self.worker.containers().await
     }
 
     pub(crate) fn worker(&self) -> &Worker {
@@ -359,7 +369,8 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
         }
         Mode::Shared(run) => {
             // Serialises create-or-join between the run's processes; the
-            // kernel releases it if this process dies.
+            // kernel releases it if this process dies. Dropped at the end of
+            // this arm: the lock file is unlinked, then unlocked.
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
             let locked_at = started.elapsed();
             match join(&docker, host, &id, &settings).await? {
@@ -375,7 +386,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                     (endpoints, lease, true)
                 }
                 None => {
-                    lock::sweep_old_locks();
+                    lock::remove_stale_locks();
                     crate::reaper::sweep(&docker).await;
                     let (endpoints, lease) = create(&docker, host, &id, true, &settings).await?;
                     (endpoints, lease, false)
@@ -519,10 +530,7 @@ async fn create(
 /// Opens this process's lease: a direct connection the watchdog counts.
 async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
     let url = endpoints.direct_url("postgres");
-    let options = url
-        .connect_options()
-        .application_name(&format!("{LEASE_APP} pid {}", std::process::id()))
-        .extra_float_digits(None);
+    let options = crate::connect::options(&url, &format!("{LEASE_APP} pid {}", std::process::id()));
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
     while Instant::now() < deadline {
@@ -548,17 +556,14 @@ async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnec
     Err(Error::Timeout {
         what: format!("a lease connection to PostgreSQL at {url}"),
         after: timeout,
-        hint: format!("last error: {}", crate::target::redact(&last_error)),
+        hint: format!("last error: {}", crate::config::redact(&last_error)),
     })
 }
 /// Ready means: a real query answers through PgBouncer (which implies Postgres
 /// accepts logins too), not merely a log line.
 async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()> {
     let url = endpoints.pooled_url("postgres");
-    let options = url
-        .connect_options()
-        .application_name("pgbouncer-fixtures readiness")
-        .extra_float_digits(None);
+    let options = crate::connect::options(&url, "pgbouncer-fixtures readiness");
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
     while Instant::now() < deadline {
@@ -588,6 +593,6 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()
     Err(Error::Timeout {
         what: format!("the first query through PgBouncer at {url}"),
         after: timeout,
-        hint: format!("last error: {}", crate::target::redact(&last_error)),
+        hint: format!("last error: {}", crate::config::redact(&last_error)),
     })
 }

@@ -9,8 +9,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::database::quote_ident;
+use crate::digest::hex;
 use crate::error::{Error, Result};
-use crate::settings::hex;
 use crate::target::DbUrl;
 
 /// Bumped when the way templates are built changes.
@@ -177,13 +177,10 @@ impl ResolvedTemplate {
     /// session, and only a finished template is marked `IS_TEMPLATE`.
     pub(crate) async fn ensure(&self, admin: &DbUrl) -> Result<()> {
         let sql_err = |action: String| move |e: sqlx::Error| Error::Sql { action, source: e };
-        let options = admin
-            .connect_options()
-            .application_name("pgbouncer-fixtures template")
-            .extra_float_digits(None);
+        let options = crate::connect::options(admin, "pgbouncer-fixtures template");
         let mut conn = PgConnection::connect_with(&options)
             .await
-            .map_err(|e| crate::factory::connect_error("direct endpoint", admin, e))?;
+            .map_err(|e| crate::connect::connect_error("direct endpoint", admin, e))?;
         let lock = format!(
             "select pg_advisory_lock(hashtext('pgbouncer-fixtures'), hashtext('{}'))",
             self.name
@@ -223,13 +220,10 @@ impl ResolvedTemplate {
                     .map_err(sql_err(format!("`{sql}`")))?;
             }
             let target = admin.with_database(&self.name);
-            let options = target
-                .connect_options()
-                .application_name("pgbouncer-fixtures template")
-                .extra_float_digits(None);
+            let options = crate::connect::options(&target, "pgbouncer-fixtures template");
             let mut tpl = PgConnection::connect_with(&options)
                 .await
-                .map_err(|e| crate::factory::connect_error("direct endpoint", &target, e))?;
+                .map_err(|e| crate::connect::connect_error("direct endpoint", &target, e))?;
             if let Some(migrator) = &self.migrator {
                 migrator
                     .run_direct(&mut tpl)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor, PgConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::database::{On, Step};
 use crate::error::{Error, Result};
 use crate::target::DbUrl;
 
@@ -52,42 +53,6 @@ pub(crate) struct ProbeTarget {
     pub postgres_container: String,
 }
 
-/// Where a step of admin work runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum On {
-    /// The admin URL (PostgreSQL, or the external target).
-    Server,
-    /// PgBouncer's admin console (simple protocol only).
-    Console,
-}
-
-/// One statement of admin work.
-#[derive(Clone, Debug)]
-pub(crate) struct Step {
-    pub on: On,
-    pub sql: String,
-    /// A failure is logged and the job goes on (used for PgBouncer housekeeping).
-    pub best_effort: bool,
-}
-
-impl Step {
-    pub(crate) fn server(sql: String) -> Step {
-        Step {
-            on: On::Server,
-            sql,
-            best_effort: false,
-        }
-    }
-
-    pub(crate) fn console(sql: String) -> Step {
-        Step {
-            on: On::Console,
-            sql,
-            best_effort: true,
-        }
-    }
-}
-
 enum Command {
     Admin {
         steps: Vec<Step>,
@@ -110,6 +75,9 @@ enum Command {
     Probe {
         reply: oneshot::Sender<Result<()>>,
     },
+    Containers {
+        reply: oneshot::Sender<Result<()>>,
+    },
     Shutdown {
         done: std_mpsc::SyncSender<()>,
     },
@@ -125,6 +93,9 @@ pub(crate) struct Worker {
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle worker checks its lease: a dead stack is noticed (and
+/// warned about) within about this long, not at the process's next call.
+const LEASE_WATCH: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// Starts a worker thread, runs `init` on it and returns what `init`
@@ -206,6 +177,25 @@ impl Worker {
         }
     }
 
+    /// Asks Docker whether both containers of the stack run: `Err(StackDied)`
+    /// naming each one that does not. Does not mark the stack dead (a
+    /// PgBouncer that is restarting comes back); a no-op without a stack.
+    pub(crate) async fn containers(&self) -> Result<()> {
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Containers { reply: tx })?;
+        match tokio::time::timeout(docker_limit(), rx).await {
+            Ok(reply) => reply.map_err(|_| gone())?,
+            Err(_) => Err(Error::Timeout {
+                what: "asking Docker about the stack's containers".into(),
+                after: docker_limit(),
+                hint: "the worker thread is busy or Docker is stuck; check `docker ps`".into(),
+            }),
+        }
+    }
+
     /// Runs `steps` in order (simple protocol) on the admin connections.
     pub(crate) async fn admin(&self, steps: Vec<Step>) -> Result<()> {
         if let Some(e) = self.dead() {
@@ -272,6 +262,11 @@ fn describe(steps: &[Step]) -> String {
     format!("running `{}` on the admin connection", sql.join("; "))
 }
 
+fn docker_limit() -> Duration {
+    // Two inspections, each bounded by the Docker call limit.
+    crate::docker::CALL_TIMEOUT * 2 + Duration::from_secs(5)
+}
+
 fn gone() -> Error {
     Error::Stack {
         reason: "the stack's worker has stopped (the stack was shut down)".into(),
@@ -287,12 +282,17 @@ async fn serve(
     let cleanup = setup.cleanup.take();
     let jobs = Arc::new(Jobs::new(&setup));
     let mut done = None;
+    let mut watch = tokio::time::interval(LEASE_WATCH);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Probes run here, on the lease; everything else runs as concurrent
     // tasks, so that a claim never waits behind a drop or a refill.
-    while let Some(command) = rx.recv().await {
+    while let Some(command) = next_command(rx, &mut watch, &mut lease, &setup, dead).await {
         match command {
             Command::Probe { reply } => {
                 let _ = reply.send(probe(&mut lease, &setup, dead).await);
+            }
+            Command::Containers { reply } => {
+                let _ = reply.send(containers(&setup).await);
             }
             Command::Admin { steps, reply } => {
                 let task = jobs.clone();
@@ -354,6 +354,40 @@ async fn serve(
     }
 }
 
+/// The next command; while none comes, checks the lease every
+/// [`LEASE_WATCH`], so a stack that dies is noticed at once: the warning is
+/// logged then, and every later call fails fast with `StackDied`.
+async fn next_command(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    watch: &mut tokio::time::Interval,
+    lease: &mut Option<PgConnection>,
+    setup: &WorkerSetup,
+    dead: &OnceLock<Error>,
+) -> Option<Command> {
+    loop {
+        tokio::select! {
+            command = rx.recv() => return command,
+            _ = watch.tick(), if lease.is_some() && setup.probe.is_some() && dead.get().is_none() => {
+                let _ = probe(lease, setup, dead).await;
+            }
+        }
+    }
+}
+
+/// Both containers of the stack run, or `StackDied` saying which does not.
+async fn containers(setup: &WorkerSetup) -> Result<()> {
+    let Some(target) = setup.probe.as_ref() else {
+        return Ok(());
+    };
+    match crate::containers::pair_problem(&target.docker, &target.stack_id).await? {
+        None => Ok(()),
+        Some(reason) => Err(Error::StackDied {
+            stack: target.stack_id.clone(),
+            reason,
+        }),
+    }
+}
+
 async fn probe(
     lease: &mut Option<PgConnection>,
     setup: &WorkerSetup,
@@ -378,7 +412,11 @@ async fn probe(
         reason: format!("{state}; {failure}"),
     };
     let _ = dead.set(error.again());
-    tracing::warn!(error = %error, "stack died");
+    tracing::warn!(
+        stack = %target.stack_id,
+        error = %error,
+        "the stack died: every later call of this process fails with StackDied"
+    );
     Err(error)
 }
 
@@ -828,13 +866,10 @@ impl Jobs {
                 .await?;
         }
         let url = self.urls.pooled_url.with_database(&name);
-        let options = url
-            .connect_options()
-            .application_name("pgbouncer-fixtures warm-up")
-            .extra_float_digits(None)
-            .statement_cache_capacity(0);
+        let options =
+            crate::connect::options(&url, "pgbouncer-fixtures warm-up").statement_cache_capacity(0);
         let mut warm =
-            crate::factory::open("pooler", &url, &options, self.urls.connect_timeout).await?;
+            crate::connect::open("pooler", &url, &options, self.urls.connect_timeout).await?;
         warm.execute("select 1").await.map_err(|e| Error::Sql {
             action: "warming a prepared clone".into(),
             source: e,
@@ -875,11 +910,8 @@ async fn execute(
         let conn = match slot {
             Some(c) => c,
             None => {
-                let options = url
-                    .connect_options()
-                    .application_name("pgbouncer-fixtures admin")
-                    .extra_float_digits(None);
-                slot.insert(crate::factory::open(kind, url, &options, connect_timeout).await?)
+                let options = crate::connect::options(url, "pgbouncer-fixtures admin");
+                slot.insert(crate::connect::open(kind, url, &options, connect_timeout).await?)
             }
         };
         // `&str` without arguments goes out as a simple Query (raw_sql is not

@@ -1,15 +1,18 @@
-//! `pgbouncer-fixtures up`: prints working URLs, takes the profile flags, and
-//! removes everything on Ctrl-C / SIGTERM.
+//! `pgbouncer-fixtures up`: prints working URLs, takes the profile flags,
+//! removes everything on Ctrl-C / SIGTERM, exits non-zero when its stack
+//! dies, and publishes its ports on 127.0.0.1 unless asked otherwise.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{assert_named_statement_collisions, run_default_workload, stack_containers};
+use common::{assert_named_statement_collisions, docker, run_default_workload, stack_containers};
 use pgbouncer_fixtures::probes::SqlxPattern;
 use pgbouncer_fixtures::{DbUrl, Env, Profile, Target, TestDb};
 use rstest::rstest;
+use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
 
@@ -17,16 +20,21 @@ struct Up {
     child: std::process::Child,
     // Kept open: `up` reports on them while it stops.
     _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    _stderr: std::io::Lines<BufReader<std::process::ChildStderr>>,
+    stderr: std::io::Lines<BufReader<std::process::ChildStderr>>,
     pooled: String,
     direct: String,
     stack_id: String,
 }
 
 fn start_up(args: &[&str]) -> Up {
+    start_up_with_env(args, &[])
+}
+
+fn start_up_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
     let mut child = Command::new(BIN)
         .arg("up")
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -50,7 +58,7 @@ fn start_up(args: &[&str]) -> Up {
     Up {
         child,
         _stdout: lines,
-        _stderr: stderr,
+        stderr,
         pooled: pooled
             .strip_prefix("TEST_DATABASE_URL=")
             .expect("first line")
@@ -168,4 +176,128 @@ async fn stacks_are_shared_only_between_identical_settings() {
         a.direct().unwrap().port(),
         "direct bypasses the transaction stack's pooler"
     );
+}
+
+/// `up` watches its stack: when PostgreSQL or PgBouncer dies under it, it
+/// exits 1 within 5 s, saying what died and that its URLs are void, and
+/// leaves nothing behind.
+#[rstest]
+#[case::postgres("postgres")]
+#[case::pgbouncer("pgbouncer")]
+fn up_exits_non_zero_when_its_stack_dies(#[case] kind: &str) {
+    let mut up = start_up(&[]);
+    let container = format!("pgbf-{}-{kind}", up.stack_id);
+    docker(&["kill", &container]);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        // The contract is 5 s; a loaded machine gets a generous margin.
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "`up` still running 15 s after `docker kill {container}`"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = killed.elapsed();
+    println!(
+        "`up` exited {:.2} s after `docker kill` of its {kind} container ({status})",
+        took.as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1), "{status}");
+    let stderr: Vec<String> = up.stderr.by_ref().map_while(Result::ok).collect();
+    let message = stderr.join("\n");
+    assert!(
+        message.contains(&format!("stack {} died", up.stack_id)),
+        "{message}"
+    );
+    assert!(message.contains(&container), "names what died: {message}");
+    assert!(
+        message.contains("The URLs printed above (TEST_DATABASE_URL, TEST_DIRECT_URL) are void"),
+        "{message}"
+    );
+    assert!(
+        !message.contains(&common::password_of(&up.pooled)),
+        "no password"
+    );
+    // Nothing of the stack stays.
+    let started = Instant::now();
+    while !stack_containers(&up.stack_id).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "containers of stack {} remain: {:?}",
+            up.stack_id,
+            stack_containers(&up.stack_id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The host addresses Docker publishes the stack's PostgreSQL ports on
+/// (both ports: PgBouncer shares PostgreSQL's network namespace).
+fn published_addresses(stack_id: &str) -> Vec<String> {
+    let mut addresses: Vec<String> = docker(&["port", &format!("pgbf-{stack_id}-postgres")])
+        .lines()
+        .filter_map(|l| l.split(" -> ").nth(1))
+        .map(|a| a[..a.rfind(':').unwrap()].to_string())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// A local engine's stack is reachable from this machine only, unless
+/// `PGBF_PUBLISH_ALL_INTERFACES=1` asks for every interface.
+#[rstest]
+#[case::private_by_default(None, &["127.0.0.1"])]
+#[case::all_interfaces_on_request(Some("1"), &["0.0.0.0", "[::]"])]
+#[tokio::test]
+async fn up_publishes_on_loopback_unless_asked(
+    #[case] publish_all: Option<&str>,
+    #[case] expected: &[&str],
+) {
+    // The decision depends on where the engine is: these tests run against a
+    // local one (the default socket, or DOCKER_HOST=unix://...).
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    assert!(
+        host.is_empty() || host.starts_with("unix://"),
+        "a local engine is needed, DOCKER_HOST={host}"
+    );
+    let env: Vec<(&'static str, String)> = publish_all
+        .map(|v| ("PGBF_PUBLISH_ALL_INTERFACES", v.to_string()))
+        .into_iter()
+        .collect();
+    let up = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_up_with_env(&[], &env)
+    })
+    .await
+    .unwrap();
+    let addresses = published_addresses(&up.stack_id);
+    assert!(
+        addresses.iter().any(|a| a == "0.0.0.0" || a == "127.0.0.1"),
+        "{addresses:?}"
+    );
+    // Docker 20.10 publishes "" on 0.0.0.0 and [::]; newer engines without
+    // IPv6 only on 0.0.0.0: every address found must be an expected one.
+    for a in &addresses {
+        assert!(
+            expected.contains(&a.as_str()),
+            "{a} in {addresses:?}, expected {expected:?}"
+        );
+    }
+    // The printed URL works (it names 127.0.0.1 and the published port).
+    let url = DbUrl::parse("up", &up.pooled).unwrap();
+    assert!(
+        url.host_port().starts_with("127.0.0.1:"),
+        "{}",
+        url.host_port()
+    );
+    let mut conn = sqlx::PgConnection::connect(&up.pooled).await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    drop(conn);
+    tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
+        .await
+        .unwrap();
 }

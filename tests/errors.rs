@@ -132,6 +132,7 @@ fn invalid_settings_are_typed_errors() {
         ("PGBF_REAP_AFTER_SECS", "0"),
         ("PGBF_REAP_AFTER_SECS", "forever"),
         ("PGBF_RUN_ID", "run\u{7}id"),
+        ("PGBF_PUBLISH_ALL_INTERFACES", "everywhere"),
     ] {
         let mut vars = vec![(var, value)];
         if var == "PGBF_EXTERNAL_CREATE_DATABASES" {
@@ -148,6 +149,11 @@ fn invalid_settings_are_typed_errors() {
             "{err}"
         );
     }
+    let on = Target::resolve(&Env::from_vars([("PGBF_PUBLISH_ALL_INTERFACES", "1")])).unwrap();
+    assert!(
+        matches!(on, Target::Containers(s) if s.publish_all_interfaces),
+        "PGBF_PUBLISH_ALL_INTERFACES=1 asks for every interface"
+    );
 }
 
 #[test]

@@ -73,7 +73,7 @@ async fn assert_explained(scenario: &str, profile: Profile, hazard: Hazard, word
     assert!(block.contains(words), "quotes the server: {block}");
     assert!(
         block.contains(&format!(
-            "profile {profile}, which mirrors {}",
+            "the {profile} profile, which mirrors {}",
             profile.mirrors()
         )),
         "names the profile and what it mirrors: {block}"

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{container_id, docker, stack_containers, unique_run_id};
+use common::{container_id, docker, lock_dir, stack_containers, unique_run_id};
 use pgbouncer_fixtures::{Error, Stack, StackSettings, Target, TestDb};
 use sqlx::{Connection, PgConnection};
 
@@ -17,6 +17,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
 
 /// Longer than any documented bound: a stack still here after this leaked.
 const LEAK_LIMIT: Duration = Duration::from_secs(90);
+/// The reaping contract (gone <= 15 s after the last lease closes) with a
+/// margin for a loaded machine: slower is a regression, not a leak.
+const REAP_CONTRACT: Duration = Duration::from_secs(30);
 
 fn settings(what: &str) -> StackSettings {
     StackSettings::default().with_run_id(unique_run_id(what))
@@ -82,6 +85,48 @@ async fn a_killed_postgres_fails_the_next_connect_and_the_next_testdb_gets_a_fre
     sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
     let new_container = container_id(&pg).expect("a new PostgreSQL container");
     assert_ne!(new_container, old_container);
+    drop(conn);
+    db.close().await.unwrap();
+}
+
+/// A process whose shared stack died gets a replacement stack under the same
+/// id: its template must be built there again, not taken as done.
+#[tokio::test]
+async fn a_replacement_stack_gets_its_template_built_again() {
+    let settings = settings("template-after-kill");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("0001_items.sql"),
+        "create table items (id int primary key);",
+    )
+    .unwrap();
+    let with_template = || async {
+        TestDb::builder()
+            .target(Target::Containers(settings.clone()))
+            .template(pgbouncer_fixtures::Template::new().migrations_dir(dir.path()))
+            .build()
+            .await
+    };
+    let db = with_template().await.unwrap();
+    let mut conn = db.connect_direct().await.unwrap();
+    sqlx::raw_sql("select count(*) from items")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let stack = Stack::shared(&settings).await.unwrap();
+    docker(&["kill", &format!("pgbf-{}-postgres", stack.id())]);
+    assert!(matches!(stack.check().await, Err(Error::StackDied { .. })));
+    drop(db);
+
+    let db = with_template()
+        .await
+        .expect("the template is built on the new stack");
+    let mut conn = db.connect_direct().await.unwrap();
+    sqlx::raw_sql("select count(*) from items")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
     db.close().await.unwrap();
 }
@@ -245,10 +290,15 @@ async fn racing_processes_share_one_stack_and_sigkill_of_all_of_them_reaps_it() 
     );
     assert!(answers(&url_a).await);
 
+    // The lock that serialised them is gone with its last holder.
+    let lock = lock_dir().join(format!("{id_a}.lock"));
+    assert!(!lock.exists(), "{} left behind", lock.display());
+
     a.sigkill();
     b.sigkill();
     let took = wait_until_reaped(&id_a);
     println!("REAP_AFTER_SIGKILL_SECS={:.1}", took.as_secs_f64());
+    assert!(took < REAP_CONTRACT, "reaped after {took:?}");
 }
 
 /// `up` without a run id owns a private stack; SIGKILL cannot run its
@@ -265,6 +315,7 @@ async fn sigkill_of_the_owner_of_a_private_stack_reaps_it() {
         "private stack reaped {:.1} s after SIGKILL",
         took.as_secs_f64()
     );
+    assert!(took < REAP_CONTRACT, "reaped after {took:?}");
 }
 
 /// A joiner re-checks the stack it finds: a run's stack that lost its
@@ -353,4 +404,189 @@ fn gc_refuses_unknown_options() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("gc takes no option, or --stack ID, or --checkout PATH"));
+}
+
+/// Warnings logged by the crate in this test process, captured as text.
+fn captured_warnings() -> &'static std::sync::Mutex<Vec<u8>> {
+    use std::sync::{Mutex, OnceLock};
+    static BUF: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct Sink(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(buf))
+            .try_init()
+            .expect("no other subscriber in this test binary");
+        buf
+    })
+}
+
+/// A process whose stack dies hears about it at once, from its worker, not
+/// at its next call; the next call then fails with `StackDied`.
+#[tokio::test]
+async fn a_dying_stack_is_warned_about_at_once() {
+    let warnings = captured_warnings();
+    let settings = settings("warn-at-once");
+    let stack = Stack::shared(&settings).await.unwrap();
+    let needle = format!("the test stack {} died", stack.id());
+    docker(&["kill", &format!("pgbf-{}-postgres", stack.id())]);
+    let killed = Instant::now();
+    let line = loop {
+        let text = String::from_utf8_lossy(&warnings.lock().unwrap()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains(&needle)) {
+            break line.to_string();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no warning about stack {} within 15 s of its death; captured: {text}",
+            stack.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "warned {:.2} s after `docker kill`: {line}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("fails with StackDied"), "{line}");
+    assert!(
+        matches!(stack.check().await, Err(Error::StackDied { .. })),
+        "the next call says StackDied"
+    );
+}
+
+/// Create-or-join leaves no lock file: it is unlinked by its last holder.
+#[tokio::test]
+async fn a_run_leaves_no_lock_file() {
+    let settings = settings("no-lock-file");
+    let stack = Stack::shared(&settings).await.unwrap();
+    let lock = lock_dir().join(format!("{}.lock", stack.id()));
+    assert!(lock_dir().is_dir(), "the lock directory was used");
+    assert!(!lock.exists(), "{} left behind", lock.display());
+    stack.check().await.unwrap();
+}
+
+/// `gc` removes lock files nobody holds (left by a process killed while it
+/// started a stack, or by older versions) and keeps a held one.
+#[test]
+fn gc_removes_stale_lock_files_and_keeps_held_ones() {
+    use std::os::unix::io::AsRawFd;
+    let dir = lock_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let tag = unique_run_id("gc-locks");
+    let stale = dir.join(format!("{tag}-stale.lock"));
+    let held = dir.join(format!("{tag}-held.lock"));
+    let other = dir.join(format!("{tag}-not-a-lock.txt"));
+    fs::write(&stale, "pid=1\n").unwrap();
+    fs::write(&other, "").unwrap();
+    let holder = fs::File::create(&held).unwrap();
+    // SAFETY: a valid open descriptor; LOCK_NB never blocks.
+    assert_eq!(
+        unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+
+    let out = Command::new(BIN)
+        .args(["gc", "--stack", &tag])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stale.exists(), "the stale lock file is removed");
+    assert!(
+        stdout.contains(&format!("removed lock file {}", stale.display())),
+        "{stdout}"
+    );
+    assert!(held.exists(), "a held lock file is kept");
+    assert!(!stdout.contains(&held.display().to_string()), "{stdout}");
+    assert!(other.exists(), "only *.lock files are touched");
+    drop(holder);
+    fs::remove_file(&held).unwrap();
+    fs::remove_file(&other).unwrap();
+}
+
+/// The pids of the watchdog's psql in a stack's PostgreSQL container.
+fn watchdog_psql(stack_id: &str) -> Vec<String> {
+    docker(&[
+        "exec",
+        &format!("pgbf-{stack_id}-postgres"),
+        "bash",
+        "-c",
+        r#"for p in /proc/[0-9]*; do
+             case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
+               */bin/psql\ *) echo "${p#/proc/}" ;;
+             esac
+           done"#,
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+/// The last pid handed out in the stack's PID namespace (PostgreSQL's and
+/// PgBouncer's processes share it).
+fn last_pid(stack_id: &str) -> u64 {
+    docker(&[
+        "exec",
+        &format!("pgbf-{stack_id}-postgres"),
+        "cat",
+        "/proc/sys/kernel/ns_last_pid",
+    ])
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The watchdogs start no process per second (the earlier ones started a
+/// `psql` a second, and PgBouncer's a `sleep` and a subshell), and the lease
+/// counting survives its psql dying: the stack stays while a lease is held.
+#[tokio::test]
+async fn the_watchdog_spawns_no_process_per_second_and_survives_its_psql_dying() {
+    let settings = settings("watchdog").with_reap_after(Duration::from_secs(3));
+    let stack = Stack::shared(&settings).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A `docker exec` takes pids itself (runc's threads, then the command):
+    // two readings in a row say how many.
+    let first = last_pid(stack.id());
+    let before = last_pid(stack.id());
+    let per_exec = before - first;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let spawned = (last_pid(stack.id()) - before).saturating_sub(per_exec);
+    println!(
+        "processes started in the stack's PID namespace in 10 s: {spawned} \
+         (a docker exec takes {per_exec} pids, not counted)"
+    );
+    // Autovacuum may start a worker; a process a second would make >= 10.
+    assert!(spawned <= 3, "{spawned} processes in 10 s");
+
+    let old = watchdog_psql(stack.id());
+    assert_eq!(old.len(), 1, "one long-lived psql: {old:?}");
+    docker(&[
+        "exec",
+        &format!("pgbf-{}-postgres", stack.id()),
+        "kill",
+        &old[0],
+    ]);
+    // Longer than the reap delay: a watchdog that lost count would stop it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stack.check().await.unwrap();
+    assert_eq!(stack_containers(stack.id()).len(), 2);
+    let new = watchdog_psql(stack.id());
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, old, "a new psql answers");
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use pgbouncer_fixtures::{redact, DbUrl, Env, Error, Target};
+use pgbouncer_fixtures::{redact, DbUrl, Env, Error, Target, TestDb};
 use proptest::prelude::*;
 
 /// Every variable the crate reads from the environment or `.env`.
@@ -21,9 +21,28 @@ const VARS: &[&str] = &[
     "PGBF_STARTUP_TIMEOUT_SECS",
     "PGBF_REAP_AFTER_SECS",
     "PGBF_RUN_ID",
+    "PGBF_PROFILE",
+    "PGBF_REQUIRE_TLS",
+    "PGBF_PUBLISH_ALL_INTERFACES",
+];
+
+/// Variables `TestDb::builder().build()` reads beyond the target's.
+const BUILD_VARS: &[&str] = &[
+    "PGBF_CONNECT_TIMEOUT_SECS",
+    "PGBF_PREPARED_CLONES",
+    "PGBF_KEEP_FAILED",
 ];
 
 const SECRET: &str = "Zq8secretPw";
+
+/// A URL whose path swallowed the password once showed it in the error.
+#[test]
+fn a_mangled_url_never_shows_its_password() {
+    let raw = format!("postgres://$@!/:{SECRET}@localhost/db");
+    if let Err(e) = DbUrl::parse("TEST_DATABASE_URL", &raw) {
+        assert!(!e.to_string().contains(SECRET), "{e}");
+    }
+}
 
 /// Strings that look like URLs, with the parts attackers and typos vary.
 fn url_like() -> impl Strategy<Value = String> {
@@ -135,6 +154,25 @@ proptest! {
                 prop_assert!(!e.to_string().contains(SECRET), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn every_build_variable_with_any_value_fails_typed_before_any_work(
+        values in proptest::collection::vec((0..BUILD_VARS.len(), any_value()), 1..4)
+    ) {
+        // A server that refuses at once: a build either refuses a variable
+        // or gets as far as connecting, and fails typed either way.
+        let target = Target::resolve(&Env::from_vars([(
+            "TEST_DATABASE_URL",
+            format!("postgres://u:{SECRET}@127.0.0.1:1/db"),
+        )]))
+        .unwrap();
+        let env = Env::from_vars(values.into_iter().map(|(i, v)| (BUILD_VARS[i], v)));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let built = runtime.block_on(TestDb::builder().env(env).target(target).build());
+        let e = built.expect_err("nothing listens on port 1");
+        prop_assert!(typed(&e) || matches!(e, Error::Unreachable { .. }), "{e:?}");
+        prop_assert!(!e.to_string().contains(SECRET), "{e}");
     }
 
     #[test]

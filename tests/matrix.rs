@@ -52,6 +52,19 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             | SessionProbe::MigratorLock => WrongSilently,
         },
         Behaviour::Session(_) => Pass,
+        // tokio-postgres numbers its statements per process: within one
+        // process they never collide, but Parse and Bind can split (26000).
+        #[cfg(feature = "tokio-postgres")]
+        Behaviour::TokioPostgres(p) => {
+            use pgbouncer_fixtures::probes::tokio_postgres::TokioPgPattern;
+            match (p, profile) {
+                (
+                    TokioPgPattern::Query | TokioPgPattern::PreparedAcrossTransactions,
+                    SupabaseShared,
+                ) => Breaks(NAMED),
+                _ => Pass,
+            }
+        }
         Behaviour::Startup(p) => match (p, profile) {
             (StartupProbe::TopLevelJit, SupabaseDedicated) => {
                 Refused("08P01", "unsupported startup parameter: jit")

@@ -8,13 +8,17 @@
 //! - [`statements`]: sqlx's ways of running a parameterised query, as a
 //!   concurrent workload ([`SqlxPattern`], [`run_pattern`]);
 //! - [`session`]: session state across transactions, and sqlx's migrator lock;
-//! - [`startup`]: startup parameters (top-level and in `options`) and TLS.
+//! - [`startup`]: startup parameters (top-level and in `options`) and TLS;
+//! - `tokio_postgres` (feature `tokio-postgres`): tokio-postgres's ways of
+//!   running a parameterised query, as the same concurrent workload.
 
 use std::fmt;
 
 pub mod session;
 pub mod startup;
 pub mod statements;
+#[cfg(feature = "tokio-postgres")]
+pub mod tokio_postgres;
 
 pub use statements::{run_pattern, SqlxPattern};
 
@@ -55,7 +59,7 @@ impl ClientError {
             },
             None => ClientError {
                 code: None,
-                message: crate::target::redact(&e.to_string()),
+                message: crate::config::redact(&e.to_string()),
             },
         }
     }
@@ -109,6 +113,26 @@ impl From<Result<(), sqlx::Error>> for ClientEnd {
             Err(e) => ClientEnd::Failed(ClientError::of(&e)),
         }
     }
+}
+
+/// Distinct SQL texts per client in the statement workloads.
+pub(crate) const TEXTS: usize = 7;
+
+/// Query `i` of client `c` in the statement workloads: its SQL text and the
+/// constant it adds. Each client has constants of its own per text, so
+/// another client's statement of the same name cannot give the right answer.
+pub(crate) fn query(client: usize, i: usize) -> (String, i64) {
+    let k = (client * 100 + i % TEXTS) as i64;
+    (format!("select $1::int8 + {k}"), k)
+}
+
+/// `None` when `got` is the known answer of `sql` with `$1 = arg`.
+pub(crate) fn check(sql: &str, arg: i64, k: i64, got: i64) -> Option<WrongAnswer> {
+    (got != arg + k).then(|| WrongAnswer {
+        asked: format!("{sql} with $1 = {arg}"),
+        expected: (arg + k).to_string(),
+        got: got.to_string(),
+    })
 }
 
 /// How long one probe client may wait for its answers: a pooler that loses

@@ -8,7 +8,7 @@ use std::fmt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, Row};
 
-use super::{within, ClientEnd, Outcome, Workload, WrongAnswer, CLIENT_TIMEOUT};
+use super::{check, query, within, ClientEnd, Outcome, Workload, CLIENT_TIMEOUT, TEXTS};
 use crate::error::{Error, Result};
 
 /// One way applications run a parameterised query through sqlx.
@@ -30,8 +30,6 @@ pub enum SqlxPattern {
     SimpleProtocol,
 }
 
-/// Distinct SQL texts per client.
-const TEXTS: usize = 7;
 /// Clients of [`SqlxPattern::SequentialConnects`] (as measured in FACTS.md).
 const SEQUENTIAL_CLIENTS: usize = 5;
 
@@ -69,20 +67,6 @@ impl fmt::Display for SqlxPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.description())
     }
-}
-
-/// Query `i` of client `c`: its SQL text and the constant it adds.
-fn query(client: usize, i: usize) -> (String, i64) {
-    let k = (client * 100 + i % TEXTS) as i64;
-    (format!("select $1::int8 + {k}"), k)
-}
-
-fn check(sql: &str, arg: i64, k: i64, got: i64) -> Option<WrongAnswer> {
-    (got != arg + k).then(|| WrongAnswer {
-        asked: format!("{sql} with $1 = {arg}"),
-        expected: (arg + k).to_string(),
-        got: got.to_string(),
-    })
 }
 
 /// Runs `pattern` with `workload` against the server `options` point at

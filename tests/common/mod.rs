@@ -147,3 +147,10 @@ pub async fn run_default_workload(
         .await
         .expect("the workload runs")
 }
+
+/// Where the crate keeps its lock files: `$TMPDIR/pgbouncer-fixtures-<uid>`.
+pub fn lock_dir() -> std::path::PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("pgbouncer-fixtures-{uid}"))
+}
