@@ -283,7 +283,17 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     let unnamed = run_pattern(SqlxPattern::UnnamedOutsideTransaction, &base, longer).await;
     findings.push(unnamed_finding(unnamed, pool_behaviour));
     #[cfg(feature = "tokio-postgres")]
-    findings.extend(tokio_postgres_findings(url, &base, workload, connect_timeout).await);
+    {
+        // Named statements are unsafe here when the pooler moves clients
+        // between server connections and the default-cache probe broke.
+        let named_unsafe = pool_behaviour == Some(PoolBehaviour::Transaction)
+            && findings
+                .iter()
+                .any(|f| f.item == items::DEFAULT_CACHE && f.verdict != Verdict::Ok);
+        findings.extend(
+            tokio_postgres_findings(url, &base, workload, connect_timeout, named_unsafe).await,
+        );
+    }
 
     // sqlx's defaults send extra_float_digits=2 at startup.
     let defaults = url
@@ -479,6 +489,7 @@ async fn tokio_postgres_findings(
     base: &PgConnectOptions,
     workload: Workload,
     timeout: Duration,
+    named_unsafe: bool,
 ) -> Vec<Finding> {
     use crate::probes::tokio_postgres::{run_tokio_pg_pattern, TokioPgPattern};
     let config = crate::tokio_pg::config(url, base, timeout);
@@ -492,6 +503,22 @@ async fn tokio_postgres_findings(
         };
         findings.push(
             match run_tokio_pg_pattern(pattern, &config, workload).await {
+                // Plain `query` splits Parse and Bind by chance: behind a
+                // pooler without tracking it is never fine, even when the
+                // race did not strike in this run.
+                Ok(o) if o.passed() && named_unsafe && pattern == TokioPgPattern::Query => {
+                    Finding {
+                        item,
+                        verdict: Verdict::Hazard,
+                        detail: format!(
+                            "{} this time, but behind a transaction pooler without \
+                             prepared-statement tracking its named statement can be bound \
+                             on a server connection that never prepared it (26000)",
+                            o.summary()
+                        ),
+                        remedy: Some(Hazard::MissingStatement.tokio_postgres_remedy_line()),
+                    }
+                }
                 Ok(o) if o.passed() => Finding {
                     item,
                     verdict: Verdict::Ok,

@@ -169,8 +169,20 @@ async fn matrix_rows_behind_every_profile(
         let Behaviour::TokioPostgres(pattern) = row else {
             unreachable!()
         };
-        let outcome = row.run(&db, Workload::default()).await.unwrap();
-        eprintln!("{profile} | {pattern}: {}", outcome.summary());
+        let mut outcome = row.run(&db, Workload::default()).await.unwrap();
+        // Plain `query` breaks when Parse and Bind happen to meet different
+        // server connections: a race, so a run may pass by chance. It must
+        // break within three runs, and never otherwise than with 26000.
+        let mut runs = 1;
+        while profile == Profile::SupabaseShared
+            && pattern == TokioPgPattern::Query
+            && outcome.passed()
+            && runs < 3
+        {
+            outcome = row.run(&db, Workload::default()).await.unwrap();
+            runs += 1;
+        }
+        eprintln!("{profile} | {pattern} (run {runs}): {}", outcome.summary());
         assert_eq!(outcome.clients, 16);
         assert_row(profile, pattern, &outcome);
     }
@@ -210,6 +222,8 @@ async fn doctor_items_behind_every_profile(
         let f = finding(item);
         if profile == Profile::SupabaseShared {
             assert_eq!(f.verdict, Verdict::Hazard, "{item}: {text}");
+            // `query` splits by chance (the item says so when it did not);
+            // a prepared Statement reused across transactions always does.
             assert!(f.detail.contains("(26000)"), "{item}: {text}");
             let remedy = f.remedy.as_deref().unwrap_or_default();
             assert!(
