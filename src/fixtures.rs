@@ -3,7 +3,7 @@
 use rstest::fixture;
 
 use crate::error::Result;
-use crate::factory::TestDb;
+use crate::testdb::TestDb;
 
 /// A [`TestDb`] for the current test on the target the environment names.
 ///

@@ -44,7 +44,8 @@
 //! |---|---|
 //! | `main.rs` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
 //! | `fixtures` | the `rstest` fixtures; the only module that knows rstest |
-//! | `factory` | [`TestDb`] and its builder: the handle a test holds, connections to its database |
+//! | `testdb` | [`TestDb`] and its builder: the handle a test holds, connections to its database (no branching on the backend) |
+//! | `backend` | containers or an external server -> one `Server` and its worker; per-test isolation |
 //! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
 //! | `matrix` | the compatibility/fidelity matrix: every probe behind every [`Profile`] |
 //! | `doctor` | probes any URL and gives verdicts and remedies (knows nothing of Docker) |
@@ -72,6 +73,7 @@
 //! `.env` / Supabase recipe, the fidelity table and the measurements.
 #![warn(missing_docs)]
 
+mod backend;
 mod config;
 mod connect;
 mod containers;
@@ -81,7 +83,6 @@ mod docker;
 pub mod doctor;
 mod error;
 mod explain;
-mod factory;
 mod fixtures;
 pub mod hazard;
 mod images;
@@ -96,11 +97,13 @@ mod settings;
 mod stack;
 mod target;
 mod template;
+mod testdb;
 mod tls;
 #[cfg(feature = "tokio-postgres")]
 mod tokio_pg;
 mod worker;
 
+pub use backend::AcquireTimings;
 pub use config::{redact, Env};
 pub use database::Isolation;
 pub use docker::{
@@ -108,7 +111,6 @@ pub use docker::{
 };
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
-pub use factory::{AcquireTimings, TestDb, TestDbBuilder};
 pub use fixtures::{test_db, try_test_db};
 pub use images::{
     ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
@@ -123,6 +125,7 @@ pub use target::{
     TEST_DIRECT_URL,
 };
 pub use template::Template;
+pub use testdb::{TestDb, TestDbBuilder};
 /// The tokio-postgres the crate's `connect_tokio_postgres()` is built on
 /// (feature `tokio-postgres`): use it to name its types at the same version.
 #[cfg(feature = "tokio-postgres")]

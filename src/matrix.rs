@@ -5,13 +5,13 @@
 use std::fmt;
 
 use crate::error::Result;
-use crate::factory::TestDb;
 use crate::probes::session::{run_session_probe, SessionProbe};
 use crate::probes::startup::{run_startup_probe, StartupProbe};
 #[cfg(feature = "tokio-postgres")]
 use crate::probes::tokio_postgres::{run_tokio_pg_pattern, TokioPgPattern};
 use crate::probes::{run_pattern, Outcome, SqlxPattern, Workload};
 use crate::profile::Profile;
+use crate::testdb::TestDb;
 
 /// One row of the matrix: a behaviour an application relies on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
