@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminUrls;
 use crate::database::{unique_name, Isolation};
 use crate::error::{Error, Result};
 use crate::hazard::Pooler;
@@ -15,7 +16,7 @@ use crate::settings::StackSettings;
 use crate::stack::Stack;
 use crate::target::{DbUrl, ExternalTarget, Target};
 use crate::template::{ResolvedTemplate, Template};
-use crate::worker::{shutdown_at_exit, Worker, WorkerSetup};
+use crate::worker::{Worker, WorkerSetup};
 
 /// Where the time went while the fixture made a test's database: see
 /// [`TestDb::acquire_timings`] (the README's breakdown is made of these).
@@ -51,8 +52,6 @@ pub(crate) async fn server_for(
             let e = stack.endpoints();
             let server = Server {
                 stack: Some((stack.id().to_string(), pooler_of(profile, settings))),
-                // Per incarnation: a replaced stack builds its templates again.
-                key: stack.instance().to_string(),
                 pooled: e.pooled_url("postgres"),
                 direct: Some(e.direct_url("postgres")),
                 databases: true,
@@ -80,7 +79,7 @@ pub(crate) async fn isolate(
             let admin = server.direct.as_ref().ok_or(Error::DirectUrlRequired {
                 feature: "templates",
             })?;
-            claim_clone(worker, &server.key, &resolved, admin, timings)
+            claim_clone(worker, &resolved, admin, timings)
                 .await
                 .map(Isolation::Database)
         }
@@ -115,7 +114,6 @@ pub(crate) async fn isolate(
 /// checked (built if missing) and cloned on demand.
 async fn claim_clone(
     worker: &Worker,
-    server_key: &str,
     resolved: &ResolvedTemplate,
     admin: &DbUrl,
     timings: &mut AcquireTimings,
@@ -126,7 +124,7 @@ async fn claim_clone(
         .await?;
     if claimed.is_none() {
         let checking = Instant::now();
-        ensure_template_once(server_key, resolved, admin).await?;
+        ensure_template_once(worker, resolved, admin).await?;
         timings.template = checking.elapsed();
         claimed = worker
             .claim(resolved.name.clone(), resolved.prepared, false)
@@ -175,8 +173,6 @@ fn pooler_of(profile: Option<Profile>, settings: &StackSettings) -> Pooler {
 pub(crate) struct Server {
     /// On the crate's own stack: its id and the pooler in words.
     pub stack: Option<(String, Pooler)>,
-    /// Identifies the server within the process (for one-time template checks).
-    pub key: String,
     pub pooled: DbUrl,
     pub direct: Option<DbUrl>,
     /// One database per test (else one schema per test).
@@ -199,7 +195,6 @@ async fn external(ext: &ExternalTarget, timeout: Duration) -> Result<(Worker, Se
     let worker = external_worker(admin.clone(), kind, ext.pooled.clone(), timeout).await?;
     let server = Server {
         stack: None,
-        key: admin.expose().to_string(),
         pooled: ext.pooled.clone(),
         direct: ext.direct.clone(),
         databases: ext.create_databases,
@@ -208,15 +203,15 @@ async fn external(ext: &ExternalTarget, timeout: Duration) -> Result<(Worker, Se
     Ok((worker, server))
 }
 
-/// Builds (or finds) a template once per server and process; other
-/// processes are kept out by the template's own advisory lock.
+/// Builds (or finds) a template once per server incarnation and process
+/// (a replaced stack builds it again); other processes are kept out by the
+/// template's own advisory lock.
 async fn ensure_template_once(
-    server_key: &str,
+    worker: &Worker,
     template: &ResolvedTemplate,
     admin: &DbUrl,
 ) -> Result<()> {
-    static DONE: OnceMap<()> = OnceMap::new();
-    let cell = DONE.cell(&format!("{server_key}/{}", template.name), |_| false);
+    let cell = worker.templates().cell(&template.name, |_| false);
     cell.get_or_try_init(|| template.ensure(admin))
         .await
         .map(|_| ())
@@ -233,23 +228,25 @@ async fn external_worker(
     let cell = WORKERS.cell(admin_url.expose(), |_| false);
     cell.get_or_try_init(|| async {
         let pooled_url = pooled.clone();
-        let (worker, ()) = Worker::spawn("pgbf-external-admin".into(), move || async move {
+        let (worker, ()) = Worker::start("pgbf-external-admin".into(), move || async move {
+            let urls = AdminUrls {
+                admin_url,
+                admin_kind,
+                console_url: None,
+                pooled_url,
+                connect_timeout,
+            };
             Ok((
                 (),
                 WorkerSetup {
-                    admin_url,
-                    admin_kind,
-                    connect_timeout,
-                    console_url: None,
-                    pooled_url,
+                    urls,
                     cleanup: None,
                     lease: None,
-                    probe: None,
                 },
             ))
         })
         .await?;
-        shutdown_at_exit(&worker);
+        worker.shutdown_at_exit();
         Ok::<_, Error>(worker)
     })
     .await

@@ -7,7 +7,7 @@
 //! [`engine()`] decides, once per process, which engine the crate talks to.
 //! Everything the crate does with Docker goes there: image builds (through
 //! testcontainers, `images.rs`), containers and their inspection (through
-//! bollard, `containers.rs`, `stack.rs`, `worker.rs`), the sweep and `gc`
+//! bollard, `containers.rs`, `stack.rs`, `lease.rs`), the sweep and `gc`
 //! (`reaper.rs`).
 //!
 //! ## Where it looks: testcontainers' order
@@ -108,7 +108,7 @@
 //! - **finding and inspecting a stack made by another process**
 //!   (`containers::pair_state`, `describe`): testcontainers only knows
 //!   containers it started in this process; a joiner reads ports and password
-//!   from Docker, and a dead stack's state is read for `StackDied` (`worker.rs`);
+//!   from Docker, and a dead stack's state is read for `StackDied` (`lease.rs`);
 //! - **removing containers by name** (`containers::remove`): stacks this
 //!   process did not start, private stacks on `stop()`, half-made stacks;
 //! - **`gc` and the sweep** (`reaper.rs`): listing containers and networks

@@ -37,33 +37,42 @@
 //!
 //! # Module map (for the next engineer)
 //!
-//! Each concern lives in one module; arrows point down (a module uses only
-//! those below it in this list, `error` and `target` being used by all).
+//! Each concern lives in one module; arrows point down: a module uses only
+//! modules listed below it (`python3 .ci/module-cycles` checks this table
+//! against the code, and finds no import cycle).
 //!
 //! | module | concern |
 //! |---|---|
 //! | `main.rs` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
+//! | `matrix` | the compatibility/fidelity matrix: every probe behind every [`Profile`] |
 //! | `fixtures` | the `rstest` fixtures; the only module that knows rstest |
 //! | `testdb` | [`TestDb`] and its builder: the handle a test holds, connections to its database (no branching on the backend) |
 //! | `backend` | containers or an external server -> one `Server` and its worker; per-test isolation |
-//! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
-//! | `matrix` | the compatibility/fidelity matrix: every probe behind every [`Profile`] |
+//! | `stack` | a Postgres + PgBouncer pair: create-or-join, lease, readiness, [`Endpoints`] |
+//! | `worker` | what the process keeps per server (stack or external), on a background runtime: ties lease, admin, clones, templates built |
+//! | `clones` | prepared template clones: the pool (on the stack, or in-process for external servers), sized to demand |
+//! | `admin` | admin connections, the clone/drop budget and its precedence, the background drop queue |
+//! | `lease` | this process's lease on a stack: keeps it alive, watched every second, `StackDied` with Docker's account |
+//! | `runtime` | a background thread with its own tokio runtime (`run`, `run_blocking`, `spawn`) and exit hooks; knows no SQL |
+//! | `registry` | process-wide once-per-key registries (the run's stacks, external workers, templates per worker) |
+//! | `template` | migration-keyed template databases |
+//! | `database` | per-test databases and schemas, names, drop steps |
 //! | `doctor` | probes any URL and gives verdicts and remedies (knows nothing of Docker) |
 //! | `explain` | a test's server-side evidence (PostgreSQL's JSON log, PgBouncer's log) -> [`Explanation`] |
 //! | `hazard` | what goes wrong behind a pooler, why, and what to change: the words `doctor` and `explain` share |
 //! | `probes` | workloads with known answers: `statements` (sqlx patterns), `session`, `startup` (parameters, TLS) |
-//! | `template` | migration-keyed template databases |
-//! | `database` | per-test databases and schemas, names, drop steps |
-//! | `stack` | a Postgres + PgBouncer pair: create-or-join, lease, readiness, [`Endpoints`] |
-//! | `worker` | the background thread and runtime that outlive each `#[tokio::test]`: lease, admin connections, clone pool |
-//! | `registry` | process-wide once-per-key registries (stacks, templates, external workers) |
-//! | `runkey`, `lock` | which processes share a stack; the file lock that serialises create-or-join |
-//! | `containers`, `images`, `reaper` | the pair of containers, the images, the sweep and `gc` |
+//! | `tokio_pg` | the tokio-postgres glue (feature `tokio-postgres`): its `Config` from the crate's options, connecting |
+//! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
+//! | `reaper` | the sweep at stack creation, and `gc` |
+//! | `containers` | the pair of containers: create, inspect, remove |
+//! | `lock` | the file lock that serialises create-or-join; stale lock files removed |
 //! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
+//! | `runkey` | which processes share a stack (the sharing rule) |
 //! | `tls` | the per-stack CA and server certificate |
-//! | `profile` | [`Profile`]: the production endpoints, in words (a leaf) |
-//! | `settings` | [`StackSettings`]: PgBouncer's knobs, each profile's knobs, `pgbouncer.ini`, the sharing key |
 //! | `target` | containers or an external server (`TEST_DATABASE_URL`), [`DbUrl`] |
+//! | `settings` | [`StackSettings`]: PgBouncer's knobs, each profile's knobs, `pgbouncer.ini`, the sharing key |
+//! | `images` | the embedded Dockerfiles, the base image choice, building when missing |
+//! | `profile` | [`Profile`]: the production endpoints, in words (their PgBouncer knobs are in `settings`) |
 //! | `config` | the one reader of the process environment and `.env` ([`Env`]), its parsers, [`redact`] |
 //! | `digest` | short hex keys (image tags, template names, run keys) |
 //! | `error` | the one [`Error`] enum; every message names the fix |
@@ -73,7 +82,9 @@
 //! `.env` / Supabase recipe, the fidelity table and the measurements.
 #![warn(missing_docs)]
 
+mod admin;
 mod backend;
+mod clones;
 mod config;
 mod connect;
 mod containers;
@@ -86,6 +97,7 @@ mod explain;
 mod fixtures;
 pub mod hazard;
 mod images;
+mod lease;
 mod lock;
 mod matrix;
 pub mod probes;
@@ -93,6 +105,7 @@ mod profile;
 mod reaper;
 mod registry;
 mod runkey;
+mod runtime;
 mod settings;
 mod stack;
 mod target;

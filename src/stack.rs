@@ -9,16 +9,18 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sqlx::{Connection, PgConnection};
 
+use crate::admin::AdminUrls;
 use crate::containers::{self, PairInfo, PairState};
 use crate::docker;
 use crate::error::{Error, Result};
 use crate::images::ensure_images;
+use crate::lease::ProbeTarget;
 use crate::lock;
 use crate::registry::OnceMap;
 use crate::runkey::RunKey;
 use crate::settings::StackSettings;
 use crate::target::DbUrl;
-use crate::worker::{shutdown_at_exit, ProbeTarget, Worker, WorkerSetup};
+use crate::worker::{Worker, WorkerSetup};
 
 /// The stack's superuser (as on Supabase).
 pub const STACK_USER: &str = "postgres";
@@ -119,10 +121,6 @@ impl Endpoints {
 /// once no process has held one for [`StackSettings::reap_after`].
 pub struct Stack {
     id: String,
-    /// This process's handle on one incarnation of the stack: a stack that
-    /// died and was replaced keeps its id, but gets a new instance, so
-    /// per-stack state (templates built there) is never carried over.
-    instance: String,
     endpoints: Endpoints,
     settings: StackSettings,
     worker: Worker,
@@ -144,7 +142,7 @@ impl fmt::Debug for Stack {
 /// The run's shared stacks of this process, by run key.
 static SHARED: OnceMap<&'static Stack> = OnceMap::new();
 
-/// What the worker thread hands back once a stack is up.
+/// What the stack's background runtime hands back once a stack is up.
 struct Started {
     id: String,
     endpoints: Endpoints,
@@ -170,7 +168,7 @@ impl Stack {
         let thread_name = format!("pgbf-stack-{}", mode.id());
         let owned = matches!(mode, Mode::Private(_));
         let (worker, up) =
-            Worker::spawn(thread_name, move || bring_up(mode, thread_settings)).await?;
+            Worker::start(thread_name, move || bring_up(mode, thread_settings)).await?;
         tracing::info!(
             stack = %up.id,
             joined = up.joined,
@@ -180,7 +178,6 @@ impl Stack {
             "stack ready"
         );
         Ok(Stack {
-            instance: format!("{}#{:016x}", up.id, rand::random::<u64>()),
             id: up.id,
             endpoints: up.endpoints,
             settings,
@@ -204,7 +201,7 @@ impl Stack {
         cell.get_or_try_init(|| async {
             tracing::debug!(run_key = %run.key, origin = %run.origin, "joining or starting the run's stack");
             let stack = Stack::launch(settings.clone(), Mode::Shared(run)).await?;
-            shutdown_at_exit(&stack.worker);
+            stack.worker.shutdown_at_exit();
             Ok::<_, Error>(&*Box::leak(Box::new(stack)))
         })
         .await
@@ -214,11 +211,6 @@ impl Stack {
     /// The stack's id (the value of its `pgbouncer-fixtures.stack` label).
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// Identifies this incarnation of the stack within the process (see the field).
-    pub(crate) fn instance(&self) -> &str {
-        &self.instance
     }
 
     /// Whether this process joined a stack another process had started.
@@ -353,7 +345,7 @@ fn endpoints_of(info: &PairInfo, host: &str, settings: &StackSettings) -> Endpoi
     }
 }
 
-// Runs on the worker thread: everything Docker-bound lives on its runtime.
+// Runs on the stack's background runtime: everything Docker-bound lives on its runtime.
 async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, WorkerSetup)> {
     let started = Instant::now();
     // The process's engine: the one testcontainers builds the images on too.
@@ -407,18 +399,22 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
         Mode::Shared(_) => None,
     };
     let setup = WorkerSetup {
-        admin_url: endpoints.direct_url("postgres"),
-        admin_kind: "direct endpoint",
-        connect_timeout: Duration::from_secs(10),
-        console_url: Some(endpoints.admin_url()),
-        pooled_url: endpoints.pooled_url("postgres"),
+        urls: AdminUrls {
+            admin_url: endpoints.direct_url("postgres"),
+            admin_kind: "direct endpoint",
+            connect_timeout: Duration::from_secs(10),
+            console_url: Some(endpoints.admin_url()),
+            pooled_url: endpoints.pooled_url("postgres"),
+        },
         cleanup,
-        lease: Some(lease),
-        probe: Some(ProbeTarget {
-            docker,
-            stack_id: id.clone(),
-            postgres_container: containers::postgres_name(&id),
-        }),
+        lease: Some((
+            lease,
+            ProbeTarget {
+                docker,
+                stack_id: id.clone(),
+                postgres_container: containers::postgres_name(&id),
+            },
+        )),
     };
     Ok((
         Started {

@@ -610,7 +610,7 @@ impl Drop for TestDb {
             );
             return;
         }
-        // Dropped in the background by the worker thread: the test does not
+        // Dropped in the background on the stack's background runtime: the test does not
         // wait for it, and no other test's claim waits behind it. Queued
         // drops are done before the process exits (or the stack is reaped).
         self.worker.discard(self.isolation.drop_steps(), self.clone);

@@ -196,19 +196,12 @@ async fn scenario_startup_parameter() {
 /// before the result is returned: a server connection whose client leaves
 /// mid-transaction is closed, and with it what A left there.
 async fn across(db: &TestDb, setup: &str, check: &str) -> Result<Option<String>, sqlx::Error> {
-    let mut a = db.connect().await.unwrap();
-    let mut b = db.connect().await.unwrap();
-    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
-    let result = sqlx::raw_sql(&format!("select ({check})::text"))
-        .fetch_all(&mut a)
-        .await
-        .map(|rows| rows.first().and_then(|r| r.get::<Option<String>, _>(0)));
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
-    result
+    let sql = format!("select ({check})::text");
+    common::across_transactions(db, setup, async |a: &mut PgConnection| {
+        let rows = sqlx::raw_sql(&sql).fetch_all(a).await?;
+        Ok(rows.first().and_then(|r| r.get::<Option<String>, _>(0)))
+    })
+    .await
 }
 
 #[ignore = "a scenario: run by a parent test in a child process"]

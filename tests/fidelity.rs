@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_named_statement_collisions, run_default_workload};
+use common::{across_transactions, assert_named_statement_collisions, run_default_workload};
 
 use std::time::Duration;
 
@@ -203,25 +203,6 @@ async fn the_factory_sends_no_parameter_a_strict_pooler_refuses() {
         .await
         .expect("connect() sends only parameters PgBouncer accepts");
     sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
-}
-
-/// Runs `setup` on client A, makes client B take the server connection A
-/// used (a transaction), then runs `check` on A and returns its result.
-async fn across_transactions<T>(
-    db: &TestDb,
-    setup: &str,
-    check: impl AsyncFnOnce(&mut PgConnection) -> T,
-) -> T {
-    let mut a = db.connect().await.unwrap();
-    let mut b = db.connect().await.unwrap();
-    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
-    let result = check(&mut a).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
-    result
 }
 
 /// Seed 5: session state is lost in transaction mode and kept in session mode.

@@ -154,3 +154,22 @@ pub fn lock_dir() -> std::path::PathBuf {
     let uid = unsafe { libc::getuid() };
     std::env::temp_dir().join(format!("pgbouncer-fixtures-{uid}"))
 }
+
+/// Runs `setup` on client A, makes client B take the server connection A
+/// used (a transaction), then runs `check` on A and returns its result.
+pub async fn across_transactions<T>(
+    db: &TestDb,
+    setup: &str,
+    check: impl AsyncFnOnce(&mut PgConnection) -> T,
+) -> T {
+    let mut a = db.connect().await.unwrap();
+    let mut b = db.connect().await.unwrap();
+    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut b)
+        .await
+        .unwrap();
+    let result = check(&mut a).await;
+    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    result
+}
