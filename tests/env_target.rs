@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 
 use common::{containers_with, database_exists, int, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{
     Env, Isolation, Stack, StackSettings, Target, TestDb, TEST_DATABASE_URL, TEST_DIRECT_URL,
 };

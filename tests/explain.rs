@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::password_of;
 use pgbouncer_fixtures::hazard::Hazard;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use sqlx::migrate::Migrate;
 use sqlx::{Connection, PgConnection, Row};

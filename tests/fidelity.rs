@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pgbouncer_fixtures::probes::startup::{send_startup, StartupAnswer};
 use pgbouncer_fixtures::probes::SqlxPattern;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use rstest::rstest;
 use sqlx::migrate::{Migrate, Migrator};

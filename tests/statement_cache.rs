@@ -4,6 +4,7 @@
 
 mod common;
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::error::DatabaseError;

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{database_exists, database_gone_within, int, server_admin, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::Connection;

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{database_exists, int, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Env, Error, Stack, StackSettings, Target, Template, TestDb};
 use sqlx::{Connection, PgConnection, Row};
 

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::TestDb;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
