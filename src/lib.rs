@@ -67,6 +67,7 @@
 //! | `target` | containers or an external server (`TEST_DATABASE_URL`), [`DbUrl`] |
 //! | `config` | the one reader of the process environment and `.env` ([`Env`]), its parsers, [`redact`] |
 //! | `digest` | short hex keys (image tags, template names, run keys) |
+//! | `sqlx_compat` | what differs between sqlx 0.8 and 0.9 (features `sqlx-0-8`, `sqlx-0-9`): run-time SQL, running a `Migrator` (a leaf) |
 //! | `error` | the one [`Error`] enum; every message names the fix |
 //!
 //! `docker/` holds the Dockerfiles and the entrypoints (with the lease
@@ -76,7 +77,8 @@
 
 // Exactly one sqlx major (features `sqlx-0-8`, `sqlx-0-9`), named `sqlx`
 // here: an `extern crate` alias at the root is in every module's extern
-// prelude, so `use sqlx::...` means the chosen major everywhere in src/.
+// prelude, so `use sqlx::...` means the chosen major everywhere in src/, and
+// `sqlx_compat` absorbs what differs between the two.
 #[cfg(all(feature = "sqlx-0-8", feature = "sqlx-0-9"))]
 compile_error!(
     "pgbouncer-fixtures: features `sqlx-0-8` and `sqlx-0-9` are both enabled; enable exactly \
@@ -129,6 +131,7 @@ mod reaper;
 mod registry;
 mod runkey;
 mod settings;
+mod sqlx_compat;
 mod stack;
 mod target;
 mod template;

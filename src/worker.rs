@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::database::{On, Step};
 use crate::error::{Error, Result};
+use crate::sqlx_compat::Executor;
 use crate::target::DbUrl;
 
 /// Work to run once, when the worker stops (e.g. removing containers).

@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::password_of;
+use common::{audited, password_of};
 use pgbouncer_fixtures::hazard::Hazard;
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
@@ -199,12 +199,12 @@ async fn scenario_startup_parameter() {
 async fn across(db: &TestDb, setup: &str, check: &str) -> Result<Option<String>, sqlx::Error> {
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
-    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
+    sqlx::raw_sql(audited(setup)).execute(&mut a).await.unwrap();
     sqlx::raw_sql("begin; select 1")
         .execute(&mut b)
         .await
         .unwrap();
-    let result = sqlx::raw_sql(&format!("select ({check})::text"))
+    let result = sqlx::raw_sql(audited(&format!("select ({check})::text")))
         .fetch_all(&mut a)
         .await
         .map(|rows| rows.first().and_then(|r| r.get::<Option<String>, _>(0)));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_named_statement_collisions, run_default_workload};
+use common::{assert_named_statement_collisions, audited, run_default_workload};
 
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
             match PgConnection::connect_with(&options).await {
                 Ok(mut conn) => {
                     assert!(!refused, "{profile} accepted options -c {name}");
-                    let applied: String = sqlx::raw_sql(&format!("show {name}"))
+                    let applied: String = sqlx::raw_sql(audited(&format!("show {name}")))
                         .fetch_one(&mut conn)
                         .await
                         .unwrap()
@@ -215,7 +215,7 @@ async fn across_transactions<T>(
 ) -> T {
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
-    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
+    sqlx::raw_sql(audited(setup)).execute(&mut a).await.unwrap();
     sqlx::raw_sql("begin; select 1")
         .execute(&mut b)
         .await

@@ -56,10 +56,24 @@ pub fn unique_run_id(what: &str) -> String {
     format!("test-{what}-{}-{nanos}", std::process::id())
 }
 
+/// SQL a test built at run time, as sqlx's free functions (`query*`,
+/// `raw_sql`) take it under either sqlx major: the `&str` itself under 0.8;
+/// 0.9 takes only a `&'static str` or an `AssertSqlSafe`.
+#[cfg(feature = "sqlx-0-8")]
+pub fn audited(sql: &str) -> &str {
+    sql
+}
+
+/// [`audited`] under sqlx 0.9: the `&str` wrapped in `AssertSqlSafe`.
+#[cfg(not(feature = "sqlx-0-8"))]
+pub fn audited(sql: &str) -> sqlx::AssertSqlSafe<&str> {
+    sqlx::AssertSqlSafe(sql)
+}
+
 /// Runs one statement with the simple protocol (no prepared statement) and
 /// returns the first row.
 pub async fn one(conn: &mut PgConnection, sql: &str) -> PgRow {
-    sqlx::raw_sql(sql)
+    sqlx::raw_sql(audited(sql))
         .fetch_one(conn)
         .await
         .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"))
