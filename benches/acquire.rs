@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{StackSettings, Target, Template, TestDb};
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor};

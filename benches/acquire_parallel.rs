@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{StackSettings, Target, Template, TestDb};
 use rand::Rng;
 use sqlx::Executor;

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Stack, StackSettings, Target, TestDb};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

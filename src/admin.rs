@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 
 use crate::database::{On, Step};
 use crate::error::{Error, Result};
+use crate::sqlx_compat::Executor;
 use crate::target::DbUrl;
 
 /// How long one job of admin steps may take.

@@ -14,11 +14,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor};
+use sqlx::Connection;
 
 use crate::admin::{lock, Admin};
 use crate::database::{quote_ident, unique_name, Isolation, Step};
 use crate::error::{Error, Result};
+use crate::sqlx_compat::Executor;
 
 /// Clones made at once per template, in the background.
 const REFILL_PARALLEL: usize = 2;

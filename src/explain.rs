@@ -17,6 +17,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use crate::error::{Error, Result};
 use crate::hazard::{Hazard, Pooler};
+use crate::sqlx_compat::audited;
 use crate::target::DbUrl;
 
 /// Where a test's evidence lives: its database on a stack of the crate's.
@@ -196,7 +197,7 @@ async fn postgres_events(conn: &mut PgConnection, database: &str) -> Result<Vec<
         "select pg_read_file('{LOG_FILE}', greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
          from pg_stat_file('{LOG_FILE}', true)"
     );
-    let row = sqlx::raw_sql(&sql)
+    let row = sqlx::raw_sql(audited(&sql))
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| Error::Sql {

@@ -11,6 +11,7 @@ use crate::testdb::TestDb;
 /// or the database cannot be had; use [`try_test_db`] to handle that yourself.
 ///
 /// ```no_run
+/// # use pgbouncer_fixtures::sqlx; // in your crate: your own sqlx dependency
 /// use pgbouncer_fixtures::{test_db, TestDb};
 /// use rstest::rstest;
 ///

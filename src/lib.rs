@@ -16,6 +16,7 @@
 //!   existing server, e.g. a Supabase project, and start no containers.
 //!
 //! ```no_run
+//! # use pgbouncer_fixtures::sqlx; // in your crate: your own sqlx dependency
 //! use pgbouncer_fixtures::{test_db, TestDb};
 //! use rstest::rstest;
 //!
@@ -75,12 +76,48 @@
 //! | `profile` | [`Profile`]: the production endpoints, in words (their PgBouncer knobs are in `settings`) |
 //! | `config` | the one reader of the process environment and `.env` ([`Env`]), its parsers, [`redact`] |
 //! | `digest` | short hex keys (image tags, template names, run keys) |
+//! | `sqlx_compat` | what differs between sqlx 0.8 and 0.9 (features `sqlx-0-8`, `sqlx-0-9`): run-time SQL, running a `Migrator` (a leaf) |
 //! | `error` | the one [`Error`] enum; every message names the fix |
 //!
 //! `docker/` holds the Dockerfiles and the entrypoints (with the lease
 //! watchdog that reaps a stack after any exit). See the README for the
 //! `.env` / Supabase recipe, the fidelity table and the measurements.
 #![warn(missing_docs)]
+
+// Exactly one sqlx major (features `sqlx-0-8`, `sqlx-0-9`), named `sqlx`
+// here: an `extern crate` alias at the root is in every module's extern
+// prelude, so `use sqlx::...` means the chosen major everywhere in src/, and
+// `sqlx_compat` absorbs what differs between the two.
+#[cfg(all(feature = "sqlx-0-8", feature = "sqlx-0-9"))]
+compile_error!(
+    "pgbouncer-fixtures: features `sqlx-0-8` and `sqlx-0-9` are both enabled; enable exactly \
+     one, the sqlx major your crate uses. For sqlx 0.9 depend on it with \
+     `default-features = false, features = [\"sqlx-0-9\"]`, in every crate of the build \
+     that depends on pgbouncer-fixtures (Cargo unites their features: one crate left on the \
+     default `sqlx-0-8` enables it for all)"
+);
+#[cfg(not(any(feature = "sqlx-0-8", feature = "sqlx-0-9")))]
+compile_error!(
+    "pgbouncer-fixtures: no sqlx major is enabled; enable exactly one of the features \
+     `sqlx-0-8` (the default) or `sqlx-0-9`, the sqlx major your crate uses: \
+     `features = [\"sqlx-0-8\"]`, or `features = [\"sqlx-0-9\"]` for sqlx 0.9"
+);
+/// The sqlx the crate's API is built on, the major chosen by the crate's
+/// feature (`sqlx-0-8` or `sqlx-0-9`): its `PgConnection`, `PgConnectOptions`,
+/// `Migrator` and errors are the ones [`TestDb`] hands out and takes. Name
+/// them through your own `sqlx` dependency of the same major (the same
+/// types), or through this re-export.
+#[cfg(feature = "sqlx-0-8")]
+pub extern crate sqlx08 as sqlx;
+/// The sqlx the crate's API is built on, the major chosen by the crate's
+/// feature (`sqlx-0-8` or `sqlx-0-9`): its `PgConnection`, `PgConnectOptions`,
+/// `Migrator` and errors are the ones [`TestDb`] hands out and takes. Name
+/// them through your own `sqlx` dependency of the same major (the same
+/// types), or through this re-export.
+// (Both features on: 0.8 stands in, so that the `compile_error!` above is
+// the one error reported.)
+#[cfg(all(feature = "sqlx-0-9", not(feature = "sqlx-0-8")))]
+pub extern crate sqlx09 as sqlx;
 
 mod admin;
 mod backend;
@@ -107,6 +144,7 @@ mod registry;
 mod runkey;
 mod runtime;
 mod settings;
+mod sqlx_compat;
 mod stack;
 mod target;
 mod template;

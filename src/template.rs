@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use crate::database::quote_ident;
 use crate::digest::hex;
 use crate::error::{Error, Result};
+use crate::sqlx_compat::{run_migrations, Executor};
 use crate::target::DbUrl;
 
 /// Bumped when the way templates are built changes.
@@ -225,8 +226,7 @@ impl ResolvedTemplate {
                 .await
                 .map_err(|e| crate::connect::connect_error("direct endpoint", &target, e))?;
             if let Some(migrator) = &self.migrator {
-                migrator
-                    .run_direct(&mut tpl)
+                run_migrations(migrator, &mut tpl)
                     .await
                     .map_err(|e| Error::Template {
                         reason: format!("migrations failed on the template: {e}"),

@@ -296,6 +296,7 @@ impl TestDb {
     /// against several with rstest's `#[values(..)]`.
     ///
     /// ```no_run
+    /// # use pgbouncer_fixtures::sqlx; // in your crate: your own sqlx dependency
     /// use pgbouncer_fixtures::{Profile, TestDb};
     /// use rstest::rstest;
     ///

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_named_statement_collisions, docker, run_default_workload, stack_containers};
 use pgbouncer_fixtures::probes::SqlxPattern;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{DbUrl, Env, Profile, Target, TestDb};
 use rstest::rstest;
 use sqlx::Connection;

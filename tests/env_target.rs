@@ -6,7 +6,8 @@ mod common;
 
 use std::fs;
 
-use common::{containers_with, database_exists, int, text};
+use common::{audited, containers_with, database_exists, int, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{
     Env, Isolation, Stack, StackSettings, Target, TestDb, TEST_DATABASE_URL, TEST_DIRECT_URL,
 };
@@ -143,9 +144,9 @@ async fn external_target_starts_nothing_and_drops_only_its_own_schema() {
 
     // The test works in its schema through the pooler.
     let mut conn = db.connect().await.unwrap();
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(audited(&format!(
         "create table \"{schema}\".items (id int); insert into \"{schema}\".items values (1)"
-    ))
+    )))
     .execute(&mut conn)
     .await
     .unwrap();

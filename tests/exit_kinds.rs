@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 

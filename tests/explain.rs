@@ -12,8 +12,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::password_of;
+use common::{audited, password_of};
 use pgbouncer_fixtures::hazard::Hazard;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use sqlx::migrate::Migrate;
 use sqlx::{Connection, PgConnection, Row};
@@ -198,7 +199,7 @@ async fn scenario_startup_parameter() {
 async fn across(db: &TestDb, setup: &str, check: &str) -> Result<Option<String>, sqlx::Error> {
     let sql = format!("select ({check})::text");
     common::across_transactions(db, setup, async |a: &mut PgConnection| {
-        let rows = sqlx::raw_sql(&sql).fetch_all(a).await?;
+        let rows = sqlx::raw_sql(audited(&sql)).fetch_all(a).await?;
         Ok(rows.first().and_then(|r| r.get::<Option<String>, _>(0)))
     })
     .await

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{container_id, docker, lock_dir, stack_containers, unique_run_id};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Error, Stack, StackSettings, Target, TestDb};
 use sqlx::{Connection, PgConnection};
 

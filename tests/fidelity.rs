@@ -3,12 +3,15 @@
 
 mod common;
 
-use common::{across_transactions, assert_named_statement_collisions, run_default_workload};
+use common::{
+    across_transactions, assert_named_statement_collisions, audited, run_default_workload,
+};
 
 use std::time::Duration;
 
 use pgbouncer_fixtures::probes::startup::{send_startup, StartupAnswer};
 use pgbouncer_fixtures::probes::SqlxPattern;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use rstest::rstest;
 use sqlx::migrate::{Migrate, Migrator};
@@ -146,7 +149,7 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
             match PgConnection::connect_with(&options).await {
                 Ok(mut conn) => {
                     assert!(!refused, "{profile} accepted options -c {name}");
-                    let applied: String = sqlx::raw_sql(&format!("show {name}"))
+                    let applied: String = sqlx::raw_sql(audited(&format!("show {name}")))
                         .fetch_one(&mut conn)
                         .await
                         .unwrap()

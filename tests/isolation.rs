@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{database_exists, database_gone_within, int, server_admin, text};
+use common::{audited, database_exists, database_gone_within, int, server_admin, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 
@@ -54,9 +55,9 @@ async fn same_table_name_in_every_test(#[case] n: i64, #[future(awt)] test_db: T
         .await,
         0
     );
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(audited(&format!(
         "create table shared_name (n int8); insert into shared_name values ({n})"
-    ))
+    )))
     .execute(&mut conn)
     .await
     .unwrap();

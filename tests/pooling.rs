@@ -3,6 +3,7 @@
 mod common;
 
 use common::{int, one, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::{Connection, PgConnection, Row};

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use common::{assert_named_statement_collisions, run_default_workload};
 use pgbouncer_fixtures::probes::SqlxPattern;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{
     supavisor_dropped_parameters, DbUrl, Env, Profile, StackSettings, Target, TestDb,
 };

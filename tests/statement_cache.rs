@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::audited;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::error::DatabaseError;
@@ -21,7 +23,7 @@ async fn concurrent_workload(connections: Vec<PgConnection>) -> Vec<Option<Strin
             tokio::spawn(async move {
                 for i in 0..ROUNDS {
                     let sql = format!("select $1::int8 + {}", i % 7);
-                    if let Err(e) = sqlx::query_scalar::<_, i64>(&sql)
+                    if let Err(e) = sqlx::query_scalar::<_, i64>(audited(&sql))
                         .bind(i as i64)
                         .fetch_one(&mut conn)
                         .await

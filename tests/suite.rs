@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{database_exists, database_gone_within, int, server_admin, text};
+use common::{audited, database_exists, database_gone_within, int, server_admin, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::Connection;
@@ -32,10 +33,12 @@ async fn rows_round_trip_through_the_pooler(
         .unwrap();
     let mut pooled = test_db.connect().await.unwrap();
     let mut tx = pooled.begin().await.unwrap();
-    sqlx::raw_sql(&format!("insert into items select generate_series(1, {n})"))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::raw_sql(audited(&format!(
+        "insert into items select generate_series(1, {n})"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(int(&mut pooled, "select count(*) from items").await, n);
     assert_eq!(
@@ -53,7 +56,7 @@ async fn set_local_ends_with_its_transaction(
 ) {
     let mut conn = test_db.connect().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
-    sqlx::raw_sql(&format!("set local statement_timeout = '{n}s'"))
+    sqlx::raw_sql(audited(&format!("set local statement_timeout = '{n}s'")))
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -89,9 +92,9 @@ async fn both_endpoints_reach_the_same_own_database(
             name
         );
     }
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(audited(&format!(
         "create table marker (n int8); insert into marker values ({n})"
-    ))
+    )))
     .execute(&mut direct)
     .await
     .unwrap();
@@ -111,9 +114,9 @@ async fn open_connections_do_not_block_the_drop(
     let mut idle = test_db.connect().await.unwrap();
     sqlx::raw_sql("select 1").execute(&mut idle).await.unwrap();
     let mut locker = test_db.connect_direct().await.unwrap();
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(audited(&format!(
         "create table t (n int8); begin; insert into t values ({n}); lock table t in access exclusive mode"
-    ))
+    )))
     .execute(&mut locker)
     .await
     .unwrap();

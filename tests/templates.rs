@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{database_exists, int, text};
+use common::{audited, database_exists, int, text};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Env, Error, Stack, StackSettings, Target, Template, TestDb};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -344,7 +345,7 @@ async fn pooler_pools_return_to_baseline_after_500_tests() {
         .unwrap();
     // Database names PgBouncer knows (SHOW DATABASES) or pools (SHOW POOLS).
     let names = async |console: &mut PgConnection, what: &str, column: &str| -> Vec<String> {
-        sqlx::raw_sql(what)
+        sqlx::raw_sql(audited(what))
             .fetch_all(console)
             .await
             .unwrap()

@@ -14,6 +14,7 @@ use common::password_of;
 use pgbouncer_fixtures::doctor::{diagnose, items, Verdict};
 use pgbouncer_fixtures::probes::tokio_postgres::TokioPgPattern;
 use pgbouncer_fixtures::probes::{Outcome, Workload};
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::tokio_postgres::config::SslMode;
 use pgbouncer_fixtures::tokio_postgres::types::Type;
 use pgbouncer_fixtures::tokio_postgres::{Client, SimpleQueryMessage};

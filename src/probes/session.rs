@@ -14,6 +14,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::{ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::error::{Error, Result};
+use crate::sqlx_compat::audited;
 
 /// A piece of session state an application may rely on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,7 +129,7 @@ async fn across(
     let mut b = PgConnection::connect_with(pooled)
         .await
         .map_err(sql_error("connecting client B"))?;
-    sqlx::raw_sql(setup)
+    sqlx::raw_sql(audited(setup))
         .execute(&mut a)
         .await
         .map_err(sql_error(setup))?;
@@ -136,7 +137,7 @@ async fn across(
         .execute(&mut b)
         .await
         .map_err(sql_error("client B's transaction"))?;
-    let answer = sqlx::raw_sql(check).fetch_one(&mut a).await;
+    let answer = sqlx::raw_sql(audited(check)).fetch_one(&mut a).await;
     let _ = sqlx::raw_sql("commit").execute(&mut b).await;
     let _ = b.close().await;
     let _ = a.close().await;
@@ -188,7 +189,7 @@ async fn listen(
     let mut notifier = PgConnection::connect_with(direct)
         .await
         .map_err(sql_error("connecting the notifier"))?;
-    sqlx::raw_sql(&format!("notify {channel}, '{tag}'"))
+    sqlx::raw_sql(audited(&format!("notify {channel}, '{tag}'")))
         .execute(&mut notifier)
         .await
         .map_err(sql_error("NOTIFY"))?;
@@ -292,9 +293,9 @@ async fn release_pooled_sessions(direct: &PgConnectOptions) -> Result<()> {
     let mut conn = PgConnection::connect_with(direct)
         .await
         .map_err(sql_error("connecting to clean up"))?;
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(audited(&format!(
         "select count(pg_terminate_backend(pid)) {OTHER_SESSIONS_OF_THIS_DATABASE}"
-    ))
+    )))
     .execute(&mut conn)
     .await
     .map_err(sql_error("ending the probe's server sessions"))?;

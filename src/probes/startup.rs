@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::error::{Error, Result};
+use crate::sqlx_compat::audited;
 
 /// A startup-parameter recipe from the seeds, or TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -221,7 +222,7 @@ async fn setting_after_connect(
     let mut conn = PgConnection::connect_with(&options)
         .await
         .map_err(|e| ClientError::of(&e))?;
-    let value = sqlx::raw_sql(&format!("show {setting}"))
+    let value = sqlx::raw_sql(audited(&format!("show {setting}")))
         .fetch_one(&mut conn)
         .await
         .and_then(|row| row.try_get::<String, _>(0))

@@ -6,10 +6,11 @@
 use std::fmt;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 
 use super::{check, query, within, ClientEnd, Outcome, Workload, CLIENT_TIMEOUT, TEXTS};
 use crate::error::{Error, Result};
+use crate::sqlx_compat::{audited, Executor};
 
 /// One way applications run a parameterised query through sqlx.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,7 +97,7 @@ pub async fn run_pattern(
                         for i in 0..workload.rounds {
                             let (sql, k) = query(c, i);
                             let arg = i as i64;
-                            let got = match sqlx::query_scalar::<_, i64>(&sql)
+                            let got = match sqlx::query_scalar::<_, i64>(audited(&sql))
                                 .bind(arg)
                                 .fetch_one(&pool)
                                 .await
@@ -158,13 +159,13 @@ async fn client(
         let arg = i as i64;
         let got = match pattern {
             SqlxPattern::ConnectionCacheOff | SqlxPattern::SequentialConnects => {
-                sqlx::query_scalar::<_, i64>(&sql)
+                sqlx::query_scalar::<_, i64>(audited(&sql))
                     .bind(arg)
                     .fetch_one(&mut conn)
                     .await
             }
             SqlxPattern::UnnamedOutsideTransaction => {
-                sqlx::query_scalar::<_, i64>(&sql)
+                sqlx::query_scalar::<_, i64>(audited(&sql))
                     .bind(arg)
                     .persistent(false)
                     .fetch_one(&mut conn)
@@ -203,7 +204,7 @@ async fn unnamed_in_transaction(
 ) -> Result<i64, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let inner: &mut PgConnection = &mut tx;
-    let got = sqlx::query_scalar::<_, i64>(sql)
+    let got = sqlx::query_scalar::<_, i64>(audited(sql))
         .bind(arg)
         .persistent(false)
         .fetch_one(inner)

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::TestDb;
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
@@ -55,10 +56,24 @@ pub fn unique_run_id(what: &str) -> String {
     format!("test-{what}-{}-{nanos}", std::process::id())
 }
 
+/// SQL a test built at run time, as sqlx's free functions (`query*`,
+/// `raw_sql`) take it under either sqlx major: the `&str` itself under 0.8;
+/// 0.9 takes only a `&'static str` or an `AssertSqlSafe`.
+#[cfg(feature = "sqlx-0-8")]
+pub fn audited(sql: &str) -> &str {
+    sql
+}
+
+/// [`audited`] under sqlx 0.9: the `&str` wrapped in `AssertSqlSafe`.
+#[cfg(not(feature = "sqlx-0-8"))]
+pub fn audited(sql: &str) -> sqlx::AssertSqlSafe<&str> {
+    sqlx::AssertSqlSafe(sql)
+}
+
 /// Runs one statement with the simple protocol (no prepared statement) and
 /// returns the first row.
 pub async fn one(conn: &mut PgConnection, sql: &str) -> PgRow {
-    sqlx::raw_sql(sql)
+    sqlx::raw_sql(audited(sql))
         .fetch_one(conn)
         .await
         .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"))
@@ -164,7 +179,7 @@ pub async fn across_transactions<T>(
 ) -> T {
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
-    sqlx::raw_sql(setup).execute(&mut a).await.unwrap();
+    sqlx::raw_sql(audited(setup)).execute(&mut a).await.unwrap();
     sqlx::raw_sql("begin; select 1")
         .execute(&mut b)
         .await
