@@ -86,6 +86,7 @@ mod explain;
 mod fixtures;
 pub mod hazard;
 mod images;
+mod janitor;
 mod lock;
 mod matrix;
 pub mod probes;

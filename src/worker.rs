@@ -330,8 +330,12 @@ async fn serve(
             }
         }
     }
-    // Queued drops and refills in flight finish first (no new clone starts).
+    // Queued drops go to the stack's janitor (a crate stack) or finish
+    // first, as do drops and refills in flight (no new clone starts).
     jobs.stopping.store(true, Ordering::SeqCst);
+    if jobs.shared_pool {
+        jobs.hand_over_drops().await;
+    }
     jobs.wait_idle(SHUTDOWN_WAIT).await;
     // Unclaimed clones of an in-process pool are ours: remove them (matters
     // on external servers). A stack's pool lives on the stack, for later
@@ -700,19 +704,51 @@ impl Jobs {
         }
     }
 
+    /// Gives the queued drops to the stack's janitor, which runs them once
+    /// the stack is idle, instead of making the process's exit wait for
+    /// them (bounded: beyond the janitor's backlog they run here).
+    async fn hand_over_drops(self: &Arc<Self>) {
+        let queued: Vec<Vec<Step>> = lock(&self.drops).queue.drain(..).collect();
+        let names: Vec<String> = queued
+            .iter()
+            .filter_map(|steps| crate::janitor::dropped_database(steps))
+            .collect();
+        let taken = if names.is_empty() {
+            Vec::new()
+        } else {
+            let sql = crate::janitor::hand_over_sql(&names, crate::janitor::MAX_GARBAGE);
+            match self.ensure_pool_table().await {
+                Ok(()) => self.query(&sql).await,
+                Err(e) => Err(e),
+            }
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "could not hand drops over to the stack's janitor");
+                Vec::new()
+            })
+        };
+        for steps in queued {
+            if !crate::janitor::dropped_database(&steps).is_some_and(|n| taken.contains(&n)) {
+                self.queue_drop(steps);
+            }
+        }
+    }
+
     /// The stack's table of prepared clones, made on first use.
     async fn ensure_pool_table(&self) -> Result<()> {
         self.pool_table
             .get_or_try_init(|| async {
-                match self.query(POOL_TABLE_SQL).await {
-                    Ok(_) => Ok(()),
-                    // Another process made it at the same instant.
-                    Err(Error::Sql {
-                        source: sqlx::Error::Database(e),
-                        ..
-                    }) if matches!(e.code().as_deref(), Some("42P07" | "23505")) => Ok(()),
-                    Err(e) => Err(e),
+                for table in crate::janitor::TABLES {
+                    match self.query(table).await {
+                        Ok(_) => {}
+                        // Another process (or the janitor) made it at the same instant.
+                        Err(Error::Sql {
+                            source: sqlx::Error::Database(e),
+                            ..
+                        }) if matches!(e.code().as_deref(), Some("42P07" | "23505")) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
+                Ok(())
             })
             .await
             .map(|_| ())
@@ -724,15 +760,9 @@ impl Jobs {
             return Ok(self.pool.take(template));
         }
         self.ensure_pool_table().await?;
-        // Any process of the stack may have made it; SKIP LOCKED: two
-        // claimers never wait on each other nor get the same clone.
-        let rows = self
-            .query(&format!(
-                "delete from pgbf_prepared where name = (select name from pgbf_prepared \
-                 where template = '{template}' order by made_at limit 1 for update skip locked) \
-                 returning name"
-            ))
-            .await?;
+        // Any process of the stack (or its janitor) may have made it; the
+        // claim is counted for the janitor in the same statement.
+        let rows = self.query(&crate::janitor::claim_sql(template)).await?;
         Ok(rows.into_iter().next())
     }
 
@@ -818,6 +848,12 @@ impl Jobs {
         .await;
         self.claims_cloning.fetch_sub(1, Ordering::SeqCst);
         cloned?;
+        if self.shared_pool {
+            // Counted for the janitor, as a claim of a prepared clone is.
+            if let Err(e) = self.query(&crate::janitor::claimed_sql(template)).await {
+                tracing::debug!(error = %e, "could not count a claim for the janitor");
+            }
+        }
         Ok(Some(Claimed {
             name,
             queued,
@@ -892,11 +928,6 @@ impl Jobs {
         Ok(())
     }
 }
-
-/// The stack's prepared clones: rows of a table in its `postgres` database,
-/// claimed with `DELETE .. RETURNING`. Gone with the stack.
-const POOL_TABLE_SQL: &str = "create table if not exists pgbf_prepared (\
-     name text primary key, template text not null, made_at timestamptz not null default now())";
 
 async fn execute(
     slot: &mut Option<PgConnection>,
