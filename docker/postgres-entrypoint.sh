@@ -18,8 +18,8 @@
 # exit (`pgbf_garbage`), rolls the claims of the run that ended
 # (`pgbf_claims`) into the demand per template (`pgbf_demand`), and makes
 # prepared clones (`pgbf_prepared`) up to that demand, at most
-# PGBF_MAX_WARM_CLONES in all (0: none), two statements of each kind per
-# batch, re-checking leases between batches. It stops as soon as a lease
+# PGBF_MAX_WARM_CLONES in all (0: none), in small batches (four drops, two
+# clones), re-checking leases between batches. It stops as soon as a lease
 # appears, and once it has nothing left to do it runs nothing more until a
 # lease has come and gone (`/tmp/pgbf-leased` is newer than its mark).
 set -eu
@@ -115,12 +115,16 @@ ddl=(
 # No process uses the stack, nor has claimed in the last 2 s.
 idle_sql="not exists (select from pg_stat_activity where application_name like 'pgbf-lease%') and not exists (select from pgbf_claims where at > now() - interval '2 seconds')"
 room_sql="greatest(0, least(2, $warm_max - (select count(*) from pgbf_prepared)))"
-# One batch: two drops, the roll of finished runs' claims into the demand,
-# two clones; then one line: the sequence number and what is left (0:
+# One batch: four drops (their databases' connections, PgBouncer's idle
+# server connections, are ended first: DROP .. WITH (FORCE) would wait
+# 100 ms for each), the roll of finished runs' claims into the demand, two
+# clones; then one line: the sequence number and what is left (0:
 # nothing, 1: more to do now, 2: more, once the stack is idle).
 janitor_batch() {
   cat <<SQL
-select format('DROP DATABASE IF EXISTS %I WITH (FORCE)', name), format('delete from pgbf_garbage where name = %L', name) from (select name from pgbf_garbage order by queued_at limit 2) g where $idle_sql
+select count(pg_terminate_backend(pid)) from pg_stat_activity where datname in (select name from pgbf_garbage order by queued_at limit 4) and $idle_sql
+\g /dev/null
+select format('DROP DATABASE IF EXISTS %I WITH (FORCE)', name), format('delete from pgbf_garbage where name = %L', name) from (select name from pgbf_garbage order by queued_at limit 4) g where $idle_sql
 \gexec
 with c as (delete from pgbf_claims where $idle_sql returning template), n as (select template, count(*)::int k from c group by template) insert into pgbf_demand as d (template, claims) select template, k from n on conflict (template) do update set claims = excluded.claims, rolled_at = now();
 select format('CREATE DATABASE %I TEMPLATE %I STRATEGY FILE_COPY', n, t), format('insert into pgbf_prepared (name, template) select %L, %L where exists (select from pg_database where datname = %L)', n, t, n) from (select t, 'pgbf_' || left('c' || substr(t, 10), 40) || '_' || left(md5(random()::text || clock_timestamp()::text), 10) as n from (select template t from pgbf_refill_todo, generate_series(1, short) i order by i, template) s limit $room_sql) p where $idle_sql
