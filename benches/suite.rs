@@ -247,20 +247,13 @@ fn main() {
         println!("{}", stack.endpoints().direct_url("postgres").expose());
         return;
     }
-    let out = Command::new(std::env::current_exe().expect("the harness"))
-        .env(PRINT_URL, "1")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("the harness runs");
-    assert!(out.status.success(), "starting the stack failed");
-    let database_url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let bench = Bench {
+    let mut bench = Bench {
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         manifest: suite.join("Cargo.toml"),
         target_dir,
         release,
         filter,
-        database_url,
+        database_url: String::new(),
     };
 
     eprintln!(
@@ -273,6 +266,15 @@ fn main() {
     for runner in &runners {
         bench.time(*runner, Way::FixtureWarm);
     }
+    // The stack is up now (the warm-up ran on it) and stays up its
+    // keep-warm time after each run.
+    let out = Command::new(std::env::current_exe().expect("the harness"))
+        .env(PRINT_URL, "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the harness runs");
+    assert!(out.status.success(), "joining the stack failed");
+    bench.database_url = String::from_utf8_lossy(&out.stdout).trim().to_string();
 
     let mut times: Vec<((Runner, Way), Vec<Duration>)> = Vec::new();
     for round in 1..=rounds {
@@ -351,16 +353,17 @@ fn main() {
 /// The harness, run to print the stack's direct URL.
 const PRINT_URL: &str = "PGBF_SUITE_PRINT_URL";
 
-/// Waits (at most 120 s) until the checkout stack's janitor is done: no
-/// database waiting to be dropped, no claim not yet counted, and the pool
-/// at the last run's demand (the bench's demand is below the cap).
+/// Waits (at most 120 s) until the checkout stack's janitor is done: the
+/// databases handed over dropped, the pool at the last run's demand (or
+/// at the cap).
 async fn janitor_done(url: &str) -> Duration {
     use sqlx::{Connection, Row};
     let started = Instant::now();
     let mut conn = sqlx::PgConnection::connect(url).await.expect("the stack");
-    let sql = "select to_regclass('pgbf_refill_todo') is null \
-               or (not exists (select from pgbf_garbage) and not exists (select from pgbf_claims) \
-               and not exists (select from pgbf_refill_todo where short > 0))";
+    // The janitor ends its pass with a file newer than the mark of the
+    // last lease (docker/postgres-entrypoint.sh).
+    let sql = "select coalesce((pg_stat_file('/tmp/pgbf-janitor-done', true)).modification \
+               > (pg_stat_file('/tmp/pgbf-leased', true)).modification, false)";
     while started.elapsed() < Duration::from_secs(120) {
         let done: bool = sqlx::raw_sql(sql)
             .fetch_one(&mut conn)
