@@ -23,13 +23,6 @@ pub(crate) const MAX_WARM_CLONES_DEFAULT: u32 = 128;
 /// until dropped; beyond that a process drops its own at exit.
 pub(crate) const MAX_GARBAGE: u32 = 128;
 
-/// Drops a process on a crate stack keeps queued while it runs, at most:
-/// the janitor runs them after the run (the process hands them over at
-/// exit), so that a run's server time goes to its tests' clones, not to
-/// drops. Each costs tmpfs until dropped (~8 MB); beyond this many, the
-/// process drops the oldest itself, in the background.
-pub(crate) const DEFERRED_DROPS: usize = 64;
-
 /// The stack's bookkeeping tables in its `postgres` database (the
 /// entrypoint makes the same ones: a unit test keeps both in step).
 pub(crate) const TABLES: [&str; 4] = [

@@ -660,21 +660,11 @@ impl Jobs {
         result
     }
 
-    /// Drops kept queued (not run) while the process runs: on a crate stack
-    /// its janitor drops them after the run (see `hand_over_drops`).
-    fn deferred_drops(&self) -> usize {
-        if self.shared_pool && !self.stopping.load(Ordering::SeqCst) {
-            crate::janitor::DEFERRED_DROPS
-        } else {
-            0
-        }
-    }
-
     fn queue_drop(self: &Arc<Self>, steps: Vec<Step>) {
         let start = {
             let mut drops = lock(&self.drops);
             drops.queue.push_back(steps);
-            let start = drops.workers < DROP_PARALLEL && drops.queue.len() > self.deferred_drops();
+            let start = drops.workers < DROP_PARALLEL;
             if start {
                 drops.workers += 1;
             }
@@ -686,11 +676,7 @@ impl Jobs {
                 loop {
                     let next = {
                         let mut drops = lock(&jobs.drops);
-                        let next = if drops.queue.len() > jobs.deferred_drops() {
-                            drops.queue.pop_front()
-                        } else {
-                            None
-                        };
+                        let next = drops.queue.pop_front();
                         if next.is_none() {
                             drops.workers -= 1;
                         }
