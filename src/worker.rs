@@ -232,7 +232,8 @@ impl Worker {
 
     /// Drops a test's database (or schema) in the background: the caller
     /// does not wait, and no claim waits behind it. Queued drops finish
-    /// before the worker stops (at the latest when the process exits).
+    /// before the worker stops (at the latest when the process exits), or,
+    /// on a crate stack, go to the stack's janitor then.
     pub(crate) fn discard(&self, steps: Vec<Step>, clone: bool) {
         if self.dead().is_none() {
             let _ = self.send(Command::Discard { steps, clone });
