@@ -7,8 +7,15 @@
 //! The fixture's share of a test is everything but the body: the claim
 //! (`build()`), `connect()`, the first query and the drop of the handle.
 //!
+//! Each row is a run of its own, a child process of the harness, as a
+//! `cargo test` run is: it joins the checkout's stack, claims, and exits
+//! (handing its drops to the stack's janitor). Before each row the harness
+//! waits for the janitor to be done, so each row starts as a rerun does when
+//! the janitor had time: the pool holds the previous run's demand (a
+//! warm-up run of `n` tests sets it for the first row).
+//!
 //! `cargo bench --bench acquire_parallel` (env: PGBF_BENCH_N tests per
-//! concurrency, default 200; PGBF_BENCH_CONCURRENCY, default `2,4,8`).
+//! concurrency, default 100; PGBF_BENCH_CONCURRENCY, default `2,4,8`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,64 +118,147 @@ fn run(target: &Target, template: &Template, threads: usize, n: usize) -> (Vec<S
     (samples, started.elapsed())
 }
 
+/// Runs one row (`c` concurrent tests) in this process and prints it.
+fn row(c: usize, n: usize) {
+    let migrations = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/migrations");
+    let target = Target::Containers(StackSettings::default());
+    let template = Template::new().migrations_dir(&migrations);
+    let (samples, wall) = run(&target, &template, c, n);
+    let f = sorted(samples.iter().map(|s| ms(s.fixture())).collect());
+    let claim = sorted(samples.iter().map(|s| ms(s.claim)).collect());
+    let connect = sorted(samples.iter().map(|s| ms(s.connect)).collect());
+    let query = sorted(samples.iter().map(|s| ms(s.query)).collect());
+    let dropped = sorted(samples.iter().map(|s| ms(s.drop)).collect());
+    let queued = sorted(samples.iter().map(|s| ms(s.timings.queued)).collect());
+    let worker = sorted(samples.iter().map(|s| ms(s.timings.claim)).collect());
+    let template = sorted(samples.iter().map(|s| ms(s.timings.template)).collect());
+    let prepared = samples.iter().filter(|s| s.timings.prepared).count();
+    println!(
+        "| {c} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {}% | {:.1} | {:.1} | {:.1} / {:.1} | {:.0} |",
+        percentile(&f, 0.5),
+        percentile(&f, 0.95),
+        percentile(&claim, 0.5),
+        percentile(&claim, 0.95),
+        percentile(&queued, 0.5),
+        percentile(&worker, 0.5),
+        percentile(&template, 0.5),
+        prepared * 100 / samples.len(),
+        percentile(&connect, 0.5),
+        percentile(&query, 0.5),
+        percentile(&dropped, 0.5),
+        percentile(&dropped, 0.95),
+        n as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "RESULT-ROW c{c}_p50_ms={:.1} c{c}_p95_ms={:.1}",
+        percentile(&f, 0.5),
+        percentile(&f, 0.95)
+    );
+}
+
+/// The harness, run as one row.
+const ROW: &str = "PGBF_BENCH_ROW";
+
+/// Runs a row in a child process (a run of its own); its output.
+fn child_row(c: usize, n: usize) -> String {
+    let out = std::process::Command::new(std::env::current_exe().expect("the harness"))
+        .env(ROW, c.to_string())
+        .env("PGBF_BENCH_N", n.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("the harness runs");
+    assert!(out.status.success(), "the row with {c} tests failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (at most 120 s) until the stack's janitor is done, through a
+/// plain connection (no lease); how long that took.
+fn janitor_done(url: &str) -> Duration {
+    use sqlx::{Connection, Row};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let started = Instant::now();
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("the stack");
+        // The janitor ends its pass with a file newer than the mark of the
+        // last lease (docker/postgres-entrypoint.sh).
+        let sql = "select coalesce((pg_stat_file('/tmp/pgbf-janitor-done', true)).modification \
+               > (pg_stat_file('/tmp/pgbf-leased', true)).modification, false)";
+        while started.elapsed() < Duration::from_secs(120) {
+            let done: bool = sqlx::raw_sql(sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("the janitor's tables")
+                .get(0);
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        started.elapsed()
+    })
+}
+
 fn main() {
     let n: usize = std::env::var("PGBF_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(100);
+    if let Some(c) = std::env::var(ROW).ok().and_then(|c| c.parse().ok()) {
+        row(c, n);
+        if std::env::var_os(PRINT_URL).is_some() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let stack = rt
+                .block_on(pgbouncer_fixtures::Stack::shared(&StackSettings::default()))
+                .expect("stack");
+            println!("URL {}", stack.endpoints().direct_url("postgres").expose());
+        }
+        return;
+    }
     let levels: Vec<usize> = std::env::var("PGBF_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "2,4,8".into())
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    let migrations = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/migrations");
-    let target = Target::Containers(StackSettings::default());
-    let template = Template::new().migrations_dir(&migrations);
 
-    // Warm-up: start (or join) the stack, build the template.
-    let _ = run(&target, &template, 1, 5);
-    std::thread::sleep(Duration::from_millis(500));
+    // Warm-up: start (or join) the stack, build the template, and claim `n`
+    // (the demand the janitor prepares for the first row).
+    std::env::set_var(PRINT_URL, "1");
+    let warm = child_row(2, n);
+    std::env::remove_var(PRINT_URL);
+    let url = warm
+        .lines()
+        .find_map(|l| l.strip_prefix("URL "))
+        .expect("the stack's URL")
+        .to_string();
 
     println!(
-        "parallel acquisition: per-test fixture time (claim + connect + first query + drop), {n} tests per row, body 0-2 ms"
+        "parallel acquisition: per-test fixture time (claim + connect + first query + drop), {n} tests per row, body 0-2 ms, each row a process of its own started once the stack's janitor was done"
     );
     println!("| concurrent tests | fixture p50 ms | fixture p95 ms | claim p50 / p95 | of which: worker queue p50 / clone p50 / template check p50 | prepared clones | connect p50 | first query p50 | drop p50 / p95 | tests/s |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut result = String::from("RESULT");
     for &c in &levels {
-        let (samples, wall) = run(&target, &template, c, n);
-        let f = sorted(samples.iter().map(|s| ms(s.fixture())).collect());
-        let claim = sorted(samples.iter().map(|s| ms(s.claim)).collect());
-        let connect = sorted(samples.iter().map(|s| ms(s.connect)).collect());
-        let query = sorted(samples.iter().map(|s| ms(s.query)).collect());
-        let dropped = sorted(samples.iter().map(|s| ms(s.drop)).collect());
-        let queued = sorted(samples.iter().map(|s| ms(s.timings.queued)).collect());
-        let worker = sorted(samples.iter().map(|s| ms(s.timings.claim)).collect());
-        let template = sorted(samples.iter().map(|s| ms(s.timings.template)).collect());
-        let prepared = samples.iter().filter(|s| s.timings.prepared).count();
-        println!(
-            "| {c} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {}% | {:.1} | {:.1} | {:.1} / {:.1} | {:.0} |",
-            percentile(&f, 0.5),
-            percentile(&f, 0.95),
-            percentile(&claim, 0.5),
-            percentile(&claim, 0.95),
-            percentile(&queued, 0.5),
-            percentile(&worker, 0.5),
-            percentile(&template, 0.5),
-            prepared * 100 / samples.len(),
-            percentile(&connect, 0.5),
-            percentile(&query, 0.5),
-            percentile(&dropped, 0.5),
-            percentile(&dropped, 0.95),
-            n as f64 / wall.as_secs_f64()
+        let waited = janitor_done(&url);
+        eprintln!(
+            "(waited {:.1} s for the stack's janitor)",
+            waited.as_secs_f64()
         );
-        result.push_str(&format!(
-            " c{c}_p50_ms={:.1} c{c}_p95_ms={:.1}",
-            percentile(&f, 0.5),
-            percentile(&f, 0.95)
-        ));
-        // Let the prepared pool refill, as between two suites.
-        std::thread::sleep(Duration::from_millis(500));
+        let out = child_row(c, n);
+        for line in out.lines() {
+            match line.strip_prefix("RESULT-ROW") {
+                Some(r) => result.push_str(r),
+                None => println!("{line}"),
+            }
+        }
     }
     println!("{result}");
 }
+
+/// The row also prints the stack's direct URL (the warm-up).
+const PRINT_URL: &str = "PGBF_BENCH_PRINT_URL";

@@ -6,13 +6,20 @@
 //! - `sqlx::test`: the real `#[sqlx::test(migrations = ...)]`, with
 //!   `DATABASE_URL` = the stack's direct port (the same PostgreSQL);
 //! - `fixture`: this crate's `Template` fixture through PgBouncer, warm (the
-//!   checkout's stack up, the template built: a rerun) and cold (a fresh
-//!   stack: stack start and template build included);
+//!   checkout's stack up, the template built, and its janitor done: a rerun
+//!   that came after the janitor had time to prepare the clones), warm
+//!   rerun at once (started the moment the previous warm run ended: the
+//!   janitor had no time) and cold (a fresh stack: stack start and template
+//!   build included);
 //! - `replay`: this crate without a template (every migration replayed per
 //!   test through `connect_direct()`).
 //!
 //! Rounds are interleaved (every way once per round), the table shows the
-//! median of the rounds. `cargo bench --bench suite`; environment:
+//! median of the rounds. Before each run but the "rerun at once" the harness
+//! waits until the checkout stack's janitor is done (no database waiting to
+//! be dropped, the pool at the last run's demand), so that no run shares the
+//! machine with it; the harness holds no lease on that stack (a lease would
+//! keep the janitor from running), the stack's keep-warm time keeps it up. `cargo bench --bench suite`; environment:
 //! `PGBF_SUITE_TARGET_DIR` (default `target/suite`),
 //! `PGBF_SUITE_ROUNDS` (default 3), `PGBF_SUITE_FILTER` (a test-name filter,
 //! e.g. `t00` for 10 tests; default all 100), `PGBF_SUITE_RUNNERS`
@@ -23,20 +30,23 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Env, Stack, StackSettings};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Way {
     SqlxTest,
     FixtureWarm,
+    FixtureRerun,
     FixtureCold,
     Replay,
 }
 
 impl Way {
-    const ALL: [Way; 4] = [
+    const ALL: [Way; 5] = [
         Way::SqlxTest,
         Way::FixtureWarm,
+        Way::FixtureRerun,
         Way::FixtureCold,
         Way::Replay,
     ];
@@ -44,7 +54,10 @@ impl Way {
     fn label(self) -> &'static str {
         match self {
             Way::SqlxTest => "`#[sqlx::test]` (database + 20 migrations per test, direct port)",
-            Way::FixtureWarm => "`Template` fixture through PgBouncer, warm stack",
+            Way::FixtureWarm => "`Template` fixture through PgBouncer, warm stack (janitor done)",
+            Way::FixtureRerun => {
+                "`Template` fixture through PgBouncer, warm stack, rerun at once (janitor not done)"
+            }
             Way::FixtureCold => {
                 "`Template` fixture through PgBouncer, cold (stack start + template build)"
             }
@@ -56,6 +69,7 @@ impl Way {
         match self {
             Way::SqlxTest => "sqlx",
             Way::FixtureWarm => "fixture_warm",
+            Way::FixtureRerun => "fixture_rerun",
             Way::FixtureCold => "fixture_cold",
             Way::Replay => "replay",
         }
@@ -64,7 +78,7 @@ impl Way {
     fn test_binary(self) -> &'static str {
         match self {
             Way::SqlxTest => "sqlx_test",
-            Way::FixtureWarm | Way::FixtureCold => "fixture",
+            Way::FixtureWarm | Way::FixtureRerun | Way::FixtureCold => "fixture",
             Way::Replay => "replay",
         }
     }
@@ -216,28 +230,31 @@ fn main() {
         .collect();
     let release = env_or("PGBF_SUITE_PROFILE", "release") != "debug";
 
-    // The harness holds the checkout's stack of the test crate, as a
-    // previous run would have left it: same checkout (the test crate's
-    // directory, as cargo sets it for its tests), same settings.
+    // The checkout's stack of the test crate, as a previous run would have
+    // left it: same checkout (the test crate's directory, as cargo sets it
+    // for its tests), same settings. Started (or joined) by a child process
+    // of this harness that prints its URL and exits: the harness holds no
+    // lease, which would keep the stack's janitor from running.
     std::env::set_var("CARGO_MANIFEST_DIR", &suite);
     std::env::remove_var("PGBF_RUN_ID");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let settings = StackSettings::from_env(&Env::load().expect("environment")).expect("settings");
-    let stack: &Stack = rt.block_on(Stack::shared(&settings)).expect("stack");
-    let bench = Bench {
+    if std::env::var_os(PRINT_URL).is_some() {
+        let settings =
+            StackSettings::from_env(&Env::load().expect("environment")).expect("settings");
+        let stack: &Stack = rt.block_on(Stack::shared(&settings)).expect("stack");
+        println!("{}", stack.endpoints().direct_url("postgres").expose());
+        return;
+    }
+    let mut bench = Bench {
         cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         manifest: suite.join("Cargo.toml"),
         target_dir,
         release,
         filter,
-        database_url: stack
-            .endpoints()
-            .direct_url("postgres")
-            .expose()
-            .to_string(),
+        database_url: String::new(),
     };
 
     eprintln!(
@@ -250,11 +267,27 @@ fn main() {
     for runner in &runners {
         bench.time(*runner, Way::FixtureWarm);
     }
+    // The stack is up now (the warm-up ran on it) and stays up its
+    // keep-warm time after each run.
+    let out = Command::new(std::env::current_exe().expect("the harness"))
+        .env(PRINT_URL, "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the harness runs");
+    assert!(out.status.success(), "joining the stack failed");
+    bench.database_url = String::from_utf8_lossy(&out.stdout).trim().to_string();
 
     let mut times: Vec<((Runner, Way), Vec<Duration>)> = Vec::new();
     for round in 1..=rounds {
         for runner in &runners {
             for way in Way::ALL {
+                if way != Way::FixtureRerun {
+                    let waited = rt.block_on(janitor_done(&bench.database_url));
+                    eprintln!(
+                        "(waited {:.1} s for the stack's janitor)",
+                        waited.as_secs_f64()
+                    );
+                }
                 let took = bench.time(*runner, way);
                 eprintln!(
                     "round {round}: {:<17} {:<13} {:>6.2} s",
@@ -301,7 +334,12 @@ fn main() {
         println!("{row}");
     }
     for r in &runners {
-        for way in [Way::FixtureWarm, Way::FixtureCold, Way::Replay] {
+        for way in [
+            Way::FixtureWarm,
+            Way::FixtureRerun,
+            Way::FixtureCold,
+            Way::Replay,
+        ] {
             result.push_str(&format!(
                 " speedup_{}_{}={:.1}",
                 r.key(),
@@ -311,6 +349,34 @@ fn main() {
         }
     }
     println!("{result}");
+}
+
+/// The harness, run to print the stack's direct URL.
+const PRINT_URL: &str = "PGBF_SUITE_PRINT_URL";
+
+/// Waits (at most 120 s) until the checkout stack's janitor is done: the
+/// databases handed over dropped, the pool at the last run's demand (or
+/// at the cap).
+async fn janitor_done(url: &str) -> Duration {
+    use sqlx::{Connection, Row};
+    let started = Instant::now();
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("the stack");
+    // The janitor ends its pass with a file newer than the mark of the
+    // last lease (docker/postgres-entrypoint.sh).
+    let sql = "select coalesce((pg_stat_file('/tmp/pgbf-janitor-done', true)).modification \
+               > (pg_stat_file('/tmp/pgbf-leased', true)).modification, false)";
+    while started.elapsed() < Duration::from_secs(120) {
+        let done: bool = sqlx::raw_sql(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the janitor's tables")
+            .get(0);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    started.elapsed()
 }
 
 /// How many tests one way runs (with the filter).

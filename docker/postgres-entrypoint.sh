@@ -12,6 +12,16 @@
 # it stops the server (the grace applies only until the first lease is seen);
 # the container was created with AutoRemove, so it
 # vanishes, and the PgBouncer container sharing its network follows.
+#
+# Janitor: between runs (no lease for PGBF_JANITOR_SETTLE_SECS, no claim in
+# the last 2 s), the same psql drops the databases processes handed over at
+# exit (`pgbf_garbage`), rolls the claims of the run that ended
+# (`pgbf_claims`) into the demand per template (`pgbf_demand`), and makes
+# prepared clones (`pgbf_prepared`) up to that demand, at most
+# PGBF_MAX_WARM_CLONES in all (0: none), in small batches (four drops, two
+# clones), re-checking leases between batches. It stops as soon as a lease
+# appears, and once it has nothing left to do it runs nothing more until a
+# lease has come and gone (`/tmp/pgbf-leased` is newer than its mark).
 set -eu
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
 secret="${POSTGRES_PASSWORD_SCRAM:-$POSTGRES_PASSWORD}"
@@ -20,8 +30,10 @@ case "$secret" in
 esac
 reap_after="${PGBF_REAP_AFTER_SECS:-0}"
 grace="${PGBF_LEASE_GRACE_SECS:-30}"
-case "$reap_after$grace" in
-  *[!0-9]*) echo "pgbf-postgres: PGBF_REAP_AFTER_SECS and PGBF_LEASE_GRACE_SECS must be whole numbers" >&2; exit 2 ;;
+warm_max="${PGBF_MAX_WARM_CLONES:-0}"
+settle="${PGBF_JANITOR_SETTLE_SECS:-2}"
+case "$reap_after$grace$warm_max$settle" in
+  *[!0-9]*) echo "pgbf-postgres: PGBF_REAP_AFTER_SECS, PGBF_LEASE_GRACE_SECS, PGBF_MAX_WARM_CLONES and PGBF_JANITOR_SETTLE_SECS must be whole numbers" >&2; exit 2 ;;
 esac
 bin=/usr/lib/postgresql/17/bin
 data=/pgdata/data
@@ -84,7 +96,41 @@ start_psql() {
   # Our own copies: bash closes the coprocess's fds when it reaps it.
   if [ -n "${PSQL[1]:-}" ] && [ -n "${PSQL[0]:-}" ]; then
     exec {to_psql}>&"${PSQL[1]}" {from_psql}<&"${PSQL[0]}"
+    # The janitor's tables (the crate makes the same ones, if not there:
+    # src/janitor.rs) and its plan; an error (a race with the crate, or a
+    # server not yet up) ends in a missed answer and a new psql.
+    printf '%s;\n' "${ddl[@]}" >&"$to_psql" 2>/dev/null || stop_psql
   fi
+}
+# Keep in step with TABLES in src/janitor.rs (a unit test checks).
+ddl=(
+  "create table if not exists pgbf_prepared (name text primary key, template text not null, made_at timestamptz not null default now())"
+  "create table if not exists pgbf_garbage (name text primary key, queued_at timestamptz not null default now())"
+  "create table if not exists pgbf_claims (template text not null, at timestamptz not null default now())"
+  "create table if not exists pgbf_demand (template text primary key, claims integer not null, rolled_at timestamptz not null default now())"
+  # Clones to make per template: the last run's claims less those ready,
+  # for templates that still exist.
+  "create or replace view pgbf_refill_todo as select d.template, greatest(0, d.claims - (select count(*) from pgbf_prepared p where p.template = d.template))::int as short from pgbf_demand d where exists (select from pg_database where datname = d.template and datistemplate)"
+)
+# No process uses the stack, nor has claimed in the last 2 s.
+idle_sql="not exists (select from pg_stat_activity where application_name like 'pgbf-lease%') and not exists (select from pgbf_claims where at > now() - interval '2 seconds')"
+room_sql="greatest(0, least(2, $warm_max - (select count(*) from pgbf_prepared)))"
+# One batch: four drops (their databases' connections, PgBouncer's idle
+# server connections, are ended first: DROP .. WITH (FORCE) would wait
+# 100 ms for each), the roll of finished runs' claims into the demand, two
+# clones; then one line: the sequence number and what is left (0:
+# nothing, 1: more to do now, 2: more, once the stack is idle).
+janitor_batch() {
+  cat <<SQL
+select count(pg_terminate_backend(pid)) from pg_stat_activity where datname in (select name from pgbf_garbage order by queued_at limit 4) and $idle_sql
+\g /dev/null
+select format('DROP DATABASE IF EXISTS %I WITH (FORCE)', name), format('delete from pgbf_garbage where name = %L', name) from (select name from pgbf_garbage order by queued_at limit 4) g where $idle_sql
+\gexec
+with c as (delete from pgbf_claims where $idle_sql returning template), n as (select template, count(*)::int k from c group by template) insert into pgbf_demand as d (template, claims) select template, k from n on conflict (template) do update set claims = excluded.claims, rolled_at = now();
+select format('CREATE DATABASE %I TEMPLATE %I STRATEGY FILE_COPY', n, t), format('insert into pgbf_prepared (name, template) select %L, %L where exists (select from pg_database where datname = %L)', n, t, n) from (select t, 'pgbf_' || left('c' || substr(t, 10), 40) || '_' || left(md5(random()::text || clock_timestamp()::text), 10) as n from (select template t from pgbf_refill_todo, generate_series(1, short) i order by i, template) s limit $room_sql) p where $idle_sql
+\gexec
+select $1, case when not (exists (select from pgbf_garbage) or exists (select from pgbf_claims) or ($room_sql > 0 and exists (select from pgbf_refill_todo where short > 0))) then 0 when $idle_sql then 1 else 2 end;
+SQL
 }
 seq=0
 # Sets `leases` (no subshell: `$(...)` would fork); 0 when psql cannot say,
@@ -111,22 +157,69 @@ count_leases() {
   done
   stop_psql # no answer within 5 s, or psql ended
 }
+# One janitor batch; sets `janitor_left` (see janitor_batch; empty when psql
+# could not say).
+janitor_step() {
+  seq=$((seq + 1))
+  janitor_left=
+  [ -n "$to_psql" ] || return 0
+  if ! janitor_batch "$seq" >&"$to_psql" 2>/dev/null; then
+    stop_psql
+    return 0
+  fi
+  local got n
+  while IFS='|' read -r -t 30 -u "$from_psql" got n; do
+    if [ "$got" = "$seq" ]; then
+      janitor_left=$n
+      return 0
+    fi
+  done
+  stop_psql
+}
+janitor_mark=/tmp/pgbf-janitor-done
 
 started=$EPOCHSECONDS
 last_lease=$started
 seen=0
+dirty=0
+budget=0
+janitor_left=0
 while kill -0 "$pg" 2>/dev/null; do
-  read -r -t 1 -u "$tick" _ || true
+  # The janitor with work left goes on at once; otherwise one tick a second.
+  [ "$janitor_left" = 1 ] || read -r -t 1 -u "$tick" _ || true
+  janitor_left=0
   [ "$reap_after" -gt 0 ] || continue
   now=$EPOCHSECONDS
   count_leases
   # A lease too short for this 1 s poll still leaves its mark (a file the
   # lease holder writes with COPY): the start-up grace is over either way.
-  [ -e /tmp/pgbf-leased ] && seen=1
+  if [ -e /tmp/pgbf-leased ]; then
+    seen=1
+    # A lease came since the janitor last finished: there may be work.
+    if [ "$dirty" = 0 ] && { [ ! -e "$janitor_mark" ] || [ /tmp/pgbf-leased -nt "$janitor_mark" ]; }; then
+      dirty=1
+      budget=$((warm_max + 256))
+    fi
+  fi
   if [ "${leases:-0}" -gt 0 ] 2>/dev/null; then
     last_lease=$now
     seen=1
-  elif { [ "$seen" = 1 ] || [ $((now - started)) -ge "$grace" ]; } \
+    dirty=1
+    # Batches per idle period at most, so that a statement failing for
+    # ever (a template in use) cannot keep the janitor busy.
+    budget=$((warm_max + 256))
+    continue
+  fi
+  if [ "$dirty" = 1 ] && [ $((now - last_lease)) -ge "$settle" ]; then
+    janitor_step
+    budget=$((budget - 1))
+    if [ "$janitor_left" = 0 ] || [ "$budget" -le 0 ]; then
+      : >"$janitor_mark"
+      dirty=0
+      janitor_left=0
+    fi
+  fi
+  if { [ "$seen" = 1 ] || [ $((now - started)) -ge "$grace" ]; } \
     && [ $((now - last_lease)) -ge "$reap_after" ]; then
     echo "pgbf-postgres: no lease for ${reap_after} s: stopping (the stack is reaped)" >&2
     kill -INT "$pg" 2>/dev/null || true

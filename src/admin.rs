@@ -137,9 +137,18 @@ impl Admin {
         });
     }
 
-    /// Stops new background work and waits until no task runs (at most `limit`).
-    pub(crate) async fn stop(&self, limit: Duration) {
+    /// Stops new background work (no new clone starts; queued drops run).
+    pub(crate) fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// The drops queued and not started, taken out of the queue.
+    pub(crate) fn take_queued_drops(&self) -> Vec<Vec<Step>> {
+        lock(&self.drops).queue.drain(..).collect()
+    }
+
+    /// Waits until no background task runs (at most `limit`).
+    pub(crate) async fn wait_idle(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let idle = self.idle_tasks.notified();

@@ -19,6 +19,7 @@ use sqlx::Connection;
 use crate::admin::{lock, Admin};
 use crate::database::{quote_ident, unique_name, Isolation, Step};
 use crate::error::{Error, Result};
+use crate::janitor;
 use crate::sqlx_compat::Executor;
 
 /// Clones made at once per template, in the background.
@@ -29,11 +30,6 @@ const MAX_PREPARED: usize = 16;
 /// How long making one clone takes, roughly (FACTS.md section 4 plus the
 /// warm-up): claims expected within that time are the pool's headroom.
 const CLONE_SECS: f64 = 0.05;
-
-/// The stack's prepared clones: rows of a table in its `postgres` database,
-/// claimed with `DELETE .. RETURNING`. Gone with the stack.
-const POOL_TABLE_SQL: &str = "create table if not exists pgbf_prepared (\
-     name text primary key, template text not null, made_at timestamptz not null default now())";
 
 /// What claiming a clone took, for the test's timing breakdown.
 #[derive(Clone, Debug)]
@@ -124,19 +120,50 @@ impl Clones {
         }
     }
 
-    /// The stack's table of prepared clones, made on first use.
+    /// Gives queued drops to the stack's janitor, which runs them once the
+    /// stack is idle, instead of making the process's exit wait for them
+    /// (bounded: [`janitor::MAX_GARBAGE`] wait at most). Returns those it
+    /// did not take: the caller runs them.
+    pub(crate) async fn hand_over(&self, queued: Vec<Vec<Step>>) -> Vec<Vec<Step>> {
+        let names: Vec<String> = queued
+            .iter()
+            .filter_map(|steps| janitor::dropped_database(steps))
+            .collect();
+        if !self.on_stack || names.is_empty() {
+            return queued;
+        }
+        let sql = janitor::hand_over_sql(&names, janitor::MAX_GARBAGE);
+        let taken = match self.ensure_pool_table().await {
+            Ok(()) => self.admin.query(&sql).await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "could not hand drops over to the stack's janitor");
+            Vec::new()
+        });
+        queued
+            .into_iter()
+            .filter(|steps| !janitor::dropped_database(steps).is_some_and(|n| taken.contains(&n)))
+            .collect()
+    }
+
+    /// The stack's bookkeeping tables (shared with its janitor), made on
+    /// first use.
     async fn ensure_pool_table(&self) -> Result<()> {
         self.pool_table
             .get_or_try_init(|| async {
-                match self.admin.query(POOL_TABLE_SQL).await {
-                    Ok(_) => Ok(()),
-                    // Another process made it at the same instant.
-                    Err(Error::Sql {
-                        source: sqlx::Error::Database(e),
-                        ..
-                    }) if matches!(e.code().as_deref(), Some("42P07" | "23505")) => Ok(()),
-                    Err(e) => Err(e),
+                for table in janitor::TABLES {
+                    match self.admin.query(table).await {
+                        Ok(_) => {}
+                        // Another process (or the janitor) made it at the same instant.
+                        Err(Error::Sql {
+                            source: sqlx::Error::Database(e),
+                            ..
+                        }) if matches!(e.code().as_deref(), Some("42P07" | "23505")) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
+                Ok(())
             })
             .await
             .map(|_| ())
@@ -148,16 +175,9 @@ impl Clones {
             return Ok(self.ledger.take(template));
         }
         self.ensure_pool_table().await?;
-        // Any process of the stack may have made it; SKIP LOCKED: two
-        // claimers never wait on each other nor get the same clone.
-        let rows = self
-            .admin
-            .query(&format!(
-                "delete from pgbf_prepared where name = (select name from pgbf_prepared \
-                 where template = '{template}' order by made_at limit 1 for update skip locked) \
-                 returning name"
-            ))
-            .await?;
+        // Any process of the stack (or its janitor) may have made it; the
+        // claim is counted for the janitor in the same statement.
+        let rows = self.admin.query(&janitor::claim_sql(template)).await?;
         Ok(rows.into_iter().next())
     }
 
@@ -206,7 +226,14 @@ impl Clones {
         }
         .await;
         self.admin.urgent_clones.fetch_sub(1, ORDER);
-        cloned.map(|()| name)
+        cloned?;
+        if self.on_stack {
+            // Counted for the janitor, as a claim of a prepared clone is.
+            if let Err(e) = self.admin.query(&janitor::claimed_sql(template)).await {
+                tracing::debug!(error = %e, "could not count a claim for the janitor");
+            }
+        }
+        Ok(name)
     }
 
     /// Starts a refill task for `template` unless enough already run.

@@ -102,6 +102,7 @@ pub(crate) async fn create_pair(
                 settings.reap_after.as_secs().max(1)
             ),
             format!("PGBF_LEASE_GRACE_SECS={LEASE_GRACE_SECS}"),
+            format!("PGBF_MAX_WARM_CLONES={}", settings.janitor_clones()),
             format!("PGBF_REQUIRE_TLS={}", u8::from(settings.require_tls)),
             format!("PGBF_TLS_CA={}", tls.ca_pem),
             format!("PGBF_TLS_CERT={}", tls.cert_pem),

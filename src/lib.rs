@@ -56,6 +56,7 @@
 //! | `lease` | this process's lease on a stack: keeps it alive, watched every second, `StackDied` with Docker's account |
 //! | `runtime` | a background thread with its own tokio runtime (`run`, `run_blocking`, `spawn`) and exit hooks; knows no SQL |
 //! | `registry` | process-wide once-per-key registries (the run's stacks, external workers, templates per worker) |
+//! | `janitor` | the SQL a crate stack's processes share with its janitor (in the container): claims, demand, drops handed over |
 //! | `template` | migration-keyed template databases |
 //! | `database` | per-test databases and schemas, names, drop steps |
 //! | `doctor` | probes any URL and gives verdicts and remedies (knows nothing of Docker) |
@@ -134,6 +135,7 @@ mod explain;
 mod fixtures;
 pub mod hazard;
 mod images;
+mod janitor;
 mod lease;
 mod lock;
 mod matrix;

@@ -107,9 +107,26 @@ pub struct StackSettings {
     /// 0 when `CI` is set). Stacks of a pinned run id and private stacks
     /// go [`reap_after`](Self::reap_after) after their last lease.
     pub keep_warm: Duration,
+    /// Prepared clones the stack's janitor keeps ready between runs, in
+    /// all templates together, at most (`PGBF_MAX_WARM_CLONES`; default
+    /// 128, ~8 MB of the stack's tmpfs each; 0: the janitor prepares none).
+    /// Between runs it makes as many clones of each template as the last
+    /// run claimed, up to this. Only stacks that outlive their last lease by
+    /// 30 s or more (the checkout's stack with [`keep_warm`](Self::keep_warm))
+    /// get them: on others nobody would claim them. Read by the process that
+    /// starts the stack.
+    pub max_warm_clones: u32,
 }
 
+/// A stack reaped sooner than this after its last lease gets no prepared
+/// clones from its janitor (it drops handed-over databases all the same).
+pub(crate) const JANITOR_MIN_IDLE: Duration = Duration::from_secs(30);
+
 /// The checkout's stack outlives its last lease this long by default.
+/// Prepared clones a stack's janitor keeps between runs, in all, unless
+/// `PGBF_MAX_WARM_CLONES` says otherwise: each costs a database's worth of
+/// the stack's tmpfs (~8 MB), so 128 is ~1 GB at most.
+pub(crate) const MAX_WARM_CLONES_DEFAULT: u32 = 128;
 pub(crate) const KEEP_WARM_DEFAULT: Duration = Duration::from_secs(120);
 
 /// `PGBF_KEEP_WARM_SECS` of the process environment when valid, else 0 in
@@ -145,6 +162,7 @@ impl Default for StackSettings {
             run_id: None,
             publish_all_interfaces: false,
             keep_warm: keep_warm_default(),
+            max_warm_clones: MAX_WARM_CLONES_DEFAULT,
         })
     }
 }
@@ -154,7 +172,7 @@ impl StackSettings {
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
     /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
     /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
-    /// `PGBF_KEEP_WARM_SECS` and the image variables.
+    /// `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES` and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
@@ -205,6 +223,13 @@ impl StackSettings {
             "a whole number of seconds from 0 to 3600",
         )? {
             s.keep_warm = Duration::from_secs(u64::from(n));
+        }
+        if let Some(n) = env.number(
+            "PGBF_MAX_WARM_CLONES",
+            0..=4096,
+            "a whole number from 0 to 4096",
+        )? {
+            s.max_warm_clones = n;
         }
         Ok(s)
     }
@@ -275,6 +300,23 @@ impl StackSettings {
     pub fn with_keep_warm(mut self, idle: Duration) -> Self {
         self.keep_warm = idle;
         self
+    }
+
+    /// Sets how many prepared clones the stack's janitor keeps between
+    /// runs at most (see [`StackSettings::max_warm_clones`]).
+    pub fn with_max_warm_clones(mut self, n: u32) -> Self {
+        self.max_warm_clones = n;
+        self
+    }
+
+    /// What the stack's janitor may prepare: none when the stack is reaped
+    /// within `JANITOR_MIN_IDLE` of its last lease.
+    pub(crate) fn janitor_clones(&self) -> u32 {
+        if self.reap_after >= JANITOR_MIN_IDLE {
+            self.max_warm_clones
+        } else {
+            0
+        }
     }
 
     /// The settings a shared stack runs with: the checkout's stack (no

@@ -214,7 +214,8 @@ impl Worker {
     /// Drops a test's database (or schema) in the background: the caller
     /// does not wait, and no claim waits behind it. `clone`: it was a
     /// template clone (counted in the demand). Queued drops finish before
-    /// the worker stops (at the latest when the process exits).
+    /// the worker stops (at the latest when the process exits), or, on a
+    /// crate stack, go to the stack's janitor then.
     pub(crate) fn discard(&self, steps: Vec<Step>, clone: bool) {
         if self.dead().is_some() {
             return;
@@ -250,8 +251,15 @@ impl Worker {
             .inner
             .background
             .run_blocking(wait, move || async move {
-                // Queued drops and refills in flight finish first (no new clone starts).
-                inner.admin.stop(SHUTDOWN_WAIT).await;
+                // No new clone starts; queued drops go to the stack's janitor
+                // (a crate stack: the process's exit does not wait for them)
+                // or run here; drops and refills in flight finish.
+                inner.admin.begin_stop();
+                let queued = inner.admin.take_queued_drops();
+                for steps in inner.clones.hand_over(queued).await {
+                    inner.admin.queue_drop(steps);
+                }
+                inner.admin.wait_idle(SHUTDOWN_WAIT).await;
                 inner.clones.drop_own().await;
                 inner.admin.close().await;
                 if let Some(lease) = &inner.lease {

@@ -24,6 +24,8 @@ const VARS: &[&str] = &[
     "PGBF_PROFILE",
     "PGBF_REQUIRE_TLS",
     "PGBF_PUBLISH_ALL_INTERFACES",
+    "PGBF_KEEP_WARM_SECS",
+    "PGBF_MAX_WARM_CLONES",
 ];
 
 /// Variables `TestDb::builder().build()` reads beyond the target's.

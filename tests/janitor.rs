@@ -1,0 +1,187 @@
+//! The stack's janitor, on a real stack: after a run (a process) that
+//! claimed N clones and exited, the janitor drops the databases the process
+//! handed over, and prepares N clones for the next run (at most
+//! `PGBF_MAX_WARM_CLONES`); once settled, an idle stack runs nothing but its
+//! once-a-second lease count.
+
+mod common;
+
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use common::{audited, docker, stack_containers, unique_run_id};
+use pgbouncer_fixtures::sqlx;
+use pgbouncer_fixtures::{Stack, StackSettings, Template, TestDb};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection, Row};
+
+const CHILD: &str = "PGBF_JANITOR_TEST_CHILD";
+const CAP: i64 = 4;
+
+/// The run under test (a process of its own, so that it exits): claims
+/// `PGBF_JANITOR_TEST_N` clones, holds them all, drops them, and writes
+/// the stack's id, a direct URL and the clones' names to the file
+/// `PGBF_JANITOR_TEST_CHILD` names. A no-op in an ordinary run.
+#[tokio::test]
+async fn janitor_child_run() {
+    let Ok(out) = std::env::var(CHILD) else {
+        return;
+    };
+    let n: usize = std::env::var("PGBF_JANITOR_TEST_N")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dir = std::env::var("PGBF_JANITOR_TEST_MIGRATIONS").unwrap();
+    let mut dbs = Vec::new();
+    for i in 0..n {
+        let db = TestDb::builder()
+            .template(Template::new().migrations_dir(&dir))
+            .test_name(format!("janitor_{i}"))
+            .build()
+            .await
+            .unwrap();
+        dbs.push(db);
+    }
+    let settings = StackSettings::from_env(&pgbouncer_fixtures::Env::load().unwrap()).unwrap();
+    let stack = Stack::shared(&settings).await.unwrap();
+    let mut lines = vec![
+        stack.id().to_string(),
+        dbs[0].direct_url().unwrap().to_string(),
+    ];
+    lines.extend(dbs.iter().map(|d| d.database_name()));
+    drop(dbs);
+    std::fs::write(out, lines.join("\n")).unwrap();
+}
+
+struct Run {
+    stack: String,
+    admin: PgConnectOptions,
+    databases: Vec<String>,
+}
+
+fn child_run(run_id: &str, migrations: &std::path::Path, n: usize) -> Run {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let started = Instant::now();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "janitor_child_run", "--test-threads=1"])
+        .env(CHILD, out.path())
+        .env("PGBF_JANITOR_TEST_N", n.to_string())
+        .env("PGBF_JANITOR_TEST_MIGRATIONS", migrations)
+        .env("PGBF_RUN_ID", run_id)
+        // Long enough for the janitor to prepare clones (>= 30 s).
+        .env("PGBF_REAP_AFTER_SECS", "40")
+        .env("PGBF_MAX_WARM_CLONES", CAP.to_string())
+        .env_remove("TEST_DATABASE_URL")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child run failed");
+    eprintln!(
+        "child run of {n} claims took {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let text = std::fs::read_to_string(out.path()).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    let stack = lines.next().unwrap();
+    let admin = PgConnectOptions::from_str(&lines.next().unwrap())
+        .unwrap()
+        .database("postgres")
+        .application_name("janitor test");
+    Run {
+        stack,
+        admin,
+        databases: lines.collect(),
+    }
+}
+
+async fn scalar(conn: &mut PgConnection, sql: &str) -> i64 {
+    sqlx::raw_sql(audited(sql))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get::<i64, _>(0)
+}
+
+/// Waits until none of `run`'s databases exists, no garbage is queued and
+/// `prepared` clones are ready; returns how long that took.
+async fn settled(conn: &mut PgConnection, run: &Run, prepared: i64) -> Duration {
+    let started = Instant::now();
+    let names = run
+        .databases
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    loop {
+        let left = scalar(
+            conn,
+            &format!("select count(*) from pg_database where datname in ({names})"),
+        )
+        .await;
+        let garbage = scalar(conn, "select count(*) from pgbf_garbage").await;
+        let ready = scalar(conn, "select count(*) from pgbf_prepared").await;
+        if left == 0 && garbage == 0 && ready == prepared {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "after 60 s: {left} of the run's databases left, {garbage} queued, {ready} prepared (want {prepared})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clones() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("0001_items.sql"),
+        "create table items (id int primary key);",
+    )
+    .unwrap();
+    let run_id = unique_run_id("janitor");
+
+    // A run of 3 claims: the janitor makes the pool 3.
+    let first = child_run(&run_id, dir.path(), 3);
+    let mut conn = first.admin.connect().await.unwrap();
+    let took = settled(&mut conn, &first, 3).await;
+    eprintln!("settled {:.2} s after the first run", took.as_secs_f64());
+
+    // A run of 6 claims: the pool stops at the cap (4).
+    let second = child_run(&run_id, dir.path(), 6);
+    assert_eq!(second.stack, first.stack, "the run id shares the stack");
+    let took = settled(&mut conn, &second, CAP).await;
+    eprintln!("settled {:.2} s after the second run", took.as_secs_f64());
+
+    // Settled and idle: the janitor's psql runs nothing but the lease
+    // count, and no database comes or goes.
+    let databases = "select count(*) from pg_database";
+    let before = scalar(&mut conn, databases).await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let last: Vec<String> = sqlx::raw_sql(
+            "select query from pg_stat_activity where application_name = 'psql' and backend_type = 'client backend'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+        assert_eq!(last.len(), 1, "one janitor psql: {last:?}");
+        assert!(
+            last[0].contains("application_name like 'pgbf-lease%'")
+                && last[0].starts_with("select"),
+            "an idle, settled janitor ran {:?}",
+            last[0]
+        );
+        assert_eq!(scalar(&mut conn, databases).await, before);
+    }
+    drop(conn);
+    for id in stack_containers(&first.stack) {
+        docker(&["rm", "-f", &id]);
+    }
+}
