@@ -21,6 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{StackSettings, Target, Template, TestDb};
 use rand::Rng;
@@ -171,34 +174,13 @@ fn child_row(c: usize, n: usize) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Waits (at most 120 s) until the stack's janitor is done, through a
-/// plain connection (no lease); how long that took.
+/// [`common::janitor_done`] from synchronous code.
 fn janitor_done(url: &str) -> Duration {
-    use sqlx::{Connection, Row};
-    let rt = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let started = Instant::now();
-        let mut conn = sqlx::PgConnection::connect(url).await.expect("the stack");
-        // The janitor ends its pass with a file newer than the mark of the
-        // last lease (docker/postgres-entrypoint.sh).
-        let sql = "select coalesce((pg_stat_file('/tmp/pgbf-janitor-done', true)).modification \
-               > (pg_stat_file('/tmp/pgbf-leased', true)).modification, false)";
-        while started.elapsed() < Duration::from_secs(120) {
-            let done: bool = sqlx::raw_sql(sql)
-                .fetch_one(&mut conn)
-                .await
-                .expect("the janitor's tables")
-                .get(0);
-            if done {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        started.elapsed()
-    })
+        .expect("runtime")
+        .block_on(common::janitor_done(url))
 }
 
 fn main() {

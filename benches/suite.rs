@@ -30,7 +30,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgbouncer_fixtures::sqlx;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::janitor_done;
 use pgbouncer_fixtures::{Env, Stack, StackSettings};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -353,31 +356,6 @@ fn main() {
 
 /// The harness, run to print the stack's direct URL.
 const PRINT_URL: &str = "PGBF_SUITE_PRINT_URL";
-
-/// Waits (at most 120 s) until the checkout stack's janitor is done: the
-/// databases handed over dropped, the pool at the last run's demand (or
-/// at the cap).
-async fn janitor_done(url: &str) -> Duration {
-    use sqlx::{Connection, Row};
-    let started = Instant::now();
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("the stack");
-    // The janitor ends its pass with a file newer than the mark of the
-    // last lease (docker/postgres-entrypoint.sh).
-    let sql = "select coalesce((pg_stat_file('/tmp/pgbf-janitor-done', true)).modification \
-               > (pg_stat_file('/tmp/pgbf-leased', true)).modification, false)";
-    while started.elapsed() < Duration::from_secs(120) {
-        let done: bool = sqlx::raw_sql(sql)
-            .fetch_one(&mut conn)
-            .await
-            .expect("the janitor's tables")
-            .get(0);
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    started.elapsed()
-}
 
 /// How many tests one way runs (with the filter).
 fn count_tests(bench: &Bench) -> usize {
