@@ -20,6 +20,16 @@ chmod 600 "$conf/userlist.txt"
 (umask 077 && printf '%s\n' "${PGBF_TLS_CERT:-}" >"$conf/tls.crt" \
   && printf '%s\n' "${PGBF_TLS_KEY:-}" >"$conf/tls.key" && printf '%s\n' "${PGBF_TLS_CA:-}" >"$conf/ca.crt")
 
+# On `docker restart` the PgBouncer of the previous start can still be
+# on its way out (this container shares PostgreSQL's network and PID
+# namespaces, so its socket outlives the old entrypoint by a moment): a
+# PgBouncer started then fails to bind 6432 and exits, and the stack has
+# no pooler at all. Wait (up to 15 s) until nobody listens on 6432
+# (0x1920, state 0A in /proc/net/tcp).
+for ((i = 0; i < 150; i++)); do
+  grep -q '^ *[0-9]*: [0-9A-F]*:1920 [0-9A-F]*:0000 0A' /proc/net/tcp || break
+  sleep 0.1
+done
 pgbouncer "$conf/pgbouncer.ini" &
 pid=$!
 trap 'kill -INT "$pid" 2>/dev/null || true' INT TERM

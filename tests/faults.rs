@@ -134,18 +134,34 @@ async fn a_replacement_stack_gets_its_template_built_again() {
 
 #[tokio::test]
 async fn a_restarted_pgbouncer_serves_new_connections_once_it_is_back() {
-    let settings = settings("restart-pgbouncer");
-    let db = db_on(&settings, "restart").await;
+    restart_pgbouncer("restart", false).await;
+}
+
+/// A transaction open through PgBouncer holds up its safe shutdown past
+/// `docker restart -t 1`: the entrypoint is killed, and the old PgBouncer
+/// (in PostgreSQL's PID and network namespaces) can outlive it for a moment.
+/// The new one must not start while the old one holds port 6432 (it would
+/// fail to bind and the stack would have no pooler).
+#[tokio::test]
+async fn a_pgbouncer_restarted_during_a_transaction_serves_new_connections_once_it_is_back() {
+    restart_pgbouncer("restart_mid_tx", true).await;
+}
+
+async fn restart_pgbouncer(name: &str, in_transaction: bool) {
+    let settings = settings(name);
+    let db = db_on(&settings, name).await;
     let stack = Stack::shared(&settings).await.unwrap();
+    let pgbouncer = format!("pgbf-{}-pgbouncer", stack.id());
     let mut conn = db.connect().await.unwrap();
     sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    if in_transaction {
+        sqlx::raw_sql("begin; select 1")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 
-    docker(&[
-        "restart",
-        "-t",
-        "1",
-        &format!("pgbf-{}-pgbouncer", stack.id()),
-    ]);
+    docker(&["restart", "-t", "1", &pgbouncer]);
     let started = Instant::now();
     let mut last = None;
     let answered = loop {
@@ -167,9 +183,18 @@ async fn a_restarted_pgbouncer_serves_new_connections_once_it_is_back() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(answered, "PgBouncer never came back: {last:?}");
+    assert!(
+        answered,
+        "PgBouncer never came back: {last:?}\ncontainers: {:?}\nPgBouncer's log:\n{}",
+        stack_containers(stack.id()),
+        Command::new("docker")
+            .args(["logs", "--tail", "30", &pgbouncer])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default()
+    );
     println!(
-        "new connections work again {:.2} s after `docker restart` returned",
+        "{name}: new connections work again {:.2} s after `docker restart` returned",
         started.elapsed().as_secs_f64()
     );
     stack.check().await.unwrap();
