@@ -52,6 +52,14 @@ if [ -n "${PGBF_TLS_CERT:-}" ] && [ -n "${PGBF_TLS_KEY:-}" ]; then
     printf '%s\n' 'local all all trust' 'hostssl all all all scram-sha-256' >"$data/pg_hba.conf"
   fi
 fi
+# The janitor warms each clone it prepares: one connection through this
+# stack's PgBouncer (dblink, from inside the server), so PgBouncer holds an
+# idle server connection to it and the test that claims it pays no backend
+# start. libpq in the server finds the password here, never in SQL text
+# (which the JSON log below could record).
+pw=${POSTGRES_PASSWORD//\\/\\\\}
+(umask 077 && printf '127.0.0.1:6432:*:postgres:%s\n' "${pw//:/\\:}" >/pgdata/pgpass)
+export PGPASSFILE=/pgdata/pgpass
 # Errors, warnings and lock waits go to a JSON log the crate reads (with
 # pg_read_file) to explain a failed test: each line names the session's
 # database, application_name and SQLSTATE.
@@ -110,6 +118,11 @@ ddl=(
   "create table if not exists pgbf_demand (template text primary key, claims integer not null, rolled_at timestamptz not null default now())"
   # Clones to make per template: the last run's claims less those ready,
   # for templates that still exist.
+  "create extension if not exists dblink"
+  # True once PgBouncer holds an idle server connection to database \$1 (a
+  # clone's name: pgbf_ and [a-z0-9_]); false, and no error, when PgBouncer
+  # cannot be reached: the clone stays cold.
+  "create or replace function pgbf_warm(text) returns boolean language plpgsql as \$w\$ begin if \$1 !~ '^pgbf_[a-z0-9_]+\$' then return false; end if; perform from dblink('host=127.0.0.1 port=6432 user=postgres connect_timeout=5 application_name=pgbf-janitor dbname=' || \$1, 'select 1') as t(x int); return true; exception when others then return false; end \$w\$"
   "create or replace view pgbf_refill_todo as select d.template, greatest(0, d.claims - (select count(*) from pgbf_prepared p where p.template = d.template))::int as short from pgbf_demand d where exists (select from pg_database where datname = d.template and datistemplate)"
 )
 # No process uses the stack, nor has claimed in the last 2 s.
@@ -127,7 +140,7 @@ select count(pg_terminate_backend(pid)) from pg_stat_activity where datname in (
 select format('DROP DATABASE IF EXISTS %I WITH (FORCE)', name), format('delete from pgbf_garbage where name = %L', name) from (select name from pgbf_garbage order by queued_at limit 4) g where $idle_sql
 \gexec
 with c as (delete from pgbf_claims where $idle_sql returning template), n as (select template, count(*)::int k from c group by template) insert into pgbf_demand as d (template, claims) select template, k from n on conflict (template) do update set claims = excluded.claims, rolled_at = now();
-select format('CREATE DATABASE %I TEMPLATE %I STRATEGY FILE_COPY', n, t), format('insert into pgbf_prepared (name, template) select %L, %L where exists (select from pg_database where datname = %L)', n, t, n) from (select t, 'pgbf_' || left('c' || substr(t, 10), 40) || '_' || left(md5(random()::text || clock_timestamp()::text), 10) as n from (select template t from pgbf_refill_todo, generate_series(1, short) i order by i, template) s limit $room_sql) p where $idle_sql
+select format('CREATE DATABASE %I TEMPLATE %I STRATEGY FILE_COPY', n, t), format('select pgbf_warm(%L)', n), format('insert into pgbf_prepared (name, template) select %L, %L where exists (select from pg_database where datname = %L)', n, t, n) from (select t, 'pgbf_' || left('c' || substr(t, 10), 40) || '_' || left(md5(random()::text || clock_timestamp()::text), 10) as n from (select template t from pgbf_refill_todo, generate_series(1, short) i order by i, template) s limit $room_sql) p where $idle_sql
 \gexec
 select $1, case when not (exists (select from pgbf_garbage) or exists (select from pgbf_claims) or ($room_sql > 0 and exists (select from pgbf_refill_todo where short > 0))) then 0 when $idle_sql then 1 else 2 end;
 SQL

@@ -386,7 +386,9 @@ server_reset_query = DISCARD ALL
 server_round_robin = {rr}
 server_login_retry = 1
 server_lifetime = 3600
-server_idle_timeout = 60
+;; PgBouncer's default: the janitor's warmed clones keep their idle server
+;; connection until the next run claims them (one backend each, <= 128).
+server_idle_timeout = 600
 log_connections = 0
 log_disconnections = 0
 ;; Forget pools of databases nobody uses (dropped test databases) soon.

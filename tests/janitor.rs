@@ -155,6 +155,15 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     assert_eq!(second.stack, first.stack, "the run id shares the stack");
     let took = settled(&mut conn, &second, CAP).await;
     eprintln!("settled {:.2} s after the second run", took.as_secs_f64());
+    // Warm: PgBouncer holds an idle server connection to each prepared
+    // clone (the test claiming it pays no backend start).
+    let warm = scalar(
+        &mut conn,
+        "select count(*) from pgbf_prepared p where exists \
+         (select from pg_stat_activity a where a.datname = p.name and a.state = 'idle')",
+    )
+    .await;
+    assert_eq!(warm, CAP, "prepared clones with a server connection");
 
     // Settled and idle: the janitor's psql runs nothing but the lease
     // count, and no database comes or goes.
