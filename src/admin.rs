@@ -35,6 +35,10 @@ const MAX_IDLE_ADMIN: usize = 6;
 const HEAVY_PARALLEL: usize = 2;
 /// Drops wait while tests wait for a clone, unless this many are queued.
 const DROP_BACKLOG: usize = 32;
+/// On a crate stack, how long a queued drop waits before it runs: a
+/// process that exits within it (one test per process, as under nextest)
+/// hands the drop to the stack's janitor instead of running it at exit.
+pub(crate) const DROP_GRACE: Duration = Duration::from_millis(250);
 
 /// Where admin work connects.
 pub(crate) struct AdminUrls {
@@ -63,17 +67,23 @@ pub(crate) struct Admin {
     running: AtomicUsize,
     idle_tasks: tokio::sync::Notify,
     stopping: AtomicBool,
+    /// Wakes what waits for the stop (a drop waiting out its grace).
+    stopped: tokio::sync::Notify,
     /// Server-heavy statements (clones, drops) running at once.
     heavy: tokio::sync::Semaphore,
     /// Tests waiting for a clone made on demand now: background work waits.
     pub(crate) urgent_clones: AtomicUsize,
     /// Prepared clones being made now: drops wait.
     pub(crate) background_clones: AtomicUsize,
+    /// How long a queued drop waits before it runs ([`DROP_GRACE`] on a
+    /// crate stack, zero elsewhere).
+    drop_grace: Duration,
 }
 
 #[derive(Default)]
 struct DropQueue {
-    queue: VecDeque<Vec<Step>>,
+    /// Each drop with the time it was queued.
+    queue: VecDeque<(Instant, Vec<Step>)>,
     workers: usize,
 }
 
@@ -82,15 +92,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Admin {
-    pub(crate) fn new(urls: AdminUrls) -> Admin {
+    /// `drop_grace`: how long a queued drop waits before it runs; `ready`:
+    /// an admin connection already open (a join opens one with its lease).
+    pub(crate) fn new(urls: AdminUrls, drop_grace: Duration, ready: Option<PgConnection>) -> Admin {
         Admin {
             urls,
-            idle: Mutex::default(),
+            drop_grace,
+            idle: Mutex::new(ready.into_iter().collect()),
             console: tokio::sync::Mutex::default(),
             drops: Mutex::default(),
             running: AtomicUsize::new(0),
             idle_tasks: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
+            stopped: tokio::sync::Notify::new(),
             heavy: tokio::sync::Semaphore::new(HEAVY_PARALLEL),
             urgent_clones: AtomicUsize::new(0),
             background_clones: AtomicUsize::new(0),
@@ -140,11 +154,16 @@ impl Admin {
     /// Stops new background work (no new clone starts; queued drops run).
     pub(crate) fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.notify_waiters();
     }
 
     /// The drops queued and not started, taken out of the queue.
     pub(crate) fn take_queued_drops(&self) -> Vec<Vec<Step>> {
-        lock(&self.drops).queue.drain(..).collect()
+        lock(&self.drops)
+            .queue
+            .drain(..)
+            .map(|(_, steps)| steps)
+            .collect()
     }
 
     /// Waits until no background task runs (at most `limit`).
@@ -258,7 +277,7 @@ impl Admin {
     pub(crate) fn queue_drop(self: &Arc<Self>, steps: Vec<Step>) {
         let start = {
             let mut drops = lock(&self.drops);
-            drops.queue.push_back(steps);
+            drops.queue.push_back((Instant::now(), steps));
             let start = drops.workers < DROP_PARALLEL;
             if start {
                 drops.workers += 1;
@@ -273,6 +292,20 @@ impl Admin {
 
     async fn drain_drops(&self) {
         loop {
+            // The next drop waits out its grace (unless the process stops:
+            // then it is handed over, or run at once).
+            let due = lock(&self.drops)
+                .queue
+                .front()
+                .map(|(queued, _)| *queued + self.drop_grace);
+            if let Some(due) = due {
+                let stopped = self.stopped.notified();
+                tokio::pin!(stopped);
+                stopped.as_mut().enable();
+                if !self.stopping() {
+                    let _ = tokio::time::timeout_at(due.into(), stopped).await;
+                }
+            }
             let next = {
                 let mut drops = lock(&self.drops);
                 let next = drops.queue.pop_front();
@@ -281,7 +314,7 @@ impl Admin {
                 }
                 next
             };
-            let Some(steps) = next else { break };
+            let Some((_, steps)) = next else { break };
             let slot = self
                 .background_slot(true, || {
                     lock(&self.drops).queue.len() >= DROP_BACKLOG || self.stopping()
@@ -310,6 +343,16 @@ fn describe(steps: &[Step]) -> String {
     format!("running `{}` on the admin connection", sql.join("; "))
 }
 
+/// A new admin connection to `url`.
+pub(crate) async fn open_admin(
+    url: &DbUrl,
+    kind: &'static str,
+    connect_timeout: Duration,
+) -> Result<PgConnection> {
+    let options = crate::connect::options(url, "pgbouncer-fixtures admin");
+    crate::connect::open(kind, url, &options, connect_timeout).await
+}
+
 async fn execute(
     slot: &mut Option<PgConnection>,
     url: &DbUrl,
@@ -322,10 +365,7 @@ async fn execute(
     loop {
         let conn = match slot {
             Some(c) => c,
-            None => {
-                let options = crate::connect::options(url, "pgbouncer-fixtures admin");
-                slot.insert(crate::connect::open(kind, url, &options, connect_timeout).await?)
-            }
+            None => slot.insert(open_admin(url, kind, connect_timeout).await?),
         };
         // `&str` without arguments goes out as a simple Query (raw_sql is not
         // `Send` enough for background tasks in sqlx 0.8).

@@ -242,6 +242,7 @@ async fn external_worker(
                     urls,
                     cleanup: None,
                     lease: None,
+                    admin_conn: None,
                 },
             ))
         })

@@ -88,8 +88,13 @@ impl Clones {
             took: started.elapsed(),
             prepared,
         };
+        // How many prepared clones were left, when the claim said.
+        let mut left = None;
         let claimed = match self.take_prepared(template).await? {
-            Some(name) => Some(took(name, true)),
+            Some((name, n)) => {
+                left = n;
+                Some(took(name, true))
+            }
             None if prepared_only => None,
             None => match self.wait_for_refill(template).await? {
                 Some(name) => Some(took(name, true)),
@@ -97,8 +102,10 @@ impl Clones {
             },
         };
         // Without a clone the template may not exist yet: the caller builds
-        // it and claims again.
-        if claimed.is_some() && prepared > 0 {
+        // it and claims again. A pool that still holds what the demand asks
+        // for (the janitor's, between runs) needs no refill task.
+        let enough = left.is_some_and(|n| !self.ledger.short(template, n, prepared));
+        if claimed.is_some() && prepared > 0 && !enough {
             self.refill(template, prepared);
         }
         Ok(claimed)
@@ -133,11 +140,7 @@ impl Clones {
             return queued;
         }
         let sql = janitor::hand_over_sql(&names, janitor::MAX_GARBAGE);
-        let taken = match self.ensure_pool_table().await {
-            Ok(()) => self.admin.query(&sql).await,
-            Err(e) => Err(e),
-        }
-        .unwrap_or_else(|e| {
+        let taken = self.on_tables(&sql).await.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "could not hand drops over to the stack's janitor");
             Vec::new()
         });
@@ -147,8 +150,24 @@ impl Clones {
             .collect()
     }
 
-    /// The stack's bookkeeping tables (shared with its janitor), made on
-    /// first use.
+    /// `sql` on the stack's bookkeeping tables. The stack's janitor makes
+    /// them when it starts; a process that comes first (a new stack) makes
+    /// them itself and runs `sql` again: one round trip in the common case.
+    async fn on_tables(&self, sql: &str) -> Result<Vec<String>> {
+        match self.admin.query(sql).await {
+            Err(Error::Sql {
+                source: sqlx::Error::Database(e),
+                ..
+            }) if e.code().as_deref() == Some("42P01") => {
+                self.ensure_pool_table().await?;
+                self.admin.query(sql).await
+            }
+            other => other,
+        }
+    }
+
+    /// The stack's bookkeeping tables (shared with its janitor), made if
+    /// missing.
     async fn ensure_pool_table(&self) -> Result<()> {
         self.pool_table
             .get_or_try_init(|| async {
@@ -169,16 +188,19 @@ impl Clones {
             .map(|_| ())
     }
 
-    /// A prepared clone of `template`, if one is ready.
-    async fn take_prepared(&self, template: &str) -> Result<Option<String>> {
+    /// A prepared clone of `template`, if one is ready, and (on a stack)
+    /// how many are left.
+    async fn take_prepared(&self, template: &str) -> Result<Option<(String, Option<usize>)>> {
         if !self.on_stack {
-            return Ok(self.ledger.take(template));
+            return Ok(self.ledger.take(template).map(|name| (name, None)));
         }
-        self.ensure_pool_table().await?;
         // Any process of the stack (or its janitor) may have made it; the
         // claim is counted for the janitor in the same statement.
-        let rows = self.admin.query(&janitor::claim_sql(template)).await?;
-        Ok(rows.into_iter().next())
+        let rows = self.on_tables(&janitor::claim_sql(template)).await?;
+        Ok(rows.first().map(|row| {
+            let (name, left) = janitor::claimed_row(row);
+            (name, Some(left))
+        }))
     }
 
     /// How many clones of `template` are ready.
@@ -186,10 +208,8 @@ impl Clones {
         if !self.on_stack {
             return Ok(self.ledger.ready(template));
         }
-        self.ensure_pool_table().await?;
         let rows = self
-            .admin
-            .query(&format!(
+            .on_tables(&format!(
                 "select count(*) from pgbf_prepared where template = '{template}'"
             ))
             .await?;
@@ -207,7 +227,7 @@ impl Clones {
                 return Ok(None);
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), made).await;
-            if let Some(name) = self.take_prepared(template).await? {
+            if let Some((name, _)) = self.take_prepared(template).await? {
                 return Ok(Some(name));
             }
         }
@@ -229,7 +249,7 @@ impl Clones {
         cloned?;
         if self.on_stack {
             // Counted for the janitor, as a claim of a prepared clone is.
-            if let Err(e) = self.admin.query(&janitor::claimed_sql(template)).await {
+            if let Err(e) = self.on_tables(&janitor::claimed_sql(template)).await {
                 tracing::debug!(error = %e, "could not count a claim for the janitor");
             }
         }
@@ -289,11 +309,10 @@ impl Clones {
         })?;
         let _ = warm.close().await;
         if self.on_stack {
-            self.admin
-                .query(&format!(
-                    "insert into pgbf_prepared (name, template) values ('{name}', '{template}')"
-                ))
-                .await?;
+            self.on_tables(&format!(
+                "insert into pgbf_prepared (name, template) values ('{name}', '{template}')"
+            ))
+            .await?;
         } else {
             self.ledger.put(template, name);
         }
@@ -419,6 +438,14 @@ impl Ledger {
                 *making += 1;
             }
             go
+        })
+    }
+
+    /// Whether `ready` clones plus those being made fall short of the target.
+    fn short(&self, template: &str, ready: usize, base: usize) -> bool {
+        self.with(|s| {
+            let making = s.making.get(template).copied().unwrap_or(0);
+            ready + making < Ledger::target(s, base)
         })
     }
 

@@ -35,15 +35,25 @@ fn literal(value: &str) -> String {
 /// Takes the oldest prepared clone of `template` (one round trip) and
 /// records the claim for the janitor in the same statement; `SKIP LOCKED`:
 /// two claimers never wait on each other nor get the same clone. Returns
-/// the clone's name, or no row.
+/// one row, `<name> <clones of template left>` (read with
+/// [`claimed_row`]), or no row.
 pub(crate) fn claim_sql(template: &str) -> String {
     let t = literal(template);
     format!(
         "with taken as (delete from pgbf_prepared where name = (select name from pgbf_prepared \
          where template = {t} order by made_at limit 1 for update skip locked) returning name), \
          counted as (insert into pgbf_claims (template) select {t} from taken) \
-         select name from taken"
+         select name || ' ' || ((select count(*) from pgbf_prepared where template = {t}) - 1) from taken"
     )
+}
+
+/// A row of [`claim_sql`]: the clone's name and how many were left (the
+/// statement's snapshot still counts the one it took).
+pub(crate) fn claimed_row(row: &str) -> (String, usize) {
+    match row.rsplit_once(' ') {
+        Some((name, left)) => (name.to_string(), left.parse().unwrap_or(0)),
+        None => (row.to_string(), 0),
+    }
 }
 
 /// Records a claim served by a clone made on demand (the pool was empty).
@@ -107,6 +117,8 @@ mod tests {
     fn literals_are_quoted() {
         assert_eq!(literal("a'b"), "'a''b'");
         assert!(claim_sql("x'y").contains("'x''y'"));
+        assert_eq!(claimed_row("pgbf_c1_ab 7"), ("pgbf_c1_ab".to_string(), 7));
+        assert_eq!(claimed_row("pgbf_c1_ab"), ("pgbf_c1_ab".to_string(), 0));
         assert!(hand_over_sql(&["a".into(), "b'c".into()], 5).contains("'a', 'b''c'"));
     }
 }

@@ -354,10 +354,10 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
     let engine_at = started.elapsed();
     let host = engine.published_host();
     let id = mode.id().to_string();
-    let (endpoints, lease, joined) = match &mode {
+    let (endpoints, lease, admin_conn, joined) = match &mode {
         Mode::Private(_) => {
             let (endpoints, lease) = create(&docker, host, &id, false, &settings).await?;
-            (endpoints, lease, false)
+            (endpoints, lease, None, false)
         }
         Mode::Shared(run) => {
             // Serialises create-or-join between the run's processes; the
@@ -366,7 +366,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
             let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
             let locked_at = started.elapsed();
             match join(&docker, host, &id, &settings).await? {
-                Some((endpoints, lease)) => {
+                Some((endpoints, lease, admin_conn)) => {
                     // A join is on every nextest process's path: where it goes.
                     tracing::debug!(
                         stack = %id,
@@ -375,13 +375,13 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                         check_ms = (started.elapsed() - locked_at).as_secs_f64() * 1e3,
                         "joined the run's stack"
                     );
-                    (endpoints, lease, true)
+                    (endpoints, lease, Some(admin_conn), true)
                 }
                 None => {
                     lock::remove_stale_locks();
                     crate::reaper::sweep(&docker).await;
                     let (endpoints, lease) = create(&docker, host, &id, true, &settings).await?;
-                    (endpoints, lease, false)
+                    (endpoints, lease, None, false)
                 }
             }
         }
@@ -415,6 +415,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                 postgres_container: containers::postgres_name(&id),
             },
         )),
+        admin_conn,
     };
     Ok((
         Started {
@@ -428,12 +429,14 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
 
 /// Joins the running stack `id`, re-checking it: a lease, then a query
 /// through PgBouncer. A broken or unanswering stack is removed (`None`).
+/// Also returns an admin connection, opened at the same time (the first
+/// claim needs one).
 async fn join(
     docker: &bollard::Docker,
     host: &str,
     id: &str,
     settings: &StackSettings,
-) -> Result<Option<(Endpoints, PgConnection)>> {
+) -> Result<Option<(Endpoints, PgConnection, PgConnection)>> {
     let info = match containers::pair_state(docker, id).await? {
         PairState::Absent => return Ok(None),
         PairState::Running(info) => info,
@@ -445,13 +448,15 @@ async fn join(
     };
     let endpoints = endpoints_of(&info, host, settings);
     // Both at once: a join is on every nextest process's path.
+    let admin_url = endpoints.direct_url("postgres");
     let checked = tokio::try_join!(
         take_lease(&endpoints, JOIN_TIMEOUT),
-        wait_until_ready(&endpoints, JOIN_TIMEOUT)
+        wait_until_ready(&endpoints, JOIN_TIMEOUT),
+        crate::admin::open_admin(&admin_url, "direct endpoint", JOIN_TIMEOUT)
     )
-    .map(|(lease, ())| lease);
+    .map(|(lease, (), admin)| (lease, admin));
     match checked {
-        Ok(lease) => Ok(Some((endpoints, lease))),
+        Ok((lease, admin)) => Ok(Some((endpoints, lease, admin))),
         Err(e) => {
             tracing::info!(stack = id, error = %e, "replacing a stack of this run that does not answer");
             containers::remove_pair(docker, id).await;

@@ -37,6 +37,9 @@ pub(crate) struct WorkerSetup {
     /// at shutdown (or by the kernel, when the process dies), which lets
     /// the stack's watchdog reap it.
     pub lease: Option<(PgConnection, ProbeTarget)>,
+    /// An admin connection opened with the lease (a join's first claim
+    /// then opens none).
+    pub admin_conn: Option<PgConnection>,
 }
 
 /// A handle on a server's worker; cheap to clone.
@@ -95,7 +98,13 @@ impl Worker {
         };
         // The crate's own stacks have a console; never a table on a user's server.
         let on_stack = setup.urls.console_url.is_some();
-        let admin = Arc::new(Admin::new(setup.urls));
+        // On a stack, a drop the process's exit overtakes goes to the janitor.
+        let drop_grace = if on_stack {
+            crate::admin::DROP_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let admin = Arc::new(Admin::new(setup.urls, drop_grace, setup.admin_conn));
         let lease = setup
             .lease
             .map(|(conn, target)| Arc::new(Lease::new(conn, target)));
