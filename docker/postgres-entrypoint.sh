@@ -146,48 +146,49 @@ select $1, case when not (exists (select from pgbf_garbage) or exists (select fr
 SQL
 }
 seq=0
-# Sets `leases` (no subshell: `$(...)` would fork); 0 when psql cannot say,
-# as when the per-second psql of earlier versions failed.
-count_leases() {
+# Asks psql the question `$2 SEQ` writes (its answer's first column is SEQ,
+# the next one the answer); sets `answer`. Answers of earlier, timed-out
+# questions are skipped by their number. Fails, and stops psql, when psql
+# is gone or gives no answer within $1 seconds.
+ask() {
+  local limit=$1 question=$2 got n
   seq=$((seq + 1))
-  leases=0
-  if [ -z "$psql_pid" ] || [ -z "$to_psql" ] || ! kill -0 "$psql_pid" 2>/dev/null; then
-    start_psql
-  fi
-  [ -n "$to_psql" ] || return 0
-  if ! printf "select %d, count(*) from pg_stat_activity where application_name like 'pgbf-lease%%';\n" \
-    "$seq" >&"$to_psql" 2>/dev/null; then
+  answer=
+  [ -n "$to_psql" ] || return 1
+  if ! "$question" "$seq" >&"$to_psql" 2>/dev/null; then
     stop_psql
-    return 0
+    return 1
   fi
-  local got n
-  # Answers of earlier, timed-out questions are skipped by their number.
-  while IFS='|' read -r -t 5 -u "$from_psql" got n; do
+  while IFS='|' read -r -t "$limit" -u "$from_psql" got n; do
     if [ "$got" = "$seq" ]; then
-      leases=$n
-      return 0
-    fi
-  done
-  stop_psql # no answer within 5 s, or psql ended
-}
-# One janitor batch; sets `janitor_left` (see janitor_batch; empty when psql
-# could not say).
-janitor_step() {
-  seq=$((seq + 1))
-  janitor_left=
-  [ -n "$to_psql" ] || return 0
-  if ! janitor_batch "$seq" >&"$to_psql" 2>/dev/null; then
-    stop_psql
-    return 0
-  fi
-  local got n
-  while IFS='|' read -r -t 30 -u "$from_psql" got n; do
-    if [ "$got" = "$seq" ]; then
-      janitor_left=$n
+      answer=$n
       return 0
     fi
   done
   stop_psql
+  return 1
+}
+lease_question() {
+  printf "select %d, count(*) from pg_stat_activity where application_name like 'pgbf-lease%%';\n" "$1"
+}
+# Sets `leases` (no subshell: `$(...)` would fork); 0 when psql cannot say,
+# as when the per-second psql of earlier versions failed.
+count_leases() {
+  leases=0
+  if [ -z "$psql_pid" ] || [ -z "$to_psql" ] || ! kill -0 "$psql_pid" 2>/dev/null; then
+    start_psql
+  fi
+  if ask 5 lease_question; then
+    leases=$answer
+  fi
+}
+# One janitor batch; sets `janitor_left` (see janitor_batch; empty when psql
+# could not say).
+janitor_step() {
+  janitor_left=
+  if ask 30 janitor_batch; then
+    janitor_left=$answer
+  fi
 }
 janitor_mark=/tmp/pgbf-janitor-done
 
