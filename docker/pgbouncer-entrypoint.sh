@@ -20,19 +20,37 @@ chmod 600 "$conf/userlist.txt"
 (umask 077 && printf '%s\n' "${PGBF_TLS_CERT:-}" >"$conf/tls.crt" \
   && printf '%s\n' "${PGBF_TLS_KEY:-}" >"$conf/tls.key" && printf '%s\n' "${PGBF_TLS_CA:-}" >"$conf/ca.crt")
 
-# On `docker restart` the PgBouncer of the previous start can still be
-# on its way out (this container shares PostgreSQL's network and PID
-# namespaces, so its socket outlives the old entrypoint by a moment): a
-# PgBouncer started then fails to bind 6432 and exits, and the stack has
-# no pooler at all. Wait (up to 15 s) until nobody listens on 6432
-# (0x1920, state 0A in /proc/net/tcp).
-for ((i = 0; i < 150; i++)); do
-  grep -q '^ *[0-9]*: [0-9A-F]*:1920 [0-9A-F]*:0000 0A' /proc/net/tcp || break
-  sleep 0.1
-done
-pgbouncer "$conf/pgbouncer.ini" &
-pid=$!
+# Starts PgBouncer once nobody listens on 6432 (0x1920, state 0A in
+# /proc/net/tcp; up to 15 s): a PgBouncer of an earlier start can still be
+# on its way out, and a new one would fail to bind and exit.
+start_pgbouncer() {
+  for ((i = 0; i < 150; i++)); do
+    grep -q '^ *[0-9]*: [0-9A-F]*:1920 [0-9A-F]*:0000 0A' /proc/net/tcp || break
+    sleep 0.1
+  done
+  pgbouncer "$conf/pgbouncer.ini" &
+  pid=$!
+}
+# SIGHUP restarts PgBouncer in place, as a pooler restart in production
+# does: a safe shutdown (SIGINT) for up to 1 s, then SIGKILL, then a new
+# process; clients lose their connections and new ones work once it is
+# back. (`docker restart` would do the same, but Docker may remove an
+# AutoRemove container that it restarts: its exit handling races the new
+# start.)
+restart_pgbouncer() {
+  kill -INT "$pid" 2>/dev/null || true
+  for ((i = 0; i < 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "pgbf-pgbouncer: restarting PgBouncer (SIGHUP)" >&2
+  start_pgbouncer
+}
+start_pgbouncer
 trap 'kill -INT "$pid" 2>/dev/null || true' INT TERM
+trap restart_pgbouncer HUP
 
 # The crate starts this container in PostgreSQL's PID namespace as well as
 # its network: when PostgreSQL's container ends (its PID 1 exits), the kernel

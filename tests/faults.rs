@@ -137,11 +137,10 @@ async fn a_restarted_pgbouncer_serves_new_connections_once_it_is_back() {
     restart_pgbouncer("restart", false).await;
 }
 
-/// A transaction open through PgBouncer holds up its safe shutdown past
-/// `docker restart -t 1`: the entrypoint is killed, and the old PgBouncer
-/// (in PostgreSQL's PID and network namespaces) can outlive it for a moment.
-/// The new one must not start while the old one holds port 6432 (it would
-/// fail to bind and the stack would have no pooler).
+/// A transaction open through PgBouncer holds up its safe shutdown: after
+/// 1 s the old PgBouncer is killed, and the new one must not start while
+/// the old one still holds port 6432 (it would fail to bind and the stack
+/// would have no pooler).
 #[tokio::test]
 async fn a_pgbouncer_restarted_during_a_transaction_serves_new_connections_once_it_is_back() {
     restart_pgbouncer("restart_mid_tx", true).await;
@@ -161,8 +160,27 @@ async fn restart_pgbouncer(name: &str, in_transaction: bool) {
             .unwrap();
     }
 
-    docker(&["restart", "-t", "1", &pgbouncer]);
+    // SIGHUP to the container's entrypoint restarts PgBouncer in place
+    // (`docker restart` of an AutoRemove container can end with Docker
+    // removing it: its exit handling races the new start).
+    docker(&["kill", "-s", "HUP", &pgbouncer]);
     let started = Instant::now();
+    // The old PgBouncer is gone once the entrypoint says it starts the new one.
+    let logs = || {
+        let out = Command::new("docker")
+            .args(["logs", &pgbouncer])
+            .output()
+            .expect("docker CLI runs");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    while !logs().contains("restarting PgBouncer (SIGHUP)") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "PgBouncer was not restarted: {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut last = None;
     let answered = loop {
         match db.connect().await {
@@ -194,7 +212,7 @@ async fn restart_pgbouncer(name: &str, in_transaction: bool) {
             .unwrap_or_default()
     );
     println!(
-        "{name}: new connections work again {:.2} s after `docker restart` returned",
+        "{name}: new connections work again {:.2} s after the restart was asked",
         started.elapsed().as_secs_f64()
     );
     stack.check().await.unwrap();
