@@ -8,9 +8,10 @@
 //!
 //! The parent holds the stack (starting it if needed) and builds the
 //! template once; then runs itself N times (default 20), one after the
-//! other; each child joins, claims a clone and exits. Printed: p50 / p95 of
-//! the join (`Stack::shared`), the first `TestDb` (template clone) and the
-//! whole child process (spawn to exit, as nextest sees it).
+//! other, then N times two at once (as nextest runs them on 2 cores); each
+//! child joins, claims a clone and exits. Printed: p50 / p95 of the join
+//! (`Stack::shared`), the first `TestDb` (template clone) and the whole
+//! child process (spawn to exit, as nextest sees it).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -68,51 +69,87 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .close()
         .await?;
-    let (mut joins, mut claims, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+    println!("joining stack {} from a new process, {n} times one at a time, then {n} times two at once (as nextest runs them on 2 cores)", stack.id());
+    println!("| step | one at a time p50 / p95 ms | two at once p50 / p95 ms |");
+    println!("|---|---:|---:|");
+    let mut alone = Samples::default();
     for _ in 0..n {
-        let t = Instant::now();
-        let out = Command::new(std::env::current_exe()?)
-            .env("PGBF_JOIN_CHILD", "1")
-            .output()?;
-        procs.push(t.elapsed().as_secs_f64() * 1e3);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("JOIN_MS="))
-            .ok_or_else(|| format!("child failed: {}", String::from_utf8_lossy(&out.stderr)))?;
-        let mut fields = line.split_whitespace().map(|f| {
-            f.split('=')
-                .nth(1)
-                .unwrap_or("0")
-                .parse::<f64>()
-                .unwrap_or(0.0)
-        });
-        joins.push(fields.next().unwrap_or(0.0));
-        claims.push(fields.next().unwrap_or(0.0));
+        alone.push(child()?);
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("joining stack {} from a new process, {n} times", stack.id());
-    println!("| step | p50 ms | p95 ms |");
-    println!("|---|---:|---:|");
-    for (name, v) in [
+    let mut paired = Samples::default();
+    for _ in 0..n.div_ceil(2) {
+        let other = std::thread::spawn(child);
+        let mine = child()?;
+        paired.push(other.join().map_err(|_| "a child thread panicked")??);
+        paired.push(mine);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows: [(&str, fn(&mut Samples) -> &mut Vec<f64>); 3] = [
         (
-            "join (`Stack::shared`: engine, lock, inspect, lease + query through PgBouncer)",
-            &mut joins,
+            "join (`Stack::shared`: engine, inspect, lease + query through PgBouncer)",
+            |s| &mut s.joins,
         ),
-        ("first `TestDb` (template clone claimed)", &mut claims),
-        ("whole process, spawn to exit", &mut procs),
-    ] {
+        ("first `TestDb` (template clone claimed)", |s| &mut s.claims),
+        ("whole process, spawn to exit", |s| &mut s.procs),
+    ];
+    for (name, field) in rows {
+        let (a, p) = (field(&mut alone), field(&mut paired));
         println!(
-            "| {name} | {:.1} | {:.1} |",
-            percentile(v, 0.5),
-            percentile(v, 0.95)
+            "| {name} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            percentile(a, 0.5),
+            percentile(a, 0.95),
+            percentile(p, 0.5),
+            percentile(p, 0.95)
         );
     }
     println!(
-        "RESULT join_p50_ms={:.1} join_p95_ms={:.1} process_p50_ms={:.1}",
-        percentile(&mut joins, 0.5),
-        percentile(&mut joins, 0.95),
-        percentile(&mut procs, 0.5)
+        "RESULT join_p50_ms={:.1} join_p95_ms={:.1} process_p50_ms={:.1} paired_join_p50_ms={:.1} paired_process_p50_ms={:.1}",
+        percentile(&mut alone.joins, 0.5),
+        percentile(&mut alone.joins, 0.95),
+        percentile(&mut alone.procs, 0.5),
+        percentile(&mut paired.joins, 0.5),
+        percentile(&mut paired.procs, 0.5)
     );
     Ok(())
+}
+
+#[derive(Default)]
+struct Samples {
+    joins: Vec<f64>,
+    claims: Vec<f64>,
+    procs: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, (join, claim, process): (f64, f64, f64)) {
+        self.joins.push(join);
+        self.claims.push(claim);
+        self.procs.push(process);
+    }
+}
+
+/// Runs one child: its join and first-claim times, and the whole process's.
+fn child() -> Result<(f64, f64, f64), String> {
+    let t = Instant::now();
+    let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .env("PGBF_JOIN_CHILD", "1")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let process = t.elapsed().as_secs_f64() * 1e3;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("JOIN_MS="))
+        .ok_or_else(|| format!("child failed: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let mut fields = line.split_whitespace().map(|f| {
+        f.split('=')
+            .nth(1)
+            .unwrap_or("0")
+            .parse::<f64>()
+            .unwrap_or(0.0)
+    });
+    let join = fields.next().unwrap_or(0.0);
+    let claim = fields.next().unwrap_or(0.0);
+    Ok((join, claim, process))
 }

@@ -28,6 +28,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 const DROP_PARALLEL: usize = 2;
 /// Idle admin connections kept for the next job.
 const MAX_IDLE_ADMIN: usize = 6;
+/// Idle bookkeeping connections kept (one per test thread claiming at once,
+/// at most).
+const MAX_IDLE_BOOKS: usize = 4;
 /// Clones and drops running at once on the server, whoever asks: beyond
 /// two, a 2-core server only makes each slower (measured with pgbench:
 /// clone+drop pairs went from 28/s at 1 to 43/s at 2 and 44/s at 4, with
@@ -51,6 +54,12 @@ pub(crate) struct AdminUrls {
     pub console_url: Option<DbUrl>,
     /// Where tests connect (the pooler), to warm prepared clones.
     pub pooled_url: DbUrl,
+    /// Where the stack's bookkeeping statements run (claims, hand-overs;
+    /// one statement each): PgBouncer on a crate stack in transaction or
+    /// statement mode, where a login costs no server backend (a direct one
+    /// costs PostgreSQL a new process, ~5 ms of a 2-core CI machine);
+    /// `None`: on the admin connections.
+    pub books_url: Option<DbUrl>,
     /// How long connecting may take.
     pub connect_timeout: Duration,
 }
@@ -61,6 +70,8 @@ pub(crate) struct Admin {
     pub urls: AdminUrls,
     /// Idle admin connections (to PostgreSQL or the external server).
     idle: Mutex<Vec<PgConnection>>,
+    /// Idle bookkeeping connections (to `urls.books_url`).
+    books: Mutex<Vec<PgConnection>>,
     /// PgBouncer's admin console: one connection, one statement at a time.
     console: tokio::sync::Mutex<Option<PgConnection>>,
     drops: Mutex<DropQueue>,
@@ -92,13 +103,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Admin {
-    /// `drop_grace`: how long a queued drop waits before it runs; `ready`:
-    /// an admin connection already open (a join opens one with its lease).
-    pub(crate) fn new(urls: AdminUrls, drop_grace: Duration, ready: Option<PgConnection>) -> Admin {
+    /// `drop_grace`: how long a queued drop waits before it runs; `books`:
+    /// a bookkeeping connection already open (the stack's readiness check
+    /// opened it through PgBouncer).
+    pub(crate) fn new(urls: AdminUrls, drop_grace: Duration, books: Option<PgConnection>) -> Admin {
         Admin {
             urls,
             drop_grace,
-            idle: Mutex::new(ready.into_iter().collect()),
+            idle: Mutex::default(),
+            books: Mutex::new(books.into_iter().collect()),
             console: tokio::sync::Mutex::default(),
             drops: Mutex::default(),
             running: AtomicUsize::new(0),
@@ -189,8 +202,9 @@ impl Admin {
     /// Closes every connection it holds.
     pub(crate) async fn close(&self) {
         let idle = std::mem::take(&mut *lock(&self.idle));
+        let books = std::mem::take(&mut *lock(&self.books));
         let console = self.console.lock().await.take();
-        for c in idle.into_iter().chain(console) {
+        for c in idle.into_iter().chain(books).chain(console) {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
         }
     }
@@ -244,12 +258,7 @@ impl Admin {
     }
 
     fn put_back(&self, conn: Option<PgConnection>) {
-        if let Some(conn) = conn {
-            let mut idle = lock(&self.idle);
-            if idle.len() < MAX_IDLE_ADMIN {
-                idle.push(conn);
-            }
-        }
+        keep(&self.idle, conn, MAX_IDLE_ADMIN);
     }
 
     async fn execute(&self, slot: &mut Option<PgConnection>, sql: &str) -> Result<Vec<String>> {
@@ -263,12 +272,18 @@ impl Admin {
         .await
     }
 
-    /// One statement on an admin connection; the first column of the rows
-    /// it returns, as text.
+    /// One bookkeeping statement (on `urls.books_url`, else on an admin
+    /// connection); the first column of the rows it returns, as text.
     pub(crate) async fn query(&self, sql: &str) -> Result<Vec<String>> {
-        let mut server = lock(&self.idle).pop();
-        let result = self.execute(&mut server, sql).await;
-        self.put_back(server);
+        let Some(url) = &self.urls.books_url else {
+            let mut server = lock(&self.idle).pop();
+            let result = self.execute(&mut server, sql).await;
+            self.put_back(server);
+            return result;
+        };
+        let mut conn = lock(&self.books).pop();
+        let result = execute(&mut conn, url, "pooler", self.urls.connect_timeout, sql).await;
+        keep(&self.books, conn, MAX_IDLE_BOOKS);
         result
     }
 
@@ -330,6 +345,16 @@ impl Admin {
                 ),
                 Err(e) => tracing::warn!(error = %e, "could not drop a test database"),
             }
+        }
+    }
+}
+
+/// Keeps `conn` among `idle` for the next job, up to `max` of them.
+fn keep(idle: &Mutex<Vec<PgConnection>>, conn: Option<PgConnection>, max: usize) {
+    if let Some(conn) = conn {
+        let mut idle = lock(idle);
+        if idle.len() < max {
+            idle.push(conn);
         }
     }
 }

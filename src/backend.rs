@@ -234,6 +234,7 @@ async fn external_worker(
                 admin_kind,
                 console_url: None,
                 pooled_url,
+                books_url: None,
                 connect_timeout,
             };
             Ok((
@@ -242,7 +243,7 @@ async fn external_worker(
                     urls,
                     cleanup: None,
                     lease: None,
-                    admin_conn: None,
+                    books_conn: None,
                 },
             ))
         })

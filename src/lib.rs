@@ -49,7 +49,7 @@
 //! | `fixtures` | the `rstest` fixtures; the only module that knows rstest |
 //! | `testdb` | [`TestDb`] and its builder: the handle a test holds, connections to its database (no branching on the backend) |
 //! | `backend` | containers or an external server -> one `Server` and its worker; per-test isolation |
-//! | `stack` | a Postgres + PgBouncer pair: create-or-join, lease, readiness, [`Endpoints`] |
+//! | `stack` | a Postgres + PgBouncer pair: join (lock-free) or create (locked), lease, readiness, [`Endpoints`] |
 //! | `worker` | what the process keeps per server (stack or external), on a background runtime: ties lease, admin, clones, templates built |
 //! | `clones` | prepared template clones: the pool (on the stack, or in-process for external servers), sized to demand |
 //! | `admin` | admin connections, the clone/drop budget and its precedence, the background drop queue |
@@ -67,7 +67,7 @@
 //! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
 //! | `reaper` | the sweep at stack creation, and `gc` |
 //! | `containers` | the pair of containers: create, inspect, remove |
-//! | `lock` | the file lock that serialises create-or-join; stale lock files removed |
+//! | `lock` | the file lock that serialises creating (or replacing) a run's stack; stale lock files removed |
 //! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
 //! | `runkey` | which processes share a stack (the sharing rule) |
 //! | `tls` | the per-stack CA and server certificate |

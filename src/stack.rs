@@ -1,6 +1,7 @@
 //! The running pair: PostgreSQL and PgBouncer, their endpoints, readiness,
 //! private stacks (`Stack::start`) and the run's shared stack
-//! (`Stack::shared`: created or joined under a file lock, see `runkey`).
+//! (`Stack::shared`: joined when it answers, else created under a file
+//! lock; see `runkey`).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::lease::ProbeTarget;
 use crate::lock;
 use crate::registry::OnceMap;
 use crate::runkey::RunKey;
-use crate::settings::StackSettings;
+use crate::settings::{PoolMode, StackSettings};
 use crate::target::DbUrl;
 use crate::worker::{Worker, WorkerSetup};
 
@@ -354,37 +355,56 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
     let engine_at = started.elapsed();
     let host = engine.published_host();
     let id = mode.id().to_string();
-    let (endpoints, lease, admin_conn, joined) = match &mode {
+    let (endpoints, lease, ready, joined) = match &mode {
         Mode::Private(_) => {
-            let (endpoints, lease) = create(&docker, host, &id, false, &settings).await?;
-            (endpoints, lease, None, false)
+            let (endpoints, lease, ready) = create(&docker, host, &id, false, &settings).await?;
+            (endpoints, lease, ready, false)
         }
         Mode::Shared(run) => {
-            // Serialises create-or-join between the run's processes; the
+            // A stack that answers is joined without the lock, which only
+            // serialises creating one: nextest starts processes two at a
+            // time, and a joiner used to wait ~20 ms for the other's checks.
+            let mut found = join(&docker, host, &id, &settings, Patience::Once).await?;
+            let checked_at = started.elapsed();
+            // Serialises create-or-repair between the run's processes; the
             // kernel releases it if this process dies. Dropped at the end of
             // this arm: the lock file is unlinked, then unlocked.
-            let _lock = lock::lock(&run.key, settings.startup_timeout).await?;
-            let locked_at = started.elapsed();
-            match join(&docker, host, &id, &settings).await? {
-                Some((endpoints, lease, admin_conn)) => {
+            let mut _lock = None;
+            if found.is_none() {
+                _lock = Some(lock::lock(&run.key, settings.startup_timeout).await?);
+                found = join(&docker, host, &id, &settings, Patience::Repair).await?;
+            }
+            match found {
+                Some((endpoints, lease, ready)) => {
                     // A join is on every nextest process's path: where it goes.
                     tracing::debug!(
                         stack = %id,
                         engine_ms = engine_at.as_secs_f64() * 1e3,
-                        lock_ms = (locked_at - engine_at).as_secs_f64() * 1e3,
-                        check_ms = (started.elapsed() - locked_at).as_secs_f64() * 1e3,
+                        check_ms = (checked_at - engine_at).as_secs_f64() * 1e3,
+                        locked = _lock.is_some(),
+                        all_ms = started.elapsed().as_secs_f64() * 1e3,
                         "joined the run's stack"
                     );
-                    (endpoints, lease, Some(admin_conn), true)
+                    (endpoints, lease, ready, true)
                 }
                 None => {
                     lock::remove_stale_locks();
                     crate::reaper::sweep(&docker).await;
-                    let (endpoints, lease) = create(&docker, host, &id, true, &settings).await?;
-                    (endpoints, lease, None, false)
+                    let (endpoints, lease, ready) =
+                        create(&docker, host, &id, true, &settings).await?;
+                    (endpoints, lease, ready, false)
                 }
             }
         }
+    };
+    // Claims and hand-overs are one statement each: through PgBouncer a
+    // login costs no server backend, unless it pins one for the session.
+    let books_via_pooler = settings.pool_mode != PoolMode::Session;
+    let books_conn = if books_via_pooler {
+        Some(ready)
+    } else {
+        let _ = ready.close().await;
+        None
     };
     let cleanup = match mode {
         Mode::Private(_) => {
@@ -405,6 +425,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
             connect_timeout: Duration::from_secs(10),
             console_url: Some(endpoints.admin_url()),
             pooled_url: endpoints.pooled_url("postgres"),
+            books_url: books_via_pooler.then(|| endpoints.pooled_url("postgres")),
         },
         cleanup,
         lease: Some((
@@ -415,7 +436,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                 postgres_container: containers::postgres_name(&id),
             },
         )),
-        admin_conn,
+        books_conn,
     };
     Ok((
         Started {
@@ -427,19 +448,32 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
     ))
 }
 
-/// Joins the running stack `id`, re-checking it: a lease, then a query
-/// through PgBouncer. A broken or unanswering stack is removed (`None`).
-/// Also returns an admin connection, opened at the same time (the first
-/// claim needs one).
+/// How hard a join tries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// One attempt per check, nothing removed: the first look, without the
+    /// lock (a stack being created does not answer yet: its creator holds
+    /// the lock, and the caller waits for it there).
+    Once,
+    /// Under the lock: waits up to [`JOIN_TIMEOUT`] for the stack to answer,
+    /// and removes a broken or unanswering one (`None`: create a new one).
+    Repair,
+}
+
+/// Joins the running stack `id`, re-checking it: a lease, and a query
+/// through PgBouncer, whose connection it returns too (the process's first
+/// bookkeeping connection).
 async fn join(
     docker: &bollard::Docker,
     host: &str,
     id: &str,
     settings: &StackSettings,
+    patience: Patience,
 ) -> Result<Option<(Endpoints, PgConnection, PgConnection)>> {
     let info = match containers::pair_state(docker, id).await? {
         PairState::Absent => return Ok(None),
         PairState::Running(info) => info,
+        PairState::Broken(_) if patience == Patience::Once => return Ok(None),
         PairState::Broken(why) => {
             tracing::info!(stack = id, why, "replacing a broken stack of this run");
             containers::remove_pair(docker, id).await;
@@ -447,16 +481,21 @@ async fn join(
         }
     };
     let endpoints = endpoints_of(&info, host, settings);
+    let wait = match patience {
+        Patience::Once => Duration::ZERO,
+        Patience::Repair => JOIN_TIMEOUT,
+    };
     // Both at once: a join is on every nextest process's path.
-    let admin_url = endpoints.direct_url("postgres");
     let checked = tokio::try_join!(
-        take_lease(&endpoints, JOIN_TIMEOUT),
-        wait_until_ready(&endpoints, JOIN_TIMEOUT),
-        crate::admin::open_admin(&admin_url, "direct endpoint", JOIN_TIMEOUT)
-    )
-    .map(|(lease, (), admin)| (lease, admin));
+        take_lease(&endpoints, wait),
+        wait_until_ready(&endpoints, wait)
+    );
     match checked {
-        Ok((lease, admin)) => Ok(Some((endpoints, lease, admin))),
+        Ok((lease, ready)) => Ok(Some((endpoints, lease, ready))),
+        Err(e) if patience == Patience::Once => {
+            tracing::debug!(stack = id, error = %e, "the run's stack did not answer at once; checking again under the lock");
+            Ok(None)
+        }
         Err(e) => {
             tracing::info!(stack = id, error = %e, "replacing a stack of this run that does not answer");
             containers::remove_pair(docker, id).await;
@@ -466,14 +505,15 @@ async fn join(
 }
 
 /// Creates stack `id`, waits until it answers (its ports published on
-/// `host`), and takes this process's lease.
+/// `host`), and takes this process's lease; also returns the connection
+/// through PgBouncer that proved it ready.
 async fn create(
     docker: &bollard::Docker,
     host: &str,
     id: &str,
     shared: bool,
     settings: &StackSettings,
-) -> Result<(Endpoints, PgConnection)> {
+) -> Result<(Endpoints, PgConnection, PgConnection)> {
     let build_started = Instant::now();
     // testcontainers builds the images: it must reach the same engine.
     docker::engine_checked().await?;
@@ -518,8 +558,8 @@ async fn create(
         let endpoints = endpoints_of(&info, host, settings);
         // The lease first: the watchdog's start-up grace is counting.
         let lease = take_lease(&endpoints, settings.startup_timeout).await?;
-        wait_until_ready(&endpoints, settings.startup_timeout).await?;
-        Ok((endpoints, lease))
+        let ready = wait_until_ready(&endpoints, settings.startup_timeout).await?;
+        Ok((endpoints, lease, ready))
     }
     .await;
     if up.is_err() {
@@ -529,12 +569,13 @@ async fn create(
 }
 
 /// Opens this process's lease: a direct connection the watchdog counts.
+/// Tries at least once, then until `timeout`.
 async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
     let url = endpoints.direct_url("postgres");
     let options = crate::connect::options(&url, &format!("{LEASE_APP} pid {}", std::process::id()));
     let deadline = Instant::now() + timeout;
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
+    let mut last_error: String;
+    loop {
         match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
             .await
         {
@@ -552,6 +593,9 @@ async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnec
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => last_error = "no answer within 5 s".into(),
         }
+        if Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(Error::Timeout {
@@ -561,22 +605,23 @@ async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnec
     })
 }
 /// Ready means: a real query answers through PgBouncer (which implies Postgres
-/// accepts logins too), not merely a log line.
-async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()> {
+/// accepts logins too), not merely a log line. Returns that connection.
+/// Tries at least once, then until `timeout`.
+async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
     let url = endpoints.pooled_url("postgres");
-    let options = crate::connect::options(&url, "pgbouncer-fixtures readiness");
+    let options = crate::connect::options(&url, "pgbouncer-fixtures bookkeeping");
     let deadline = Instant::now() + timeout;
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
+    let mut last_error: String;
+    loop {
         let attempt = tokio::time::timeout(Duration::from_secs(5), async {
             let mut conn = PgConnection::connect_with(&options).await?;
             // Simple protocol: no prepared statement involved.
             sqlx::raw_sql("select 1").execute(&mut conn).await?;
-            conn.close().await
+            Ok::<_, sqlx::Error>(conn)
         })
         .await;
         match attempt {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(conn)) => return Ok(conn),
             // The server answered with a refusal that waiting will not change.
             Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() != Some("57P03") => {
                 return Err(Error::Stack {
@@ -588,6 +633,9 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<()
             }
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => last_error = "no answer within 5 s".into(),
+        }
+        if Instant::now() >= deadline {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -37,9 +37,10 @@ pub(crate) struct WorkerSetup {
     /// at shutdown (or by the kernel, when the process dies), which lets
     /// the stack's watchdog reap it.
     pub lease: Option<(PgConnection, ProbeTarget)>,
-    /// An admin connection opened with the lease (a join's first claim
-    /// then opens none).
-    pub admin_conn: Option<PgConnection>,
+    /// A bookkeeping connection already open (to `urls.books_url`: the
+    /// stack's readiness check leaves it), so a process's first claim opens
+    /// none.
+    pub books_conn: Option<PgConnection>,
 }
 
 /// A handle on a server's worker; cheap to clone.
@@ -104,7 +105,7 @@ impl Worker {
         } else {
             Duration::ZERO
         };
-        let admin = Arc::new(Admin::new(setup.urls, drop_grace, setup.admin_conn));
+        let admin = Arc::new(Admin::new(setup.urls, drop_grace, setup.books_conn));
         let lease = setup
             .lease
             .map(|(conn, target)| Arc::new(Lease::new(conn, target)));

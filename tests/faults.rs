@@ -362,6 +362,50 @@ async fn sigkill_of_the_owner_of_a_private_stack_reaps_it() {
     assert!(took < REAP_CONTRACT, "reaped after {took:?}");
 }
 
+/// Joining a live stack takes no lock (the lock only serialises creating
+/// or replacing one): a process joins while another holds the run's lock,
+/// as a creator holds it while the stack starts. Under nextest, processes
+/// start two at a time: a joiner used to wait ~20 ms for the other's checks.
+#[tokio::test]
+async fn a_live_stack_is_joined_while_another_process_holds_the_runs_lock() {
+    use std::os::unix::io::AsRawFd;
+    let run = unique_run_id("lockfree");
+    let mut holder = Up::spawn(&["--run-id", &run]);
+    let (id, _) = holder.ready();
+    let path = lock_dir().join(format!("{id}.lock"));
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a valid open descriptor; LOCK_NB never blocks.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "nobody else holds the run's lock");
+
+    let mut settings = StackSettings::default().with_run_id(run);
+    // A joiner that waited for the lock would fail after this.
+    settings.startup_timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let joined = Stack::shared(&settings).await;
+    let took = started.elapsed();
+    fs::remove_file(&path).unwrap();
+    drop(lock);
+    let stack = joined.unwrap_or_else(|e| panic!("no join while the lock was held: {e}"));
+    assert_eq!(stack.id(), id);
+    assert!(stack.joined(), "the live stack was joined, not replaced");
+    println!(
+        "joined in {:.1} ms with the lock held elsewhere",
+        took.as_secs_f64() * 1e3
+    );
+    let db = db_on(&settings, "lock-free joiner").await;
+    let mut conn = db.connect().await.unwrap();
+    sqlx::raw_sql("select 1").execute(&mut conn).await.unwrap();
+    drop(conn);
+    db.close().await.unwrap();
+    holder.sigkill();
+}
+
 /// A joiner re-checks the stack it finds: a run's stack that lost its
 /// PgBouncer is replaced, not joined.
 #[tokio::test]
