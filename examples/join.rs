@@ -85,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         paired.push(mine);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rows: [(&str, fn(&mut Samples) -> &mut Vec<f64>); 3] = [
+    let rows: [(&str, Field); 3] = [
         (
             "join (`Stack::shared`: engine, inspect, lease + query through PgBouncer)",
             |s| &mut s.joins,
@@ -113,6 +113,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
+
+/// One column of [`Samples`].
+type Field = fn(&mut Samples) -> &mut Vec<f64>;
 
 #[derive(Default)]
 struct Samples {
