@@ -1,5 +1,5 @@
 #!/bin/bash
-# Start a throw-away PostgreSQL: copy the build-time cluster onto /pgdata
+# Start a throw-away PostgreSQL: unpack the build-time cluster onto /pgdata
 # (tmpfs), set the stack's password, run with durability off.
 # POSTGRES_PASSWORD is the plain password (joining processes read it back);
 # POSTGRES_PASSWORD_SCRAM, when set, is its SCRAM-SHA-256 verifier, which is
@@ -37,10 +37,9 @@ case "$reap_after$grace$warm_max$settle" in
 esac
 bin=/usr/lib/postgresql/17/bin
 data=/pgdata/data
-cp -a /var/lib/pgbf/cluster "$data"
+mkdir -m 700 "$data"
+tar -C "$data" -xpf /var/lib/pgbf/cluster.tar
 chmod 700 "$data"
-echo "ALTER ROLE postgres PASSWORD '$secret'" \
-  | "$bin/postgres" --single -D "$data" -c fsync=off postgres >/dev/null
 # TLS with the stack's own certificate (made by the crate per stack), as
 # Supabase serves it: offered to all, required only with PGBF_REQUIRE_TLS=1
 # (then PgBouncer reaches this server over TLS too; the socket stays open).
@@ -79,6 +78,22 @@ export PGPASSFILE=/pgdata/pgpass
 pg=$!
 # docker stop / Ctrl-C: fast shutdown of the server, then this script ends.
 trap 'kill -INT "$pg" 2>/dev/null || true' INT TERM
+
+# The role gets the stack's password once the server runs, through the
+# socket (trust): the build-time cluster's role has none, so no TCP login
+# can succeed before this. (Setting it first in single-user mode cost a
+# whole extra server start.) On stdin, not in psql's arguments, where `ps`
+# would show it.
+tries=0
+until echo "ALTER ROLE postgres PASSWORD '$secret'" \
+  | "$bin/psql" -h /tmp -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null 2>&1; do
+  if ! kill -0 "$pg" 2>/dev/null || [ "$tries" -ge 1000 ]; then
+    echo "pgbf-postgres: the server did not start (or the password could not be set)" >&2
+    exit 1
+  fi
+  tries=$((tries + 1))
+  sleep 0.02
+done
 
 # The watchdog spawns no process per second: one long-lived psql (the binary,
 # not Debian's Perl wrapper) answers one query a second through a coprocess's

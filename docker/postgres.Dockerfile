@@ -13,14 +13,18 @@ RUN if [ ! -x /usr/lib/postgresql/17/bin/postgres ]; then \
     fi \
     && rm -rf /var/lib/postgresql/17/main /etc/postgresql/17/main
 
-# initdb once at build time; each container copies this cluster onto its tmpfs
-# and sets its own password, which is faster than an initdb per start.
+# initdb once at build time; each container unpacks this cluster onto its
+# tmpfs and sets its own password, which is faster than an initdb per start.
+# One tar file, not a directory: unpacking its ~1000 files takes ~40 ms,
+# where `cp -a` of the directory from the image's layers took ~500 ms.
 RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
     && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/initdb \
          --pgdata=/var/lib/pgbf/cluster --username=postgres --encoding=UTF8 \
          --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null' \
     && printf '%s\n' 'local all all trust' 'host all all all scram-sha-256' \
-         > /var/lib/pgbf/cluster/pg_hba.conf
+         > /var/lib/pgbf/cluster/pg_hba.conf \
+    && tar -C /var/lib/pgbf/cluster -cf /var/lib/pgbf/cluster.tar . \
+    && rm -rf /var/lib/pgbf/cluster
 
 COPY postgres-entrypoint.sh /usr/local/bin/pgbf-postgres
 RUN chmod 755 /usr/local/bin/pgbf-postgres

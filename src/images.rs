@@ -136,13 +136,24 @@ async fn choose_base(docker: &Docker, settings: &ImageSettings) -> (String, Opti
     (DEFAULT_BASE_IMAGE.to_string(), None)
 }
 
-/// Makes sure both images exist, building the missing ones.
-pub async fn ensure_images(docker: &Docker, settings: &ImageSettings) -> Result<ResolvedImages> {
+/// Makes sure both images exist, building the missing ones; `before_build`
+/// runs before each build (none when both are present).
+pub async fn ensure_images<C, Fut>(
+    docker: &Docker,
+    settings: &ImageSettings,
+    before_build: C,
+) -> Result<ResolvedImages>
+where
+    C: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let (base, base_id) = choose_base(docker, settings).await;
     let postgres = match &settings.postgres_image {
         Some(reference) => existing(docker, reference, "PGBF_POSTGRES_IMAGE").await?,
         None => {
             build(
+                docker,
+                &before_build,
                 POSTGRES_REPOSITORY,
                 POSTGRES_DOCKERFILE,
                 &[(POSTGRES_ENTRYPOINT, "./postgres-entrypoint.sh")],
@@ -156,6 +167,8 @@ pub async fn ensure_images(docker: &Docker, settings: &ImageSettings) -> Result<
         Some(reference) => existing(docker, reference, "PGBF_PGBOUNCER_IMAGE").await?,
         None => {
             build(
+                docker,
+                &before_build,
                 PGBOUNCER_REPOSITORY,
                 PGBOUNCER_DOCKERFILE,
                 &[(PGBOUNCER_ENTRYPOINT, "./pgbouncer-entrypoint.sh")],
@@ -182,13 +195,19 @@ async fn existing(docker: &Docker, reference: &str, var: &'static str) -> Result
     Ok(ImageRef::parse(reference))
 }
 
-async fn build(
+async fn build<C, Fut>(
+    docker: &Docker,
+    before_build: &C,
     repository: &str,
     dockerfile: &str,
     files: &[(&str, &str)],
     base: &str,
     base_id: Option<&str>,
-) -> Result<ImageRef> {
+) -> Result<ImageRef>
+where
+    C: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     // The tag is a hash of everything that shapes the image, so an edited
     // Dockerfile or a rebuilt base never reuses a stale image.
     let mut h = Sha256::new();
@@ -205,6 +224,10 @@ async fn build(
         tag,
     };
 
+    if image_id(docker, &image.to_string()).await.is_some() {
+        return Ok(image);
+    }
+    before_build().await?;
     let started = Instant::now();
     let mut buildable =
         GenericBuildableImage::new(&image.name, &image.tag).with_dockerfile_string(dockerfile);

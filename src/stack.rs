@@ -33,6 +33,9 @@ const LEASE_APP: &str = "pgbf-lease";
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a joiner waits for an existing stack to answer before replacing it.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Between two attempts to reach a stack that is starting: an attempt costs
+/// a refused connection; a stack start waits on two of these in a row.
+const RETRY_PAUSE: Duration = Duration::from_millis(15);
 
 /// How to reach a stack: host, ports and credentials.
 #[derive(Clone, PartialEq, Eq)]
@@ -515,18 +518,22 @@ async fn create(
     settings: &StackSettings,
 ) -> Result<(Endpoints, PgConnection, PgConnection)> {
     let build_started = Instant::now();
-    // testcontainers builds the images: it must reach the same engine.
-    docker::engine_checked().await?;
-    let images = tokio::time::timeout(IMAGE_TIMEOUT, ensure_images(docker, &settings.images))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "building the stack's images".into(),
-            after: IMAGE_TIMEOUT,
-            hint: "the Debian mirror or the Docker build is stuck; run `docker build` of \
+    // testcontainers builds missing images: it must reach the same engine
+    // (two `docker info` calls, only when an image is missing).
+    let engine_agrees = || async { docker::engine_checked().await.map(|_| ()) };
+    let images = tokio::time::timeout(
+        IMAGE_TIMEOUT,
+        ensure_images(docker, &settings.images, engine_agrees),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        what: "building the stack's images".into(),
+        after: IMAGE_TIMEOUT,
+        hint: "the Debian mirror or the Docker build is stuck; run `docker build` of \
                    docker/*.Dockerfile by hand to see where, or set PGBF_POSTGRES_IMAGE / \
                    PGBF_PGBOUNCER_IMAGE to images you have"
-                .into(),
-        })??;
+            .into(),
+    })??;
     tracing::debug!(
         elapsed_ms = build_started.elapsed().as_millis() as u64,
         "images ready"
@@ -596,7 +603,7 @@ async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnec
         if Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
     Err(Error::Timeout {
         what: format!("a lease connection to PostgreSQL at {url}"),
@@ -637,7 +644,7 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<Pg
         if Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
     Err(Error::Timeout {
         what: format!("the first query through PgBouncer at {url}"),
