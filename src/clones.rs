@@ -81,6 +81,7 @@ impl Clones {
         queued: Duration,
     ) -> Result<Option<Claimed>> {
         self.ledger.claimed();
+        self.admin.active();
         let started = Instant::now();
         let took = |name: String, prepared: bool| Claimed {
             name,

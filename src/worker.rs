@@ -99,13 +99,14 @@ impl Worker {
         };
         // The crate's own stacks have a console; never a table on a user's server.
         let on_stack = setup.urls.console_url.is_some();
-        // On a stack, a drop the process's exit overtakes goes to the janitor.
-        let drop_grace = if on_stack {
-            crate::admin::DROP_GRACE
+        // On a stack, drops wait for the process's exit, which hands them
+        // to the janitor.
+        let deferred = if on_stack {
+            crate::admin::DEFERRED_DROPS
         } else {
-            Duration::ZERO
+            0
         };
-        let admin = Arc::new(Admin::new(setup.urls, drop_grace, setup.books_conn));
+        let admin = Arc::new(Admin::new(setup.urls, deferred, setup.books_conn));
         let lease = setup
             .lease
             .map(|(conn, target)| Arc::new(Lease::new(conn, target)));
