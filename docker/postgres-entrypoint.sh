@@ -39,7 +39,6 @@ bin=/usr/lib/postgresql/17/bin
 data=/pgdata/data
 mkdir -m 700 "$data"
 tar -C "$data" -xpf /var/lib/pgbf/cluster.tar
-chmod 700 "$data"
 # TLS with the stack's own certificate (made by the crate per stack), as
 # Supabase serves it: offered to all, required only with PGBF_REQUIRE_TLS=1
 # (then PgBouncer reaches this server over TLS too; the socket stays open).

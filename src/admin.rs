@@ -42,8 +42,8 @@ const DROP_BACKLOG: usize = 32;
 /// (a claim or a drop in the last [`DROP_GRACE`]), up to this many; a
 /// process that stops hands those still queued to the stack's janitor
 /// (which drops them between runs). A run's server then spends no time on
-/// drops while tests wait for it (a cold 100-test run: ~2.5 -> ~2.1 s
-/// here), and a process of one test (nextest) runs no `DROP`. The cost:
+/// drops while tests wait for it (a cold 100-test run of the suite
+/// benchmark's binary: 2.2-2.6 -> 1.7-2.0 s here), and a process of one test (nextest) runs no `DROP`. The cost:
 /// each is a database on the stack's tmpfs meanwhile (~8 MB for a small
 /// template: ~0.5 GB at most).
 pub(crate) const DEFERRED_DROPS: usize = 64;
@@ -281,19 +281,23 @@ impl Admin {
     /// One bookkeeping statement (on `urls.books_url`, else on an admin
     /// connection); the first column of the rows it returns, as text.
     pub(crate) async fn query(&self, sql: &str) -> Result<Vec<String>> {
-        let Some(url) = &self.urls.books_url else {
-            let mut server = lock(&self.idle).pop();
-            let result = self.execute(&mut server, sql).await;
-            self.put_back(server);
-            return result;
+        let (idle, url, kind, max) = match &self.urls.books_url {
+            Some(url) => (&self.books, url, "pooler", MAX_IDLE_BOOKS),
+            None => (
+                &self.idle,
+                &self.urls.admin_url,
+                self.urls.admin_kind,
+                MAX_IDLE_ADMIN,
+            ),
         };
-        let mut conn = lock(&self.books).pop();
-        let result = execute(&mut conn, url, "pooler", self.urls.connect_timeout, sql).await;
-        keep(&self.books, conn, MAX_IDLE_BOOKS);
+        let mut conn = lock(idle).pop();
+        let result = execute(&mut conn, url, kind, self.urls.connect_timeout, sql).await;
+        keep(idle, conn, max);
         result
     }
 
-    /// A test claimed a database: deferred drops wait (see [`DEFERRED_DROPS`]).
+    /// A test claimed or dropped a database: deferred drops wait (see
+    /// [`DEFERRED_DROPS`]).
     pub(crate) fn active(&self) {
         *lock(&self.activity) = Instant::now();
     }
@@ -388,16 +392,6 @@ fn describe(steps: &[Step]) -> String {
     format!("running `{}` on the admin connection", sql.join("; "))
 }
 
-/// A new admin connection to `url`.
-pub(crate) async fn open_admin(
-    url: &DbUrl,
-    kind: &'static str,
-    connect_timeout: Duration,
-) -> Result<PgConnection> {
-    let options = crate::connect::options(url, "pgbouncer-fixtures admin");
-    crate::connect::open(kind, url, &options, connect_timeout).await
-}
-
 async fn execute(
     slot: &mut Option<PgConnection>,
     url: &DbUrl,
@@ -410,7 +404,10 @@ async fn execute(
     loop {
         let conn = match slot {
             Some(c) => c,
-            None => slot.insert(open_admin(url, kind, connect_timeout).await?),
+            None => {
+                let options = crate::connect::options(url, "pgbouncer-fixtures admin");
+                slot.insert(crate::connect::open(kind, url, &options, connect_timeout).await?)
+            }
         };
         // `&str` without arguments goes out as a simple Query (raw_sql is not
         // `Send` enough for background tasks in sqlx 0.8).

@@ -1,11 +1,12 @@
 //! A file lock that serialises creating (or replacing) one run's stack
-//! between processes; joining a stack that answers takes no lock. `flock` is released by the kernel when its holder exits, even
-//! by SIGKILL, so a killed creator never wedges the run.
+//! between processes; joining a stack that answers takes no lock. `flock`
+//! is released by the kernel when its holder exits, even by SIGKILL, so a
+//! killed creator never wedges the run.
 //!
 //! Nothing is left behind: the holder unlinks the lock file before it lets
 //! go of it, so a file exists only while some process is creating the
-//! run's stack, or checking it under the lock (or one was killed doing so: `gc` and the next
-//! stack creation remove such stale files). Unlinking a file that others
+//! run's stack, or checking it under the lock (or one was killed doing so:
+//! `gc` and the next stack creation remove such stale files). Unlinking a file that others
 //! may hold or be about to lock is safe because every locker checks, once
 //! it holds the lock, that the path still names the file it locked, and
 //! starts over otherwise: a process never proceeds on an unlinked file.

@@ -372,9 +372,9 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
             // Serialises create-or-repair between the run's processes; the
             // kernel releases it if this process dies. Dropped at the end of
             // this arm: the lock file is unlinked, then unlocked.
-            let mut _lock = None;
+            let mut held = None;
             if found.is_none() {
-                _lock = Some(lock::lock(&run.key, settings.startup_timeout).await?);
+                held = Some(lock::lock(&run.key, settings.startup_timeout).await?);
                 found = join(&docker, host, &id, &settings, Patience::Repair).await?;
             }
             match found {
@@ -384,7 +384,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                         stack = %id,
                         engine_ms = engine_at.as_secs_f64() * 1e3,
                         check_ms = (checked_at - engine_at).as_secs_f64() * 1e3,
-                        locked = _lock.is_some(),
+                        locked = held.is_some(),
                         all_ms = started.elapsed().as_secs_f64() * 1e3,
                         "joined the run's stack"
                     );
@@ -579,66 +579,72 @@ async fn create(
 /// Tries at least once, then until `timeout`.
 async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
     let url = endpoints.direct_url("postgres");
-    let options = crate::connect::options(&url, &format!("{LEASE_APP} pid {}", std::process::id()));
-    let deadline = Instant::now() + timeout;
-    let mut last_error: String;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
-            .await
-        {
-            Ok(Ok(mut conn)) => {
-                // Tells the watchdog a lease existed, however short it lives,
-                // which ends its start-up grace (see postgres-entrypoint.sh).
-                match sqlx::raw_sql("copy (select) to '/tmp/pgbf-leased'")
-                    .execute(&mut conn)
-                    .await
-                {
-                    Ok(_) => return Ok(conn),
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
-            Ok(Err(e)) => last_error = e.to_string(),
-            Err(_) => last_error = "no answer within 5 s".into(),
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
-    Err(Error::Timeout {
-        what: format!("a lease connection to PostgreSQL at {url}"),
-        after: timeout,
-        hint: format!("last error: {}", crate::config::redact(&last_error)),
-    })
+    let app = format!("{LEASE_APP} pid {}", std::process::id());
+    // Tells the watchdog a lease existed, however short it lives, which
+    // ends its start-up grace (see postgres-entrypoint.sh).
+    let first = "copy (select) to '/tmp/pgbf-leased'";
+    let what = format!("a lease connection to PostgreSQL at {url}");
+    connect_until(&url, &app, first, timeout, what, |_| None).await
 }
+
 /// Ready means: a real query answers through PgBouncer (which implies Postgres
 /// accepts logins too), not merely a log line. Returns that connection.
 /// Tries at least once, then until `timeout`.
 async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
     let url = endpoints.pooled_url("postgres");
-    let options = crate::connect::options(&url, "pgbouncer-fixtures bookkeeping");
+    let what = format!("the first query through PgBouncer at {url}");
+    // Simple protocol: no prepared statement involved.
+    connect_until(
+        &url,
+        "pgbouncer-fixtures admin",
+        "select 1",
+        timeout,
+        what,
+        |e| {
+            // The server answered with a refusal that waiting will not change.
+            match e {
+                sqlx::Error::Database(e) if e.code().as_deref() != Some("57P03") => {
+                    Some(Error::Stack {
+                        reason: format!(
+                            "PgBouncer at {url} refused the readiness query: {}",
+                            e.message()
+                        ),
+                    })
+                }
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+/// Connects to `url` and runs `first` (simple protocol), 5 s at most per
+/// attempt, at least once and then until `timeout`, [`RETRY_PAUSE`] apart;
+/// returns the connection. An error `fatal` turns into one ends it at once.
+async fn connect_until(
+    url: &DbUrl,
+    app: &str,
+    first: &'static str,
+    timeout: Duration,
+    what: String,
+    fatal: impl Fn(&sqlx::Error) -> Option<Error>,
+) -> Result<PgConnection> {
+    let options = crate::connect::options(url, app);
     let deadline = Instant::now() + timeout;
     let mut last_error: String;
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(5), async {
             let mut conn = PgConnection::connect_with(&options).await?;
-            // Simple protocol: no prepared statement involved.
-            sqlx::raw_sql("select 1").execute(&mut conn).await?;
+            sqlx::raw_sql(first).execute(&mut conn).await?;
             Ok::<_, sqlx::Error>(conn)
         })
         .await;
         match attempt {
             Ok(Ok(conn)) => return Ok(conn),
-            // The server answered with a refusal that waiting will not change.
-            Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() != Some("57P03") => {
-                return Err(Error::Stack {
-                    reason: format!(
-                        "PgBouncer at {url} refused the readiness query: {}",
-                        e.message()
-                    ),
-                });
-            }
-            Ok(Err(e)) => last_error = e.to_string(),
+            Ok(Err(e)) => match fatal(&e) {
+                Some(error) => return Err(error),
+                None => last_error = e.to_string(),
+            },
             Err(_) => last_error = "no answer within 5 s".into(),
         }
         if Instant::now() >= deadline {
@@ -647,7 +653,7 @@ async fn wait_until_ready(endpoints: &Endpoints, timeout: Duration) -> Result<Pg
         tokio::time::sleep(RETRY_PAUSE).await;
     }
     Err(Error::Timeout {
-        what: format!("the first query through PgBouncer at {url}"),
+        what,
         after: timeout,
         hint: format!("last error: {}", crate::config::redact(&last_error)),
     })
