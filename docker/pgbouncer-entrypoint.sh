@@ -1,13 +1,20 @@
 #!/bin/bash
 # Start PgBouncer in the network namespace of the stack's PostgreSQL
-# container (so it reaches it at 127.0.0.1:5432), with the configuration the
-# crate passes in the environment.
+# container (so it reaches it at 127.0.0.1:PGBF_PORT, default 5432), with
+# the configuration the crate passes in the environment.
 #
 # Reaping: when PostgreSQL is gone (killed, or stopped by its lease watchdog)
 # this container has no reason to live (see below).
 set -euo pipefail
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
 : "${PGBF_PGBOUNCER_INI:?PGBF_PGBOUNCER_INI must be set}"
+port="${PGBF_PORT:-5432}"
+pooler_port="${PGBF_POOLER_PORT:-6432}"
+case "$port$pooler_port" in
+  *[!0-9]*) echo "pgbf-pgbouncer: PGBF_PORT and PGBF_POOLER_PORT must be port numbers" >&2; exit 2 ;;
+esac
+# PgBouncer's port as /proc/net/tcp writes it (6432: 1920).
+pooler_hex=$(printf '%04X' "$pooler_port")
 conf=/tmp/pgbf
 mkdir -p "$conf"
 chmod 700 "$conf"
@@ -20,12 +27,12 @@ chmod 600 "$conf/userlist.txt"
 (umask 077 && printf '%s\n' "${PGBF_TLS_CERT:-}" >"$conf/tls.crt" \
   && printf '%s\n' "${PGBF_TLS_KEY:-}" >"$conf/tls.key" && printf '%s\n' "${PGBF_TLS_CA:-}" >"$conf/ca.crt")
 
-# Starts PgBouncer once nobody listens on 6432 (0x1920, state 0A in
+# Starts PgBouncer once nobody listens on its port (state 0A in
 # /proc/net/tcp; up to 15 s): a PgBouncer of an earlier start can still be
 # on its way out, and a new one would fail to bind and exit.
 start_pgbouncer() {
   for ((i = 0; i < 150; i++)); do
-    grep -q '^ *[0-9]*: [0-9A-F]*:1920 [0-9A-F]*:0000 0A' /proc/net/tcp || break
+    grep -q "^ *[0-9]*: [0-9A-F]*:$pooler_hex [0-9A-F]*:0000 0A" /proc/net/tcp || break
     sleep 0.1
   done
   pgbouncer "$conf/pgbouncer.ini" &
@@ -72,7 +79,7 @@ if [ "$$" = 1 ]; then
   while kill -0 "$pid" 2>/dev/null; do
     read -r -t 1 -u "$tick" _ || true
     waited=$((waited + 1))
-    if { exec {probe}<>/dev/tcp/127.0.0.1/5432; } 2>/dev/null; then
+    if { exec {probe}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
       exec {probe}>&-
       seen=1
       misses=0

@@ -35,6 +35,17 @@ settle="${PGBF_JANITOR_SETTLE_SECS:-2}"
 case "$reap_after$grace$warm_max$settle" in
   *[!0-9]*) echo "pgbf-postgres: PGBF_REAP_AFTER_SECS, PGBF_LEASE_GRACE_SECS, PGBF_MAX_WARM_CLONES and PGBF_JANITOR_SETTLE_SECS must be whole numbers" >&2; exit 2 ;;
 esac
+# On Docker's host network the crate picks the ports and the loopback
+# address (PGBF_NETWORK=host); on the bridge the usual ports, every address
+# of the container's own network.
+port="${PGBF_PORT:-5432}"
+pooler_port="${PGBF_POOLER_PORT:-6432}"
+listen="${PGBF_LISTEN_ADDR:-*}"
+case "$port$pooler_port" in
+  *[!0-9]*) echo "pgbf-postgres: PGBF_PORT and PGBF_POOLER_PORT must be port numbers" >&2; exit 2 ;;
+esac
+# psql below finds the server's socket (/tmp/.s.PGSQL.<port>) by this.
+export PGPORT="$port"
 bin=/usr/lib/postgresql/17/bin
 data=/pgdata/data
 mkdir -m 700 "$data"
@@ -56,14 +67,14 @@ fi
 # start. libpq in the server finds the password here, never in SQL text
 # (which the JSON log below could record).
 pw=${POSTGRES_PASSWORD//\\/\\\\}
-(umask 077 && printf '127.0.0.1:6432:*:postgres:%s\n' "${pw//:/\\:}" >/pgdata/pgpass)
+(umask 077 && printf '127.0.0.1:%s:*:postgres:%s\n' "$pooler_port" "${pw//:/\\:}" >/pgdata/pgpass)
 export PGPASSFILE=/pgdata/pgpass
 # Errors, warnings and lock waits go to a JSON log the crate reads (with
 # pg_read_file) to explain a failed test: each line names the session's
 # database, application_name and SQLSTATE.
 # shellcheck disable=SC2086 # tls_flags is a list of words
 "$bin/postgres" -D "$data" \
-  -c listen_addresses='*' \
+  -c listen_addresses="$listen" -c port="$port" \
   -c unix_socket_directories=/tmp \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
   -c max_connections="${POSTGRES_MAX_CONNECTIONS:-300}" \
@@ -136,7 +147,7 @@ ddl=(
   # True once PgBouncer holds an idle server connection to database \$1 (a
   # clone's name: pgbf_ and [a-z0-9_]); false, and no error, when PgBouncer
   # cannot be reached: the clone stays cold.
-  "create or replace function pgbf_warm(text) returns boolean language plpgsql as \$w\$ begin if \$1 !~ '^pgbf_[a-z0-9_]+\$' then return false; end if; perform from dblink('host=127.0.0.1 port=6432 user=postgres connect_timeout=5 application_name=pgbf-janitor dbname=' || \$1, 'select 1') as t(x int); return true; exception when others then return false; end \$w\$"
+  "create or replace function pgbf_warm(text) returns boolean language plpgsql as \$w\$ begin if \$1 !~ '^pgbf_[a-z0-9_]+\$' then return false; end if; perform from dblink('host=127.0.0.1 port=$pooler_port user=postgres connect_timeout=5 application_name=pgbf-janitor dbname=' || \$1, 'select 1') as t(x int); return true; exception when others then return false; end \$w\$"
   "create or replace view pgbf_refill_todo as select d.template, greatest(0, d.claims - (select count(*) from pgbf_prepared p where p.template = d.template))::int as short from pgbf_demand d where exists (select from pg_database where datname = d.template and datistemplate)"
 )
 # No process uses the stack, nor has claimed in the last 2 s.

@@ -23,6 +23,8 @@ RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
          --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null' \
     && printf '%s\n' 'local all all trust' 'host all all all scram-sha-256' \
          > /var/lib/pgbf/cluster/pg_hba.conf \
+    && find /var/lib/pgbf/cluster/base -name '*_fsm' -delete \
+    && find /var/lib/pgbf/cluster/base -name '*_vm' -delete \
     && tar -C /var/lib/pgbf/cluster -cf /var/lib/pgbf/cluster.tar . \
     && rm -rf /var/lib/pgbf/cluster
 

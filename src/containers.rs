@@ -1,9 +1,14 @@
 //! The pair of containers a stack runs, created straight through the Docker
-//! API: PostgreSQL publishes both ports, PgBouncer joins its network namespace
-//! (it reaches PostgreSQL at 127.0.0.1:5432, and no Docker network exists to
-//! leak) and its PID namespace (it ends when PostgreSQL's container ends).
-//! Both are created with AutoRemove: when PostgreSQL's watchdog stops it,
-//! both vanish.
+//! API: PgBouncer joins PostgreSQL's network namespace (it reaches
+//! PostgreSQL at 127.0.0.1, and no Docker network exists to leak) and its
+//! PID namespace (it ends when PostgreSQL's container ends). Both are
+//! created with AutoRemove: when PostgreSQL's watchdog stops it, both vanish.
+//!
+//! That namespace is this machine's own when the engine shares it
+//! ([`Listen::Host`]: both servers listen on 127.0.0.1, on ports picked
+//! here; no `docker-proxy` in the way of every connection), else Docker's
+//! bridge, where PostgreSQL's container publishes both ports
+//! ([`Listen::Bridge`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +20,7 @@ use bollard::Docker;
 use crate::docker::{self, Kind};
 use crate::error::{Error, Result};
 use crate::images::ResolvedImages;
-use crate::settings::StackSettings;
+use crate::settings::{Network, Ports, StackSettings};
 
 /// Seconds a fresh PostgreSQL container waits for its first lease.
 pub(crate) const LEASE_GRACE_SECS: u64 = 30;
@@ -69,12 +74,98 @@ pub(crate) fn publish_ip(settings: &StackSettings, engine_is_local: bool) -> &'s
     }
 }
 
+/// Where a new pair listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listen {
+    /// On this machine's network, 127.0.0.1 only.
+    Host(Ports),
+    /// On Docker's bridge, ports published on this host address (`""`:
+    /// every interface).
+    Bridge(&'static str),
+}
+
+/// How a new pair of `settings` listens: on the host network when asked,
+/// or by default when the engine shares this machine's network and its
+/// published ports answer on 127.0.0.1; else on the bridge.
+pub(crate) async fn plan_listen(docker: &Docker, settings: &StackSettings) -> Result<Listen> {
+    // The engine the crate resolved (as testcontainers does), not only DOCKER_HOST.
+    let engine = docker::engine().await?;
+    let host = match settings.network {
+        _ if settings.publish_all_interfaces => false,
+        Network::Host => true,
+        Network::Bridge => false,
+        Network::Auto => {
+            engine.published_host() == "127.0.0.1"
+                && docker::shares_host_network(engine, docker).await
+        }
+    };
+    Ok(if host {
+        Listen::Host(free_ports()?)
+    } else {
+        Listen::Bridge(publish_ip(settings, engine.is_local()))
+    })
+}
+
+/// Two ports free on 127.0.0.1 now, picked at random below the kernel's
+/// ephemeral range (where no connection's local port, nor Docker's
+/// published ports, come from), so that they are still free when the
+/// servers bind them a moment later.
+fn free_ports() -> Result<Ports> {
+    use rand::Rng;
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // 10,000 ports below the range, else above it; with no room on either
+    // side (a range of nearly every port), the kernel's own pick.
+    let range = if low >= 12_000 {
+        Some(low - 10_000..low)
+    } else if high <= 63_000 {
+        Some(high + 1..65_535)
+    } else {
+        None
+    };
+    let mut rng = rand::thread_rng();
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    for _ in 0..200 {
+        let port = range.clone().map_or(0, |r| rng.gen_range(r));
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+        let ports: Vec<u16> = held
+            .iter()
+            .filter_map(|l| Some(l.local_addr().ok()?.port()))
+            .collect();
+        if let [postgres, pgbouncer] = ports[..] {
+            return Ok(Ports {
+                postgres,
+                pgbouncer,
+                listen_addr: "127.0.0.1",
+            });
+        }
+    }
+    Err(Error::Stack {
+        reason: format!(
+            "no two free ports found on 127.0.0.1 ({}) for the stack on the host \
+             network; free some, or set PGBF_NETWORK=bridge",
+            range.map_or("the kernel's pick".to_string(), |r| format!(
+                "{}..{}",
+                r.start, r.end
+            ))
+        ),
+    })
+}
+
 /// Creates and starts both containers (not waiting for readiness).
 pub(crate) async fn create_pair(
     docker: &Docker,
     id: &str,
     shared: bool,
     settings: &StackSettings,
+    listen: Listen,
     images: &ResolvedImages,
     secrets: &Secrets<'_>,
 ) -> Result<()> {
@@ -84,38 +175,63 @@ pub(crate) async fn create_pair(
         tls,
     } = secrets;
     let pg = postgres_name(id);
-    // The engine the crate resolved (as testcontainers does), not only DOCKER_HOST.
-    let host_ip = publish_ip(settings, docker::engine().await?.is_local());
-    let binding = || {
+    let binding = |host_ip: &str| {
         Some(vec![PortBinding {
             host_ip: Some(host_ip.to_string()),
             host_port: Some(String::new()),
         }])
     };
+    let (ports, network_env, network_mode, exposed_ports, port_bindings) = match listen {
+        Listen::Host(ports) => (
+            ports,
+            vec![
+                "PGBF_NETWORK=host".to_string(),
+                format!("PGBF_PORT={}", ports.postgres),
+                format!("PGBF_POOLER_PORT={}", ports.pgbouncer),
+                format!("PGBF_LISTEN_ADDR={}", ports.listen_addr),
+            ],
+            Some("host".to_string()),
+            None,
+            None,
+        ),
+        Listen::Bridge(host_ip) => (
+            Ports::BRIDGE,
+            Vec::new(),
+            None,
+            Some(vec!["5432/tcp".into(), "6432/tcp".into()]),
+            Some(HashMap::from([
+                ("5432/tcp".to_string(), binding(host_ip)),
+                ("6432/tcp".to_string(), binding(host_ip)),
+            ])),
+        ),
+    };
     let postgres = ContainerCreateBody {
         image: Some(images.postgres.to_string()),
-        env: Some(vec![
-            format!("POSTGRES_PASSWORD={password}"),
-            format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
-            format!(
-                "PGBF_REAP_AFTER_SECS={}",
-                settings.reap_after.as_secs().max(1)
-            ),
-            format!("PGBF_LEASE_GRACE_SECS={LEASE_GRACE_SECS}"),
-            format!("PGBF_MAX_WARM_CLONES={}", settings.janitor_clones()),
-            format!("PGBF_REQUIRE_TLS={}", u8::from(settings.require_tls)),
-            format!("PGBF_TLS_CA={}", tls.ca_pem),
-            format!("PGBF_TLS_CERT={}", tls.cert_pem),
-            format!("PGBF_TLS_KEY={}", tls.key_pem),
-        ]),
+        env: Some(
+            [
+                format!("POSTGRES_PASSWORD={password}"),
+                format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
+                format!(
+                    "PGBF_REAP_AFTER_SECS={}",
+                    settings.reap_after.as_secs().max(1)
+                ),
+                format!("PGBF_LEASE_GRACE_SECS={LEASE_GRACE_SECS}"),
+                format!("PGBF_MAX_WARM_CLONES={}", settings.janitor_clones()),
+                format!("PGBF_REQUIRE_TLS={}", u8::from(settings.require_tls)),
+                format!("PGBF_TLS_CA={}", tls.ca_pem),
+                format!("PGBF_TLS_CERT={}", tls.cert_pem),
+                format!("PGBF_TLS_KEY={}", tls.key_pem),
+            ]
+            .into_iter()
+            .chain(network_env.iter().cloned())
+            .collect(),
+        ),
         labels: Some(docker::labels_for(id, Kind::Postgres, shared)),
-        exposed_ports: Some(vec!["5432/tcp".into(), "6432/tcp".into()]),
+        exposed_ports,
         host_config: Some(HostConfig {
             auto_remove: Some(true),
-            port_bindings: Some(HashMap::from([
-                ("5432/tcp".to_string(), binding()),
-                ("6432/tcp".to_string(), binding()),
-            ])),
+            network_mode,
+            port_bindings,
             tmpfs: Some(HashMap::from([(
                 "/pgdata".to_string(),
                 "mode=1777".to_string(),
@@ -124,17 +240,25 @@ pub(crate) async fn create_pair(
         }),
         ..Default::default()
     };
-    create_and_start(docker, &pg, postgres).await?;
+    create(docker, &pg, postgres).await?;
     let pgbouncer = ContainerCreateBody {
         image: Some(images.pgbouncer.to_string()),
-        env: Some(vec![
-            format!("POSTGRES_PASSWORD={password}"),
-            format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
-            format!("PGBF_PGBOUNCER_INI={}", settings.pgbouncer_ini("127.0.0.1")),
-            format!("PGBF_TLS_CA={}", tls.ca_pem),
-            format!("PGBF_TLS_CERT={}", tls.cert_pem),
-            format!("PGBF_TLS_KEY={}", tls.key_pem),
-        ]),
+        env: Some(
+            [
+                format!("POSTGRES_PASSWORD={password}"),
+                format!("POSTGRES_PASSWORD_SCRAM={scram_verifier}"),
+                format!(
+                    "PGBF_PGBOUNCER_INI={}",
+                    settings.pgbouncer_ini_at("127.0.0.1", &ports)
+                ),
+                format!("PGBF_TLS_CA={}", tls.ca_pem),
+                format!("PGBF_TLS_CERT={}", tls.cert_pem),
+                format!("PGBF_TLS_KEY={}", tls.key_pem),
+            ]
+            .into_iter()
+            .chain(network_env)
+            .collect(),
+        ),
         labels: Some(docker::labels_for(id, Kind::Pgbouncer, shared)),
         host_config: Some(HostConfig {
             auto_remove: Some(true),
@@ -146,14 +270,21 @@ pub(crate) async fn create_pair(
         }),
         ..Default::default()
     };
-    if let Err(e) = create_and_start(docker, &pgbouncer_name(id), pgbouncer).await {
+    // PgBouncer's container is made while PostgreSQL's starts: it needs
+    // PostgreSQL's to exist, not to run (~25 ms sooner).
+    let pgb = pgbouncer_name(id);
+    let started = match tokio::join!(start(docker, &pg), create(docker, &pgb, pgbouncer)) {
+        (Ok(()), Ok(())) => start(docker, &pgb).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = started {
         remove_pair(docker, id).await;
         return Err(e);
     }
     Ok(())
 }
 
-async fn create_and_start(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<()> {
+async fn create(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<()> {
     let options = CreateContainerOptions {
         name: Some(name.to_string()),
         ..Default::default()
@@ -186,16 +317,16 @@ async fn create_and_start(docker: &Docker, name: &str, body: ContainerCreateBody
             Err(_) => return Err(docker::timeout(&format!("create container {name}"))),
         }
     }
-    if let Err(e) = docker::call(
+    Ok(())
+}
+
+/// Starts container `name`; the caller removes what it made if this fails.
+async fn start(docker: &Docker, name: &str) -> Result<()> {
+    docker::call(
         &format!("start container {name}"),
         docker.start_container(name, None),
     )
     .await
-    {
-        remove(docker, name).await;
-        return Err(e);
-    }
-    Ok(())
 }
 
 async fn inspect(docker: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>> {
@@ -270,6 +401,23 @@ pub(crate) async fn pair_state(docker: &Docker, id: &str) -> Result<PairState> {
 }
 
 fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
+    let env = pg.config.as_ref()?.env.as_ref()?;
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let password = var("POSTGRES_PASSWORD")?;
+    let ca_pem = var("PGBF_TLS_CA");
+    if var("PGBF_NETWORK").as_deref() == Some("host") {
+        // On this machine's network: the ports it was given.
+        return Some(PairInfo {
+            direct_port: var("PGBF_PORT")?.parse().ok()?,
+            pooled_port: var("PGBF_POOLER_PORT")?.parse().ok()?,
+            password,
+            ca_pem,
+        });
+    }
     let ports = pg.network_settings.as_ref()?.ports.as_ref()?;
     let port = |key: &str| -> Option<u16> {
         ports
@@ -290,17 +438,11 @@ fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
             .parse()
             .ok()
     };
-    let env = pg.config.as_ref()?.env.as_ref()?;
-    let var = |name: &str| {
-        env.iter()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_string)
-    };
     Some(PairInfo {
         direct_port: port("5432/tcp")?,
         pooled_port: port("6432/tcp")?,
-        password: var("POSTGRES_PASSWORD")?,
-        ca_pem: var("PGBF_TLS_CA"),
+        password,
+        ca_pem,
     })
 }
 
@@ -360,9 +502,56 @@ pub(crate) async fn pgbouncer_log_since(docker: &Docker, id: &str, since: i64) -
 
 #[cfg(test)]
 mod tests {
-    use super::publish_ip;
+    use super::{free_ports, publish_ip};
     use crate::docker::engine_is_local;
-    use crate::settings::StackSettings;
+    use crate::settings::{Network, StackSettings};
+
+    #[test]
+    fn host_network_ports_are_two_free_loopback_ports_below_the_ephemeral_range() {
+        let (low, high): (u16, u16) =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .ok()
+                .and_then(|s| {
+                    let mut it = s.split_whitespace().map(|n| n.parse().ok());
+                    Some((it.next()??, it.next()??))
+                })
+                .unwrap_or((32768, 60999));
+        for _ in 0..20 {
+            let ports = free_ports().unwrap();
+            assert_ne!(ports.postgres, ports.pgbouncer);
+            assert_eq!(ports.listen_addr, "127.0.0.1");
+            for port in [ports.postgres, ports.pgbouncer] {
+                // Outside the ephemeral range, where it has room.
+                if low >= 12_000 || high <= 63_000 {
+                    assert!(!(low..=high).contains(&port), "{port} in {low}..={high}");
+                }
+                // Free: released again, a server can bind it.
+                std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_network_setting_parses_and_names_the_variable_when_wrong() {
+        assert_eq!("host".parse::<Network>().unwrap(), Network::Host);
+        assert_eq!(" Bridge ".parse::<Network>().unwrap(), Network::Bridge);
+        assert_eq!("auto".parse::<Network>().unwrap(), Network::Auto);
+        let e = "hostt".parse::<Network>().unwrap_err().to_string();
+        assert!(
+            e.contains("PGBF_NETWORK") && e.contains("host or bridge"),
+            "{e}"
+        );
+        // The default keeps the stack's key; a forced network changes it.
+        let default = StackSettings::default();
+        assert_eq!(
+            default.clone().with_network(Network::Auto).key(),
+            default.key()
+        );
+        assert_ne!(
+            default.clone().with_network(Network::Bridge).key(),
+            default.key()
+        );
+    }
 
     #[test]
     fn ports_are_private_unless_the_engine_is_remote_or_the_settings_ask() {

@@ -66,7 +66,7 @@
 //! | `tokio_pg` | the tokio-postgres glue (feature `tokio-postgres`): its `Config` from the crate's options, connecting |
 //! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
 //! | `reaper` | the sweep at stack creation, and `gc` |
-//! | `containers` | the pair of containers: create, inspect, remove |
+//! | `containers` | the pair of containers: where it listens (host network or published ports), create, inspect, remove |
 //! | `lock` | the file lock that serialises creating (or replacing) a run's stack; stale lock files removed |
 //! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
 //! | `runkey` | which processes share a stack (the sharing rule) |
@@ -171,7 +171,7 @@ pub use images::{
 pub use matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
 pub use profile::Profile;
 pub use reaper::{gc, GcReport, GcScope};
-pub use settings::{supavisor_dropped_parameters, PoolMode, StackSettings};
+pub use settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::{
     DbUrl, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,

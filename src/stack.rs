@@ -11,7 +11,7 @@ use rand::Rng;
 use sqlx::{Connection, PgConnection};
 
 use crate::admin::AdminUrls;
-use crate::containers::{self, PairInfo, PairState};
+use crate::containers::{self, Listen, PairInfo, PairState};
 use crate::docker;
 use crate::error::{Error, Result};
 use crate::images::ensure_images;
@@ -521,12 +521,16 @@ async fn create(
     // testcontainers builds missing images: it must reach the same engine
     // (two `docker info` calls, only when an image is missing).
     let engine_agrees = || async { docker::engine_checked().await.map(|_| ()) };
-    let images = tokio::time::timeout(
-        IMAGE_TIMEOUT,
-        ensure_images(docker, &settings.images, engine_agrees),
-    )
-    .await
-    .map_err(|_| Error::Timeout {
+    // Where the pair will listen (one `docker info`) while the images are checked.
+    let (images, listen) = tokio::join!(
+        tokio::time::timeout(
+            IMAGE_TIMEOUT,
+            ensure_images(docker, &settings.images, engine_agrees),
+        ),
+        containers::plan_listen(docker, settings)
+    );
+    let listen = listen?;
+    let images = images.map_err(|_| Error::Timeout {
         what: "building the stack's images".into(),
         after: IMAGE_TIMEOUT,
         hint: "the Debian mirror or the Docker build is stuck; run `docker build` of \
@@ -546,33 +550,87 @@ async fn create(
         scram_verifier: &verifier,
         tls: &tls,
     };
-    containers::create_pair(docker, id, shared, settings, &images, &secrets).await?;
-    let up = async {
-        let info = match containers::pair_state(docker, id).await? {
-            PairState::Running(info) => info,
-            PairState::Absent => {
-                return Err(Error::Stack {
-                    reason: "the containers vanished right after starting; see `docker events`"
-                        .into(),
-                })
+    let mut listen = listen;
+    let mut attempt = 1;
+    loop {
+        tracing::debug!(?listen, attempt, "the pair's network");
+        // (create_pair removes what it made when it fails.)
+        let made =
+            containers::create_pair(docker, id, shared, settings, listen, &images, &secrets).await;
+        let up = match made {
+            Ok(()) => {
+                let up = until_pair_stops(docker, id, pair_up(docker, host, id, settings)).await;
+                if up.is_err() {
+                    containers::remove_pair(docker, id).await;
+                }
+                up
             }
-            PairState::Broken(why) => {
-                return Err(Error::Stack {
-                    reason: format!("the containers stopped right after starting ({why}); run the stack's image by hand to see its log"),
-                })
-            }
+            Err(e) => Err(e),
         };
-        let endpoints = endpoints_of(&info, host, settings);
-        // The lease first: the watchdog's start-up grace is counting.
-        let lease = take_lease(&endpoints, settings.startup_timeout).await?;
-        let ready = wait_until_ready(&endpoints, settings.startup_timeout).await?;
-        Ok((endpoints, lease, ready))
+        match up {
+            // On the host network a server that stopped while starting most
+            // likely lost its port to another process in between: once more
+            // on other ports.
+            Err(e) if matches!(listen, Listen::Host(_)) && attempt < 2 => {
+                tracing::debug!(error = %e, "the pair stopped while starting; new ports");
+                listen = containers::plan_listen(docker, settings).await?;
+                attempt += 1;
+            }
+            up => return up,
+        }
     }
-    .await;
-    if up.is_err() {
-        containers::remove_pair(docker, id).await;
+}
+
+/// The running pair's endpoints, this process's lease and the readiness
+/// connection, once both answer.
+async fn pair_up(
+    docker: &bollard::Docker,
+    host: &str,
+    id: &str,
+    settings: &StackSettings,
+) -> Result<(Endpoints, PgConnection, PgConnection)> {
+    let info = match containers::pair_state(docker, id).await? {
+        PairState::Running(info) => info,
+        PairState::Absent => {
+            return Err(Error::Stack {
+                reason: "the containers vanished right after starting; see `docker events`".into(),
+            })
+        }
+        PairState::Broken(why) => {
+            return Err(Error::Stack {
+                reason: format!("the containers stopped right after starting ({why}); run the stack's image by hand to see its log"),
+            })
+        }
+    };
+    let endpoints = endpoints_of(&info, host, settings);
+    // The lease first: the watchdog's start-up grace is counting.
+    let lease = take_lease(&endpoints, settings.startup_timeout).await?;
+    let ready = wait_until_ready(&endpoints, settings.startup_timeout).await?;
+    Ok((endpoints, lease, ready))
+}
+
+/// `work` on a new pair, unless the pair stops first (a server that could
+/// not start): then an error within a second, not at the start-up timeout.
+async fn until_pair_stops<T>(
+    docker: &bollard::Docker,
+    id: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(problem) = containers::pair_problem(docker, id).await? {
+                    return Err(Error::Stack {
+                        reason: format!(
+                            "the stack stopped while starting ({problem}); run the stack's image by hand to see its log"
+                        ),
+                    });
+                }
+            }
+        }
     }
-    up
 }
 
 /// Opens this process's lease: a direct connection the watchdog counts.

@@ -1,6 +1,7 @@
 //! `pgbouncer-fixtures up`: prints working URLs, takes the profile flags,
 //! removes everything on Ctrl-C / SIGTERM, exits non-zero when its stack
-//! dies, and publishes its ports on 127.0.0.1 unless asked otherwise.
+//! dies, and listens on 127.0.0.1 only (host network or published ports)
+//! unless asked otherwise.
 
 mod common;
 
@@ -235,28 +236,61 @@ fn up_exits_non_zero_when_its_stack_dies(#[case] kind: &str) {
     }
 }
 
-/// The host addresses Docker publishes the stack's PostgreSQL ports on
-/// (both ports: PgBouncer shares PostgreSQL's network namespace).
-fn published_addresses(stack_id: &str) -> Vec<String> {
-    let mut addresses: Vec<String> = docker(&["port", &format!("pgbf-{stack_id}-postgres")])
-        .lines()
-        .filter_map(|l| l.split(" -> ").nth(1))
-        .map(|a| a[..a.rfind(':').unwrap()].to_string())
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    addresses
+/// The addresses this machine listens on for TCP `port` (what `ss -ltn`
+/// shows): from /proc/net/tcp and tcp6, e.g. `127.0.0.1`, `0.0.0.0`, `[::]`.
+fn listening_addresses(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(table) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (addr, hex_port) = f[1].split_once(':').unwrap();
+            if f[3] != "0A" || u16::from_str_radix(hex_port, 16).unwrap() != port {
+                continue;
+            }
+            found.push(match (v6, addr) {
+                (false, a) => {
+                    let n = u32::from_str_radix(a, 16).unwrap();
+                    std::net::Ipv4Addr::from(n.swap_bytes()).to_string()
+                }
+                (true, a) if a.chars().all(|c| c == '0') => "[::]".to_string(),
+                (true, a) => format!("[{a}]"),
+            });
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
 }
 
-/// A local engine's stack is reachable from this machine only, unless
-/// `PGBF_PUBLISH_ALL_INTERFACES=1` asks for every interface.
+/// The Docker network mode of the stack's PostgreSQL container.
+fn network_mode(stack_id: &str) -> String {
+    docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.NetworkMode}}",
+        &format!("pgbf-{stack_id}-postgres"),
+    ])
+    .trim()
+    .to_string()
+}
+
+/// A local engine's stack is reachable from this machine only, on the host
+/// network (where the engine shares it) or on the bridge, unless
+/// `PGBF_PUBLISH_ALL_INTERFACES=1` asks for every interface (then on the
+/// bridge): what `ss -ltn` shows for both printed ports.
 #[rstest]
-#[case::private_by_default(None, &["127.0.0.1"])]
-#[case::all_interfaces_on_request(Some("1"), &["0.0.0.0", "[::]"])]
+#[case::private_by_default(&[], &["127.0.0.1"], None)]
+#[case::host_network(&[("PGBF_NETWORK", "host")], &["127.0.0.1"], Some("host"))]
+#[case::bridge_network(&[("PGBF_NETWORK", "bridge")], &["127.0.0.1"], Some("bridge"))]
+#[case::all_interfaces_on_request(&[("PGBF_PUBLISH_ALL_INTERFACES", "1")], &["0.0.0.0", "[::]"], Some("bridge"))]
 #[tokio::test]
-async fn up_publishes_on_loopback_unless_asked(
-    #[case] publish_all: Option<&str>,
-    #[case] expected: &[&str],
+async fn up_listens_on_loopback_unless_asked(
+    #[case] env: &'static [(&'static str, &'static str)],
+    #[case] expected: &'static [&'static str],
+    #[case] mode: Option<&'static str>,
 ) {
     // The decision depends on where the engine is: these tests run against a
     // local one (the default socket, or DOCKER_HOST=unix://...).
@@ -265,28 +299,33 @@ async fn up_publishes_on_loopback_unless_asked(
         host.is_empty() || host.starts_with("unix://"),
         "a local engine is needed, DOCKER_HOST={host}"
     );
-    let env: Vec<(&'static str, String)> = publish_all
-        .map(|v| ("PGBF_PUBLISH_ALL_INTERFACES", v.to_string()))
-        .into_iter()
-        .collect();
-    let up = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        start_up_with_env(&[], &env)
-    })
-    .await
-    .unwrap();
-    let addresses = published_addresses(&up.stack_id);
-    assert!(
-        addresses.iter().any(|a| a == "0.0.0.0" || a == "127.0.0.1"),
-        "{addresses:?}"
-    );
-    // Docker 20.10 publishes "" on 0.0.0.0 and [::]; newer engines without
-    // IPv6 only on 0.0.0.0: every address found must be an expected one.
-    for a in &addresses {
-        assert!(
-            expected.contains(&a.as_str()),
-            "{a} in {addresses:?}, expected {expected:?}"
-        );
+    let up = tokio::task::spawn_blocking(move || start_up_with_env(&[], env))
+        .await
+        .unwrap();
+    let found = network_mode(&up.stack_id);
+    match mode {
+        // Docker names its bridge "default" or "bridge".
+        Some("bridge") => assert!(found == "bridge" || found == "default", "{found}"),
+        Some(m) => assert_eq!(found, m),
+        None => assert!(
+            ["host", "bridge", "default"].contains(&found.as_str()),
+            "{found}"
+        ),
+    }
+    for url in [&up.pooled, &up.direct] {
+        let url = DbUrl::parse("up", url).unwrap();
+        let port: u16 = url.host_port().rsplit_once(':').unwrap().1.parse().unwrap();
+        let addresses = listening_addresses(port);
+        assert!(!addresses.is_empty(), "nothing listens on {port}");
+        // Docker 20.10 publishes "" on 0.0.0.0 and [::]; newer engines
+        // without IPv6 only on 0.0.0.0: every address found must be an
+        // expected one.
+        for a in &addresses {
+            assert!(
+                expected.contains(&a.as_str()),
+                "port {port}: {a} in {addresses:?}, expected {expected:?}"
+            );
+        }
     }
     // The printed URL works (it names 127.0.0.1 and the published port).
     let url = DbUrl::parse("up", &up.pooled).unwrap();
