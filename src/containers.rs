@@ -112,13 +112,7 @@ pub(crate) async fn plan_listen(docker: &Docker, settings: &StackSettings) -> Re
 /// servers bind them a moment later.
 fn free_ports() -> Result<Ports> {
     use rand::Rng;
-    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999));
+    let (low, high) = ephemeral_range();
     // 10,000 ports below the range, else above it; with no room on either
     // side (a range of nearly every port), the kernel's own pick.
     let range = if low >= 12_000 {
@@ -129,17 +123,18 @@ fn free_ports() -> Result<Ports> {
         None
     };
     let mut rng = rand::thread_rng();
-    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    // Both held at once, so that they differ; released on return.
+    let mut held: Vec<(u16, std::net::TcpListener)> = Vec::new();
     for _ in 0..200 {
         let port = range.clone().map_or(0, |r| rng.gen_range(r));
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(l);
-        }
-        let ports: Vec<u16> = held
-            .iter()
-            .filter_map(|l| Some(l.local_addr().ok()?.port()))
-            .collect();
-        if let [postgres, pgbouncer] = ports[..] {
+        let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        let Ok(bound) = listener.local_addr() else {
+            continue;
+        };
+        held.push((bound.port(), listener));
+        if let [(postgres, _), (pgbouncer, _)] = held[..] {
             return Ok(Ports {
                 postgres,
                 pgbouncer,
@@ -157,6 +152,18 @@ fn free_ports() -> Result<Ports> {
             ))
         ),
     })
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), Linux's
+/// default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// Creates and starts both containers (not waiting for readiness).
@@ -502,20 +509,13 @@ pub(crate) async fn pgbouncer_log_since(docker: &Docker, id: &str, since: i64) -
 
 #[cfg(test)]
 mod tests {
-    use super::{free_ports, publish_ip};
+    use super::{ephemeral_range, free_ports, publish_ip};
     use crate::docker::engine_is_local;
     use crate::settings::{Network, StackSettings};
 
     #[test]
     fn host_network_ports_are_two_free_loopback_ports_below_the_ephemeral_range() {
-        let (low, high): (u16, u16) =
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-                .ok()
-                .and_then(|s| {
-                    let mut it = s.split_whitespace().map(|n| n.parse().ok());
-                    Some((it.next()??, it.next()??))
-                })
-                .unwrap_or((32768, 60999));
+        let (low, high) = ephemeral_range();
         for _ in 0..20 {
             let ports = free_ports().unwrap();
             assert_ne!(ports.postgres, ports.pgbouncer);

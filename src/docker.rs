@@ -827,6 +827,7 @@ pub(crate) async fn call<T>(
         Err(_) => Err(timeout(action)),
     }
 }
+
 /// Whether containers on Docker's host network listen on this process's
 /// own network: the engine is local and runs this machine's kernel under
 /// this machine's host name, is not rootless (whose host network is

@@ -568,10 +568,14 @@ async fn create(
             Err(e) => Err(e),
         };
         match up {
-            // On the host network a server that stopped while starting most
-            // likely lost its port to another process in between: once more
-            // on other ports.
-            Err(e) if matches!(listen, Listen::Host(_)) && attempt < 2 => {
+            // On the host network a server that stopped while starting
+            // (`Stack`), or before PgBouncer's container could join it
+            // (`Docker`), most likely lost its port to another process in
+            // between: once more on other ports. A timeout is not retried: it
+            // would double the wait.
+            Err(e @ (Error::Stack { .. } | Error::Docker { .. }))
+                if matches!(listen, Listen::Host(_)) && attempt < 2 =>
+            {
                 tracing::debug!(error = %e, "the pair stopped while starting; new ports");
                 listen = containers::plan_listen(docker, settings).await?;
                 attempt += 1;
