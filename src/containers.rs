@@ -239,10 +239,7 @@ pub(crate) async fn create_pair(
             auto_remove: Some(true),
             network_mode,
             port_bindings,
-            tmpfs: Some(HashMap::from([(
-                "/pgdata".to_string(),
-                "mode=1777".to_string(),
-            )])),
+            tmpfs: Some(private_tmpfs(&["/pgdata", "/tmp"])),
             ..Default::default()
         }),
         ..Default::default()
@@ -273,6 +270,7 @@ pub(crate) async fn create_pair(
             // Its PID namespace too: when PostgreSQL's container ends, the
             // kernel ends PgBouncer's at once (no watchdog polling needed).
             pid_mode: Some(format!("container:{pg}")),
+            tmpfs: Some(private_tmpfs(&["/tmp"])),
             ..Default::default()
         }),
         ..Default::default()
@@ -289,6 +287,18 @@ pub(crate) async fn create_pair(
         return Err(e);
     }
     Ok(())
+}
+
+/// Memory file systems at `paths`. Docker's storage driver may be a FUSE
+/// file system (fuse-overlayfs, as on this project's CI machines), where
+/// every file made, opened or checked costs a round trip to a userspace
+/// daemon: the data directory, the server's socket, the lease mark (written
+/// by every process that joins) and PgBouncer's files stay off it.
+fn private_tmpfs(paths: &[&str]) -> HashMap<String, String> {
+    paths
+        .iter()
+        .map(|p| (p.to_string(), "mode=1777".to_string()))
+        .collect()
 }
 
 async fn create(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<()> {
