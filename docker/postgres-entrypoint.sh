@@ -6,8 +6,9 @@
 # what the role gets (PgBouncer holds the same one).
 #
 # Reaping: nothing inside a test process runs after SIGKILL, so this script
-# (PID 1) watches for "leases": connections whose application_name starts
-# with `pgbf-lease`, one per process using the stack. When none has existed
+# (PID 1) watches for "leases", one connection per process using the stack:
+# a direct one named `pgbf-lease pid N`, or a PgBouncer client named
+# `pgbf-pooled-lease pid N` (see pgbf_leases below). When none has existed
 # for PGBF_REAP_AFTER_SECS (after a start-up grace of PGBF_LEASE_GRACE_SECS),
 # it stops the server (the grace applies only until the first lease is seen);
 # the container was created with AutoRemove, so it
@@ -143,6 +144,10 @@ start_psql() {
     printf '%s;\n' "${ddl[@]}" >&"$to_psql" 2>/dev/null || stop_psql
   fi
 }
+# The janitor's own logins to PgBouncer (on this machine) skip TLS, unless
+# PgBouncer requires it: a handshake per warmed clone costs both sides.
+janitor_tls=disable
+[ "${PGBF_REQUIRE_TLS:-0}" = 1 ] && janitor_tls=require
 # Keep in step with TABLES in src/janitor.rs (a unit test checks).
 ddl=(
   "create table if not exists pgbf_prepared (name text primary key, template text not null, made_at timestamptz not null default now())"
@@ -155,11 +160,22 @@ ddl=(
   # True once PgBouncer holds an idle server connection to database \$1 (a
   # clone's name: pgbf_ and [a-z0-9_]); false, and no error, when PgBouncer
   # cannot be reached: the clone stays cold.
-  "create or replace function pgbf_warm(text) returns boolean language plpgsql as \$w\$ begin if \$1 !~ '^pgbf_[a-z0-9_]+\$' then return false; end if; perform from dblink('host=127.0.0.1 port=$pooler_port user=postgres connect_timeout=5 application_name=pgbf-janitor dbname=' || \$1, 'select 1') as t(x int); return true; exception when others then return false; end \$w\$"
+  "create or replace function pgbf_warm(text) returns boolean language plpgsql as \$w\$ begin if \$1 !~ '^pgbf_[a-z0-9_]+\$' then return false; end if; perform from dblink('host=127.0.0.1 port=$pooler_port user=postgres sslmode=$janitor_tls connect_timeout=5 application_name=pgbf-janitor dbname=' || \$1, 'select 1') as t(x int); return true; exception when others then return false; end \$w\$"
+  # Leases: each process's connection named `pgbf-lease pid N` straight to
+  # this server (behind a session-mode PgBouncer), or named
+  # `pgbf-pooled-lease pid N` through PgBouncer (otherwise: a login there
+  # starts no backend here, a direct one costs ~4.5 ms of this server's
+  # CPU). The pooled ones are PgBouncer's clients, read from its console
+  # (`SHOW CLIENTS`, on one dblink connection kept open; its column count,
+  # which differs between PgBouncer versions, found once per session and
+  # each row matched whole, so no column is named); when PgBouncer cannot
+  # be reached only the direct ones count: a stack without its PgBouncer is
+  # of no use to anybody.
+  "create or replace function pgbf_leases() returns int language plpgsql as \$l\$ declare direct int; pooled int; k int; cols text; begin select count(*) into direct from pg_stat_activity where application_name like 'pgbf-lease%'; begin if not coalesce('pgbf_console' = any(dblink_get_connections()), false) then perform dblink_connect('pgbf_console', 'host=127.0.0.1 port=$pooler_port user=postgres sslmode=$janitor_tls dbname=pgbouncer connect_timeout=2 application_name=pgbf-janitor'); end if; for k in coalesce(nullif(current_setting('pgbf.console_columns', true), '')::int, 1)..64 loop select string_agg('c' || i || ' text', ', ') into cols from generate_series(1, k) i; begin execute format('select count(*) from dblink(%L, %L) as t(%s) where t::text like %L', 'pgbf_console', 'show clients', cols, '%pgbf-pooled-lease pid %') into pooled; perform set_config('pgbf.console_columns', k::text, false); return direct + pooled; exception when datatype_mismatch then null; end; end loop; exception when others then begin perform dblink_disconnect('pgbf_console'); exception when others then null; end; end; return direct; end \$l\$"
   "create or replace view pgbf_refill_todo as select d.template, greatest(0, d.claims - (select count(*) from pgbf_prepared p where p.template = d.template))::int as short from pgbf_demand d where exists (select from pg_database where datname = d.template and datistemplate)"
 )
 # No process uses the stack, nor has claimed in the last 2 s.
-idle_sql="not exists (select from pg_stat_activity where application_name like 'pgbf-lease%') and not exists (select from pgbf_claims where at > now() - interval '2 seconds')"
+idle_sql="(select pgbf_leases()) = 0 and not exists (select from pgbf_claims where at > now() - interval '2 seconds')"
 room_sql="greatest(0, least(2, $warm_max - (select count(*) from pgbf_prepared)))"
 # One batch: four drops (their databases' connections, PgBouncer's idle
 # server connections, are ended first: DROP .. WITH (FORCE) would wait
@@ -202,7 +218,7 @@ ask() {
   return 1
 }
 lease_question() {
-  printf "select %d, count(*) from pg_stat_activity where application_name like 'pgbf-lease%%';\n" "$1"
+  printf "select %d, pgbf_leases();\n" "$1"
 }
 # Sets `leases` (no subshell: `$(...)` would fork); 0 when psql cannot say,
 # as when the per-second psql of earlier versions failed.

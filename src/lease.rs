@@ -7,6 +7,8 @@
 //! call of the process fails fast with `StackDied` naming what Docker says
 //! about the containers. Runs on the stack's background runtime.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -20,11 +22,23 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// within about this long, not at the process's next call.
 const LEASE_WATCH: Duration = Duration::from_secs(1);
 
+/// How long a broken lease through PgBouncer is retried while both
+/// containers run (PgBouncer restarting in place takes ~1-2 s; after
+/// `PGBF_REAP_AFTER_SECS` without leases the stack is reaped anyway).
+pub(crate) const RENEW_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Opens a new lease connection (the stack's `take_lease`).
+pub(crate) type Renew =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<PgConnection>>>> + Send + Sync>;
+
 /// The stack a lease is on, for saying why it broke.
 pub(crate) struct ProbeTarget {
     pub docker: bollard::Docker,
     pub stack_id: String,
     pub postgres_container: String,
+    /// For a lease through PgBouncer, which a PgBouncer restarted in place
+    /// breaks although the stack lives: a new one, within [`RENEW_TIMEOUT`].
+    pub renew: Option<Renew>,
 }
 
 /// A lease and what it knows of the stack's death.
@@ -67,7 +81,25 @@ impl Lease {
             };
         *conn = None;
         let target = &self.target;
-        let state = crate::containers::describe(&target.docker, &target.postgres_container).await;
+        if let Some(renew) = &target.renew {
+            let both_run = matches!(
+                crate::containers::pair_problem(&target.docker, &target.stack_id).await,
+                Ok(None)
+            );
+            if both_run {
+                if let Ok(Ok(new)) = tokio::time::timeout(RENEW_TIMEOUT, renew()).await {
+                    tracing::debug!(stack = %target.stack_id, "lease renewed (PgBouncer restarted)");
+                    *conn = Some(new);
+                    return Ok(());
+                }
+            }
+        }
+        // The lease goes through PgBouncer (unless it pools sessions): the
+        // container that stopped may be either one.
+        let state = match crate::containers::pair_problem(&target.docker, &target.stack_id).await {
+            Ok(Some(problem)) => problem,
+            _ => crate::containers::describe(&target.docker, &target.postgres_container).await,
+        };
         let error = Error::StackDied {
             stack: target.stack_id.clone(),
             reason: format!("{state}; {failure}"),

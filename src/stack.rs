@@ -26,8 +26,11 @@ use crate::worker::{Worker, WorkerSetup};
 /// The stack's superuser (as on Supabase).
 pub const STACK_USER: &str = "postgres";
 
-/// `application_name` prefix of a lease: the stack's watchdog counts these.
+/// `application_name` prefix of a lease straight on PostgreSQL, and of one
+/// through PgBouncer: the stack's watchdog counts both
+/// (`docker/postgres-entrypoint.sh`, `pgbf_leases`).
 const LEASE_APP: &str = "pgbf-lease";
+const POOLED_LEASE_APP: &str = "pgbf-pooled-lease";
 /// How long building the images may take (a stock base image installs
 /// PostgreSQL from Debian's mirror: minutes on a slow network).
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -437,6 +440,16 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                 docker,
                 stack_id: id.clone(),
                 postgres_container: containers::postgres_name(&id),
+                renew: (settings.pool_mode != PoolMode::Session).then(|| {
+                    let (endpoints, settings) = (endpoints.clone(), settings.clone());
+                    let renew: crate::lease::Renew = Box::new(move || {
+                        let (endpoints, settings) = (endpoints.clone(), settings.clone());
+                        Box::pin(async move {
+                            take_lease(&endpoints, &settings, crate::lease::RENEW_TIMEOUT).await
+                        })
+                    });
+                    renew
+                }),
             },
         )),
         books_conn,
@@ -490,7 +503,7 @@ async fn join(
     };
     // Both at once: a join is on every nextest process's path.
     let checked = tokio::try_join!(
-        take_lease(&endpoints, wait),
+        take_lease(&endpoints, settings, wait),
         wait_until_ready(&endpoints, wait)
     );
     match checked {
@@ -608,7 +621,7 @@ async fn pair_up(
     };
     let endpoints = endpoints_of(&info, host, settings);
     // The lease first: the watchdog's start-up grace is counting.
-    let lease = take_lease(&endpoints, settings.startup_timeout).await?;
+    let lease = take_lease(&endpoints, settings, settings.startup_timeout).await?;
     let ready = wait_until_ready(&endpoints, settings.startup_timeout).await?;
     Ok((endpoints, lease, ready))
 }
@@ -637,11 +650,22 @@ async fn until_pair_stops<T>(
     }
 }
 
-/// Opens this process's lease: a direct connection the watchdog counts.
-/// Tries at least once, then until `timeout`.
-async fn take_lease(endpoints: &Endpoints, timeout: Duration) -> Result<PgConnection> {
-    let url = endpoints.direct_url("postgres");
-    let app = format!("{LEASE_APP} pid {}", std::process::id());
+/// Opens this process's lease: a connection the watchdog counts, through
+/// PgBouncer (a login there starts no PostgreSQL backend: ~4.5 ms of the
+/// server's CPU less per process) unless PgBouncer pools sessions, where it
+/// would pin a server connection for the process's whole life: there it is
+/// a direct one. Tries at least once, then until `timeout`.
+async fn take_lease(
+    endpoints: &Endpoints,
+    settings: &StackSettings,
+    timeout: Duration,
+) -> Result<PgConnection> {
+    let (url, prefix) = if settings.pool_mode == PoolMode::Session {
+        (endpoints.direct_url("postgres"), LEASE_APP)
+    } else {
+        (endpoints.pooled_url("postgres"), POOLED_LEASE_APP)
+    };
+    let app = format!("{prefix} pid {}", std::process::id());
     // Tells the watchdog a lease existed, however short it lives, which
     // ends its start-up grace (see postgres-entrypoint.sh).
     let first = "copy (select) to '/tmp/pgbf-leased'";

@@ -20,7 +20,7 @@ use crate::admin::{lock, Admin, AdminUrls};
 use crate::clones::{Claimed, Clones};
 use crate::database::Step;
 use crate::error::{Error, Result};
-use crate::lease::{Lease, ProbeTarget, PROBE_TIMEOUT};
+use crate::lease::{Lease, ProbeTarget, PROBE_TIMEOUT, RENEW_TIMEOUT};
 use crate::registry::OnceMap;
 use crate::runtime::Background;
 
@@ -136,7 +136,7 @@ impl Worker {
     /// round trip), bounded (a few seconds), and a no-op without a lease.
     pub(crate) async fn probe(&self) -> Result<()> {
         self.on_lease(
-            PROBE_TIMEOUT + Duration::from_secs(5),
+            PROBE_TIMEOUT + RENEW_TIMEOUT + Duration::from_secs(5),
             "checking the stack's lease",
             "the background thread is busy or stuck; see the container logs",
             |lease| async move { lease.probe().await },

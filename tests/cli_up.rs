@@ -277,6 +277,8 @@ fn network_mode(stack_id: &str) -> String {
     .to_string()
 }
 
+static LISTEN_CASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A local engine's stack is reachable from this machine only, on the host
 /// network (where the engine shares it) or on the bridge, unless
 /// `PGBF_PUBLISH_ALL_INTERFACES=1` asks for every interface (then on the
@@ -292,6 +294,10 @@ async fn up_listens_on_loopback_unless_asked(
     #[case] expected: &'static [&'static str],
     #[case] mode: Option<&'static str>,
 ) {
+    // One case at a time: Docker publishes the bridge case's port on
+    // 127.0.0.1 and the all-interfaces case's on [::] too, and the two may
+    // get the same port number at once, which the check would mistake.
+    let _one_at_a_time = LISTEN_CASES.lock().await;
     // The decision depends on where the engine is: these tests run against a
     // local one (the default socket, or DOCKER_HOST=unix://...).
     let host = std::env::var("DOCKER_HOST").unwrap_or_default();
