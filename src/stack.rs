@@ -620,7 +620,24 @@ async fn pair_up(
         }
     };
     let endpoints = endpoints_of(&info, host, settings);
-    // The lease first: the watchdog's start-up grace is counting.
+    // PostgreSQL accepts logins first (it listens a few ms before its role
+    // has the stack's password): a server login PgBouncer tried in between
+    // would fail, and PgBouncer waits `server_login_retry` (1 s) before the
+    // next one, with the lease (through PgBouncer) waiting on it.
+    let direct = connect_until(
+        &endpoints.direct_url("postgres"),
+        "pgbouncer-fixtures admin",
+        "select 1",
+        settings.startup_timeout,
+        format!(
+            "the first login to PostgreSQL at {}",
+            endpoints.direct_url("postgres")
+        ),
+        |_| None,
+    )
+    .await?;
+    let _ = direct.close().await;
+    // Then the lease: the watchdog's start-up grace is counting.
     let lease = take_lease(&endpoints, settings, settings.startup_timeout).await?;
     let ready = wait_until_ready(&endpoints, settings.startup_timeout).await?;
     Ok((endpoints, lease, ready))
