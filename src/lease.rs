@@ -81,22 +81,18 @@ impl Lease {
             };
         *conn = None;
         let target = &self.target;
-        if let Some(renew) = &target.renew {
-            let both_run = matches!(
-                crate::containers::pair_problem(&target.docker, &target.stack_id).await,
-                Ok(None)
-            );
-            if both_run {
-                if let Ok(Ok(new)) = tokio::time::timeout(RENEW_TIMEOUT, renew()).await {
-                    tracing::debug!(stack = %target.stack_id, "lease renewed (PgBouncer restarted)");
-                    *conn = Some(new);
-                    return Ok(());
-                }
+        // The lease goes through PgBouncer (unless it pools sessions): the
+        // container that stopped may be either one, or neither (PgBouncer
+        // restarted in place: a new lease then answers).
+        let problem = crate::containers::pair_problem(&target.docker, &target.stack_id).await;
+        if let (Some(renew), Ok(None)) = (&target.renew, &problem) {
+            if let Ok(Ok(new)) = tokio::time::timeout(RENEW_TIMEOUT, renew()).await {
+                tracing::debug!(stack = %target.stack_id, "lease renewed (PgBouncer restarted)");
+                *conn = Some(new);
+                return Ok(());
             }
         }
-        // The lease goes through PgBouncer (unless it pools sessions): the
-        // container that stopped may be either one.
-        let state = match crate::containers::pair_problem(&target.docker, &target.stack_id).await {
+        let state = match problem {
             Ok(Some(problem)) => problem,
             _ => crate::containers::describe(&target.docker, &target.postgres_container).await,
         };

@@ -440,7 +440,8 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
                 docker,
                 stack_id: id.clone(),
                 postgres_container: containers::postgres_name(&id),
-                renew: (settings.pool_mode != PoolMode::Session).then(|| {
+                // Through PgBouncer exactly when the bookkeeping is (see take_lease).
+                renew: books_via_pooler.then(|| {
                     let (endpoints, settings) = (endpoints.clone(), settings.clone());
                     let renew: crate::lease::Renew = Box::new(move || {
                         let (endpoints, settings) = (endpoints.clone(), settings.clone());
