@@ -17,9 +17,11 @@
 //! Rounds are interleaved (every way once per round), the table shows the
 //! median of the rounds. Before each run but the "rerun at once" the harness
 //! waits until the checkout stack's janitor is done (no database waiting to
-//! be dropped, the pool at the last run's demand), so that no run shares the
-//! machine with it; the harness holds no lease on that stack (a lease would
-//! keep the janitor from running), the stack's keep-warm time keeps it up. `cargo bench --bench suite`; environment:
+//! be dropped, the pool at the last run's demand) and until the cold runs'
+//! stacks are reaped, so that no run shares the machine with them; the
+//! harness holds no lease on that stack (a lease would keep the janitor
+//! from running), the stack's keep-warm time keeps it up.
+//! `cargo bench --bench suite`; environment:
 //! `PGBF_SUITE_TARGET_DIR` (default `target/suite`),
 //! `PGBF_SUITE_ROUNDS` (default 3), `PGBF_SUITE_FILTER` (a test-name filter,
 //! e.g. `t00` for 10 tests; default all 100), `PGBF_SUITE_RUNNERS`
@@ -249,6 +251,7 @@ fn main() {
             StackSettings::from_env(&Env::load().expect("environment")).expect("settings");
         let stack: &Stack = rt.block_on(Stack::shared(&settings)).expect("stack");
         println!("{}", stack.endpoints().direct_url("postgres").expose());
+        println!("{}", stack.id());
         return;
     }
     let mut bench = Bench {
@@ -278,7 +281,10 @@ fn main() {
         .output()
         .expect("the harness runs");
     assert!(out.status.success(), "joining the stack failed");
-    bench.database_url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut printed = printed.lines();
+    bench.database_url = printed.next().unwrap_or_default().trim().to_string();
+    let warm_stack = printed.next().unwrap_or_default().trim().to_string();
 
     let mut times: Vec<((Runner, Way), Vec<Duration>)> = Vec::new();
     for round in 1..=rounds {
@@ -286,9 +292,11 @@ fn main() {
             for way in Way::ALL {
                 if way != Way::FixtureRerun {
                     let waited = rt.block_on(janitor_done(&bench.database_url));
+                    let reaped = others_reaped(&suite, &warm_stack);
                     eprintln!(
-                        "(waited {:.1} s for the stack's janitor)",
-                        waited.as_secs_f64()
+                        "(waited {:.1} s for the stack's janitor, {:.1} s for other stacks to be reaped)",
+                        waited.as_secs_f64(),
+                        reaped.as_secs_f64()
                     );
                 }
                 let took = bench.time(*runner, way);
@@ -354,7 +362,29 @@ fn main() {
     println!("{result}");
 }
 
-/// The harness, run to print the stack's direct URL.
+/// Waits until no stack of the suite's checkout but `warm` is left (the
+/// cold runs' stacks are reaped ~10 s after them), so that no timed run
+/// shares the machine with another stack's janitor or removal; 120 s at
+/// most. Returns how long it waited.
+fn others_reaped(checkout: &std::path::Path, warm: &str) -> Duration {
+    let started = Instant::now();
+    let label = format!("label=pgbouncer-fixtures.checkout={}", checkout.display());
+    while started.elapsed() < Duration::from_secs(120) {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--filter", &label])
+            .args(["--format", "{{.Label \"pgbouncer-fixtures.stack\"}}"])
+            .output()
+            .expect("the docker CLI runs");
+        let listed = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && listed.lines().all(|s| s.trim() == warm) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    started.elapsed()
+}
+
+/// The harness, run to print the stack's direct URL and id.
 const PRINT_URL: &str = "PGBF_SUITE_PRINT_URL";
 
 /// How many tests one way runs (with the filter).
