@@ -164,6 +164,19 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     )
     .await;
     assert_eq!(warm, CAP, "prepared clones with a server connection");
+    // The janitor's clones (the others were made by the run's processes,
+    // which warm them with `select 1` only) had their caches warmed on that
+    // connection: its last statement was the warm-up.
+    let by_janitor = "select count(*) from pgbf_prepared p join pg_stat_activity a \
+         on a.datname = p.name where a.application_name = 'pgbf-janitor'";
+    let janitors = scalar(&mut conn, by_janitor).await;
+    let warmed = scalar(
+        &mut conn,
+        &format!("{by_janitor} and a.query like 'do $d$%explain insert into %; select 1'"),
+    )
+    .await;
+    assert!(janitors > 0, "the janitor made none of the prepared clones");
+    assert_eq!(warmed, janitors, "the janitor's clones have warm caches");
 
     // Settled and idle: the janitor's psql runs nothing but the lease
     // count, and no database comes or goes.
