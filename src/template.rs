@@ -1,8 +1,11 @@
 //! Template databases: migrations and seed files applied once per distinct
 //! content, then cloned for each test (`CREATE DATABASE .. TEMPLATE`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use once_cell::sync::Lazy;
 
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
@@ -106,15 +109,8 @@ impl Template {
         let (migrator, source) = match &self.migrations {
             Migrations::None => (None, "no migrations".to_string()),
             Migrations::Dir(dir) => {
-                let migrator = Migrator::new(dir.as_path())
-                    .await
-                    .map_err(|e| Error::Template {
-                        reason: format!("cannot read migrations from {}: {e}", dir.display()),
-                    })?;
-                (
-                    Some(Arc::new(migrator)),
-                    format!("dir {}", absolute(dir).display()),
-                )
+                let migrator = read_migrations(dir).await?;
+                (Some(migrator), format!("dir {}", absolute(dir).display()))
             }
             Migrations::Migrator(m) => {
                 let first = m
@@ -160,6 +156,58 @@ impl Template {
             prepared: self.prepared.unwrap_or(default_prepared),
         })
     }
+}
+
+/// What a migrations directory held: each entry's name and, for files,
+/// their bytes, in order.
+type DirContent = Vec<(std::ffi::OsString, Option<Vec<u8>>)>;
+
+/// Migration directories this process has read, by path, with what they
+/// held then: every test resolves its template, and sqlx's reading (a file
+/// at a time through tokio's blocking pool) and checksums cost ~0.5 ms a
+/// test. Comparing the bytes read again at once is ~10x cheaper and, unlike
+/// modification times (a tick of a few ms), never misses an edit.
+static READ_DIRS: Lazy<Mutex<HashMap<PathBuf, ReadDir>>> = Lazy::new(Mutex::default);
+
+/// A directory's content when read, and its migrations.
+type ReadDir = (DirContent, Arc<Migrator>);
+
+/// The migrations of `dir`, parsed once per content.
+async fn read_migrations(dir: &Path) -> Result<Arc<Migrator>> {
+    let content = dir_content(dir);
+    if let Some(content) = &content {
+        let read = READ_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, migrator)) = read.get(dir) {
+            if seen == content {
+                return Ok(migrator.clone());
+            }
+        }
+    }
+    let migrator = Arc::new(Migrator::new(dir).await.map_err(|e| Error::Template {
+        reason: format!("cannot read migrations from {}: {e}", dir.display()),
+    })?);
+    if let Some(content) = content {
+        let mut read = READ_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        read.insert(dir.to_path_buf(), (content, migrator.clone()));
+    }
+    Ok(migrator)
+}
+
+/// What `dir` holds, or `None` when it cannot be read (sqlx then says why).
+fn dir_content(dir: &Path) -> Option<DirContent> {
+    let mut content = std::fs::read_dir(dir)
+        .ok()?
+        .map(|entry| {
+            let entry = entry.ok()?;
+            let bytes = match entry.file_type().ok()?.is_dir() {
+                true => None,
+                false => Some(std::fs::read(entry.path()).ok()?),
+            };
+            Some((entry.file_name(), bytes))
+        })
+        .collect::<Option<DirContent>>()?;
+    content.sort();
+    Some(content)
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -296,5 +344,40 @@ impl ResolvedTemplate {
             tracing::info!(template = %old, "stale template removed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn migrations_are_read_again_when_a_file_changes_even_within_a_clock_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("0001_items.sql");
+        std::fs::write(&file, "create table a (id int);").unwrap();
+        let template = Template::new().migrations_dir(dir.path());
+        let first = template.resolve(2).await.unwrap();
+        let again = template.resolve(2).await.unwrap();
+        assert_eq!(again.name, first.name);
+        assert!(
+            Arc::ptr_eq(
+                first.migrator.as_ref().unwrap(),
+                again.migrator.as_ref().unwrap()
+            ),
+            "unchanged migrations are not read and parsed again"
+        );
+        // Same length, same directory, at once: a modification time could
+        // not tell these apart.
+        std::fs::write(&file, "create table b (id int);").unwrap();
+        let edited = template.resolve(2).await.unwrap();
+        assert_ne!(edited.name, first.name, "the edit makes a new template");
+        std::fs::write(dir.path().join("0002_more.sql"), "select 1;").unwrap();
+        let added = template.resolve(2).await.unwrap();
+        assert_ne!(
+            added.name, edited.name,
+            "an added file makes a new template"
+        );
+        assert_eq!(added.migrator.as_ref().unwrap().iter().count(), 2);
     }
 }
