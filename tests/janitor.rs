@@ -166,13 +166,16 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     assert_eq!(warm, CAP, "prepared clones with a server connection");
     // The janitor's clones (the others were made by the run's processes,
     // which warm them with `select 1` only) had their caches warmed on that
-    // connection: its last statement was the warm-up.
+    // connection: its last statement was the warm-up (inserts, equality,
+    // sorts and prefix LIKE planned).
     let by_janitor = "select count(*) from pgbf_prepared p join pg_stat_activity a \
          on a.datname = p.name where a.application_name = 'pgbf-janitor'";
     let janitors = scalar(&mut conn, by_janitor).await;
     let warmed = scalar(
         &mut conn,
-        &format!("{by_janitor} and a.query like 'do $d$%explain insert into %; select 1'"),
+        &format!(
+            "{by_janitor} and a.query like 'do $d$%explain insert into %where %2$I like %3$L order by %; select 1'"
+        ),
     )
     .await;
     assert!(janitors > 0, "the janitor made none of the prepared clones");
