@@ -109,6 +109,20 @@ trap 'kill -INT "$pg" 2>/dev/null || true' INT TERM
 # can succeed before this. (Setting it first in single-user mode cost a
 # whole extra server start.) On stdin, not in psql's arguments, where `ps`
 # would show it.
+# psql runs once the server accepts connections, which it says on the 8th
+# line of postmaster.pid ("ready", what `pg_ctl -w` waits for): a psql
+# tried earlier fails after its own start (~20 ms here, its binary and
+# libraries read through the image's file system) and the pause after it.
+# This wait forks nothing: the pause is a `read -t` on a pipe nobody
+# writes (the watchdog's, below).
+exec {tick}<> <(:)
+pm_line=()
+for _ in $(seq 1 4000); do
+  { mapfile -t -s 7 -n 1 pm_line <"$data/postmaster.pid"; } 2>/dev/null || true
+  [[ ${pm_line[0]:-} == ready* ]] && break
+  kill -0 "$pg" 2>/dev/null || break
+  read -r -t 0.005 -u "$tick" _ || true
+done
 tries=0
 until echo "ALTER ROLE postgres PASSWORD '$secret'" \
   | "$bin/psql" -h /tmp -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null 2>&1; do
@@ -125,7 +139,6 @@ done
 # pipes and is restarted when it dies; the pause is a `read -t 1` on a pipe
 # nobody writes; the clock is bash's EPOCHSECONDS.
 trap '' PIPE
-exec {tick}<> <(:)
 psql_pid=
 to_psql=
 from_psql=

@@ -17,6 +17,12 @@ RUN if [ ! -x /usr/lib/postgresql/17/bin/postgres ]; then \
 # tmpfs and sets its own password, which is faster than an initdb per start.
 # One tar file, not a directory: unpacking its ~1000 files takes ~40 ms,
 # where `cp -a` of the directory from the image's layers took ~500 ms.
+# The cluster was shut down cleanly, so pg_resetwal only starts its WAL in
+# a fresh segment: initdb's 16 MB segment, full of records no start-up
+# reads, becomes one that is zeros but for its first page; copied with
+# holes where it is zeros, the sparse archive stores only that page
+# (unpacking: ~65 -> ~40 ms here, and 16 MB less of each stack's memory
+# until the server writes that much WAL).
 RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
     && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/initdb \
          --pgdata=/var/lib/pgbf/cluster --username=postgres --encoding=UTF8 \
@@ -25,7 +31,11 @@ RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
          > /var/lib/pgbf/cluster/pg_hba.conf \
     && find /var/lib/pgbf/cluster/base -name '*_fsm' -delete \
     && find /var/lib/pgbf/cluster/base -name '*_vm' -delete \
-    && tar -C /var/lib/pgbf/cluster -cf /var/lib/pgbf/cluster.tar . \
+    && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/pg_resetwal -D /var/lib/pgbf/cluster >/dev/null' \
+    && for f in /var/lib/pgbf/cluster/pg_wal/0*; do \
+         cp --sparse=always --preserve=mode,ownership "$f" "$f.sparse" && mv "$f.sparse" "$f"; \
+       done \
+    && tar -C /var/lib/pgbf/cluster --sparse --hole-detection=raw -cf /var/lib/pgbf/cluster.tar . \
     && rm -rf /var/lib/pgbf/cluster
 
 COPY postgres-entrypoint.sh /usr/local/bin/pgbf-postgres
