@@ -117,7 +117,7 @@ trap 'kill -INT "$pg" 2>/dev/null || true' INT TERM
 # writes (the watchdog's, below).
 exec {tick}<> <(:)
 pm_line=()
-for _ in $(seq 1 4000); do
+for ((waits = 0; waits < 4000; waits++)); do
   { mapfile -t -s 7 -n 1 pm_line <"$data/postmaster.pid"; } 2>/dev/null || true
   [[ ${pm_line[0]:-} == ready* ]] && break
   kill -0 "$pg" 2>/dev/null || break
@@ -175,11 +175,11 @@ janitor_tls=disable
 # connection: 2.8 ms). For each of the template's first 64 tables: a scan
 # of no rows, the plan of an insert of its defaults, and for each of its
 # first 16 columns the plan of an equality filter and a sort on it, and
-# for a text column the plan of a prefix LIKE with that sort (the pattern
-# planning compares strings under the database's collation, which the
-# first statement to compare text would otherwise pay: measured in the
-# suite benchmark's body, 2.4 -> 1.85 ms on its first run, the second run
-# 1.7 ms). Plans only (EXPLAIN): nothing is written, no statistic moves; a
+# for a column of a string type (one with a collation) the plan of a
+# prefix LIKE with that sort (planning the pattern compares strings under
+# the column's collation, which the first statement to compare text would
+# otherwise pay: in the suite benchmark's body, interleaved runs, the first
+# run's excess over a second run 0.58-0.80 -> 0.42-0.61 ms). Plans only (EXPLAIN): nothing is written, no statistic moves; a
 # statement a table cannot take (a column type without equality) is
 # skipped. ~15 ms per clone (20 tables), between runs, where nobody waits
 # for it. Kept under 1 kB with the `select 1` after it: pg_stat_activity

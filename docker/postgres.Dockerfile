@@ -21,7 +21,7 @@ RUN if [ ! -x /usr/lib/postgresql/17/bin/postgres ]; then \
 # a fresh segment: initdb's 16 MB segment, full of records no start-up
 # reads, becomes one that is zeros but for its first page; copied with
 # holes where it is zeros, the sparse archive stores only that page
-# (unpacking: ~65 -> ~40 ms here, and 16 MB less of each stack's memory
+# (unpacking: ~65 -> ~45 ms here, and 16 MB less of each stack's memory
 # until the server writes that much WAL).
 RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
     && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/initdb \
