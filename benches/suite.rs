@@ -313,14 +313,14 @@ fn main() {
             }
         }
     }
-    let med = |runner: Runner, way: Way| -> f64 {
-        let v = times
+    let of = |runner: Runner, way: Way| -> Vec<Duration> {
+        times
             .iter()
             .find(|(k, _)| *k == (runner, way))
             .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        median(v).as_secs_f64()
+            .unwrap_or_default()
     };
+    let med = |runner: Runner, way: Way| -> f64 { median(of(runner, way)).as_secs_f64() };
 
     println!(
         "whole suite: {n} tests over 20 migrations, wall time of the test binary's run (built first, {} build), median of {rounds} interleaved rounds",
@@ -339,7 +339,7 @@ fn main() {
         for r in &runners {
             let t = med(*r, way);
             let ratio = med(*r, Way::SqlxTest) / t;
-            row.push_str(&format!(" {t:.2} | {ratio:.1}x |"));
+            row.push_str(&format!(" {t:.2} | {ratio:.2}x |"));
             result.push_str(&format!(" {}_{}_s={t:.2}", r.key(), way.key()));
         }
         println!("{row}");
@@ -351,12 +351,31 @@ fn main() {
             Way::FixtureCold,
             Way::Replay,
         ] {
+            // Two decimals: a 3.99 must not read as the 4.0 of a floor.
             result.push_str(&format!(
-                " speedup_{}_{}={:.1}",
+                " speedup_{}_{}={:.2}",
                 r.key(),
                 way.key(),
                 med(*r, Way::SqlxTest) / med(*r, way)
             ));
+        }
+    }
+    // Each round's ratio (the way against `#[sqlx::test]` of the same
+    // round): how far the medians above are from a round's own verdict.
+    for r in &runners {
+        let sqlx = of(*r, Way::SqlxTest);
+        for way in [Way::FixtureWarm, Way::FixtureCold] {
+            let ratios: Vec<String> = sqlx
+                .iter()
+                .zip(of(*r, way))
+                .map(|(s, t)| format!("{:.2}x", s.as_secs_f64() / t.as_secs_f64()))
+                .collect();
+            println!(
+                "per round, {} {}: {}",
+                r.label(),
+                way.key(),
+                ratios.join(", ")
+            );
         }
     }
     println!("{result}");
