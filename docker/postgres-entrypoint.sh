@@ -183,7 +183,7 @@ janitor_tls=disable
 # (EXPLAIN): nothing is written, no statistic moves; a statement a table
 # cannot take (a column type without equality) is skipped. ~15 ms per
 # clone (20 tables), between runs, where nobody waits for it. Kept under 1 kB with the `select 1` after it: pg_stat_activity
-# shows a query's first 1024 bytes, where tests/janitor.rs reads it.
+# shows a query's first 1024 bytes, where tests/provision_janitor.rs reads it.
 warm_caches="do \$d\$ declare r record; c record; begin for r in select k.oid, k.oid::regclass as t from pg_class k join pg_namespace n on n.oid = k.relnamespace where k.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%' order by k.oid limit 64 loop execute format('select * from %s limit 0', r.t); begin execute format('explain insert into %s default values', r.t); exception when others then null; end; for c in select attname, attcollation from pg_attribute where attrelid = r.oid and attnum > 0 and not attisdropped order by attnum limit 16 loop begin execute format('explain select * from %1\$s where %2\$I = %2\$I order by %2\$I', r.t, c.attname); exception when others then null; end; if c.attcollation > 0 then begin execute format('explain select * from %1\$s where %2\$I like %3\$L order by %2\$I', r.t, c.attname, 'x%'); exception when others then null; end; end if; end loop; end loop; end \$d\$"
 # Keep in step with TABLES in src/janitor.rs (a unit test checks).
 ddl=(

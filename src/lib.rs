@@ -38,51 +38,31 @@
 //!
 //! # Module map (for the next engineer)
 //!
-//! Each concern lives in one module; arrows point down: a module uses only
-//! modules listed below it (`python3 .ci/module-cycles` checks this table
-//! against the code, and finds no import cycle).
+//! One folder per concern; arrows point down: a folder uses only folders
+//! listed below it (`python3 .ci/module-cycles` checks this table against
+//! the code, and finds no import cycle). A test's path enters each folder
+//! once, in this order: `fixture` (the test's handle) -> `target` (where it
+//! runs) -> `stack` (the run's containers, when it runs on them) ->
+//! `provision` (its own database) -> `connect` (its connections) -> and
+//! back to `provision` to drop the database when the handle is dropped.
 //!
-//! | module | concern |
+//! | folder | concern |
 //! |---|---|
-//! | `main.rs` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
-//! | `matrix` | the compatibility/fidelity matrix: every probe behind every [`Profile`] |
-//! | `fixtures` | the `rstest` fixtures; the only module that knows rstest |
-//! | `testdb` | [`TestDb`] and its builder: the handle a test holds, connections to its database (no branching on the backend) |
-//! | `backend` | containers or an external server -> one `Server` and its worker; per-test isolation |
-//! | `stack` | a Postgres + PgBouncer pair: join (lock-free) or create (locked), lease, readiness, [`Endpoints`] |
-//! | `worker` | what the process keeps per server (stack or external), on a background runtime: ties lease, admin, clones, templates built |
-//! | `clones` | prepared template clones: the pool (on the stack, or in-process for external servers), sized to demand |
-//! | `admin` | admin connections, the clone/drop budget and its precedence, the background drop queue |
-//! | `lease` | this process's lease on a stack: keeps it alive, watched every second, `StackDied` with Docker's account |
-//! | `runtime` | a background thread with its own tokio runtime (`run`, `run_blocking`, `spawn`) and exit hooks; knows no SQL |
-//! | `registry` | process-wide once-per-key registries (the run's stacks, external workers, templates per worker) |
-//! | `janitor` | the SQL a crate stack's processes share with its janitor (in the container): claims, demand, drops handed over |
-//! | `template` | migration-keyed template databases |
-//! | `database` | per-test databases and schemas, names, drop steps |
-//! | `doctor` | probes any URL and gives verdicts and remedies (knows nothing of Docker) |
-//! | `explain` | a test's server-side evidence (PostgreSQL's JSON log, PgBouncer's log) -> [`Explanation`] |
-//! | `hazard` | what goes wrong behind a pooler, why, and what to change: the words `doctor` and `explain` share |
-//! | `probes` | workloads with known answers: `statements` (sqlx patterns), `session`, `startup` (parameters, TLS) |
-//! | `tokio_pg` | the tokio-postgres glue (feature `tokio-postgres`): its `Config` from the crate's options, connecting |
-//! | `connect` | the one place that builds connection options and opens connections, errors that name the fix |
-//! | `reaper` | the sweep at stack creation, and `gc` |
-//! | `containers` | the pair of containers: where it listens (host network or published ports), create, inspect, remove |
-//! | `lock` | the file lock that serialises creating (or replacing) a run's stack; stale lock files removed |
-//! | `docker` | the one Docker engine (resolved as testcontainers resolves it), labels, time limits |
-//! | `runkey` | which processes share a stack (the sharing rule) |
-//! | `tls` | the per-stack CA and server certificate |
-//! | `target` | containers or an external server (`TEST_DATABASE_URL`), [`DbUrl`] |
-//! | `settings` | [`StackSettings`]: PgBouncer's knobs, each profile's knobs, `pgbouncer.ini`, the sharing key |
-//! | `images` | the embedded Dockerfiles, the base image choice, building when missing |
-//! | `profile` | [`Profile`]: the production endpoints, in words (their PgBouncer knobs are in `settings`) |
-//! | `config` | the one reader of the process environment and `.env` ([`Env`]), its parsers, [`redact`] |
-//! | `digest` | short hex keys (image tags, template names, run keys) |
-//! | `sqlx_compat` | what differs between sqlx 0.8 and 0.9 (features `sqlx-0-8`, `sqlx-0-9`): run-time SQL, running a `Migrator` (a leaf) |
+//! | `cli/` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
+//! | `diagnose/` | `doctor`, the fidelity matrix, probes with known answers; knows nothing of Docker |
+//! | `fixture/` | the `rstest` fixtures, [`TestDb`] and its builder: the policy of one test's database, in one place |
+//! | `explain/` | a test's server-side evidence -> [`Explanation`]; the hazards `doctor` and `explain` share |
+//! | `stack/` | the run's PostgreSQL + PgBouncer pair: joined or created, leased, ready, its [`Endpoints`] and secrets, reaped |
+//! | `docker/` | the Docker engine, every engine call behind one time limit, the pair's containers, the images |
+//! | `provision/` | a test's database: acquired (prepared clone, clone, empty), the worker, clone pool, templates, drops |
+//! | `connect/` | connection options and opening connections (sqlx, tokio-postgres), errors that name the fix |
+//! | `target/` | the environment and `.env`, [`DbUrl`], [`Target`], [`Profile`]s and their [`StackSettings`] |
+//! | `contract/` | every name, table, path and variable the crate shares with its images; their SQL |
+//! | `support/` | leaf helpers: the background runtime, once-per-key registries, digests |
 //! | `error` | the one [`Error`] enum; every message names the fix |
 //!
-//! `docker/` holds the Dockerfiles and the entrypoints (with the lease
-//! watchdog that reaps a stack after any exit). See the README for the
-//! `.env` / Supabase recipe, the fidelity table and the measurements.
+//! `docker/` at the repository's root holds the Dockerfiles, the
+//! entrypoints (process supervision only) and the SQL the images run.
 #![warn(missing_docs)]
 
 // Exactly one sqlx major (features `sqlx-0-8`, `sqlx-0-9`), named `sqlx`
@@ -120,65 +100,43 @@ pub extern crate sqlx08 as sqlx;
 #[cfg(all(feature = "sqlx-0-9", not(feature = "sqlx-0-8")))]
 pub extern crate sqlx09 as sqlx;
 
-mod admin;
-mod backend;
-mod clones;
-mod config;
 mod connect;
-mod containers;
-mod database;
-mod digest;
+mod diagnose;
 mod docker;
-pub mod doctor;
 mod error;
 mod explain;
-mod fixtures;
-pub mod hazard;
-mod images;
-mod janitor;
-mod lease;
-mod lock;
-mod matrix;
-pub mod probes;
-mod profile;
-mod reaper;
-mod registry;
-mod runkey;
-mod runtime;
-mod settings;
-mod sqlx_compat;
+mod fixture;
+mod provision;
 mod stack;
+mod support;
 mod target;
-mod template;
-mod testdb;
-mod tls;
-#[cfg(feature = "tokio-postgres")]
-mod tokio_pg;
-mod worker;
 
-pub use backend::AcquireTimings;
-pub use config::{redact, Env};
-pub use database::Isolation;
+pub use diagnose::{doctor, probes};
+pub use explain::hazard;
+
+pub use diagnose::matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
+pub use docker::images::{
+    ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
+};
 pub use docker::{
     docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
 };
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
-pub use fixtures::{test_db, try_test_db};
-pub use images::{
-    ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
-};
-pub use matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
-pub use profile::Profile;
-pub use reaper::{gc, GcReport, GcScope};
-pub use settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
+pub use fixture::fixtures::{test_db, try_test_db};
+pub use fixture::test_db::{TestDb, TestDbBuilder};
+pub use provision::acquire::AcquireTimings;
+pub use provision::database::Isolation;
+pub use provision::template::Template;
+pub use stack::reaper::{gc, GcReport, GcScope};
 pub use stack::{Endpoints, Stack, STACK_USER};
+pub use target::env::{redact, Env};
+pub use target::profile::Profile;
+pub use target::settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
 pub use target::{
     DbUrl, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,
     TEST_DIRECT_URL,
 };
-pub use template::Template;
-pub use testdb::{TestDb, TestDbBuilder};
 /// The tokio-postgres the crate's `connect_tokio_postgres()` is built on
 /// (feature `tokio-postgres`): use it to name its types at the same version.
 #[cfg(feature = "tokio-postgres")]

@@ -1,0 +1,256 @@
+//! The two images a stack runs (PostgreSQL 17, PgBouncer), their embedded
+//! Dockerfiles, and building them when missing.
+
+use std::time::Instant;
+
+use bollard::Docker;
+use sha2::{Digest, Sha256};
+use testcontainers::core::BuildImageOptions;
+use testcontainers::runners::AsyncBuilder;
+use testcontainers::GenericBuildableImage;
+
+use crate::error::{Error, Result};
+use crate::support::digest::hex;
+use crate::target::env::Env;
+
+/// What real users pull; the Dockerfiles' default base.
+pub const DEFAULT_BASE_IMAGE: &str = "debian:trixie-slim";
+/// What `docker/make-base-image.sh` makes without a registry.
+pub const LOCAL_BASE_IMAGE: &str = "pgbouncer-fixtures/debian-base:trixie";
+/// Repository name of the PostgreSQL image the crate builds.
+pub const POSTGRES_REPOSITORY: &str = "pgbouncer-fixtures/postgres";
+/// Repository name of the PgBouncer image the crate builds.
+pub const PGBOUNCER_REPOSITORY: &str = "pgbouncer-fixtures/pgbouncer";
+
+const POSTGRES_DOCKERFILE: &str = include_str!("../../docker/postgres.Dockerfile");
+const POSTGRES_ENTRYPOINT: &str = include_str!("../../docker/postgres-entrypoint.sh");
+const PGBOUNCER_DOCKERFILE: &str = include_str!("../../docker/pgbouncer.Dockerfile");
+const PGBOUNCER_ENTRYPOINT: &str = include_str!("../../docker/pgbouncer-entrypoint.sh");
+
+/// Where the base-image script lives in this crate's sources.
+pub const BASE_IMAGE_SCRIPT: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/docker/make-base-image.sh");
+
+/// Which images a stack uses. Unset fields mean: build the crate's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ImageSettings {
+    /// Base image the Dockerfiles build FROM (`PGBF_BASE_IMAGE`). Unset:
+    /// `debian:trixie-slim`, or the locally made base image when only that exists.
+    pub base_image: Option<String>,
+    /// Use this PostgreSQL image as is (`PGBF_POSTGRES_IMAGE`); it must follow
+    /// the crate's entrypoint contract (see `docker/postgres.Dockerfile`).
+    pub postgres_image: Option<String>,
+    /// Use this PgBouncer image as is (`PGBF_PGBOUNCER_IMAGE`).
+    pub pgbouncer_image: Option<String>,
+}
+
+impl ImageSettings {
+    /// Reads `PGBF_BASE_IMAGE`, `PGBF_POSTGRES_IMAGE`, `PGBF_PGBOUNCER_IMAGE`.
+    pub fn from_env(env: &Env) -> ImageSettings {
+        ImageSettings {
+            base_image: env.get("PGBF_BASE_IMAGE").map(str::to_string),
+            postgres_image: env.get("PGBF_POSTGRES_IMAGE").map(str::to_string),
+            pgbouncer_image: env.get("PGBF_PGBOUNCER_IMAGE").map(str::to_string),
+        }
+    }
+
+    /// Sets the base image.
+    pub fn with_base_image(mut self, image: impl Into<String>) -> Self {
+        self.base_image = Some(image.into());
+        self
+    }
+
+    /// Uses this PostgreSQL image instead of building one.
+    pub fn with_postgres_image(mut self, image: impl Into<String>) -> Self {
+        self.postgres_image = Some(image.into());
+        self
+    }
+
+    /// Uses this PgBouncer image instead of building one.
+    pub fn with_pgbouncer_image(mut self, image: impl Into<String>) -> Self {
+        self.pgbouncer_image = Some(image.into());
+        self
+    }
+}
+
+/// An image reference split as testcontainers wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Repository, e.g. `pgbouncer-fixtures/postgres`.
+    pub name: String,
+    /// Tag.
+    pub tag: String,
+}
+
+impl ImageRef {
+    fn parse(reference: &str) -> ImageRef {
+        // A ':' after the last '/' separates the tag (a registry port may hold one too).
+        match reference.rfind(':') {
+            Some(i) if !reference[i..].contains('/') => ImageRef {
+                name: reference[..i].to_string(),
+                tag: reference[i + 1..].to_string(),
+            },
+            _ => ImageRef {
+                name: reference.to_string(),
+                tag: "latest".to_string(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.tag)
+    }
+}
+
+/// The images a stack will run, present on the Docker host.
+#[derive(Clone, Debug)]
+pub struct ResolvedImages {
+    /// The PostgreSQL image.
+    pub postgres: ImageRef,
+    /// The PgBouncer image.
+    pub pgbouncer: ImageRef,
+}
+
+async fn image_id(docker: &Docker, reference: &str) -> Option<String> {
+    docker
+        .inspect_image(reference)
+        .await
+        .ok()
+        .and_then(|i| i.id)
+}
+
+/// Picks the base image: the explicit one, else `debian:trixie-slim` when
+/// present, else the locally made one when present, else `debian:trixie-slim`
+/// (which the build will then try to pull).
+async fn choose_base(docker: &Docker, settings: &ImageSettings) -> (String, Option<String>) {
+    if let Some(base) = &settings.base_image {
+        return (base.clone(), image_id(docker, base).await);
+    }
+    for candidate in [DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE] {
+        if let Some(id) = image_id(docker, candidate).await {
+            return (candidate.to_string(), Some(id));
+        }
+    }
+    (DEFAULT_BASE_IMAGE.to_string(), None)
+}
+
+/// Makes sure both images exist, building the missing ones; `before_build`
+/// runs before each build (none when both are present).
+pub async fn ensure_images<C, Fut>(
+    docker: &Docker,
+    settings: &ImageSettings,
+    before_build: C,
+) -> Result<ResolvedImages>
+where
+    C: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let (base, base_id) = choose_base(docker, settings).await;
+    let postgres = match &settings.postgres_image {
+        Some(reference) => existing(docker, reference, "PGBF_POSTGRES_IMAGE").await?,
+        None => {
+            build(
+                docker,
+                &before_build,
+                POSTGRES_REPOSITORY,
+                POSTGRES_DOCKERFILE,
+                &[(POSTGRES_ENTRYPOINT, "./postgres-entrypoint.sh")],
+                &base,
+                base_id.as_deref(),
+            )
+            .await?
+        }
+    };
+    let pgbouncer = match &settings.pgbouncer_image {
+        Some(reference) => existing(docker, reference, "PGBF_PGBOUNCER_IMAGE").await?,
+        None => {
+            build(
+                docker,
+                &before_build,
+                PGBOUNCER_REPOSITORY,
+                PGBOUNCER_DOCKERFILE,
+                &[(PGBOUNCER_ENTRYPOINT, "./pgbouncer-entrypoint.sh")],
+                &base,
+                base_id.as_deref(),
+            )
+            .await?
+        }
+    };
+    Ok(ResolvedImages {
+        postgres,
+        pgbouncer,
+    })
+}
+
+async fn existing(docker: &Docker, reference: &str, var: &'static str) -> Result<ImageRef> {
+    if image_id(docker, reference).await.is_none() {
+        return Err(Error::ImageUnavailable {
+            image: reference.to_string(),
+            reason: format!("{var} names it, but it is not on this Docker host"),
+            fix: format!("Build or load that image, or unset {var} to let the crate build its own"),
+        });
+    }
+    Ok(ImageRef::parse(reference))
+}
+
+async fn build<C, Fut>(
+    docker: &Docker,
+    before_build: &C,
+    repository: &str,
+    dockerfile: &str,
+    files: &[(&str, &str)],
+    base: &str,
+    base_id: Option<&str>,
+) -> Result<ImageRef>
+where
+    C: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    // The tag is a hash of everything that shapes the image, so an edited
+    // Dockerfile or a rebuilt base never reuses a stale image.
+    let mut h = Sha256::new();
+    h.update(dockerfile.as_bytes());
+    for (content, target) in files {
+        h.update(target.as_bytes());
+        h.update(content.as_bytes());
+    }
+    h.update(base.as_bytes());
+    h.update(base_id.unwrap_or("").as_bytes());
+    let tag = hex(&h.finalize()[..8]);
+    let image = ImageRef {
+        name: repository.to_string(),
+        tag,
+    };
+
+    if image_id(docker, &image.to_string()).await.is_some() {
+        return Ok(image);
+    }
+    before_build().await?;
+    let started = Instant::now();
+    let mut buildable =
+        GenericBuildableImage::new(&image.name, &image.tag).with_dockerfile_string(dockerfile);
+    for (content, target) in files {
+        buildable = buildable.with_data(content.as_bytes().to_vec(), *target);
+    }
+    let options = BuildImageOptions::new()
+        .with_skip_if_exists(true)
+        .with_build_arg("BASE_IMAGE", base);
+    let _built =
+        buildable
+            .build_image_with(options)
+            .await
+            .map_err(|e| Error::ImageUnavailable {
+                image: image.to_string(),
+                reason: format!("building it from base image {base} failed: {e}"),
+                fix: format!(
+                    "On a machine without a container registry, make a base image from Debian's \
+                     packages with `{BASE_IMAGE_SCRIPT}` (it is used automatically when \
+                     {DEFAULT_BASE_IMAGE} is absent), or set PGBF_BASE_IMAGE to a Debian trixie \
+                     image you have"
+                ),
+            })?;
+    tracing::debug!(image = %image, base, elapsed_ms = started.elapsed().as_millis() as u64, "image ready");
+    Ok(image)
+}

@@ -1,0 +1,272 @@
+//! Failure explanations: when a test fails behind the pooler, what the
+//! servers reported for that test, why it happens behind this profile, and
+//! what to change, printed once at the failing test.
+//!
+//! Evidence comes from the crate's own stacks only: PostgreSQL writes
+//! errors, warnings and lock waits to a JSON log (database, application name
+//! and SQLSTATE per line; see `docker/postgres-entrypoint.sh`), read back
+//! with `pg_read_file` over the direct endpoint; PgBouncer's refused logins
+//! come from its container's log. On an external target (`TEST_DATABASE_URL`)
+//! the crate cannot read server logs, and stays silent.
+
+pub mod hazard;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::connect::sqlx_compat::audited;
+use crate::error::{Error, Result};
+use crate::explain::hazard::{Hazard, Pooler};
+use crate::target::DbUrl;
+
+/// Where a test's evidence lives: its database on a stack of the crate's.
+#[derive(Clone, Debug)]
+pub(crate) struct EvidenceSource {
+    /// The test's database on the direct endpoint (superuser).
+    pub direct: DbUrl,
+    /// The test's database name: the key of its PostgreSQL log lines.
+    pub database: String,
+    /// The stack's id, for PgBouncer's log.
+    pub stack_id: String,
+    /// The pooler the test ran behind.
+    pub pooler: Pooler,
+    /// When the test's database was made: PgBouncer's log is read from then.
+    pub since: SystemTime,
+}
+
+/// One hazard seen in a test's evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Which hazard.
+    pub hazard: Hazard,
+    /// How many times the servers reported it.
+    pub count: usize,
+    /// The first report, as the server worded it (e.g. `42P05 prepared
+    /// statement "sqlx_s_1" already exists`).
+    pub example: String,
+}
+
+/// What the servers reported for one test, explained.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// The test.
+    pub test: String,
+    /// The pooler it ran behind.
+    pub pooler: Pooler,
+    /// Each hazard seen, most frequent first.
+    pub seen: Vec<Seen>,
+    /// Set when PgBouncer refusals are included: PgBouncer logs them before
+    /// it knows the database, so they may come from a test running at the
+    /// same time.
+    pub shared_evidence: bool,
+}
+
+impl Explanation {
+    /// Whether nothing pooler-related was reported.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Whether `hazard` was seen.
+    pub fn has(&self, hazard: Hazard) -> bool {
+        self.seen.iter().any(|s| s.hazard == hazard)
+    }
+}
+
+impl fmt::Display for Explanation {
+    /// The block printed at a failing test: what, why, what to change.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "pgbouncer-fixtures: what the servers reported for `{}` ({}):",
+            self.test, self.pooler
+        )?;
+        for s in &self.seen {
+            let times = if s.count == 1 {
+                "once".to_string()
+            } else {
+                format!("{} times", s.count)
+            };
+            writeln!(f, "  - {}: {} ({times})", s.hazard.title(), s.example)?;
+            writeln!(f, "    why: {}", s.hazard.why(&self.pooler))?;
+            writeln!(f, "    what to change:")?;
+            for remedy in s.hazard.remedies() {
+                writeln!(f, "      * {remedy}")?;
+            }
+        }
+        if self.shared_evidence {
+            writeln!(
+                f,
+                "  (PgBouncer logs refused logins before it knows their database: a refusal may \
+                 come from a test that ran at the same time)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A line of PostgreSQL's JSON log that concerns the test.
+struct LogEvent {
+    severity: String,
+    code: String,
+    message: String,
+    statement: Option<String>,
+}
+
+/// Gathers and explains the evidence of `test`.
+pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Explanation> {
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        PgConnection::connect_with(&crate::connect::options(
+            &source.direct,
+            "pgbouncer-fixtures explain",
+        )),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        what: "connecting to read the server log".into(),
+        after: Duration::from_secs(5),
+        hint: "the stack is overloaded or gone".into(),
+    })?
+    .map_err(|e| crate::connect::connect_error("direct endpoint", &source.direct, e))?;
+    // The log collector writes asynchronously: give a fresh error a moment.
+    let mut events = Vec::new();
+    for attempt in 0..3 {
+        events = postgres_events(&mut conn, &source.database).await?;
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+    }
+    let mut seen: BTreeMap<Hazard, Seen> = BTreeMap::new();
+    let mut note = |hazard: Hazard, example: String| {
+        seen.entry(hazard)
+            .and_modify(|s| s.count += 1)
+            .or_insert(Seen {
+                hazard,
+                count: 1,
+                example,
+            });
+    };
+    for e in &events {
+        let words = format!("{} {}", e.code, e.message);
+        if let Some(h) = Hazard::of_error(&e.code, &e.message, e.statement.as_deref()) {
+            note(h, words);
+        } else if e.severity == "WARNING" && e.message.starts_with("you don't own a lock") {
+            let what = e.statement.as_deref().unwrap_or("pg_advisory_unlock");
+            note(
+                Hazard::AdvisoryUnlockMissed,
+                format!("WARNING {} (`{}`)", e.message, what.trim()),
+            );
+        } else if e
+            .message
+            .contains("still waiting for ExclusiveLock on advisory lock")
+        {
+            note(Hazard::AdvisoryLockHeld, format!("LOG {}", e.message));
+        } else if e.code == "42P01" {
+            if let Some(table) = relation_name(&e.message) {
+                if temp_table_elsewhere(&mut conn, &table).await {
+                    note(Hazard::TempTableLost, words);
+                }
+            }
+        }
+    }
+    let _ = conn.close().await;
+    let refusals = pgbouncer_refusals(source).await;
+    let shared_evidence = !refusals.is_empty();
+    for r in refusals {
+        note(Hazard::StartupParameterRefused, format!("08P01 {r}"));
+    }
+    let mut seen: Vec<Seen> = seen.into_values().collect();
+    seen.sort_by(|a, b| b.count.cmp(&a.count).then(a.hazard.cmp(&b.hazard)));
+    Ok(Explanation {
+        test: test.to_string(),
+        pooler: source.pooler.clone(),
+        seen,
+        shared_evidence,
+    })
+}
+
+const LOG_FILE: &str = "/pgdata/log/postgresql.json";
+/// At most this much of the log's end is read (a long run's log grows).
+const LOG_TAIL: i64 = 8 * 1024 * 1024;
+
+async fn postgres_events(conn: &mut PgConnection, database: &str) -> Result<Vec<LogEvent>> {
+    let sql = format!(
+        "select pg_read_file('{LOG_FILE}', greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
+         from pg_stat_file('{LOG_FILE}', true)"
+    );
+    let row = sqlx::raw_sql(audited(&sql))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| Error::Sql {
+            action: "reading PostgreSQL's log".into(),
+            source: e,
+        })?;
+    let text: Option<String> = row.first().and_then(|row| row.try_get(0).ok());
+    let field =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    Ok(text
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| field(v, "dbname").as_deref() == Some(database))
+        .filter(|v| field(v, "backend_type").as_deref() == Some("client backend"))
+        .map(|v| LogEvent {
+            severity: field(&v, "error_severity").unwrap_or_default(),
+            code: field(&v, "state_code").unwrap_or_default(),
+            message: field(&v, "message").unwrap_or_default(),
+            statement: field(&v, "statement"),
+        })
+        .collect())
+}
+
+/// `relation "x" does not exist` -> `x`.
+fn relation_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("relation \"")?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// Whether a temporary table of that name exists in another server session
+/// of the test's database: the table was made, in a session the pooler
+/// gave to someone else.
+async fn temp_table_elsewhere(conn: &mut PgConnection, table: &str) -> bool {
+    sqlx::query_scalar::<_, i64>(
+        "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+         where n.nspname like 'pg_temp_%' and c.relname = $1",
+    )
+    .bind(table)
+    .persistent(false)
+    .fetch_one(conn)
+    .await
+    .is_ok_and(|n| n > 0)
+}
+
+/// PgBouncer's refused logins since the test's database was made.
+async fn pgbouncer_refusals(source: &EvidenceSource) -> Vec<String> {
+    if matches!(source.pooler, Pooler::Profile(p) if p.is_direct()) {
+        return Vec::new();
+    }
+    let since = source
+        .since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let lines = match crate::docker::connect().await {
+        Ok(docker) => {
+            crate::docker::containers::pgbouncer_log_since(&docker, &source.stack_id, since).await
+        }
+        Err(_) => Vec::new(),
+    };
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.split_once("pooler error: ")
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .filter(|m| m.starts_with("unsupported startup parameter"))
+        .collect()
+}

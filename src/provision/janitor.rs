@@ -1,0 +1,124 @@
+//! What a crate stack's processes and its janitor share: the SQL of the
+//! stack's bookkeeping tables and the policy around them.
+//!
+//! The janitor itself runs in the PostgreSQL container
+//! (`docker/postgres-entrypoint.sh`), between runs: it drops the databases
+//! processes handed over at exit (`pgbf_garbage`), turns the claims of the
+//! run that ended (`pgbf_claims`) into the demand per template
+//! (`pgbf_demand`), and prepares clones (`pgbf_prepared`) up to that demand,
+//! at most `StackSettings::max_warm_clones` (`PGBF_MAX_WARM_CLONES`) in all. The
+//! processes' side is here: claiming a prepared clone records the claim in
+//! the same statement, and a process hands its queued drops over at exit
+//! instead of waiting for them. Never used on an external server: the crate
+//! leaves nothing on a user's server.
+
+use crate::provision::database::{quote_ident, On, Step};
+
+/// Databases waiting for the janitor's drop, at most: each costs tmpfs
+/// until dropped; beyond that a process drops its own at exit.
+pub(crate) const MAX_GARBAGE: u32 = 128;
+
+/// The stack's bookkeeping tables in its `postgres` database (the
+/// entrypoint makes the same ones: a unit test keeps both in step).
+pub(crate) const TABLES: [&str; 4] = [
+    "create table if not exists pgbf_prepared (name text primary key, template text not null, made_at timestamptz not null default now())",
+    "create table if not exists pgbf_garbage (name text primary key, queued_at timestamptz not null default now())",
+    "create table if not exists pgbf_claims (template text not null, at timestamptz not null default now())",
+    "create table if not exists pgbf_demand (template text primary key, claims integer not null, rolled_at timestamptz not null default now())",
+];
+
+/// Quotes an SQL string literal.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Takes the oldest prepared clone of `template` (one round trip) and
+/// records the claim for the janitor in the same statement; `SKIP LOCKED`:
+/// two claimers never wait on each other nor get the same clone. Returns
+/// one row, `<name> <clones of template left>` (read with
+/// [`claimed_row`]), or no row.
+pub(crate) fn claim_sql(template: &str) -> String {
+    let t = literal(template);
+    format!(
+        "with taken as (delete from pgbf_prepared where name = (select name from pgbf_prepared \
+         where template = {t} order by made_at limit 1 for update skip locked) returning name), \
+         counted as (insert into pgbf_claims (template) select {t} from taken) \
+         select name || ' ' || ((select count(*) from pgbf_prepared where template = {t}) - 1) from taken"
+    )
+}
+
+/// A row of [`claim_sql`]: the clone's name and how many were left (the
+/// statement's snapshot still counts the one it took).
+pub(crate) fn claimed_row(row: &str) -> (String, usize) {
+    match row.rsplit_once(' ') {
+        Some((name, left)) => (name.to_string(), left.parse().unwrap_or(0)),
+        None => (row.to_string(), 0),
+    }
+}
+
+/// Records a claim served by a clone made on demand (the pool was empty).
+pub(crate) fn claimed_sql(template: &str) -> String {
+    format!(
+        "insert into pgbf_claims (template) values ({})",
+        literal(template)
+    )
+}
+
+/// Hands databases over to the janitor, as long as fewer than `max` wait
+/// already (a memory bound: each costs tmpfs until dropped). Returns the
+/// names it took; the caller drops the others itself.
+pub(crate) fn hand_over_sql(names: &[String], max: u32) -> String {
+    let values: Vec<String> = names.iter().map(|n| literal(n)).collect();
+    format!(
+        "insert into pgbf_garbage (name) select n from unnest(array[{}]::text[]) with ordinality as u(n, i) \
+         where i <= {max} - (select count(*) from pgbf_garbage) on conflict do nothing returning name",
+        values.join(", ")
+    )
+}
+
+/// The database that `steps` (from `Isolation::drop_steps`) drop, if they
+/// drop one.
+pub(crate) fn dropped_database(steps: &[Step]) -> Option<String> {
+    steps.iter().find_map(|step| {
+        let rest = step.sql.strip_prefix("DROP DATABASE IF EXISTS ")?;
+        let quoted = rest.strip_suffix(" WITH (FORCE)")?;
+        let name = quoted
+            .strip_prefix('"')?
+            .strip_suffix('"')?
+            .replace("\"\"", "\"");
+        (step.on == On::Server && quote_ident(&name) == quoted).then_some(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::database::Isolation;
+
+    #[test]
+    fn the_entrypoint_makes_the_same_tables() {
+        let entrypoint = include_str!("../../docker/postgres-entrypoint.sh");
+        for table in TABLES {
+            assert!(entrypoint.contains(table), "{table}");
+        }
+    }
+
+    #[test]
+    fn the_dropped_database_is_read_back_from_the_drop_steps() {
+        for name in ["pgbf_c1a2b_0123456789", "we\"ird"] {
+            let steps = Isolation::Database(name.into()).drop_steps();
+            assert_eq!(dropped_database(&steps).as_deref(), Some(name));
+        }
+        let schema = Isolation::Schema("s".into()).drop_steps();
+        assert_eq!(dropped_database(&schema), None);
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(literal("a'b"), "'a''b'");
+        assert!(claim_sql("x'y").contains("'x''y'"));
+        assert_eq!(claimed_row("pgbf_c1_ab 7"), ("pgbf_c1_ab".to_string(), 7));
+        assert_eq!(claimed_row("pgbf_c1_ab"), ("pgbf_c1_ab".to_string(), 0));
+        assert!(hand_over_sql(&["a".into(), "b'c".into()], 5).contains("'a', 'b''c'"));
+    }
+}

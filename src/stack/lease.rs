@@ -1,0 +1,152 @@
+//! This process's lease on a stack: one connection whose existence keeps
+//! the stack alive (the container's watchdog counts leases) and whose loss
+//! says the stack died.
+//!
+//! Why here: the lease is watched every second while the process is idle,
+//! so a dead stack is noticed (and warned about) at once, and every later
+//! call of the process fails fast with `StackDied` naming what Docker says
+//! about the containers. Runs on the stack's background runtime.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::error::{Error, Result};
+
+/// How long one lease check may take.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle process checks its lease: a dead stack is noticed
+/// within about this long, not at the process's next call.
+const LEASE_WATCH: Duration = Duration::from_secs(1);
+
+/// How long a broken lease through PgBouncer is retried while both
+/// containers run (PgBouncer restarting in place takes ~1-2 s; after
+/// `PGBF_REAP_AFTER_SECS` without leases the stack is reaped anyway).
+pub(crate) const RENEW_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Opens a new lease connection (the stack's `take_lease`).
+pub(crate) type Renew =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<PgConnection>>>> + Send + Sync>;
+
+/// The stack a lease is on, for saying why it broke.
+pub(crate) struct ProbeTarget {
+    pub docker: bollard::Docker,
+    pub stack_id: String,
+    pub postgres_container: String,
+    /// For a lease through PgBouncer, which a PgBouncer restarted in place
+    /// breaks although the stack lives: a new one, within [`RENEW_TIMEOUT`].
+    pub renew: Option<Renew>,
+}
+
+/// A lease and what it knows of the stack's death.
+pub(crate) struct Lease {
+    conn: tokio::sync::Mutex<Option<PgConnection>>,
+    target: ProbeTarget,
+    /// Set once the stack is known dead: the error every later call returns.
+    dead: OnceLock<Error>,
+}
+
+impl Lease {
+    pub(crate) fn new(conn: PgConnection, target: ProbeTarget) -> Lease {
+        Lease {
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            target,
+            dead: OnceLock::new(),
+        }
+    }
+
+    /// The error saying the stack died, once that is known.
+    pub(crate) fn dead(&self) -> Option<Error> {
+        self.dead.get().map(Error::again)
+    }
+
+    /// One round trip on the lease: `Err(StackDied)` when the stack is gone
+    /// (then remembered, and warned about once).
+    pub(crate) async fn probe(&self) -> Result<()> {
+        let mut conn = self.conn.lock().await;
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
+        let Some(c) = conn.as_mut() else {
+            return Ok(()); // closed at shutdown
+        };
+        let failure =
+            match tokio::time::timeout(PROBE_TIMEOUT, sqlx::raw_sql("select 1").execute(c)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => format!("its lease connection failed ({e})"),
+                Err(_) => format!("its lease connection did not answer within {PROBE_TIMEOUT:?}"),
+            };
+        *conn = None;
+        let target = &self.target;
+        // The lease goes through PgBouncer (unless it pools sessions): the
+        // container that stopped may be either one, or neither (PgBouncer
+        // restarted in place: a new lease then answers).
+        let problem =
+            crate::docker::containers::pair_problem(&target.docker, &target.stack_id).await;
+        if let (Some(renew), Ok(None)) = (&target.renew, &problem) {
+            if let Ok(Ok(new)) = tokio::time::timeout(RENEW_TIMEOUT, renew()).await {
+                tracing::debug!(stack = %target.stack_id, "lease renewed (PgBouncer restarted)");
+                *conn = Some(new);
+                return Ok(());
+            }
+        }
+        let state = match problem {
+            Ok(Some(problem)) => problem,
+            _ => {
+                crate::docker::containers::describe(&target.docker, &target.postgres_container)
+                    .await
+            }
+        };
+        let error = Error::StackDied {
+            stack: target.stack_id.clone(),
+            reason: format!("{state}; {failure}"),
+        };
+        let _ = self.dead.set(error.again());
+        tracing::warn!(
+            stack = %target.stack_id,
+            error = %error,
+            "the stack died: every later call of this process fails with StackDied"
+        );
+        Err(error)
+    }
+
+    /// Both containers of the stack run, or `StackDied` saying which does
+    /// not. Does not mark the stack dead (a restarting PgBouncer comes back).
+    pub(crate) async fn containers(&self) -> Result<()> {
+        if let Some(e) = self.dead() {
+            return Err(e);
+        }
+        let target = &self.target;
+        match crate::docker::containers::pair_problem(&target.docker, &target.stack_id).await? {
+            None => Ok(()),
+            Some(reason) => Err(Error::StackDied {
+                stack: target.stack_id.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// Checks the lease every [`LEASE_WATCH`] while nobody else does, until
+    /// the stack is known dead or the lease is closed.
+    pub(crate) async fn watch(&self) {
+        let mut tick = tokio::time::interval(LEASE_WATCH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.dead.get().is_some() || self.conn.lock().await.is_none() {
+                return;
+            }
+            let _ = self.probe().await;
+        }
+    }
+
+    /// Ends the lease (the stack's watchdog counts one fewer).
+    pub(crate) async fn close(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! A file lock that serialises creating (or replacing) one run's stack
+//! between processes; joining a stack that answers takes no lock. `flock`
+//! is released by the kernel when its holder exits, even by SIGKILL, so a
+//! killed creator never wedges the run.
+//!
+//! Nothing is left behind: the holder unlinks the lock file before it lets
+//! go of it, so a file exists only while some process is creating the
+//! run's stack, or checking it under the lock (or one was killed doing so:
+//! `gc` and the next stack creation remove such stale files). Unlinking a file that others
+//! may hold or be about to lock is safe because every locker checks, once
+//! it holds the lock, that the path still names the file it locked, and
+//! starts over otherwise: a process never proceeds on an unlinked file.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Held while the file stays open; dropping it unlinks the file, then unlocks.
+pub(crate) struct RunLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Still holding the lock: nobody else can be past their own check
+        // on this file, and whoever waits for it will see it unlinked.
+        if same_file(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        // `self.file` closes after this: the kernel releases the lock.
+    }
+}
+
+/// The directory for lock files: per user, private.
+pub(crate) fn state_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("pgbouncer-fixtures-{uid}"))
+}
+
+/// Whether `path` still names the file `file` has open.
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another process holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    // SAFETY: a valid open descriptor; LOCK_NB never blocks.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Takes the lock of run `key`, waiting at most `timeout`.
+pub(crate) async fn lock(key: &str, timeout: Duration) -> Result<RunLock> {
+    let dir = state_dir();
+    let path = dir.join(format!("{key}.lock"));
+    let io_error = |what: &str, e: std::io::Error| Error::Stack {
+        reason: format!(
+            "cannot {what} {}: {e}. Check that the temporary directory is writable (TMPDIR)",
+            path.display()
+        ),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| io_error("create the directory of", e))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("open", e))?;
+        while !try_lock(&file).map_err(|e| io_error("lock", e))? {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("the lock {} (another process is starting the run's stack)", path.display()),
+                    after: timeout,
+                    hint: "the other process may be stuck on Docker; raise PGBF_STARTUP_TIMEOUT_SECS or check `docker ps`".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !same_file(&file, &path) {
+            // Its holder (or `gc`) unlinked it while we waited: the lock
+            // now lives in a new file at that path.
+            continue;
+        }
+        // Who holds it, for people and for CI's leftovers check.
+        let _ = file.set_len(0);
+        let _ = write!(
+            file,
+            "pid={}\ncheckout={}\n",
+            std::process::id(),
+            crate::stack::run_key::checkout()
+        );
+        return Ok(RunLock { file, path });
+    }
+}
+
+/// Removes the lock files nobody holds (best effort) and returns them: left
+/// by a process killed while creating or joining a stack, or by versions of
+/// the crate that kept one file per run. A held file is never touched.
+pub(crate) fn remove_stale_locks() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "lock") {
+            continue;
+        }
+        // Never create: a file that vanished meanwhile is not ours to remake.
+        let Ok(file) = OpenOptions::new().read(true).open(&path) else {
+            continue;
+        };
+        if try_lock(&file).unwrap_or(false)
+            && same_file(&file, &path)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed.push(path);
+        }
+        // Closing `file` releases the lock.
+    }
+    removed
+}

@@ -1,0 +1,162 @@
+//! Profiles: the production endpoints users deploy to. A test names the
+//! endpoint (`Profile::SupabaseShared`), not PgBouncer's knobs; the knobs
+//! that mirror each endpoint are in `settings` (`Profile::apply`), and what a
+//! PgBouncer cannot mimic is listed in [`Profile::residue`] and the README.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Which production endpoint a test mirrors, usable with rstest's
+/// `#[values(..)]` so one test can run behind several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Profile {
+    /// Supabase's shared pooler in transaction mode (port 6543 of
+    /// `*.pooler.supabase.com`: Supavisor, named prepared statements off, its
+    /// default): transaction pooling, no prepared-statement tracking, and
+    /// startup parameters accepted and dropped instead of refused. The
+    /// default: the connection string most projects copy.
+    #[default]
+    SupabaseShared,
+    /// Supabase's dedicated pooler (`db.<ref>.supabase.co:6543`): PgBouncer
+    /// 1.24 in transaction mode with `max_prepared_statements = 200`,
+    /// refusing startup parameters it does not know
+    /// (`ignore_startup_parameters = extra_float_digits` only).
+    SupabaseDedicated,
+    /// Supabase's shared pooler in session mode (port 5432): a server
+    /// connection per client for the client's lifetime, reset between clients.
+    SupabaseSession,
+    /// Straight to PostgreSQL, no pooler (Supabase's direct connection).
+    Direct,
+}
+
+impl Profile {
+    /// Every profile, in the order of the compatibility matrix.
+    pub const ALL: [Profile; 4] = [
+        Profile::SupabaseShared,
+        Profile::SupabaseDedicated,
+        Profile::SupabaseSession,
+        Profile::Direct,
+    ];
+
+    /// The name used by `PGBF_PROFILE`, `up --profile` and the matrix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::SupabaseShared => "supabase-shared",
+            Profile::SupabaseDedicated => "supabase-dedicated",
+            Profile::SupabaseSession => "supabase-session",
+            Profile::Direct => "direct",
+        }
+    }
+
+    /// The production endpoint it stands for.
+    pub fn mirrors(self) -> &'static str {
+        match self {
+            Profile::SupabaseShared => {
+                "Supabase's shared pooler in transaction mode (Supavisor, port 6543)"
+            }
+            Profile::SupabaseDedicated => {
+                "Supabase's dedicated pooler (PgBouncer 1.24 with prepared-statement tracking, port 6543)"
+            }
+            Profile::SupabaseSession => "Supabase's shared pooler in session mode (port 5432)",
+            Profile::Direct => "a direct PostgreSQL connection (no pooler)",
+        }
+    }
+
+    /// How the crate mimics it.
+    pub fn description(self) -> &'static str {
+        match self {
+            Profile::SupabaseShared => {
+                "PgBouncer transaction mode, max_prepared_statements=0, unknown startup parameters ignored"
+            }
+            Profile::SupabaseDedicated => {
+                "PgBouncer transaction mode, max_prepared_statements=200, ignore_startup_parameters=extra_float_digits"
+            }
+            Profile::SupabaseSession => {
+                "PgBouncer session mode, server_reset_query=DISCARD ALL, unknown startup parameters ignored"
+            }
+            Profile::Direct => "PostgreSQL without a pooler",
+        }
+    }
+
+    /// What this profile does differently from the endpoint it mirrors:
+    /// the part a PgBouncer-based fixture cannot reproduce.
+    pub fn residue(self) -> &'static [&'static str] {
+        match self {
+            Profile::SupabaseShared | Profile::SupabaseSession => &[
+                "search_path at startup is accepted but not applied: PostgreSQL 17 does not report \
+                 search_path, so PgBouncer cannot carry it (Supavisor applies it)",
+                "client_encoding, DateStyle, TimeZone, IntervalStyle and standard_conforming_strings \
+                 at startup are applied (Supavisor drops them)",
+                "custom settings (names with a dot, e.g. app.tenant) at startup are refused \
+                 (Supavisor drops them)",
+                "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
+                 named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked",
+            ],
+            Profile::SupabaseDedicated => &[
+                "no network latency between the client, the pooler and the database",
+            ],
+            Profile::Direct => &[],
+        }
+    }
+
+    /// Whether `connect()` bypasses the pooler.
+    pub fn is_direct(self) -> bool {
+        self == Profile::Direct
+    }
+
+    /// Whether the pooler hands a client's server connection to others
+    /// between transactions (session state is lost).
+    pub fn pools_transactions(self) -> bool {
+        matches!(self, Profile::SupabaseShared | Profile::SupabaseDedicated)
+    }
+
+    /// Whether named prepared statements are safe across clients.
+    pub fn tracks_prepared_statements(self) -> bool {
+        !matches!(self, Profile::SupabaseShared)
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Profile> {
+        let wanted: String = s
+            .trim()
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name().replace('-', "") == wanted)
+            .ok_or_else(|| Error::InvalidEnv {
+                var: "PGBF_PROFILE",
+                value: crate::target::env::redact_value(s),
+                expected: "supabase-shared, supabase-dedicated, supabase-session or direct \
+                           (the old names: transaction is now supabase-shared, tracking \
+                           supabase-dedicated, session supabase-session; a plain PgBouncer is \
+                           PGBF_POOL_MODE, PGBF_MAX_PREPARED_STATEMENTS, ...)",
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_in_any_spelling() {
+        for p in Profile::ALL {
+            assert_eq!(p.name().parse::<Profile>().unwrap(), p);
+            assert_eq!(format!("{p:?}").parse::<Profile>().unwrap(), p);
+            assert_eq!(p.name().replace('-', "_").parse::<Profile>().unwrap(), p);
+        }
+        assert!("transaction".parse::<Profile>().is_err());
+    }
+}

@@ -1,0 +1,604 @@
+//! What a stack looks like: the pooler's mode and knobs and the images, with
+//! `PGBF_*` environment overrides and a stable key for sharing stacks.
+
+use std::fmt;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::docker::images::ImageSettings;
+use crate::error::{Error, Result};
+use crate::support::digest::hex;
+use crate::target::env::Env;
+use crate::target::profile::Profile;
+
+/// How PgBouncer hands server connections to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PoolMode {
+    /// A server connection per transaction: Supabase's pooled port 6543.
+    #[default]
+    Transaction,
+    /// A server connection per client session: Supabase's session pooler, port 5432.
+    Session,
+}
+
+impl PoolMode {
+    /// The value PgBouncer's `pool_mode` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<PoolMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "transaction" => Ok(PoolMode::Transaction),
+            "session" => Ok(PoolMode::Session),
+            _ => Err(Error::InvalidEnv {
+                var: "PGBF_POOL_MODE",
+                value: crate::target::env::redact_value(s),
+                expected: "transaction or session",
+            }),
+        }
+    }
+}
+
+/// Where a stack's servers listen, inside their network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ports {
+    /// PostgreSQL's port.
+    pub postgres: u16,
+    /// PgBouncer's port.
+    pub pgbouncer: u16,
+    /// The address both listen on: every interface of the container's own
+    /// network (bridge), or this machine's loopback only (host network).
+    pub listen_addr: &'static str,
+}
+
+impl Ports {
+    /// The containers' own network namespace: the usual ports, published
+    /// through Docker.
+    pub(crate) const BRIDGE: Ports = Ports {
+        postgres: 5432,
+        pgbouncer: 6432,
+        listen_addr: "0.0.0.0",
+    };
+}
+
+/// How a stack's ports reach this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Network {
+    /// [`Host`](Network::Host) when the Docker engine runs this machine's
+    /// kernel and network (a local Linux engine, not rootless, not Docker
+    /// Desktop's VM), else [`Bridge`](Network::Bridge).
+    #[default]
+    Auto,
+    /// PostgreSQL and PgBouncer listen on 127.0.0.1 of this machine, on
+    /// free ports the crate picks (below the ephemeral range): no
+    /// `docker-proxy` copies every byte of every connection, and the
+    /// containers start ~0.1 s sooner. Only on a local Linux engine.
+    Host,
+    /// Docker's bridge network, ports published through Docker (on
+    /// 127.0.0.1 of a local engine, see
+    /// [`publish_all_interfaces`](StackSettings::publish_all_interfaces)).
+    Bridge,
+}
+
+impl std::str::FromStr for Network {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Network> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Network::Auto),
+            "host" => Ok(Network::Host),
+            "bridge" => Ok(Network::Bridge),
+            _ => Err(Error::InvalidEnv {
+                var: "PGBF_NETWORK",
+                value: crate::target::env::redact_value(s),
+                expected: "auto, host or bridge",
+            }),
+        }
+    }
+}
+
+/// The settings of a Postgres + PgBouncer stack: a plain PgBouncer's knobs.
+///
+/// The defaults are those of [`Profile::SupabaseShared`](crate::Profile):
+/// `pool_mode = transaction`, no prepared-statement tracking
+/// (`max_prepared_statements = 0`), unknown startup parameters ignored.
+/// [`Profile::apply`](crate::Profile::apply) sets another profile's; the
+/// `with_*` methods set single knobs for any other PgBouncer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StackSettings {
+    /// PgBouncer's `pool_mode`.
+    pub pool_mode: PoolMode,
+    /// PgBouncer's `max_prepared_statements` (0: no tracking, as Supabase's port 6543).
+    pub max_prepared_statements: u32,
+    /// PgBouncer's `default_pool_size`: server connections per database and user.
+    pub default_pool_size: u32,
+    /// PgBouncer's `ignore_startup_parameters`: parameters accepted at
+    /// startup and dropped (any other unknown one is refused).
+    pub ignore_startup_parameters: Vec<String>,
+    /// PgBouncer's `track_extra_parameters`: parameters kept per client and
+    /// restored on each server connection, beyond its built-in five.
+    pub track_extra_parameters: Vec<String>,
+    /// Accept only TLS connections from clients, on both ports (Supabase's
+    /// "Enforce SSL"; `PGBF_REQUIRE_TLS=1`). TLS is always offered.
+    pub require_tls: bool,
+    /// PgBouncer's `server_round_robin`.
+    pub server_round_robin: bool,
+    /// Which images run the stack.
+    pub images: ImageSettings,
+    /// How long starting the stack may take before it is a timeout.
+    pub startup_timeout: Duration,
+    /// Iterations of the stack's SCRAM-SHA-256 verifier (default 16;
+    /// PostgreSQL's and Supabase's: 4096). Every login derives a key with
+    /// this many HMAC rounds on the client: 4096 cost sqlx ~20 ms per
+    /// connection in a debug build (`cargo test`), 16 cost ~0.1 ms. Drivers
+    /// follow the count the server sends, so nothing else changes; the
+    /// password is random and the ports private.
+    pub scram_iterations: u32,
+    /// How long the stack outlives its last user (`PGBF_REAP_AFTER_SECS`):
+    /// the PostgreSQL container stops itself once no process has held a
+    /// lease on it for this long, and both containers remove themselves.
+    pub reap_after: Duration,
+    /// Pins the run id that decides which processes share a stack
+    /// (`PGBF_RUN_ID`); unset: every run of the checkout (with the same
+    /// settings) shares the checkout's stack while it lives.
+    pub run_id: Option<String>,
+    /// Publish the stack's ports on every interface of the Docker host
+    /// (`PGBF_PUBLISH_ALL_INTERFACES=1`). Off: a local engine (Unix socket,
+    /// or TCP on a loopback address) publishes them on 127.0.0.1 only, so a
+    /// superuser PostgreSQL is not reachable from the network; a remote
+    /// engine publishes them on every interface anyway (they must be
+    /// reachable from this machine through the engine's address).
+    pub publish_all_interfaces: bool,
+    /// How the stack's ports reach this machine (`PGBF_NETWORK`: `auto`,
+    /// `host` or `bridge`; default `auto`). Publishing on every interface
+    /// needs the bridge network.
+    pub network: Network,
+    /// How long the checkout's shared stack stays up after its last lease,
+    /// so that the next run (the edit-and-rerun loop) finds it, its
+    /// templates and prepared clones (`PGBF_KEEP_WARM_SECS`; default 120 s,
+    /// 0 when `CI` is set). Stacks of a pinned run id and private stacks
+    /// go [`reap_after`](Self::reap_after) after their last lease.
+    pub keep_warm: Duration,
+    /// Prepared clones the stack's janitor keeps ready between runs, in
+    /// all templates together, at most (`PGBF_MAX_WARM_CLONES`; default
+    /// 128, ~8 MB of the stack's tmpfs each; 0: the janitor prepares none).
+    /// Between runs it makes as many clones of each template as the last
+    /// run claimed, up to this. Only stacks that outlive their last lease by
+    /// 30 s or more (the checkout's stack with [`keep_warm`](Self::keep_warm))
+    /// get them: on others nobody would claim them. Read by the process that
+    /// starts the stack.
+    pub max_warm_clones: u32,
+}
+
+/// A stack reaped sooner than this after its last lease gets no prepared
+/// clones from its janitor (it drops handed-over databases all the same).
+pub(crate) const JANITOR_MIN_IDLE: Duration = Duration::from_secs(30);
+
+/// The checkout's stack outlives its last lease this long by default.
+/// Prepared clones a stack's janitor keeps between runs, in all, unless
+/// `PGBF_MAX_WARM_CLONES` says otherwise: each costs a database's worth of
+/// the stack's tmpfs (~8 MB), so 128 is ~1 GB at most.
+pub(crate) const MAX_WARM_CLONES_DEFAULT: u32 = 128;
+pub(crate) const KEEP_WARM_DEFAULT: Duration = Duration::from_secs(120);
+
+/// `PGBF_KEEP_WARM_SECS` of the process environment when valid, else 0 in
+/// CI (the `CI` variable set, as CI services do), else 120 s.
+fn keep_warm_default() -> Duration {
+    if let Some(n) = std::env::var("PGBF_KEEP_WARM_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n <= 3600)
+    {
+        return Duration::from_secs(u64::from(n));
+    }
+    match std::env::var("CI") {
+        Ok(v) if !v.trim().is_empty() && v.trim() != "false" && v.trim() != "0" => Duration::ZERO,
+        _ => KEEP_WARM_DEFAULT,
+    }
+}
+
+impl Default for StackSettings {
+    fn default() -> Self {
+        Profile::default().apply(StackSettings {
+            pool_mode: PoolMode::Transaction,
+            max_prepared_statements: 0,
+            default_pool_size: 20,
+            ignore_startup_parameters: vec!["extra_float_digits".to_string()],
+            track_extra_parameters: vec!["IntervalStyle".to_string()],
+            require_tls: false,
+            server_round_robin: false,
+            images: ImageSettings::default(),
+            startup_timeout: Duration::from_secs(120),
+            scram_iterations: 16,
+            reap_after: Duration::from_secs(10),
+            run_id: None,
+            publish_all_interfaces: false,
+            network: Network::Auto,
+            keep_warm: keep_warm_default(),
+            max_warm_clones: MAX_WARM_CLONES_DEFAULT,
+        })
+    }
+}
+
+impl StackSettings {
+    /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
+    /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
+    /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
+    /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES` and the image variables.
+    pub fn from_env(env: &Env) -> Result<StackSettings> {
+        let mut s = StackSettings {
+            images: ImageSettings::from_env(env),
+            ..StackSettings::default()
+        };
+        if let Some(profile) = env.get("PGBF_PROFILE") {
+            s = profile.parse::<Profile>()?.apply(s);
+        }
+        s.require_tls = env.flag("PGBF_REQUIRE_TLS")?;
+        if let Some(mode) = env.get("PGBF_POOL_MODE") {
+            s.pool_mode = mode.parse()?;
+        }
+        if let Some(n) = env.number(
+            "PGBF_MAX_PREPARED_STATEMENTS",
+            0..=u32::MAX,
+            "a whole number >= 0",
+        )? {
+            s.max_prepared_statements = n;
+        }
+        if let Some(n) = env.number(
+            "PGBF_DEFAULT_POOL_SIZE",
+            1..=1000,
+            "a whole number from 1 to 1000",
+        )? {
+            s.default_pool_size = n;
+        }
+        if let Some(n) = env.number(
+            "PGBF_STARTUP_TIMEOUT_SECS",
+            0..=u32::MAX,
+            "a whole number of seconds >= 1",
+        )? {
+            s.startup_timeout = Duration::from_secs(u64::from(n.max(1)));
+        }
+        if let Some(n) = env.number(
+            "PGBF_REAP_AFTER_SECS",
+            1..=3600,
+            "a whole number of seconds from 1 to 3600",
+        )? {
+            s.reap_after = Duration::from_secs(u64::from(n));
+        }
+        if let Some(id) = env.get("PGBF_RUN_ID") {
+            s.run_id = Some(check_run_id(id)?);
+        }
+        s.publish_all_interfaces = env.flag("PGBF_PUBLISH_ALL_INTERFACES")?;
+        if let Some(network) = env.get("PGBF_NETWORK") {
+            s.network = network.parse()?;
+        }
+        if let Some(n) = env.number(
+            "PGBF_KEEP_WARM_SECS",
+            0..=3600,
+            "a whole number of seconds from 0 to 3600",
+        )? {
+            s.keep_warm = Duration::from_secs(u64::from(n));
+        }
+        if let Some(n) = env.number(
+            "PGBF_MAX_WARM_CLONES",
+            0..=4096,
+            "a whole number from 0 to 4096",
+        )? {
+            s.max_warm_clones = n;
+        }
+        Ok(s)
+    }
+
+    /// Sets `pool_mode`.
+    pub fn with_pool_mode(mut self, mode: PoolMode) -> Self {
+        self.pool_mode = mode;
+        self
+    }
+
+    /// Sets `max_prepared_statements` (0 turns PgBouncer's tracking off).
+    pub fn with_max_prepared_statements(mut self, n: u32) -> Self {
+        self.max_prepared_statements = n;
+        self
+    }
+
+    /// Sets `default_pool_size`.
+    pub fn with_default_pool_size(mut self, n: u32) -> Self {
+        self.default_pool_size = n.max(1);
+        self
+    }
+
+    /// Sets `ignore_startup_parameters`.
+    pub fn with_ignore_startup_parameters(
+        mut self,
+        params: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.ignore_startup_parameters = params.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets `track_extra_parameters`.
+    pub fn with_track_extra_parameters(
+        mut self,
+        params: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.track_extra_parameters = params.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Accept only TLS connections from clients (Supabase's "Enforce SSL").
+    pub fn with_require_tls(mut self, on: bool) -> Self {
+        self.require_tls = on;
+        self
+    }
+
+    /// Sets `server_round_robin`.
+    pub fn with_server_round_robin(mut self, on: bool) -> Self {
+        self.server_round_robin = on;
+        self
+    }
+
+    /// Sets the images.
+    pub fn with_images(mut self, images: ImageSettings) -> Self {
+        self.images = images;
+        self
+    }
+
+    /// Pins the run id: processes asking for a stack with the same settings
+    /// and run id (in the same checkout) share one.
+    pub fn with_run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
+        self
+    }
+
+    /// Sets how long the checkout's shared stack stays up after its last
+    /// lease, for the next run (0: [`reap_after`](Self::reap_after) only).
+    pub fn with_keep_warm(mut self, idle: Duration) -> Self {
+        self.keep_warm = idle;
+        self
+    }
+
+    /// Sets how many prepared clones the stack's janitor keeps between
+    /// runs at most (see [`StackSettings::max_warm_clones`]).
+    pub fn with_max_warm_clones(mut self, n: u32) -> Self {
+        self.max_warm_clones = n;
+        self
+    }
+
+    /// What the stack's janitor may prepare: none when the stack is reaped
+    /// within `JANITOR_MIN_IDLE` of its last lease.
+    pub(crate) fn janitor_clones(&self) -> u32 {
+        if self.reap_after >= JANITOR_MIN_IDLE {
+            self.max_warm_clones
+        } else {
+            0
+        }
+    }
+
+    /// The settings a shared stack runs with: the checkout's stack (no
+    /// pinned run id) is reaped `max(reap_after, keep_warm)` after its last
+    /// lease.
+    pub(crate) fn for_shared_stack(&self) -> StackSettings {
+        let mut s = self.clone();
+        if s.run_id.is_none() {
+            s.reap_after = s.reap_after.max(s.keep_warm);
+        }
+        s
+    }
+
+    /// Sets how long the stack outlives its last user (at least 1 s).
+    pub fn with_reap_after(mut self, after: Duration) -> Self {
+        self.reap_after = after.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Publishes the stack's ports on every interface of the Docker host
+    /// (`true`), or on 127.0.0.1 when the engine is local (`false`, the
+    /// default). See [`StackSettings::publish_all_interfaces`].
+    pub fn with_publish_all_interfaces(mut self, on: bool) -> Self {
+        self.publish_all_interfaces = on;
+        self
+    }
+
+    /// How the stack's ports reach this machine. See [`StackSettings::network`].
+    pub fn with_network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// A short stable key: stacks are shared only between identical settings.
+    pub fn key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.pgbouncer_ini("127.0.0.1").as_bytes());
+        h.update(format!("{:?}", self.images).as_bytes());
+        h.update(self.reap_after.as_secs().to_le_bytes());
+        if self.publish_all_interfaces {
+            // Only when set: the keys of default stacks stay as they were.
+            h.update(b"publish on all interfaces");
+        }
+        if self.network != Network::Auto {
+            h.update(format!("network {:?}", self.network).as_bytes());
+        }
+        hex(&h.finalize()[..6])
+    }
+
+    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`
+    /// (the crate's stacks: `127.0.0.1`, PgBouncer shares PostgreSQL's network).
+    pub fn pgbouncer_ini(&self, pg_host: &str) -> String {
+        self.pgbouncer_ini_at(pg_host, &Ports::BRIDGE)
+    }
+
+    /// [`pgbouncer_ini`](Self::pgbouncer_ini) for PostgreSQL at
+    /// `pg_host:ports.postgres`, PgBouncer on `ports.listen_addr:ports.pgbouncer`.
+    pub(crate) fn pgbouncer_ini_at(&self, pg_host: &str, ports: &Ports) -> String {
+        format!(
+            "\
+;; Written by pgbouncer-fixtures.
+[databases]
+;; Every database name reaches the Postgres of this stack.
+* = host={pg_host} port={pg_port}
+
+[pgbouncer]
+listen_addr = {listen_addr}
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = /tmp/pgbf/userlist.txt
+admin_users = postgres
+stats_users = postgres
+pool_mode = {pool_mode}
+max_prepared_statements = {mps}
+default_pool_size = {pool_size}
+max_client_conn = 2000
+max_db_connections = 0
+ignore_startup_parameters = {ignore}
+track_extra_parameters = {track}
+server_reset_query = DISCARD ALL
+server_round_robin = {rr}
+server_login_retry = 1
+server_lifetime = 3600
+;; PgBouncer's default: the janitor's warmed clones keep their idle server
+;; connection until the next run claims them (one backend each, <= 128).
+server_idle_timeout = 600
+log_connections = 0
+log_disconnections = 0
+;; Forget pools of databases nobody uses (dropped test databases) soon.
+autodb_idle_timeout = 10
+;; TLS as Supabase serves it: offered to every client, required only when
+;; asked; the entrypoint writes the stack's own certificate there.
+client_tls_sslmode = {client_tls}
+client_tls_cert_file = /tmp/pgbf/tls.crt
+client_tls_key_file = /tmp/pgbf/tls.key
+client_tls_ca_file = /tmp/pgbf/ca.crt
+server_tls_sslmode = {server_tls}
+server_tls_ca_file = /tmp/pgbf/ca.crt
+",
+            pg_port = ports.postgres,
+            listen_addr = ports.listen_addr,
+            listen_port = ports.pgbouncer,
+            pool_mode = self.pool_mode,
+            mps = self.max_prepared_statements,
+            pool_size = self.default_pool_size,
+            ignore = self.ignore_startup_parameters.join(","),
+            track = self.track_extra_parameters.join(","),
+            client_tls = if self.require_tls { "require" } else { "allow" },
+            // PostgreSQL then accepts only TLS from outside its own socket.
+            server_tls = if self.require_tls {
+                "require"
+            } else {
+                "disable"
+            },
+            rr = u8::from(self.server_round_robin),
+        )
+    }
+}
+
+/// A run id is hashed, never used as a name, but it is still user input:
+/// refuse what is clearly a mistake (control characters, absurd length).
+pub(crate) fn check_run_id(raw: &str) -> Result<String> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(Error::InvalidEnv {
+            var: "PGBF_RUN_ID",
+            value: crate::target::env::redact_value(raw)
+                .chars()
+                .take(80)
+                .collect(),
+            expected: "1 to 200 printable characters",
+        });
+    }
+    Ok(id.to_string())
+}
+
+/// Parameters PgBouncer keeps per client and restores on every server
+/// connection (its built-in five are always kept); `search_path` is asked for
+/// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
+const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
+
+/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
+/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
+/// them at startup (top-level or in `options=-c ...`) instead of refusing the
+/// login, as Supavisor drops them. `tests/target_profiles.rs` checks the list
+/// against the stack's own `pg_settings`.
+const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
+
+/// How each profile maps to PgBouncer's knobs (here, so that `profile`
+/// stays a leaf: names and words, no settings).
+impl Profile {
+    /// `base` with this profile's pooler settings. (`Direct` runs on the
+    /// default profile's stack and bypasses its pooler.)
+    pub fn apply(self, base: StackSettings) -> StackSettings {
+        let supavisor_like = |s: StackSettings| {
+            s.with_ignore_startup_parameters(supavisor_dropped_parameters())
+                .with_track_extra_parameters(SUPAVISOR_TRACKED)
+        };
+        match self {
+            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(0),
+            Profile::SupabaseDedicated => base
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(200)
+                .with_ignore_startup_parameters(["extra_float_digits"])
+                .with_track_extra_parameters(["IntervalStyle"]),
+            Profile::SupabaseSession => supavisor_like(base)
+                .with_pool_mode(PoolMode::Session)
+                .with_max_prepared_statements(0),
+        }
+    }
+}
+
+/// The parameters the Supavisor-like profiles ignore at startup: every
+/// PostgreSQL 17 setting PgBouncer does not track.
+pub fn supavisor_dropped_parameters() -> Vec<String> {
+    PG17_SETTINGS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
+        let dropped = supavisor_dropped_parameters();
+        assert!(dropped.len() > 300, "{}", dropped.len());
+        for p in ["jit", "extra_float_digits", "statement_timeout"] {
+            assert!(dropped.iter().any(|d| d == p), "{p}");
+        }
+        for tracked in [
+            "application_name",
+            "client_encoding",
+            "DateStyle",
+            "TimeZone",
+            "standard_conforming_strings",
+            "IntervalStyle",
+            "search_path",
+        ] {
+            assert!(!dropped.iter().any(|d| d == tracked), "{tracked}");
+        }
+    }
+
+    #[test]
+    fn the_default_settings_are_the_default_profile() {
+        let defaults = StackSettings::default();
+        assert_eq!(Profile::default().apply(defaults.clone()), defaults);
+    }
+}

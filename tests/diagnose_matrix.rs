@@ -1,0 +1,154 @@
+//! Every cell of the README's fidelity table, asserted: the matrix is run
+//! for real (every probe behind every profile, answers checked) and each
+//! cell must come out as the table says.
+
+use pgbouncer_fixtures::probes::session::SessionProbe;
+use pgbouncer_fixtures::probes::startup::StartupProbe;
+use pgbouncer_fixtures::probes::{Outcome, SqlxPattern, Workload};
+use pgbouncer_fixtures::{compatibility_matrix, Behaviour, Profile};
+
+/// What a cell must show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// Every answer right, no error.
+    Pass,
+    /// Every answer right; the note says how (e.g. "accepted, dropped").
+    PassNoted(&'static str),
+    /// Never silent success: errors with these SQLSTATEs, and/or wrong answers.
+    Breaks(&'static [&'static str]),
+    /// A race that may not strike in one run: if anything fails, only with
+    /// these SQLSTATEs and never with a wrong answer.
+    #[cfg_attr(not(feature = "tokio-postgres"), allow(dead_code))]
+    MayBreak(&'static [&'static str]),
+    /// A wrong answer with no error (and no error at all).
+    WrongSilently,
+    /// Refused with this SQLSTATE and message fragment.
+    Refused(&'static str, &'static str),
+}
+
+use Expect::*;
+
+const NAMED: &[&str] = &["42P05", "26000"];
+
+/// The fidelity contract: what each behaviour does behind each profile
+/// (`supabase-shared`, `supabase-dedicated`, `supabase-session`, `direct`).
+fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
+    use Profile::*;
+    let pooled_tx = matches!(profile, SupabaseShared | SupabaseDedicated);
+    match behaviour {
+        Behaviour::Statements(p) => match (p, profile) {
+            (SqlxPattern::PoolDefaultCache, SupabaseShared)
+            | (SqlxPattern::ConnectionCacheOff, SupabaseShared)
+            | (SqlxPattern::SequentialConnects, SupabaseShared) => Breaks(NAMED),
+            // Unnamed statements are not tracked by any PgBouncer: Parse and
+            // Bind split across server connections behind both transaction poolers.
+            (SqlxPattern::UnnamedOutsideTransaction, SupabaseShared | SupabaseDedicated) => {
+                Breaks(&["26000"])
+            }
+            _ => Pass,
+        },
+        Behaviour::Session(p) if pooled_tx => match p {
+            SessionProbe::SqlPrepare => Refused("26000", "does not exist"),
+            SessionProbe::TempTable => Refused("42P01", "does not exist"),
+            SessionProbe::Set
+            | SessionProbe::AdvisoryLock
+            | SessionProbe::Listen
+            | SessionProbe::MigratorLock => WrongSilently,
+        },
+        Behaviour::Session(_) => Pass,
+        // tokio-postgres numbers its statements per process: within one
+        // process they never collide, but Parse and Bind can split (26000).
+        #[cfg(feature = "tokio-postgres")]
+        Behaviour::TokioPostgres(p) => {
+            use pgbouncer_fixtures::probes::tokio_postgres::TokioPgPattern;
+            match (p, profile) {
+                // Plain `query`: Parse and Bind split by chance (see
+                // tests/connect_tokio_postgres.rs, which retries it).
+                (TokioPgPattern::Query, SupabaseShared) => MayBreak(NAMED),
+                (TokioPgPattern::PreparedAcrossTransactions, SupabaseShared) => Breaks(NAMED),
+                _ => Pass,
+            }
+        }
+        Behaviour::Startup(p) => match (p, profile) {
+            (StartupProbe::TopLevelJit, SupabaseDedicated) => {
+                Refused("08P01", "unsupported startup parameter: jit")
+            }
+            (StartupProbe::TopLevelSearchPath, SupabaseDedicated) => {
+                Refused("08P01", "unsupported startup parameter: search_path")
+            }
+            (StartupProbe::OptionsJit, SupabaseDedicated) => {
+                Refused("08P01", "unsupported startup parameter in options: jit")
+            }
+            (StartupProbe::OptionsSearchPath, SupabaseDedicated) => Refused(
+                "08P01",
+                "unsupported startup parameter in options: search_path",
+            ),
+            (StartupProbe::TopLevelJit | StartupProbe::TopLevelSearchPath, _) => {
+                PassNoted("accepted")
+            }
+            (StartupProbe::OptionsJit, Direct) => PassNoted("applied"),
+            (StartupProbe::OptionsJit, _) => PassNoted("accepted, dropped"),
+            (StartupProbe::OptionsSearchPath, Direct) => PassNoted("applied"),
+            // The residue: PostgreSQL 17 does not report search_path, so
+            // PgBouncer accepts it and cannot apply it (Supavisor applies it).
+            (StartupProbe::OptionsSearchPath, _) => WrongSilently,
+            (StartupProbe::SqlxDefaults | StartupProbe::Tls, _) => Pass,
+        },
+    }
+}
+
+fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
+    let cell = format!("{behaviour} behind {profile}: {}", o.summary());
+    match expected(behaviour, profile) {
+        Pass => {
+            assert!(o.passed(), "{cell}");
+            assert_eq!(o.note, None, "{cell}");
+        }
+        PassNoted(note) => {
+            assert!(o.passed(), "{cell}");
+            assert_eq!(o.note.as_deref(), Some(note), "{cell}");
+        }
+        Breaks(codes) => {
+            assert!(!o.passed(), "never silent success: {cell}");
+            for f in &o.failures {
+                assert!(
+                    f.code.as_deref().is_some_and(|c| codes.contains(&c)),
+                    "unexpected failure {f:?} in {cell}"
+                );
+            }
+        }
+        MayBreak(codes) => {
+            assert!(o.wrong.is_empty(), "{cell}");
+            for f in &o.failures {
+                assert!(
+                    f.code.as_deref().is_some_and(|c| codes.contains(&c)),
+                    "unexpected failure {f:?} in {cell}"
+                );
+            }
+        }
+        WrongSilently => {
+            assert!(o.failures.is_empty(), "{cell}");
+            assert!(o.has_wrong_answers(), "{cell}");
+        }
+        Refused(code, fragment) => {
+            assert!(o.wrong.is_empty(), "{cell}");
+            let f = o.failures.first().unwrap_or_else(|| panic!("{cell}"));
+            assert_eq!(f.code.as_deref(), Some(code), "{cell}");
+            assert!(f.message.contains(fragment), "{cell}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cell_of_the_fidelity_table_holds() {
+    let matrix = compatibility_matrix(Workload::default()).await.unwrap();
+    assert_eq!(matrix.rows.len(), Behaviour::all().len());
+    for (behaviour, row) in &matrix.rows {
+        for (profile, outcome) in Profile::ALL.into_iter().zip(row) {
+            check(*behaviour, profile, outcome);
+        }
+    }
+    // The table shows wrong answers where they occur.
+    let table = matrix.to_markdown();
+    assert!(table.contains("⚠️ wrong"), "{table}");
+}
