@@ -4,6 +4,7 @@
 //! says what to change. Every connection the crate opens sends only startup
 //! parameters a strict PgBouncer accepts.
 
+pub(crate) mod quote;
 pub(crate) mod sqlx_compat;
 #[cfg(feature = "tokio-postgres")]
 pub(crate) mod tokio_pg;

@@ -20,6 +20,7 @@ use sqlx::{Connection, PgConnection, Row};
 use crate::connect::sqlx_compat::Executor;
 use crate::error::{Error, Result};
 use crate::provision::database::{On, Step};
+use crate::support::sync::lock;
 use crate::target::DbUrl;
 
 /// How long one job of admin steps may take.
@@ -105,10 +106,6 @@ pub(crate) struct Admin {
 struct DropQueue {
     queue: VecDeque<Vec<Step>>,
     workers: usize,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Admin {

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+use crate::connect::quote::quote_ident;
 use crate::connect::sqlx_compat::Executor;
 use crate::error::{Error, Result};
-use crate::provision::admin::{lock, Admin};
-use crate::provision::database::{quote_ident, unique_name, Isolation, Step};
+use crate::provision::admin::Admin;
+use crate::provision::database::{unique_name, Isolation, Step};
 use crate::provision::janitor;
+use crate::support::sync::lock;
 
 /// Clones made at once per template, in the background.
 const REFILL_PARALLEL: usize = 2;

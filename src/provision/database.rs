@@ -37,7 +37,7 @@ impl Step {
         }
     }
 }
-use rand::Rng;
+use crate::connect::quote::quote_ident;
 
 /// What a test was given to work in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,12 +90,7 @@ impl Isolation {
 /// A fresh name like `pgbf_my_test_3fa9c2d1e0`: recognisable, at most 63
 /// bytes, never reused (PgBouncer caches a failed login to a dropped name).
 pub(crate) fn unique_name(test_name: &str) -> String {
-    let suffix: String = {
-        let mut rng = rand::thread_rng();
-        (0..10)
-            .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
-            .collect()
-    };
+    let suffix = crate::support::digest::random_hex(10);
     let last = test_name.rsplit("::").next().unwrap_or(test_name);
     let mut slug: String = last
         .chars()
@@ -114,9 +109,4 @@ pub(crate) fn unique_name(test_name: &str) -> String {
     } else {
         format!("pgbf_{slug}_{suffix}")
     }
-}
-
-/// Quotes an SQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

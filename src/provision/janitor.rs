@@ -12,7 +12,8 @@
 //! instead of waiting for them. Never used on an external server: the crate
 //! leaves nothing on a user's server.
 
-use crate::provision::database::{quote_ident, On, Step};
+use crate::connect::quote::{quote_ident, quote_literal};
+use crate::provision::database::{On, Step};
 
 /// Databases waiting for the janitor's drop, at most: each costs tmpfs
 /// until dropped; beyond that a process drops its own at exit.
@@ -27,18 +28,13 @@ pub(crate) const TABLES: [&str; 4] = [
     "create table if not exists pgbf_demand (template text primary key, claims integer not null, rolled_at timestamptz not null default now())",
 ];
 
-/// Quotes an SQL string literal.
-fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 /// Takes the oldest prepared clone of `template` (one round trip) and
 /// records the claim for the janitor in the same statement; `SKIP LOCKED`:
 /// two claimers never wait on each other nor get the same clone. Returns
 /// one row, `<name> <clones of template left>` (read with
 /// [`claimed_row`]), or no row.
 pub(crate) fn claim_sql(template: &str) -> String {
-    let t = literal(template);
+    let t = quote_literal(template);
     format!(
         "with taken as (delete from pgbf_prepared where name = (select name from pgbf_prepared \
          where template = {t} order by made_at limit 1 for update skip locked) returning name), \
@@ -60,7 +56,7 @@ pub(crate) fn claimed_row(row: &str) -> (String, usize) {
 pub(crate) fn claimed_sql(template: &str) -> String {
     format!(
         "insert into pgbf_claims (template) values ({})",
-        literal(template)
+        quote_literal(template)
     )
 }
 
@@ -68,7 +64,7 @@ pub(crate) fn claimed_sql(template: &str) -> String {
 /// already (a memory bound: each costs tmpfs until dropped). Returns the
 /// names it took; the caller drops the others itself.
 pub(crate) fn hand_over_sql(names: &[String], max: u32) -> String {
-    let values: Vec<String> = names.iter().map(|n| literal(n)).collect();
+    let values: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
     format!(
         "insert into pgbf_garbage (name) select n from unnest(array[{}]::text[]) with ordinality as u(n, i) \
          where i <= {max} - (select count(*) from pgbf_garbage) on conflict do nothing returning name",
@@ -115,7 +111,7 @@ mod tests {
 
     #[test]
     fn literals_are_quoted() {
-        assert_eq!(literal("a'b"), "'a''b'");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
         assert!(claim_sql("x'y").contains("'x''y'"));
         assert_eq!(claimed_row("pgbf_c1_ab 7"), ("pgbf_c1_ab".to_string(), 7));
         assert_eq!(claimed_row("pgbf_c1_ab"), ("pgbf_c1_ab".to_string(), 0));

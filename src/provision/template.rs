@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection};
 
+use crate::connect::quote::quote_ident;
 use crate::connect::sqlx_compat::{run_migrations, Executor};
 use crate::error::{Error, Result};
-use crate::provision::database::quote_ident;
 use crate::support::digest::hex;
+use crate::support::sync::lock;
 use crate::target::DbUrl;
 
 /// Bumped when the way templates are built changes.
@@ -176,7 +177,7 @@ type ReadDir = (DirContent, Arc<Migrator>);
 async fn read_migrations(dir: &Path) -> Result<Arc<Migrator>> {
     let content = dir_content(dir);
     if let Some(content) = &content {
-        let read = READ_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        let read = lock(&READ_DIRS);
         if let Some((seen, migrator)) = read.get(dir) {
             if seen == content {
                 return Ok(migrator.clone());
@@ -187,7 +188,7 @@ async fn read_migrations(dir: &Path) -> Result<Arc<Migrator>> {
         reason: format!("cannot read migrations from {}: {e}", dir.display()),
     })?);
     if let Some(content) = content {
-        let mut read = READ_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut read = lock(&READ_DIRS);
         read.insert(dir.to_path_buf(), (content, migrator.clone()));
     }
     Ok(migrator)

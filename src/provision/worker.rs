@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
-use crate::provision::admin::{lock, Admin, AdminUrls};
+use crate::provision::admin::{Admin, AdminUrls};
 use crate::provision::clones::{Claimed, Clones};
 use crate::provision::database::Step;
 use crate::stack::lease::{Lease, ProbeTarget, PROBE_TIMEOUT, RENEW_TIMEOUT};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::Background;
+use crate::support::sync::lock;
 
 /// Work to run once, when the worker stops (e.g. removing containers).
 pub(crate) type Cleanup = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;

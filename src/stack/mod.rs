@@ -165,12 +165,7 @@ impl Stack {
     /// Starts a new private stack with these settings; it is removed when
     /// dropped (and reaped like any stack if this process is killed).
     pub async fn start(settings: StackSettings) -> Result<Stack> {
-        let id: String = {
-            let mut rng = rand::thread_rng();
-            (0..10)
-                .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
-                .collect()
-        };
+        let id = crate::support::digest::random_hex(10);
         Stack::launch(settings, Mode::Private(id)).await
     }
 

@@ -3,3 +3,4 @@
 pub(crate) mod digest;
 pub(crate) mod registry;
 pub(crate) mod runtime;
+pub(crate) mod sync;
