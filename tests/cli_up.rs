@@ -102,7 +102,7 @@ fn stop(mut up: Up, signal: i32) {
     );
 }
 
-/// FACTS.md section 2's workload fails behind `--max-prepared-statements 0`
+/// The default workload (16 clients x 200 named statements) fails behind `--max-prepared-statements 0`
 /// and passes behind `--max-prepared-statements 200`.
 #[rstest]
 #[case::no_tracking("0", libc::SIGINT)]
@@ -149,11 +149,66 @@ fn up_refuses_unknown_profiles() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The flag is named, not the environment variable of the same setting.
     assert!(
-        stderr.contains("--profile: PGBF_PROFILE")
-            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or direct"),
+        stderr.contains("invalid value 'statement' for '--profile <NAME>'")
+            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or direct")
+            && !stderr.contains("PGBF_PROFILE"),
         "{stderr}"
     );
+}
+
+/// `--help`, `--version` and each command's `--help` print on stdout and
+/// exit 0; an invalid value names its flag, with `up`'s exit code 1 and
+/// `doctor`'s 2 (bad input), as before; no command prints the help.
+#[test]
+fn help_version_and_invalid_flags() {
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    for (args, expected) in [
+        (&["--help"][..], "Usage: pgbouncer-fixtures [COMMAND]"),
+        (&[], "Usage: pgbouncer-fixtures [COMMAND]"),
+        (&["help"], "Usage: pgbouncer-fixtures [COMMAND]"),
+        (
+            &["--version"],
+            concat!("pgbouncer-fixtures ", env!("CARGO_PKG_VERSION")),
+        ),
+        (&["up", "--help"], "--max-prepared-statements <N>"),
+        (&["gc", "--help"], "--checkout <PATH>"),
+        (&["doctor", "--help"], "--json"),
+        (&["matrix", "--help"], "--rounds <N>"),
+    ] {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}");
+        assert!(stdout.contains(expected), "{args:?}: {stdout}");
+    }
+    for (args, code, flag) in [
+        (
+            &["up", "--max-prepared-statements", "x"][..],
+            1,
+            "'--max-prepared-statements <N>'",
+        ),
+        (
+            &["up", "--pool-mode", "statement"],
+            1,
+            "'--pool-mode <MODE>'",
+        ),
+        (&["up", "--run-id", " "], 1, "'--run-id <ID>'"),
+        (&["matrix", "--clients", "0"], 1, "'--clients <N>'"),
+        (
+            &["gc", "--stack", "a", "--checkout", "b"],
+            1,
+            "'--checkout <PATH>'",
+        ),
+        (&["doctor", "--jsn"], 2, "'--jsn'"),
+        (&["frobnicate"], 2, "'frobnicate'"),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?} names {flag}: {stderr}");
+        assert!(!stderr.contains("PGBF_"), "{args:?}: {stderr}");
+    }
 }
 
 /// Stacks of different settings run side by side; identical settings share one.

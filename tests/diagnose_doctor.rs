@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::password_of;
 use pgbouncer_fixtures::doctor::{diagnose, items, PoolBehaviour, Report, Verdict};
 use pgbouncer_fixtures::probes::Workload;
+use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, TestDb};
 use rstest::rstest;
 
@@ -167,4 +168,105 @@ fn bad_input_exits_2() {
         stdout.contains("[ERROR ] connection: cannot reach the server"),
         "{stdout}"
     );
+}
+
+/// PostgreSQL's own functions, shadowed in the test's database: a schema
+/// `shadow` with a function of the same name returning another type, put
+/// before pg_catalog by the database's `search_path`, so every new session
+/// of doctor's calls it.
+const SHADOWS: [(&str, &str); 2] = [
+    (
+        "pg_backend_pid",
+        "create function shadow.pg_backend_pid() returns text \
+         language sql as $$ select 'not a pid' $$",
+    ),
+    (
+        "current_setting",
+        "create function shadow.current_setting(text, boolean) returns int \
+         language sql as $$ select 42 $$",
+    ),
+];
+
+/// A server that answers doctor's queries with unexpected types (its
+/// functions shadowed by a user's schema and search_path) gets a verdict
+/// that says so, and the command exits 2 (the URL does not point at a
+/// PostgreSQL that answers as PostgreSQL does), never a panic.
+#[rstest]
+#[case::backend_pid("pg_backend_pid")]
+#[case::setting("current_setting")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
+    let db = TestDb::for_profile(Profile::Direct).await.unwrap();
+    let mut conn = db.connect().await.unwrap();
+    let (_, create) = SHADOWS.iter().find(|(name, _)| *name == shadowed).unwrap();
+    let database = db.database_name().replace('"', "\"\"");
+    for sql in [
+        "create schema shadow".to_string(),
+        create.to_string(),
+        format!("alter database \"{database}\" set search_path = shadow, pg_catalog, public"),
+    ] {
+        sqlx::raw_sql(common::audited(&sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    drop(conn);
+
+    let r = diagnose(
+        db.pooled(),
+        Workload {
+            clients: 2,
+            rounds: 5,
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    let text = r.to_text();
+    assert_eq!(verdict(&r, items::CONNECTION), Verdict::Ok, "{text}");
+    assert!(
+        r.finding(items::SERVER)
+            .unwrap()
+            .detail
+            .starts_with("PostgreSQL 17"),
+        "{text}"
+    );
+    let pool = r.finding(items::POOL_MODE).unwrap();
+    assert_eq!(pool.verdict, Verdict::Error, "{text}");
+    assert!(
+        pool.detail
+            .contains("the server answered `select pg_backend_pid()")
+            && pool.detail.contains(shadowed)
+            && pool.detail.contains("with an unexpected type"),
+        "{text}"
+    );
+    let remedy = pool.remedy.as_deref().unwrap_or_default();
+    assert!(
+        remedy.contains("search_path") && remedy.contains("shadows"),
+        "{text}"
+    );
+    assert_eq!(r.pool_behaviour, None, "{text}");
+    assert!(r.has_hazard(), "{text}");
+
+    let url = db.url().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["doctor", &url, "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    let pool = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["item"] == items::POOL_MODE)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(pool["verdict"], "error", "{stdout}");
+    db.close().await.unwrap();
 }

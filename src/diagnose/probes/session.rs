@@ -281,8 +281,8 @@ async fn advisory_locks_of_others(direct: &PgConnectOptions) -> Result<i64> {
     )
     .fetch_one(&mut conn)
     .await
-    .map_err(sql_error("reading pg_locks"))?
-    .get::<i64, _>(0);
+    .and_then(|row| row.try_get::<i64, _>(0))
+    .map_err(sql_error("reading pg_locks"))?;
     let _ = conn.close().await;
     Ok(held)
 }

@@ -1,0 +1,122 @@
+//! `doctor`: the report of one URL, or of a local stack of each profile,
+//! as text or JSON. Exit codes: 0 no hazard, 1 a hazard (or a probe that
+//! could not run), 2 bad input (with one URL: also when it could not be
+//! probed).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pgbouncer_fixtures::doctor::{diagnose, Report};
+use pgbouncer_fixtures::probes::Workload;
+use pgbouncer_fixtures::{DbUrl, Env, Profile, TestDb, TEST_DATABASE_URL};
+
+use crate::args::DoctorArgs;
+
+/// What `doctor` probes.
+enum DoctorTargets {
+    /// The URL given, or TEST_DATABASE_URL.
+    Url(DbUrl),
+    /// No URL anywhere: a local stack of each profile.
+    EveryProfile,
+}
+
+/// One report, with the profile of the local stack it probed.
+type Reports = Vec<(Option<Profile>, Report)>;
+
+/// Runs `doctor` and prints its reports; the exit code says how they came out.
+pub fn doctor(args: DoctorArgs) -> ExitCode {
+    let targets = match doctor_targets(args.url) {
+        Ok(t) => t,
+        Err(message) => {
+            say!("pgbouncer-fixtures: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let reports = match crate::runtime().and_then(|rt| rt.block_on(probe(targets))) {
+        Ok(r) => r,
+        Err(message) => {
+            say!("pgbouncer-fixtures: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        print_json(&reports);
+    } else {
+        for (profile, r) in &reports {
+            if let Some(p) = profile {
+                println!("== profile {p}: {}", p.description());
+            }
+            print!("{}", r.to_text());
+        }
+    }
+    let unreachable = reports.iter().any(|(_, r)| r.pool_behaviour.is_none());
+    let hazard = reports.iter().any(|(_, r)| r.has_hazard());
+    match (unreachable, hazard) {
+        (true, _) if reports.len() == 1 => ExitCode::from(2),
+        (_, true) | (true, false) => ExitCode::FAILURE,
+        (false, false) => ExitCode::SUCCESS,
+    }
+}
+
+fn doctor_targets(url_arg: Option<String>) -> Result<DoctorTargets, String> {
+    if let Some(raw) = url_arg {
+        return DbUrl::parse("the doctor's URL argument", &raw)
+            .map(DoctorTargets::Url)
+            .map_err(|e| e.to_string());
+    }
+    let env = Env::load().map_err(|e| e.to_string())?;
+    match env.get(TEST_DATABASE_URL) {
+        Some(raw) => DbUrl::parse(TEST_DATABASE_URL, raw)
+            .map(DoctorTargets::Url)
+            .map_err(|e| e.to_string()),
+        None => Ok(DoctorTargets::EveryProfile),
+    }
+}
+
+async fn probe(targets: DoctorTargets) -> Result<Reports, String> {
+    let workload = Workload {
+        clients: 16,
+        rounds: 100,
+    };
+    let timeout = Duration::from_secs(10);
+    let mut reports = Vec::new();
+    match targets {
+        DoctorTargets::Url(url) => reports.push((None, diagnose(&url, workload, timeout).await)),
+        DoctorTargets::EveryProfile => {
+            say!("pgbouncer-fixtures: no URL and no TEST_DATABASE_URL: probing a local stack of each profile");
+            for profile in Profile::ALL {
+                let db = TestDb::builder()
+                    .profile(profile)
+                    .test_name(format!("doctor_{profile}"))
+                    .build()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                reports.push((
+                    Some(profile),
+                    diagnose(db.pooled(), workload, timeout).await,
+                ));
+                db.close().await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// One report as a JSON object; several as an array, each naming its profile.
+fn print_json(reports: &Reports) {
+    let mut values: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|(profile, r)| {
+            let mut v = r.to_json();
+            if let Some(p) = profile {
+                v["profile"] = serde_json::Value::from(p.name());
+            }
+            v
+        })
+        .collect();
+    let out = match values.len() {
+        1 => values.remove(0),
+        _ => serde_json::Value::from(values),
+    };
+    println!("{out:#}");
+}
