@@ -1,9 +1,17 @@
 //! Where tests run: the configuration decides between containers started by
-//! the crate and an external server (`TEST_DATABASE_URL`). Also home of the
-//! URL type and its parsing (redaction: `config`).
+//! the crate and an external server (`TEST_DATABASE_URL`).
+//!
+//! Owns: the environment and `.env` (`env`: the one reader of variables,
+//! and redaction), the URL type [`DbUrl`] and its parsing, [`Target`], the
+//! profiles (`profile`) and their knobs (`profile_settings`), a stack's
+//! settings and sharing key (`settings`) and its `pgbouncer.ini`
+//! (`pgbouncer_ini`). May use: the layers below it (`contract`, `support`,
+//! `error`); `docker::images` only until the image settings move here.
 
 pub(crate) mod env;
+pub(crate) mod pgbouncer_ini;
 pub(crate) mod profile;
+pub(crate) mod profile_settings;
 pub(crate) mod settings;
 
 use std::fmt;
