@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::connect::open;
+use crate::connect::{open, Endpoint};
 use crate::diagnose::probes::{run_pattern, Outcome, SqlxPattern, Workload};
 use crate::explain::hazard::Hazard;
 use crate::target::DbUrl;
@@ -194,7 +194,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     let base =
         crate::connect::options(url, "pgbouncer-fixtures doctor").statement_cache_capacity(0);
     let connect = |options: PgConnectOptions| async move {
-        open("server", url, &options, connect_timeout).await
+        open(Endpoint::Server, url, &options, connect_timeout).await
     };
 
     let mut first = match connect(base.clone()).await {
@@ -459,7 +459,7 @@ async fn pool_behaviour(
         .fetch_one(&mut *a)
         .await
         .map_err(|e| e.to_string())?);
-    let mut b = open("server", url, base, timeout)
+    let mut b = open(Endpoint::Server, url, base, timeout)
         .await
         .map_err(|e| e.to_string())?;
     sqlx::raw_sql("begin; select 1")

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::connect::sqlx_compat::audited;
+use crate::connect::Endpoint;
 use crate::error::{Error, Result};
 use crate::explain::hazard::{Hazard, Pooler};
 use crate::target::DbUrl;
@@ -131,7 +132,7 @@ pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Expla
         after: Duration::from_secs(5),
         hint: "the stack is overloaded or gone".into(),
     })?
-    .map_err(|e| crate::connect::connect_error("direct endpoint", &source.direct, e))?;
+    .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &source.direct, e))?;
     // The log collector writes asynchronously: give a fresh error a moment.
     let mut events = Vec::new();
     for attempt in 0..3 {

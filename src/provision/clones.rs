@@ -308,7 +308,13 @@ impl Clones {
         let url = urls.pooled_url.with_database(&name);
         let options =
             crate::connect::options(&url, "pgbouncer-fixtures warm-up").statement_cache_capacity(0);
-        let mut warm = crate::connect::open("pooler", &url, &options, urls.connect_timeout).await?;
+        let mut warm = crate::connect::open(
+            crate::connect::Endpoint::Pooler,
+            &url,
+            &options,
+            urls.connect_timeout,
+        )
+        .await?;
         warm.execute("select 1").await.map_err(|e| Error::Sql {
             action: "warming a prepared clone".into(),
             source: e,

@@ -162,7 +162,10 @@ impl DbUrl {
         if db.is_empty() {
             self.url.username().to_string()
         } else {
-            percent_decode(db)
+            // As sqlx reads it: `%XX` decoded, `+` kept (a path, not a form).
+            percent_encoding::percent_decode_str(db)
+                .decode_utf8_lossy()
+                .into_owned()
         }
     }
 
@@ -231,13 +234,6 @@ impl fmt::Debug for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DbUrl({})", self.redacted())
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
 }
 
 /// An existing server to run tests against instead of containers.
