@@ -8,6 +8,10 @@
 //! with `pg_read_file` over the direct endpoint; PgBouncer's refused logins
 //! come from its container's log. On an external target (`TEST_DATABASE_URL`)
 //! the crate cannot read server logs, and stays silent.
+//!
+//! Owns: [`Explanation`] and the gathering of a test's evidence (here), the
+//! hazards in words that `doctor` shares (`hazard`). May use the layers
+//! below it: `docker` (PgBouncer's log), `connect`, `target`, `error`.
 
 pub mod hazard;
 

@@ -31,7 +31,7 @@ pub enum SqlxPattern {
     SimpleProtocol,
 }
 
-/// Clients of [`SqlxPattern::SequentialConnects`] (as measured in FACTS.md).
+/// Clients of [`SqlxPattern::SequentialConnects`], one after another.
 const SEQUENTIAL_CLIENTS: usize = 5;
 
 impl SqlxPattern {
