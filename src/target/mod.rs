@@ -314,3 +314,16 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_is_decoded_as_sqlx_decodes_it() {
+        let url = DbUrl::parse("test", "postgres://app:pw@localhost/a%20b+c%zz").unwrap();
+        assert_eq!(url.database(), "a b+c%zz");
+        let options = url.connect_options();
+        assert_eq!(options.get_database(), Some("a b+c%zz"));
+    }
+}
