@@ -22,18 +22,20 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use percent_encoding::percent_decode_str;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
 
+use crate::connect::{login_timeout, refused, unreachable, Endpoint};
 use crate::error::{Error, Result};
 use crate::target::env::redact;
 use crate::target::DbUrl;
 
-/// The tokio-postgres settings of `url`, as `options` (the sqlx options the
-/// factory would use for it) say them: host, port, user, database,
+/// The tokio-postgres settings of `url`, as `options` (the sqlx options
+/// `TestDb` would use for it) say them: host, port, user, database,
 /// `application_name`, `options`, TLS mode; the password from the URL.
 pub(crate) fn config(url: &DbUrl, options: &PgConnectOptions, timeout: Duration) -> Config {
     let mut config = Config::new();
@@ -58,10 +60,10 @@ pub(crate) fn config(url: &DbUrl, options: &PgConnectOptions, timeout: Duration)
         config.options(server_options);
     }
     // sqlx keeps the password to itself: read it from the URL.
-    if let Some(password) = url::Url::parse(url.expose())
-        .ok()
-        .and_then(|u| u.password().map(percent_decode))
-    {
+    if let Some(password) = url::Url::parse(url.expose()).ok().and_then(|u| {
+        u.password()
+            .map(|p| percent_decode_str(p).collect::<Vec<u8>>())
+    }) {
         config.password(password);
     }
     config
@@ -93,41 +95,40 @@ pub(crate) fn describe(config: &Config) -> String {
 /// Connects with `NoTls` within `timeout`, with errors that say what to change.
 /// `target` names the server in messages (never with a password).
 pub(crate) async fn connect(
-    kind: &'static str,
+    kind: Endpoint,
     target: &str,
     config: &Config,
     timeout: Duration,
 ) -> Result<(Client, Connection<Socket, NoTlsStream>)> {
     if config.get_ssl_mode() == SslMode::Require {
         return Err(Error::TlsRequired {
-            endpoint_kind: kind,
+            endpoint_kind: kind.as_str(),
             url: target.to_string(),
             why: "sslmode=require",
         });
     }
     tokio::time::timeout(timeout, config.connect(NoTls))
         .await
-        .map_err(|_| Error::Timeout {
-            what: format!("connecting with tokio-postgres to the {kind} at {target}"),
-            after: timeout,
-            hint: "the server accepted TCP but did not answer the login; check that the port is \
-                   a PostgreSQL or PgBouncer port, or raise PGBF_CONNECT_TIMEOUT_SECS"
-                .into(),
+        .map_err(|_| {
+            login_timeout(
+                format!("connecting with tokio-postgres to the {kind} at {target}"),
+                timeout,
+            )
         })?
         .map_err(|e| connect_error(kind, target, &e))
 }
 
-/// [`connect`] for the factory: refuses TLS-only endpoints with the reason
+/// [`connect`] for `TestDb`: refuses TLS-only endpoints with the reason
 /// sqlx's options give (the URL's `sslmode`, or the stack's setting).
 pub(crate) async fn connect_url(
-    kind: &'static str,
+    kind: Endpoint,
     url: &DbUrl,
     options: &PgConnectOptions,
     timeout: Duration,
 ) -> Result<(Client, Connection<Socket, NoTlsStream>)> {
     if let Some(why) = tls_required(options) {
         return Err(Error::TlsRequired {
-            endpoint_kind: kind,
+            endpoint_kind: kind.as_str(),
             url: url.redacted(),
             why,
         });
@@ -142,49 +143,21 @@ pub(crate) async fn connect_url(
 }
 
 /// A tokio-postgres connect error as the crate's, with the same advice as
-/// the sqlx path (`factory::connect_error`).
-fn connect_error(kind: &'static str, target: &str, e: &tokio_postgres::Error) -> Error {
+/// the sqlx path ([`crate::connect::connect_error`]).
+fn connect_error(kind: Endpoint, target: &str, e: &tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
-        let code = db.code().code().to_string();
-        let message = db.message().to_string();
-        let hint = if message.contains("unsupported startup parameter") {
-            ". PgBouncer accepts only client_encoding, DateStyle, TimeZone, \
-             standard_conforming_strings and application_name at startup: remove the parameter \
-             (tokio-postgres: Config::options), set it per transaction with SET LOCAL, or add it \
-             to PgBouncer's ignore_startup_parameters"
-        } else if code == "28P01" {
-            ". Check the user and password in the URL (on Supabase the pooler's user is \
-             postgres.<project-ref>)"
-        } else if code == "3D000" {
-            ". The database does not exist (a dropped test database stays refused by PgBouncer \
-             for a while)"
-        } else {
-            ""
-        };
-        return Error::ConnectRefused {
-            endpoint_kind: kind,
-            url: target.to_string(),
-            reason: message,
-            hint: hint.to_string(),
-            code: Some(code),
-        };
+        return refused(
+            kind,
+            target.to_string(),
+            db.message().to_string(),
+            Some(db.code().code().to_string()),
+            "tokio-postgres: Config::options",
+        );
     }
-    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
-    match io {
-        Some(io) => Error::Unreachable {
-            endpoint_kind: kind,
-            url: target.to_string(),
-            reason: io.to_string(),
-            hint: if io.kind() == std::io::ErrorKind::ConnectionRefused && kind == "pooler" {
-                ". On Supabase the transaction pooler listens on port 6543, the session pooler \
-                 on 5432"
-                    .into()
-            } else {
-                String::new()
-            },
-        },
+    match std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        Some(io) => unreachable(kind, target.to_string(), io),
         None => Error::ConnectRefused {
-            endpoint_kind: kind,
+            endpoint_kind: kind.as_str(),
             url: target.to_string(),
             reason: redact(&e.to_string()),
             hint: String::new(),
@@ -240,28 +213,6 @@ impl Drop for ConnectionTasks {
     }
 }
 
-/// `%XX` escapes of a URL part decoded (`+` stays `+`, as in URLs' user
-/// information); a malformed escape is kept as it is.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +250,7 @@ mod tests {
             config(&url, &options, Duration::from_secs(1)).get_ssl_mode(),
             SslMode::Require
         );
-        let err = connect_url("pooler", &url, &options, Duration::from_secs(1))
+        let err = connect_url(Endpoint::Pooler, &url, &options, Duration::from_secs(1))
             .await
             .err()
             .expect("no TLS connector: refused before any I/O");
@@ -311,8 +262,11 @@ mod tests {
     }
 
     #[test]
-    fn malformed_escapes_are_kept() {
-        assert_eq!(percent_decode("a%zz%4"), b"a%zz%4");
-        assert_eq!(percent_decode("%41%62"), b"Ab");
+    fn malformed_escapes_in_the_password_are_kept() {
+        let url = DbUrl::parse("test", "postgres://app:a%zz%4+%41%62@127.0.0.1:6432/orders")
+            .unwrap()
+            .on_stack(false);
+        let config = config(&url, &url.connect_options(), Duration::from_secs(3));
+        assert_eq!(config.get_password(), Some(&b"a%zz%4+Ab"[..]));
     }
 }

@@ -8,6 +8,10 @@
 //! with `pg_read_file` over the direct endpoint; PgBouncer's refused logins
 //! come from its container's log. On an external target (`TEST_DATABASE_URL`)
 //! the crate cannot read server logs, and stays silent.
+//!
+//! Owns: [`Explanation`] and the gathering of a test's evidence (here), the
+//! hazards in words that `doctor` shares (`hazard`). May use the layers
+//! below it: `docker` (PgBouncer's log), `connect`, `target`, `error`.
 
 pub mod hazard;
 
@@ -18,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::connect::sqlx_compat::audited;
+use crate::connect::Endpoint;
 use crate::error::{Error, Result};
 use crate::explain::hazard::{Hazard, Pooler};
 use crate::target::DbUrl;
@@ -131,7 +136,7 @@ pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Expla
         after: Duration::from_secs(5),
         hint: "the stack is overloaded or gone".into(),
     })?
-    .map_err(|e| crate::connect::connect_error("direct endpoint", &source.direct, e))?;
+    .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &source.direct, e))?;
     // The log collector writes asynchronously: give a fresh error a moment.
     let mut events = Vec::new();
     for attempt in 0..3 {

@@ -183,14 +183,14 @@ pub(crate) struct Server {
 
 async fn external(ext: &ExternalTarget, timeout: Duration) -> Result<(Worker, Server)> {
     let (admin, kind) = match (&ext.direct, ext.create_databases) {
-        (Some(direct), _) => (direct.clone(), "direct endpoint"),
+        (Some(direct), _) => (direct.clone(), crate::connect::Endpoint::Direct),
         (None, true) => {
             return Err(Error::DirectUrlRequired {
                 feature: "PGBF_EXTERNAL_CREATE_DATABASES",
             });
         }
         // Non-destructive default: a schema per test, made through the pooler.
-        (None, false) => (ext.pooled.clone(), "pooler"),
+        (None, false) => (ext.pooled.clone(), crate::connect::Endpoint::Pooler),
     };
     let worker = external_worker(admin.clone(), kind, ext.pooled.clone(), timeout).await?;
     let server = Server {
@@ -220,7 +220,7 @@ async fn ensure_template_once(
 /// One admin worker per external admin URL, for the whole process.
 async fn external_worker(
     admin_url: DbUrl,
-    admin_kind: &'static str,
+    admin_kind: crate::connect::Endpoint,
     pooled: DbUrl,
     connect_timeout: Duration,
 ) -> Result<Worker> {

@@ -55,8 +55,8 @@ const DROP_GRACE: Duration = Duration::from_millis(250);
 pub(crate) struct AdminUrls {
     /// Where admin SQL runs (a direct, superuser-ish URL).
     pub admin_url: DbUrl,
-    /// What that URL is, for messages: `direct endpoint` or `pooler`.
-    pub admin_kind: &'static str,
+    /// What that URL is, for messages: the direct endpoint or the pooler.
+    pub admin_kind: crate::connect::Endpoint,
     /// PgBouncer's admin console, on the crate's own stacks (console steps
     /// are skipped otherwise).
     pub console_url: Option<DbUrl>,
@@ -236,7 +236,7 @@ impl Admin {
                     execute(
                         &mut console,
                         url,
-                        "PgBouncer admin console",
+                        crate::connect::Endpoint::Console,
                         self.urls.connect_timeout,
                         &step.sql,
                     )
@@ -279,7 +279,12 @@ impl Admin {
     /// connection); the first column of the rows it returns, as text.
     pub(crate) async fn query(&self, sql: &str) -> Result<Vec<String>> {
         let (idle, url, kind, max) = match &self.urls.books_url {
-            Some(url) => (&self.books, url, "pooler", MAX_IDLE_BOOKS),
+            Some(url) => (
+                &self.books,
+                url,
+                crate::connect::Endpoint::Pooler,
+                MAX_IDLE_BOOKS,
+            ),
             None => (
                 &self.idle,
                 &self.urls.admin_url,
@@ -392,7 +397,7 @@ fn describe(steps: &[Step]) -> String {
 async fn execute(
     slot: &mut Option<PgConnection>,
     url: &DbUrl,
-    kind: &'static str,
+    kind: crate::connect::Endpoint,
     connect_timeout: Duration,
     sql: &str,
 ) -> Result<Vec<String>> {

@@ -228,9 +228,9 @@ impl ResolvedTemplate {
     pub(crate) async fn ensure(&self, admin: &DbUrl) -> Result<()> {
         let sql_err = |action: String| move |e: sqlx::Error| Error::Sql { action, source: e };
         let options = crate::connect::options(admin, "pgbouncer-fixtures template");
-        let mut conn = PgConnection::connect_with(&options)
-            .await
-            .map_err(|e| crate::connect::connect_error("direct endpoint", admin, e))?;
+        let mut conn = PgConnection::connect_with(&options).await.map_err(|e| {
+            crate::connect::connect_error(crate::connect::Endpoint::Direct, admin, e)
+        })?;
         let lock = format!(
             "select pg_advisory_lock(hashtext('pgbouncer-fixtures'), hashtext('{}'))",
             self.name
@@ -273,9 +273,9 @@ impl ResolvedTemplate {
             }
             let target = admin.with_database(&self.name);
             let options = crate::connect::options(&target, "pgbouncer-fixtures template");
-            let mut tpl = PgConnection::connect_with(&options)
-                .await
-                .map_err(|e| crate::connect::connect_error("direct endpoint", &target, e))?;
+            let mut tpl = PgConnection::connect_with(&options).await.map_err(|e| {
+                crate::connect::connect_error(crate::connect::Endpoint::Direct, &target, e)
+            })?;
             if let Some(migrator) = &self.migrator {
                 run_migrations(migrator, &mut tpl)
                     .await

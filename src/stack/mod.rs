@@ -427,7 +427,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<(Started, Worke
     let setup = WorkerSetup {
         urls: AdminUrls {
             admin_url: endpoints.direct_url("postgres"),
-            admin_kind: "direct endpoint",
+            admin_kind: crate::connect::Endpoint::Direct,
             connect_timeout: Duration::from_secs(10),
             console_url: Some(endpoints.admin_url()),
             pooled_url: endpoints.pooled_url("postgres"),

@@ -1,9 +1,17 @@
 //! Where tests run: the configuration decides between containers started by
-//! the crate and an external server (`TEST_DATABASE_URL`). Also home of the
-//! URL type and its parsing (redaction: `config`).
+//! the crate and an external server (`TEST_DATABASE_URL`).
+//!
+//! Owns: the environment and `.env` (`env`: the one reader of variables,
+//! and redaction), the URL type [`DbUrl`] and its parsing, [`Target`], the
+//! profiles (`profile`) and their knobs (`profile_settings`), a stack's
+//! settings and sharing key (`settings`) and its `pgbouncer.ini`
+//! (`pgbouncer_ini`). May use: the layers below it (`contract`, `support`,
+//! `error`); `docker::images` only until the image settings move here.
 
 pub(crate) mod env;
+pub(crate) mod pgbouncer_ini;
 pub(crate) mod profile;
+pub(crate) mod profile_settings;
 pub(crate) mod settings;
 
 use std::fmt;
@@ -154,7 +162,10 @@ impl DbUrl {
         if db.is_empty() {
             self.url.username().to_string()
         } else {
-            percent_decode(db)
+            // As sqlx reads it: `%XX` decoded, `+` kept (a path, not a form).
+            percent_encoding::percent_decode_str(db)
+                .decode_utf8_lossy()
+                .into_owned()
         }
     }
 
@@ -223,13 +234,6 @@ impl fmt::Debug for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DbUrl({})", self.redacted())
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
 }
 
 /// An existing server to run tests against instead of containers.
@@ -308,5 +312,18 @@ impl Target {
                 w
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_is_decoded_as_sqlx_decodes_it() {
+        let url = DbUrl::parse("test", "postgres://app:pw@localhost/a%20b+c%zz").unwrap();
+        assert_eq!(url.database(), "a b+c%zz");
+        let options = url.connect_options();
+        assert_eq!(options.get_database(), Some("a b+c%zz"));
     }
 }

@@ -1,7 +1,8 @@
 //! What a stack looks like: the pooler's mode and knobs and the images, with
 //! `PGBF_*` environment overrides and a stable key for sharing stacks.
+//! PgBouncer's own file is written in `pgbouncer_ini`, each profile's knobs
+//! are set in `profile_settings`.
 
-use std::fmt;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -12,68 +13,9 @@ use crate::support::digest::hex;
 use crate::target::env::Env;
 use crate::target::profile::Profile;
 
-/// How PgBouncer hands server connections to clients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum PoolMode {
-    /// A server connection per transaction: Supabase's pooled port 6543.
-    #[default]
-    Transaction,
-    /// A server connection per client session: Supabase's session pooler, port 5432.
-    Session,
-}
-
-impl PoolMode {
-    /// The value PgBouncer's `pool_mode` takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PoolMode::Transaction => "transaction",
-            PoolMode::Session => "session",
-        }
-    }
-}
-
-impl fmt::Display for PoolMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for PoolMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<PoolMode> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "transaction" => Ok(PoolMode::Transaction),
-            "session" => Ok(PoolMode::Session),
-            _ => Err(Error::InvalidEnv {
-                var: "PGBF_POOL_MODE",
-                value: crate::target::env::redact_value(s),
-                expected: "transaction or session",
-            }),
-        }
-    }
-}
-
-/// Where a stack's servers listen, inside their network namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ports {
-    /// PostgreSQL's port.
-    pub postgres: u16,
-    /// PgBouncer's port.
-    pub pgbouncer: u16,
-    /// The address both listen on: every interface of the container's own
-    /// network (bridge), or this machine's loopback only (host network).
-    pub listen_addr: &'static str,
-}
-
-impl Ports {
-    /// The containers' own network namespace: the usual ports, published
-    /// through Docker.
-    pub(crate) const BRIDGE: Ports = Ports {
-        postgres: 5432,
-        pgbouncer: 6432,
-        listen_addr: "0.0.0.0",
-    };
-}
+pub use crate::target::pgbouncer_ini::PoolMode;
+pub(crate) use crate::target::pgbouncer_ini::Ports;
+pub use crate::target::profile_settings::supavisor_dropped_parameters;
 
 /// How a stack's ports reach this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -187,31 +129,50 @@ pub struct StackSettings {
 /// clones from its janitor (it drops handed-over databases all the same).
 pub(crate) const JANITOR_MIN_IDLE: Duration = Duration::from_secs(30);
 
-/// The checkout's stack outlives its last lease this long by default.
 /// Prepared clones a stack's janitor keeps between runs, in all, unless
 /// `PGBF_MAX_WARM_CLONES` says otherwise: each costs a database's worth of
 /// the stack's tmpfs (~8 MB), so 128 is ~1 GB at most.
 pub(crate) const MAX_WARM_CLONES_DEFAULT: u32 = 128;
+/// The checkout's stack outlives its last lease this long by default.
 pub(crate) const KEEP_WARM_DEFAULT: Duration = Duration::from_secs(120);
 
-/// `PGBF_KEEP_WARM_SECS` of the process environment when valid, else 0 in
-/// CI (the `CI` variable set, as CI services do), else 120 s.
-fn keep_warm_default() -> Duration {
-    if let Some(n) = std::env::var("PGBF_KEEP_WARM_SECS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|n| *n <= 3600)
-    {
-        return Duration::from_secs(u64::from(n));
-    }
-    match std::env::var("CI") {
-        Ok(v) if !v.trim().is_empty() && v.trim() != "false" && v.trim() != "0" => Duration::ZERO,
+/// `PGBF_KEEP_WARM_SECS` of `env` when set, else 0 in CI (`CI` set, as CI
+/// services do, to anything but `false` or `0`), else 120 s. The one
+/// parser of the variable: `from_env` refuses a bad value, `Default` (which
+/// cannot fail) falls back to the rule without it.
+fn keep_warm(env: &Env) -> Result<Duration> {
+    let secs = env.number(
+        "PGBF_KEEP_WARM_SECS",
+        0..=3600,
+        "a whole number of seconds from 0 to 3600",
+    )?;
+    Ok(secs.map_or_else(
+        || keep_warm_unset(env),
+        |n| Duration::from_secs(u64::from(n)),
+    ))
+}
+
+/// The keep-warm time when `PGBF_KEEP_WARM_SECS` says nothing.
+fn keep_warm_unset(env: &Env) -> Duration {
+    match env.get("CI").map(str::trim) {
+        Some(ci) if ci != "false" && ci != "0" => Duration::ZERO,
         _ => KEEP_WARM_DEFAULT,
     }
 }
 
 impl Default for StackSettings {
+    /// The default profile's settings; the keep-warm time follows the
+    /// process environment and `.env` (see [`StackSettings::keep_warm`]).
     fn default() -> Self {
+        let env = Env::load().unwrap_or_default();
+        let keep_warm = keep_warm(&env).unwrap_or_else(|_| keep_warm_unset(&env));
+        StackSettings::with_defaults(keep_warm)
+    }
+}
+
+impl StackSettings {
+    /// The default profile's settings with this keep-warm time.
+    fn with_defaults(keep_warm: Duration) -> StackSettings {
         Profile::default().apply(StackSettings {
             pool_mode: PoolMode::Transaction,
             max_prepared_statements: 0,
@@ -227,13 +188,11 @@ impl Default for StackSettings {
             run_id: None,
             publish_all_interfaces: false,
             network: Network::Auto,
-            keep_warm: keep_warm_default(),
+            keep_warm,
             max_warm_clones: MAX_WARM_CLONES_DEFAULT,
         })
     }
-}
 
-impl StackSettings {
     /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
     /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
@@ -242,7 +201,7 @@ impl StackSettings {
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
-            ..StackSettings::default()
+            ..StackSettings::with_defaults(keep_warm(env)?)
         };
         if let Some(profile) = env.get("PGBF_PROFILE") {
             s = profile.parse::<Profile>()?.apply(s);
@@ -285,13 +244,6 @@ impl StackSettings {
         s.publish_all_interfaces = env.flag("PGBF_PUBLISH_ALL_INTERFACES")?;
         if let Some(network) = env.get("PGBF_NETWORK") {
             s.network = network.parse()?;
-        }
-        if let Some(n) = env.number(
-            "PGBF_KEEP_WARM_SECS",
-            0..=3600,
-            "a whole number of seconds from 0 to 3600",
-        )? {
-            s.keep_warm = Duration::from_secs(u64::from(n));
         }
         if let Some(n) = env.number(
             "PGBF_MAX_WARM_CLONES",
@@ -434,76 +386,6 @@ impl StackSettings {
         }
         hex(&h.finalize()[..6])
     }
-
-    /// The `pgbouncer.ini` for a stack whose Postgres answers at `pg_host:5432`
-    /// (the crate's stacks: `127.0.0.1`, PgBouncer shares PostgreSQL's network).
-    pub fn pgbouncer_ini(&self, pg_host: &str) -> String {
-        self.pgbouncer_ini_at(pg_host, &Ports::BRIDGE)
-    }
-
-    /// [`pgbouncer_ini`](Self::pgbouncer_ini) for PostgreSQL at
-    /// `pg_host:ports.postgres`, PgBouncer on `ports.listen_addr:ports.pgbouncer`.
-    pub(crate) fn pgbouncer_ini_at(&self, pg_host: &str, ports: &Ports) -> String {
-        format!(
-            "\
-;; Written by pgbouncer-fixtures.
-[databases]
-;; Every database name reaches the Postgres of this stack.
-* = host={pg_host} port={pg_port}
-
-[pgbouncer]
-listen_addr = {listen_addr}
-listen_port = {listen_port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = /tmp/pgbf/userlist.txt
-admin_users = postgres
-stats_users = postgres
-pool_mode = {pool_mode}
-max_prepared_statements = {mps}
-default_pool_size = {pool_size}
-max_client_conn = 2000
-max_db_connections = 0
-ignore_startup_parameters = {ignore}
-track_extra_parameters = {track}
-server_reset_query = DISCARD ALL
-server_round_robin = {rr}
-server_login_retry = 1
-server_lifetime = 3600
-;; PgBouncer's default: the janitor's warmed clones keep their idle server
-;; connection until the next run claims them (one backend each, <= 128).
-server_idle_timeout = 600
-log_connections = 0
-log_disconnections = 0
-;; Forget pools of databases nobody uses (dropped test databases) soon.
-autodb_idle_timeout = 10
-;; TLS as Supabase serves it: offered to every client, required only when
-;; asked; the entrypoint writes the stack's own certificate there.
-client_tls_sslmode = {client_tls}
-client_tls_cert_file = /tmp/pgbf/tls.crt
-client_tls_key_file = /tmp/pgbf/tls.key
-client_tls_ca_file = /tmp/pgbf/ca.crt
-server_tls_sslmode = {server_tls}
-server_tls_ca_file = /tmp/pgbf/ca.crt
-",
-            pg_port = ports.postgres,
-            listen_addr = ports.listen_addr,
-            listen_port = ports.pgbouncer,
-            pool_mode = self.pool_mode,
-            mps = self.max_prepared_statements,
-            pool_size = self.default_pool_size,
-            ignore = self.ignore_startup_parameters.join(","),
-            track = self.track_extra_parameters.join(","),
-            client_tls = if self.require_tls { "require" } else { "allow" },
-            // PostgreSQL then accepts only TLS from outside its own socket.
-            server_tls = if self.require_tls {
-                "require"
-            } else {
-                "disable"
-            },
-            rr = u8::from(self.server_round_robin),
-        )
-    }
 }
 
 /// A run id is hashed, never used as a name, but it is still user input:
@@ -523,82 +405,35 @@ pub(crate) fn check_run_id(raw: &str) -> Result<String> {
     Ok(id.to_string())
 }
 
-/// Parameters PgBouncer keeps per client and restores on every server
-/// connection (its built-in five are always kept); `search_path` is asked for
-/// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
-const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
-
-/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
-/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
-/// them at startup (top-level or in `options=-c ...`) instead of refusing the
-/// login, as Supavisor drops them. `tests/target_profiles.rs` checks the list
-/// against the stack's own `pg_settings`.
-const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
-
-/// How each profile maps to PgBouncer's knobs (here, so that `profile`
-/// stays a leaf: names and words, no settings).
-impl Profile {
-    /// `base` with this profile's pooler settings. (`Direct` runs on the
-    /// default profile's stack and bypasses its pooler.)
-    pub fn apply(self, base: StackSettings) -> StackSettings {
-        let supavisor_like = |s: StackSettings| {
-            s.with_ignore_startup_parameters(supavisor_dropped_parameters())
-                .with_track_extra_parameters(SUPAVISOR_TRACKED)
-        };
-        match self {
-            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
-                .with_pool_mode(PoolMode::Transaction)
-                .with_max_prepared_statements(0),
-            Profile::SupabaseDedicated => base
-                .with_pool_mode(PoolMode::Transaction)
-                .with_max_prepared_statements(200)
-                .with_ignore_startup_parameters(["extra_float_digits"])
-                .with_track_extra_parameters(["IntervalStyle"]),
-            Profile::SupabaseSession => supavisor_like(base)
-                .with_pool_mode(PoolMode::Session)
-                .with_max_prepared_statements(0),
-        }
-    }
-}
-
-/// The parameters the Supavisor-like profiles ignore at startup: every
-/// PostgreSQL 17 setting PgBouncer does not track.
-pub fn supavisor_dropped_parameters() -> Vec<String> {
-    PG17_SETTINGS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
-        let dropped = supavisor_dropped_parameters();
-        assert!(dropped.len() > 300, "{}", dropped.len());
-        for p in ["jit", "extra_float_digits", "statement_timeout"] {
-            assert!(dropped.iter().any(|d| d == p), "{p}");
-        }
-        for tracked in [
-            "application_name",
-            "client_encoding",
-            "DateStyle",
-            "TimeZone",
-            "standard_conforming_strings",
-            "IntervalStyle",
-            "search_path",
-        ] {
-            assert!(!dropped.iter().any(|d| d == tracked), "{tracked}");
-        }
+    fn keep_warm_of(vars: &[(&str, &str)]) -> Option<Duration> {
+        StackSettings::from_env(&Env::from_vars(vars.iter().copied()))
+            .map(|s| s.keep_warm)
+            .ok()
     }
 
     #[test]
-    fn the_default_settings_are_the_default_profile() {
-        let defaults = StackSettings::default();
-        assert_eq!(Profile::default().apply(defaults.clone()), defaults);
+    fn keep_warm_is_120_s_0_in_ci_or_what_the_variable_says() {
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(keep_warm_of(&[]), secs(120));
+        assert_eq!(keep_warm_of(&[("CI", "true")]), secs(0));
+        assert_eq!(keep_warm_of(&[("CI", "1")]), secs(0));
+        for not_ci in ["false", "0", " "] {
+            assert_eq!(keep_warm_of(&[("CI", not_ci)]), secs(120), "{not_ci:?}");
+        }
+        let set = [("CI", "true"), ("PGBF_KEEP_WARM_SECS", "30")];
+        assert_eq!(keep_warm_of(&set), secs(30));
+        let bad = Env::from_vars([("PGBF_KEEP_WARM_SECS", "3601")]);
+        let err = StackSettings::from_env(&bad).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::InvalidEnv {
+                var: "PGBF_KEEP_WARM_SECS",
+                ..
+            }
+        ));
     }
 }

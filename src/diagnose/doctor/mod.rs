@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
 
-use crate::connect::open;
+use crate::connect::{open, Endpoint};
 use crate::diagnose::probes::{run_pattern, SqlxPattern, Workload};
 use crate::target::DbUrl;
 
@@ -33,7 +33,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     let base =
         crate::connect::options(url, "pgbouncer-fixtures doctor").statement_cache_capacity(0);
     let connect = |options: PgConnectOptions| async move {
-        open("server", url, &options, connect_timeout).await
+        open(Endpoint::Server, url, &options, connect_timeout).await
     };
     let report = |pool_behaviour, findings| Report {
         target: url.redacted(),

@@ -9,7 +9,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::items;
 use super::report::{Finding, PoolBehaviour, Verdict};
-use crate::connect::open;
+use crate::connect::{open, Endpoint};
 use crate::explain::hazard::Hazard;
 use crate::target::DbUrl;
 
@@ -133,7 +133,7 @@ pub(super) async fn pool_behaviour(
         .await
         .map_err(|e| failed(&e))?;
     let before = one::<i32>(a, "select pg_backend_pid()").await?;
-    let mut b = open("server", url, base, timeout)
+    let mut b = open(Endpoint::Server, url, base, timeout)
         .await
         .map_err(|e| failed(&e))?;
     sqlx::raw_sql("begin; select 1")

@@ -30,6 +30,7 @@ use super::{
     TEXTS,
 };
 use crate::connect::tokio_pg::{connect, describe, ConnectionTasks};
+use crate::connect::Endpoint;
 use crate::error::Result;
 
 /// One way applications run a parameterised query through tokio-postgres.
@@ -106,7 +107,8 @@ pub async fn run_tokio_pg_pattern(
     let tasks = ConnectionTasks::default();
     let mut clients = Vec::with_capacity(workload.clients);
     for _ in 0..workload.clients {
-        let (client, connection) = connect("server", &target, config, CLIENT_TIMEOUT).await?;
+        let (client, connection) =
+            connect(Endpoint::Server, &target, config, CLIENT_TIMEOUT).await?;
         tasks.spawn(connection);
         clients.push(client);
     }

@@ -1,0 +1,84 @@
+//! How each profile maps to PgBouncer's knobs (here, so that `profile`
+//! stays a leaf: names and words, no settings), and the startup parameters
+//! the Supavisor-like profiles drop.
+
+use crate::target::profile::Profile;
+use crate::target::settings::{PoolMode, StackSettings};
+
+/// Parameters PgBouncer keeps per client and restores on every server
+/// connection (its built-in five are always kept); `search_path` is asked for
+/// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
+const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
+
+/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
+/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
+/// them at startup (top-level or in `options=-c ...`) instead of refusing the
+/// login, as Supavisor drops them. `tests/target_profiles.rs` checks the list
+/// against the stack's own `pg_settings`.
+const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
+
+impl Profile {
+    /// `base` with this profile's pooler settings. (`Direct` runs on the
+    /// default profile's stack and bypasses its pooler.)
+    pub fn apply(self, base: StackSettings) -> StackSettings {
+        let supavisor_like = |s: StackSettings| {
+            s.with_ignore_startup_parameters(supavisor_dropped_parameters())
+                .with_track_extra_parameters(SUPAVISOR_TRACKED)
+        };
+        match self {
+            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(0),
+            Profile::SupabaseDedicated => base
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(200)
+                .with_ignore_startup_parameters(["extra_float_digits"])
+                .with_track_extra_parameters(["IntervalStyle"]),
+            Profile::SupabaseSession => supavisor_like(base)
+                .with_pool_mode(PoolMode::Session)
+                .with_max_prepared_statements(0),
+        }
+    }
+}
+
+/// The parameters the Supavisor-like profiles ignore at startup: every
+/// PostgreSQL 17 setting PgBouncer does not track.
+pub fn supavisor_dropped_parameters() -> Vec<String> {
+    PG17_SETTINGS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
+        let dropped = supavisor_dropped_parameters();
+        assert!(dropped.len() > 300, "{}", dropped.len());
+        for p in ["jit", "extra_float_digits", "statement_timeout"] {
+            assert!(dropped.iter().any(|d| d == p), "{p}");
+        }
+        for tracked in [
+            "application_name",
+            "client_encoding",
+            "DateStyle",
+            "TimeZone",
+            "standard_conforming_strings",
+            "IntervalStyle",
+            "search_path",
+        ] {
+            assert!(!dropped.iter().any(|d| d == tracked), "{tracked}");
+        }
+    }
+
+    #[test]
+    fn the_default_settings_are_the_default_profile() {
+        let defaults = StackSettings::default();
+        assert_eq!(Profile::default().apply(defaults.clone()), defaults);
+    }
+}
