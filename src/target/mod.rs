@@ -3,6 +3,7 @@
 //! URL type and its parsing (redaction: `config`).
 
 pub(crate) mod env;
+pub(crate) mod images;
 pub(crate) mod profile;
 pub(crate) mod settings;
 
