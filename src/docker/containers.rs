@@ -22,8 +22,8 @@ use crate::target::settings::{Ports, StackSettings};
 
 // What `stack` uses of the pair, by the paths it has always used.
 pub(crate) use crate::docker::pair::{
-    describe, pair_problem, pair_state, pgbouncer_log_since, postgres_name, remove, remove_pair,
-    PairInfo, PairState,
+    describe, pair_problem, pair_state, pgbouncer_log_since, postgres_name, remove_pair, PairInfo,
+    PairState,
 };
 pub(crate) use crate::docker::pair_env::TlsPems;
 pub(crate) use crate::docker::ports::{plan_listen, Listen};

@@ -6,7 +6,8 @@
 //! creates (`labels.rs`), whether the engine's host network is this
 //! machine's (`network.rs`), the images (`images.rs`), and the pair of
 //! containers a stack runs: where it listens (`ports.rs`), its containers
-//! (`containers.rs`), what a joiner reads back from them (`pair.rs`).
+//! (`containers.rs`, their environment `pair_env.rs`), what a joiner reads back
+//! from them (`pair.rs`), and reaping leftovers (`reap.rs`).
 //!
 //! May use: `target` (settings, the environment), `support`, `error`. It
 //! knows nothing of stacks' leases, locks or keys: `stack` drives it.
@@ -21,6 +22,7 @@ pub(crate) mod pair;
 mod pair_env;
 mod places;
 pub(crate) mod ports;
+pub(crate) mod reap;
 
 pub(crate) use client::{call, CALL_TIMEOUT};
 pub use engine::docker_engine;

@@ -166,7 +166,7 @@ mod tests {
     fn ports_are_private_unless_the_engine_is_remote_or_the_settings_ask() {
         let default = StackSettings::default();
         let all = StackSettings::default().with_publish_all_interfaces(true);
-        for local in [
+        let local = [
             "",
             "unix:///var/run/docker.sock",
             "unix:///home/me/.docker/run/docker.sock",
@@ -174,15 +174,8 @@ mod tests {
             "npipe:////./pipe/docker_engine",
             "tcp://127.0.0.1:2375",
             "tcp://localhost:2375",
-        ] {
-            assert_eq!(
-                publish_ip(&default, engine_is_local(local)),
-                "127.0.0.1",
-                "{local}"
-            );
-            assert_eq!(publish_ip(&all, engine_is_local(local)), "", "{local}");
-        }
-        for remote in [
+        ];
+        let remote = [
             "tcp://10.0.0.5:2376",
             "tcp://[::1]:2375",
             "tcp://127.0.0.2:2375",
@@ -190,13 +183,16 @@ mod tests {
             "https://docker.example:2376",
             "ssh://me@docker.example",
             "not a url",
-        ] {
-            assert_eq!(
-                publish_ip(&default, engine_is_local(remote)),
-                "",
-                "{remote}"
-            );
-            assert_eq!(publish_ip(&all, engine_is_local(remote)), "", "{remote}");
+        ];
+        let by_default = |host| publish_ip(&default, engine_is_local(host));
+        let asked_all = |host| publish_ip(&all, engine_is_local(host));
+        for host in local {
+            assert_eq!(by_default(host), "127.0.0.1", "{host}");
+            assert_eq!(asked_all(host), "", "{host}");
+        }
+        for host in remote {
+            assert_eq!(by_default(host), "", "{host}");
+            assert_eq!(asked_all(host), "", "{host}");
         }
     }
 }
