@@ -28,7 +28,7 @@
 //!   read for `StackDied`;
 //! - **removing containers by name** (`pair.rs`): stacks this process did
 //!   not start, private stacks on `stop()`, half-made stacks;
-//! - **`gc` and the sweep** (`stack/reaper.rs`): listing containers and
+//! - **`gc` and the sweep** (`reap.rs`): listing containers and
 //!   networks by the crate's labels, across runs and processes;
 //!   testcontainers has no listing API;
 //! - **looking images up** (`images.rs`): which base image is present, and
