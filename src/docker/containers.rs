@@ -25,7 +25,7 @@ pub(crate) use crate::docker::pair::{
     describe, pair_problem, pair_state, pgbouncer_log_since, postgres_name, remove_pair, PairInfo,
     PairState,
 };
-pub(crate) use crate::docker::pair_env::TlsPems;
+pub(crate) use crate::docker::pair_env::{Secrets, TlsPems};
 pub(crate) use crate::docker::ports::{plan_listen, Listen};
 
 /// Seconds a fresh PostgreSQL container waits for its first lease.
@@ -33,14 +33,6 @@ pub(crate) const LEASE_GRACE_SECS: u64 = 30;
 /// How often, at most, a name still held by a container on its way out is
 /// tried again (every 250 ms: 10 s in all).
 const NAME_CONFLICT_RETRIES: u32 = 40;
-
-/// What a new pair is given: its password, the password's SCRAM verifier,
-/// and its TLS certificate.
-pub(crate) struct Secrets<'a> {
-    pub password: &'a str,
-    pub scram_verifier: &'a str,
-    pub tls: &'a TlsPems,
-}
 
 /// How a container of the pair joins its network: Docker's network mode,
 /// the ports it exposes and publishes.
@@ -162,9 +154,7 @@ pub(crate) async fn create_pair(
         Listen::Bridge(_) => Ports::BRIDGE,
     };
     let env = SharedEnv {
-        password: secrets.password,
-        scram_verifier: secrets.scram_verifier,
-        tls: secrets.tls,
+        secrets,
         host_ports: matches!(listen, Listen::Host(_)).then_some(ports),
     };
     let postgres = postgres_body(

@@ -30,11 +30,17 @@ pub(crate) struct TlsPems {
     pub key_pem: String,
 }
 
-/// What both containers of a new pair find in their environment.
-pub(crate) struct SharedEnv<'a> {
+/// What a new pair is given: its password, the password's SCRAM verifier,
+/// and its TLS certificate.
+pub(crate) struct Secrets<'a> {
     pub password: &'a str,
     pub scram_verifier: &'a str,
     pub tls: &'a TlsPems,
+}
+
+/// What both containers of a new pair find in their environment.
+pub(crate) struct SharedEnv<'a> {
+    pub secrets: &'a Secrets<'a>,
     /// On this machine's network: the ports both listen on; `None` on the bridge.
     pub host_ports: Option<Ports>,
 }
@@ -42,12 +48,17 @@ pub(crate) struct SharedEnv<'a> {
 impl SharedEnv<'_> {
     /// `NAME=value` entries, as Docker takes them.
     pub(crate) fn vars(&self) -> Vec<String> {
+        let Secrets {
+            password,
+            scram_verifier,
+            tls,
+        } = self.secrets;
         let mut vars = vec![
-            format!("{PASSWORD}={}", self.password),
-            format!("{PASSWORD_SCRAM}={}", self.scram_verifier),
-            format!("{TLS_CA}={}", self.tls.ca_pem),
-            format!("{TLS_CERT}={}", self.tls.cert_pem),
-            format!("{TLS_KEY}={}", self.tls.key_pem),
+            format!("{PASSWORD}={password}"),
+            format!("{PASSWORD_SCRAM}={scram_verifier}"),
+            format!("{TLS_CA}={}", tls.ca_pem),
+            format!("{TLS_CERT}={}", tls.cert_pem),
+            format!("{TLS_KEY}={}", tls.key_pem),
         ];
         if let Some(ports) = self.host_ports {
             vars.extend([
@@ -111,10 +122,13 @@ mod tests {
             listen_addr: "127.0.0.1",
         };
         for host_ports in [Some(ports), None] {
-            let shared = SharedEnv {
+            let secrets = Secrets {
                 password: "pw=with=equals",
                 scram_verifier: "SCRAM-SHA-256$4096:x",
                 tls: &tls,
+            };
+            let shared = SharedEnv {
+                secrets: &secrets,
                 host_ports,
             };
             // A variable whose name starts like another's is not taken for it.
