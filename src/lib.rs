@@ -115,9 +115,7 @@ pub use diagnose::{doctor, probes};
 pub use explain::hazard;
 
 pub use diagnose::matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
-pub use docker::images::{
-    ImageRef, ImageSettings, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE,
-};
+pub use docker::images::{ImageRef, BASE_IMAGE_SCRIPT};
 pub use docker::{
     docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
 };
@@ -131,6 +129,7 @@ pub use provision::template::Template;
 pub use stack::reaper::{gc, GcReport, GcScope};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::env::{redact, Env};
+pub use target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
 pub use target::profile::Profile;
 pub use target::settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
 pub use target::{

@@ -9,14 +9,11 @@ use testcontainers::core::BuildImageOptions;
 use testcontainers::runners::AsyncBuilder;
 use testcontainers::GenericBuildableImage;
 
+use crate::docker::client::call_unless;
 use crate::error::{Error, Result};
 use crate::support::digest::hex;
-use crate::target::env::Env;
+use crate::target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
 
-/// What real users pull; the Dockerfiles' default base.
-pub const DEFAULT_BASE_IMAGE: &str = "debian:trixie-slim";
-/// What `docker/make-base-image.sh` makes without a registry.
-pub const LOCAL_BASE_IMAGE: &str = "pgbouncer-fixtures/debian-base:trixie";
 /// Repository name of the PostgreSQL image the crate builds.
 pub const POSTGRES_REPOSITORY: &str = "pgbouncer-fixtures/postgres";
 /// Repository name of the PgBouncer image the crate builds.
@@ -30,48 +27,6 @@ const PGBOUNCER_ENTRYPOINT: &str = include_str!("../../docker/pgbouncer-entrypoi
 /// Where the base-image script lives in this crate's sources.
 pub const BASE_IMAGE_SCRIPT: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/docker/make-base-image.sh");
-
-/// Which images a stack uses. Unset fields mean: build the crate's own.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ImageSettings {
-    /// Base image the Dockerfiles build FROM (`PGBF_BASE_IMAGE`). Unset:
-    /// `debian:trixie-slim`, or the locally made base image when only that exists.
-    pub base_image: Option<String>,
-    /// Use this PostgreSQL image as is (`PGBF_POSTGRES_IMAGE`); it must follow
-    /// the crate's entrypoint contract (see `docker/postgres.Dockerfile`).
-    pub postgres_image: Option<String>,
-    /// Use this PgBouncer image as is (`PGBF_PGBOUNCER_IMAGE`).
-    pub pgbouncer_image: Option<String>,
-}
-
-impl ImageSettings {
-    /// Reads `PGBF_BASE_IMAGE`, `PGBF_POSTGRES_IMAGE`, `PGBF_PGBOUNCER_IMAGE`.
-    pub fn from_env(env: &Env) -> ImageSettings {
-        ImageSettings {
-            base_image: env.get("PGBF_BASE_IMAGE").map(str::to_string),
-            postgres_image: env.get("PGBF_POSTGRES_IMAGE").map(str::to_string),
-            pgbouncer_image: env.get("PGBF_PGBOUNCER_IMAGE").map(str::to_string),
-        }
-    }
-
-    /// Sets the base image.
-    pub fn with_base_image(mut self, image: impl Into<String>) -> Self {
-        self.base_image = Some(image.into());
-        self
-    }
-
-    /// Uses this PostgreSQL image instead of building one.
-    pub fn with_postgres_image(mut self, image: impl Into<String>) -> Self {
-        self.postgres_image = Some(image.into());
-        self
-    }
-
-    /// Uses this PgBouncer image instead of building one.
-    pub fn with_pgbouncer_image(mut self, image: impl Into<String>) -> Self {
-        self.pgbouncer_image = Some(image.into());
-        self
-    }
-}
 
 /// An image reference split as testcontainers wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,11 +68,14 @@ pub struct ResolvedImages {
     pub pgbouncer: ImageRef,
 }
 
+/// The ID of image `reference`; `None` when it is absent, or Docker does
+/// not say (then the caller builds, or names the image as missing).
 async fn image_id(docker: &Docker, reference: &str) -> Option<String> {
-    docker
-        .inspect_image(reference)
+    let action = format!("inspect image {reference}");
+    call_unless(&[404], &action, docker.inspect_image(reference))
         .await
         .ok()
+        .flatten()
         .and_then(|i| i.id)
 }
 

@@ -1,7 +1,8 @@
 //! A file lock that serialises creating (or replacing) one run's stack
-//! between processes; joining a stack that answers takes no lock. `flock`
-//! is released by the kernel when its holder exits, even by SIGKILL, so a
-//! killed creator never wedges the run.
+//! between processes; joining a stack that answers takes no lock. The lock
+//! is std's `File::try_lock` (`flock` on Linux), which the kernel releases
+//! when its holder exits, even by SIGKILL, so a killed creator never wedges
+//! the run.
 //!
 //! Nothing is left behind: the holder unlinks the lock file before it lets
 //! go of it, so a file exists only while some process is creating the
@@ -14,10 +15,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::docker::labels::checkout;
 use crate::error::{Error, Result};
 
 /// Held while the file stays open; dropping it unlinks the file, then unlocks.
@@ -39,6 +40,7 @@ impl Drop for RunLock {
 
 /// The directory for lock files: per user, private.
 pub(crate) fn state_dir() -> PathBuf {
+    // std has no getuid (only the owner of a file, which would have to exist first).
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     std::env::temp_dir().join(format!("pgbouncer-fixtures-{uid}"))
@@ -52,18 +54,13 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another process holds it.
+/// An exclusive lock on `file` if nobody holds one: `Ok(false)` when
+/// another process does.
 fn try_lock(file: &File) -> std::io::Result<bool> {
-    // SAFETY: a valid open descriptor; LOCK_NB never blocks.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -99,6 +96,8 @@ pub(crate) async fn lock(key: &str, timeout: Duration) -> Result<RunLock> {
                     hint: "the other process may be stuck on Docker; raise PGBF_STARTUP_TIMEOUT_SECS or check `docker ps`".into(),
                 });
             }
+            // Polled: a lock has no timed wait, and a blocking `File::lock`
+            // on a thread cannot be called off at the deadline.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if !same_file(&file, &path) {
@@ -112,7 +111,7 @@ pub(crate) async fn lock(key: &str, timeout: Duration) -> Result<RunLock> {
             file,
             "pid={}\ncheckout={}\n",
             std::process::id(),
-            crate::stack::run_key::checkout()
+            checkout()
         );
         return Ok(RunLock { file, path });
     }

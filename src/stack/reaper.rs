@@ -1,26 +1,12 @@
-//! Clean-up outside the happy path: the sweep a creator runs before starting
-//! a stack (leftovers of crashed runs) and `gc` (everything the crate made,
-//! and the lock files nobody holds).
-//!
-//! The crate's own stacks remove themselves (lease watchdog + AutoRemove);
-//! what remains for these two is what that cannot cover: containers of images
-//! that ignore the watchdog contract, containers a dying daemon failed to
-//! remove, and Docker networks made by earlier versions of the crate.
+//! `gc`: everything the crate made on the engine within a scope (the Docker
+//! half is `docker::reap`, as is the sweep a creator runs), and the lock
+//! files nobody holds (`stack::lock`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
-use bollard::Docker;
-
-use crate::docker::containers;
-use crate::docker::{self, LABEL_CHECKOUT, LABEL_MANAGED, LABEL_STACK};
+pub(crate) use crate::docker::reap::sweep;
+pub use crate::docker::reap::GcScope;
 use crate::error::Result;
-
-/// Leftovers younger than this are left alone by the sweep: they may belong
-/// to a run that is starting (or restarting a container) right now.
-const SWEEP_MIN_AGE: Duration = Duration::from_secs(120);
 
 /// What `gc` removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -35,162 +21,16 @@ pub struct GcReport {
     pub lock_files: Vec<PathBuf>,
 }
 
-/// Which of the crate's resources `gc` removes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GcScope<'a> {
-    /// Everything the crate created on this Docker host, whoever's.
-    All,
-    /// The containers of one stack (label `pgbouncer-fixtures.stack`).
-    Stack(&'a str),
-    /// What runs in one checkout created (label `pgbouncer-fixtures.checkout`).
-    Checkout(&'a str),
-}
-
-fn label_filter(scope: GcScope<'_>) -> HashMap<String, Vec<String>> {
-    let label = match scope {
-        GcScope::All => LABEL_MANAGED.to_string(),
-        GcScope::Stack(id) => format!("{LABEL_STACK}={id}"),
-        GcScope::Checkout(path) => format!("{LABEL_CHECKOUT}={path}"),
-    };
-    HashMap::from([("label".to_string(), vec![label])])
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 /// Removes the containers and networks the crate created on this Docker
 /// host within `scope`, running or not, and this user's lock files that no
 /// process holds, and says which.
 pub async fn gc(scope: GcScope<'_>) -> Result<GcReport> {
-    let docker = docker::connect().await?;
-    let mut report = GcReport {
-        lock_files: crate::stack::lock::remove_stale_locks(),
-        ..GcReport::default()
-    };
-    let list = docker::call(
-        "list the crate's containers",
-        docker.list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(scope)),
-            ..Default::default()
-        })),
-    )
-    .await?;
-    for c in list {
-        let name = container_name(&c.names, c.id.as_deref());
-        containers::remove(&docker, &name).await;
-        report.containers.push(name);
-    }
-    for name in networks(&docker, scope, None).await? {
-        if remove_network(&docker, &name).await {
-            report.networks.push(name);
-        }
-    }
-    Ok(report)
-}
-
-/// Best-effort removal of leftovers older than [`SWEEP_MIN_AGE`]: stopped
-/// containers and networks without containers. Running containers are never
-/// touched: a live one has a lease holder, or its watchdog will stop it.
-pub(crate) async fn sweep(docker: &Docker) {
-    let cutoff = now_secs() - SWEEP_MIN_AGE.as_secs() as i64;
-    let stopped = docker::call(
-        "list stopped containers",
-        docker.list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([
-                ("label".to_string(), vec![LABEL_MANAGED.to_string()]),
-                (
-                    "status".to_string(),
-                    vec!["exited".into(), "dead".into(), "created".into()],
-                ),
-            ])),
-            ..Default::default()
-        })),
-    )
-    .await;
-    match stopped {
-        Ok(list) => {
-            for c in list.into_iter().filter(|c| c.created.unwrap_or(0) < cutoff) {
-                let name = container_name(&c.names, c.id.as_deref());
-                tracing::info!(container = %name, "sweeping a stopped container left by an earlier run");
-                containers::remove(docker, &name).await;
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "sweep: cannot list containers"),
-    }
-    match networks(docker, GcScope::All, Some(cutoff)).await {
-        Ok(names) => {
-            for name in names {
-                tracing::info!(network = %name, "sweeping an unused network left by an earlier run");
-                remove_network(docker, &name).await;
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "sweep: cannot list networks"),
-    }
-}
-
-/// The crate's networks; with `unused_before`, only those without containers
-/// created before that time.
-async fn networks(
-    docker: &Docker,
-    scope: GcScope<'_>,
-    unused_before: Option<i64>,
-) -> Result<Vec<String>> {
-    let list = docker::call(
-        "list the crate's networks",
-        docker.list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(scope)),
-        })),
-    )
-    .await?;
-    let mut names = Vec::new();
-    for n in list {
-        let Some(name) = n.name else { continue };
-        if let Some(cutoff) = unused_before {
-            let Ok(inspect) = docker::call(
-                &format!("inspect network {name}"),
-                docker.inspect_network(&name, None),
-            )
-            .await
-            else {
-                continue;
-            };
-            let old = inspect.created.is_some_and(|t| t.unix_timestamp() < cutoff);
-            let unused = inspect.containers.as_ref().is_none_or(HashMap::is_empty);
-            if !(old && unused) {
-                continue;
-            }
-        }
-        names.push(name);
-    }
-    Ok(names)
-}
-
-async fn remove_network(docker: &Docker, name: &str) -> bool {
-    match docker::call(
-        &format!("remove network {name}"),
-        docker.remove_network(name),
-    )
-    .await
-    {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(network = name, error = %e, "could not remove network");
-            false
-        }
-    }
-}
-
-fn container_name(names: &Option<Vec<String>>, id: Option<&str>) -> String {
-    names
-        .as_ref()
-        .and_then(|n| n.first())
-        .map(|n| n.trim_start_matches('/').to_string())
-        .or_else(|| id.map(str::to_string))
-        .unwrap_or_default()
+    let docker = crate::docker::connect().await?;
+    let lock_files = crate::stack::lock::remove_stale_locks();
+    let (containers, networks) = crate::docker::reap::remove_in_scope(&docker, scope).await?;
+    Ok(GcReport {
+        containers,
+        networks,
+        lock_files,
+    })
 }

@@ -11,6 +11,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::docker::labels::checkout;
 use crate::support::digest::hex;
 use crate::target::settings::StackSettings;
 
@@ -57,18 +58,6 @@ impl RunKey {
             checkout,
         }
     }
-}
-
-pub(crate) fn checkout() -> String {
-    std::env::var("CARGO_MANIFEST_DIR")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .or_else(|| {
-            std::env::current_dir()
-                .ok()
-                .map(|d| d.display().to_string())
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

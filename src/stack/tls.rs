@@ -1,29 +1,20 @@
 //! TLS as Supabase serves it: every stack gets its own certificate authority
 //! and server certificate, made here when the stack is created (no private
-//! key is committed or reused anywhere). Both ports offer TLS; clients that
-//! do not ask for it keep working unless the stack requires it.
+//! key is committed or reused anywhere), handed to the pair's containers as
+//! PEM texts (`docker::containers::TlsPems`). Both ports offer TLS; clients
+//! that do not ask for it keep working unless the stack requires it.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256,
 };
 
+use crate::docker::containers::TlsPems;
 use crate::error::{Error, Result};
-
-/// A stack's certificate material, PEM-encoded.
-#[derive(Clone)]
-pub(crate) struct TlsMaterial {
-    /// The stack's own CA: what `sslmode=verify-full` checks against.
-    pub ca_pem: String,
-    /// The server certificate (PostgreSQL and PgBouncer share it).
-    pub cert_pem: String,
-    /// Its private key.
-    pub key_pem: String,
-}
 
 /// Makes a CA and a server certificate for `host` (plus `localhost`,
 /// `127.0.0.1` and `::1`), valid for the stack's lifetime and then some.
-pub(crate) fn generate(host: &str) -> Result<TlsMaterial> {
+pub(crate) fn generate(host: &str) -> Result<TlsPems> {
     let failed = |e: rcgen::Error| Error::Stack {
         reason: format!("cannot make the stack's TLS certificate: {e}"),
     };
@@ -51,7 +42,7 @@ pub(crate) fn generate(host: &str) -> Result<TlsMaterial> {
     let mut server = CertificateParams::new(names).map_err(failed)?;
     server.distinguished_name.push(DnType::CommonName, host);
     let cert = server.signed_by(&key, &ca_cert, &ca_key).map_err(failed)?;
-    Ok(TlsMaterial {
+    Ok(TlsPems {
         ca_pem: ca_cert.pem(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),

@@ -9,6 +9,7 @@
 //! `error`); `docker::images` only until the image settings move here.
 
 pub(crate) mod env;
+pub(crate) mod images;
 pub(crate) mod pgbouncer_ini;
 pub(crate) mod profile;
 pub(crate) mod profile_settings;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::docker::images::ImageSettings;
 use crate::error::{Error, Result};
 use crate::support::digest::hex;
 use crate::target::env::Env;
+use crate::target::images::ImageSettings;
 use crate::target::profile::Profile;
 
 pub use crate::target::pgbouncer_ini::PoolMode;

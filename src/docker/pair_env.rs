@@ -1,0 +1,150 @@
+//! The environment both containers of a pair are given (the images'
+//! contract: `docker/*-entrypoint.sh` read it), and the part of it a
+//! joining process reads back from a running PostgreSQL container: each
+//! name written once, for both ways, in typed structs.
+
+use crate::target::settings::Ports;
+
+/// The plain password (joining processes read it back).
+const PASSWORD: &str = "POSTGRES_PASSWORD";
+/// Its SCRAM-SHA-256 verifier, what the servers store.
+const PASSWORD_SCRAM: &str = "POSTGRES_PASSWORD_SCRAM";
+const TLS_CA: &str = "PGBF_TLS_CA";
+const TLS_CERT: &str = "PGBF_TLS_CERT";
+const TLS_KEY: &str = "PGBF_TLS_KEY";
+/// `host` on this machine's network; unset on Docker's bridge.
+const NETWORK: &str = "PGBF_NETWORK";
+const PORT: &str = "PGBF_PORT";
+const POOLER_PORT: &str = "PGBF_POOLER_PORT";
+const LISTEN_ADDR: &str = "PGBF_LISTEN_ADDR";
+
+/// A stack's certificate material, PEM-encoded: what its containers write
+/// to their TLS files (made by `stack::tls`).
+#[derive(Clone)]
+pub(crate) struct TlsPems {
+    /// The stack's own CA: what `sslmode=verify-full` checks against.
+    pub ca_pem: String,
+    /// The server certificate (PostgreSQL and PgBouncer share it).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+/// What a new pair is given: its password, the password's SCRAM verifier,
+/// and its TLS certificate.
+pub(crate) struct Secrets<'a> {
+    pub password: &'a str,
+    pub scram_verifier: &'a str,
+    pub tls: &'a TlsPems,
+}
+
+/// What both containers of a new pair find in their environment.
+pub(crate) struct SharedEnv<'a> {
+    pub secrets: &'a Secrets<'a>,
+    /// On this machine's network: the ports both listen on; `None` on the bridge.
+    pub host_ports: Option<Ports>,
+}
+
+impl SharedEnv<'_> {
+    /// `NAME=value` entries, as Docker takes them.
+    pub(crate) fn vars(&self) -> Vec<String> {
+        let Secrets {
+            password,
+            scram_verifier,
+            tls,
+        } = self.secrets;
+        let mut vars = vec![
+            format!("{PASSWORD}={password}"),
+            format!("{PASSWORD_SCRAM}={scram_verifier}"),
+            format!("{TLS_CA}={}", tls.ca_pem),
+            format!("{TLS_CERT}={}", tls.cert_pem),
+            format!("{TLS_KEY}={}", tls.key_pem),
+        ];
+        if let Some(ports) = self.host_ports {
+            vars.extend([
+                format!("{NETWORK}=host"),
+                format!("{PORT}={}", ports.postgres),
+                format!("{POOLER_PORT}={}", ports.pgbouncer),
+                format!("{LISTEN_ADDR}={}", ports.listen_addr),
+            ]);
+        }
+        vars
+    }
+}
+
+/// What a joining process reads back from a running PostgreSQL container's
+/// environment ([`SharedEnv`] wrote it).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct JoinEnv {
+    pub password: String,
+    /// The stack's CA (absent on images without TLS).
+    pub ca_pem: Option<String>,
+    /// `(direct, pooled)` on this machine's network; `None` on the bridge,
+    /// where Docker says which ports it published.
+    pub host_ports: Option<(u16, u16)>,
+}
+
+impl JoinEnv {
+    /// `None` when the password, or on the host network a port, is missing
+    /// or not a port.
+    pub(crate) fn read(env: &[String]) -> Option<JoinEnv> {
+        let var = |name: &str| {
+            env.iter()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let host_ports = match var(NETWORK).as_deref() {
+            Some("host") => Some((var(PORT)?.parse().ok()?, var(POOLER_PORT)?.parse().ok()?)),
+            _ => None,
+        };
+        Some(JoinEnv {
+            password: var(PASSWORD)?,
+            ca_pem: var(TLS_CA),
+            host_ports,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joiner_reads_back_what_a_new_pair_was_given() {
+        let tls = TlsPems {
+            ca_pem: "CA".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+        };
+        let ports = Ports {
+            postgres: 20001,
+            pgbouncer: 20002,
+            listen_addr: "127.0.0.1",
+        };
+        for host_ports in [Some(ports), None] {
+            let secrets = Secrets {
+                password: "pw=with=equals",
+                scram_verifier: "SCRAM-SHA-256$4096:x",
+                tls: &tls,
+            };
+            let shared = SharedEnv {
+                secrets: &secrets,
+                host_ports,
+            };
+            // A variable whose name starts like another's is not taken for it.
+            let mut vars = vec!["POSTGRES_PASSWORD_SCRAM_X=no".to_string()];
+            vars.extend(shared.vars());
+            assert_eq!(
+                JoinEnv::read(&vars),
+                Some(JoinEnv {
+                    password: "pw=with=equals".into(),
+                    ca_pem: Some("CA".into()),
+                    host_ports: host_ports.map(|p| (p.postgres, p.pgbouncer)),
+                })
+            );
+        }
+        assert_eq!(JoinEnv::read(&["PGBF_NETWORK=host".into()]), None);
+        let bad_port = ["POSTGRES_PASSWORD=p", "PGBF_NETWORK=host", "PGBF_PORT=x"];
+        assert_eq!(JoinEnv::read(&bad_port.map(String::from)), None);
+    }
+}

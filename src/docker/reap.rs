@@ -1,0 +1,182 @@
+//! Reaping on the engine: the sweep a creator runs before starting a stack
+//! (leftovers of crashed runs), and the Docker half of `gc` (everything the
+//! crate made within a scope, found by its labels).
+//!
+//! The crate's own stacks remove themselves (lease watchdog + AutoRemove);
+//! what remains for these two is what that cannot cover: containers of images
+//! that ignore the watchdog contract, containers a dying daemon failed to
+//! remove, and Docker networks made by earlier versions of the crate.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
+use bollard::Docker;
+
+use crate::docker::call;
+use crate::docker::labels::{LABEL_CHECKOUT, LABEL_MANAGED, LABEL_STACK};
+use crate::docker::pair::remove;
+use crate::error::Result;
+
+/// Leftovers younger than this are left alone by the sweep: they may belong
+/// to a run that is starting (or restarting a container) right now.
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(120);
+
+/// Which of the crate's resources `gc` removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcScope<'a> {
+    /// Everything the crate created on this Docker host, whoever's.
+    All,
+    /// The containers of one stack (label `pgbouncer-fixtures.stack`).
+    Stack(&'a str),
+    /// What runs in one checkout created (label `pgbouncer-fixtures.checkout`).
+    Checkout(&'a str),
+}
+
+fn label_filter(scope: GcScope<'_>) -> HashMap<String, Vec<String>> {
+    let label = match scope {
+        GcScope::All => LABEL_MANAGED.to_string(),
+        GcScope::Stack(id) => format!("{LABEL_STACK}={id}"),
+        GcScope::Checkout(path) => format!("{LABEL_CHECKOUT}={path}"),
+    };
+    HashMap::from([("label".to_string(), vec![label])])
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Removes the containers and networks the crate created on this engine
+/// within `scope`, running or not; returns their names: `(containers, networks)`.
+pub(crate) async fn remove_in_scope(
+    docker: &Docker,
+    scope: GcScope<'_>,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let list = call(
+        "list the crate's containers",
+        docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(scope)),
+            ..Default::default()
+        })),
+    )
+    .await?;
+    let mut containers = Vec::new();
+    for c in list {
+        let name = container_name(&c.names, c.id.as_deref());
+        remove(docker, &name).await;
+        containers.push(name);
+    }
+    let mut removed_networks = Vec::new();
+    for name in networks(docker, scope, None).await? {
+        if remove_network(docker, &name).await {
+            removed_networks.push(name);
+        }
+    }
+    Ok((containers, removed_networks))
+}
+
+/// Best-effort removal of leftovers older than [`SWEEP_MIN_AGE`]: stopped
+/// containers and networks without containers. Running containers are never
+/// touched: a live one has a lease holder, or its watchdog will stop it.
+pub(crate) async fn sweep(docker: &Docker) {
+    let cutoff = now_secs() - SWEEP_MIN_AGE.as_secs() as i64;
+    let stopped = call(
+        "list stopped containers",
+        docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([
+                ("label".to_string(), vec![LABEL_MANAGED.to_string()]),
+                (
+                    "status".to_string(),
+                    vec!["exited".into(), "dead".into(), "created".into()],
+                ),
+            ])),
+            ..Default::default()
+        })),
+    )
+    .await;
+    match stopped {
+        Ok(list) => {
+            for c in list.into_iter().filter(|c| c.created.unwrap_or(0) < cutoff) {
+                let name = container_name(&c.names, c.id.as_deref());
+                tracing::info!(container = %name, "sweeping a stopped container left by an earlier run");
+                remove(docker, &name).await;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "sweep: cannot list containers"),
+    }
+    match networks(docker, GcScope::All, Some(cutoff)).await {
+        Ok(names) => {
+            for name in names {
+                tracing::info!(network = %name, "sweeping an unused network left by an earlier run");
+                remove_network(docker, &name).await;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "sweep: cannot list networks"),
+    }
+}
+
+/// The crate's networks; with `unused_before`, only those without containers
+/// created before that time.
+async fn networks(
+    docker: &Docker,
+    scope: GcScope<'_>,
+    unused_before: Option<i64>,
+) -> Result<Vec<String>> {
+    let list = call(
+        "list the crate's networks",
+        docker.list_networks(Some(ListNetworksOptions {
+            filters: Some(label_filter(scope)),
+        })),
+    )
+    .await?;
+    let mut names = Vec::new();
+    for n in list {
+        let Some(name) = n.name else { continue };
+        if let Some(cutoff) = unused_before {
+            let Ok(inspect) = call(
+                &format!("inspect network {name}"),
+                docker.inspect_network(&name, None),
+            )
+            .await
+            else {
+                continue;
+            };
+            let old = inspect.created.is_some_and(|t| t.unix_timestamp() < cutoff);
+            let unused = inspect.containers.as_ref().is_none_or(HashMap::is_empty);
+            if !(old && unused) {
+                continue;
+            }
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+async fn remove_network(docker: &Docker, name: &str) -> bool {
+    match call(
+        &format!("remove network {name}"),
+        docker.remove_network(name),
+    )
+    .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(network = name, error = %e, "could not remove network");
+            false
+        }
+    }
+}
+
+fn container_name(names: &Option<Vec<String>>, id: Option<&str>) -> String {
+    names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .or_else(|| id.map(str::to_string))
+        .unwrap_or_default()
+}
