@@ -3,6 +3,7 @@
 
 pub(crate) mod acquire;
 pub(crate) mod admin;
+pub(crate) mod budget;
 pub(crate) mod clones;
 pub(crate) mod database;
 pub(crate) mod janitor;
