@@ -1,9 +1,11 @@
 //! The run's PostgreSQL + PgBouncer pair: the [`Stack`] handle (private
 //! stacks: `Stack::start`; the run's shared stack: `Stack::shared`, joined
 //! when it answers, else created under a file lock, see `run_key`), its
-//! [`Endpoints`], bring-up, readiness, lease, secrets and reaping. Uses
-//! `docker` for the containers and hands the running pair to a `provision`
-//! worker; below it: connect, target, support, error.
+//! [`Endpoints`] (`endpoints.rs`), bring-up (`bring_up.rs`), readiness
+//! (`ready.rs`), the lease (`lease.rs`), secrets (`secrets.rs`), the run's
+//! lock and key, TLS and reaping. May use the folders below it: `docker`
+//! (the containers), `provision` (the worker it hands the running pair to),
+//! connect, target, support, error.
 
 mod bring_up;
 mod endpoints;
