@@ -121,6 +121,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Lets the spawned waiters run until they block (one thread: no clock).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn background_work_waits_for_urgent_clones_and_wakes_when_they_end() {
         let budget = std::sync::Arc::new(Budget::new());
@@ -131,7 +138,7 @@ mod tests {
                 let _slot = budget.background(false, || false).await;
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        settle().await;
         assert!(!waiting.is_finished(), "a drop waited while a test waited");
         drop(urgent);
         tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -150,7 +157,7 @@ mod tests {
                     .await;
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        settle().await;
         assert!(!drop_waits.is_finished());
         flag.store(true, Ordering::SeqCst);
         budget.nudge();
