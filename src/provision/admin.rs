@@ -1,13 +1,10 @@
 //! Admin work on a server: creating and dropping test databases (or
 //! schemas) on a small set of admin connections, and PgBouncer's console.
 //!
-//! Why one place: clones and drops are the server's heaviest statements, and
-//! a 2-core server only gets slower past two at once, so they share one
-//! budget with an order of precedence: a test waiting for a clone first,
-//! prepared clones next, drops last (no test ever waits behind another
-//! test's drop). Drops are queued and run in the background; tasks are
-//! counted so that stopping waits for them. Runs on the stack's background
-//! runtime.
+//! Why one place: clones and drops are the server's heaviest statements:
+//! they share one [`Budget`] (no test ever waits behind another test's
+//! drop). Drops are queued and run in the background; tasks are counted so
+//! that stopping waits for them. Runs on the worker's background runtime.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,6 +16,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use crate::connect::sqlx_compat::Executor;
 use crate::error::{Error, Result};
+use crate::provision::budget::Budget;
 use crate::provision::database::{On, Step};
 use crate::support::sync::lock;
 use crate::target::DbUrl;
@@ -32,11 +30,6 @@ const MAX_IDLE_ADMIN: usize = 6;
 /// Idle bookkeeping connections kept (one per test thread claiming at once,
 /// at most).
 const MAX_IDLE_BOOKS: usize = 4;
-/// Clones and drops running at once on the server, whoever asks: beyond
-/// two, a 2-core server only makes each slower (measured with pgbench:
-/// clone+drop pairs went from 28/s at 1 to 43/s at 2 and 44/s at 4, with
-/// twice the latency).
-const HEAVY_PARALLEL: usize = 2;
 /// Drops wait while tests wait for a clone, unless this many are due.
 const DROP_BACKLOG: usize = 32;
 /// On a crate stack, queued drops wait while the process's tests are busy
@@ -90,12 +83,8 @@ pub(crate) struct Admin {
     stopped: tokio::sync::Notify,
     /// The last claim or drop of the process's tests.
     activity: Mutex<Instant>,
-    /// Server-heavy statements (clones, drops) running at once.
-    heavy: tokio::sync::Semaphore,
-    /// Tests waiting for a clone made on demand now: background work waits.
-    pub(crate) urgent_clones: AtomicUsize,
-    /// Prepared clones being made now: drops wait.
-    pub(crate) background_clones: AtomicUsize,
+    /// Server-heavy statements (clones, drops) and who goes first.
+    budget: Budget,
     /// How many queued drops wait for the stop ([`DEFERRED_DROPS`] on a
     /// crate stack, none elsewhere: the crate leaves nothing on a user's
     /// server, nor runs late).
@@ -125,9 +114,7 @@ impl Admin {
             stopping: AtomicBool::new(false),
             stopped: tokio::sync::Notify::new(),
             activity: Mutex::new(Instant::now()),
-            heavy: tokio::sync::Semaphore::new(HEAVY_PARALLEL),
-            urgent_clones: AtomicUsize::new(0),
-            background_clones: AtomicUsize::new(0),
+            budget: Budget::new(),
         }
     }
 
@@ -136,26 +123,9 @@ impl Admin {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// A slot for one heavy statement for a test waiting on it: first in line.
-    pub(crate) async fn urgent_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.heavy.acquire().await.expect("never closed")
-    }
-
-    /// A slot for a clone or drop in the background, once no test waits for
-    /// an on-demand clone (claims first) and, `after_refills`, no prepared
-    /// clone is being made (refills next, drops last), unless `urgent`.
-    pub(crate) async fn background_slot(
-        &self,
-        after_refills: bool,
-        urgent: impl Fn() -> bool,
-    ) -> tokio::sync::SemaphorePermit<'_> {
-        while (self.urgent_clones.load(Ordering::SeqCst) > 0
-            || (after_refills && self.background_clones.load(Ordering::SeqCst) > 0))
-            && !urgent()
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.heavy.acquire().await.expect("never closed")
+    /// The heavy-statement budget clones and drops share.
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Runs `task` concurrently on the current (background) runtime,
@@ -175,6 +145,8 @@ impl Admin {
     pub(crate) fn begin_stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stopped.notify_waiters();
+        // Waiting drops go now.
+        self.budget.nudge();
     }
 
     /// The drops queued and not started, taken out of the queue.
@@ -229,8 +201,8 @@ impl Admin {
         let mut server = lock(&self.idle).pop();
         let mut result = Ok(());
         for step in steps {
-            let outcome = match (step.on, &self.urls.console_url) {
-                (On::Server, _) => self.execute(&mut server, &step.sql).await.map(|_| ()),
+            let outcome = match (step.on(), &self.urls.console_url) {
+                (On::Server, _) => self.execute(&mut server, &step.sql()).await.map(|_| ()),
                 (On::Console, Some(url)) => {
                     let mut console = self.console.lock().await;
                     execute(
@@ -238,7 +210,7 @@ impl Admin {
                         url,
                         crate::connect::Endpoint::Console,
                         self.urls.connect_timeout,
-                        &step.sql,
+                        &step.sql(),
                     )
                     .await
                     .map(|_| ())
@@ -247,8 +219,8 @@ impl Admin {
             };
             match outcome {
                 Ok(()) => {}
-                Err(e) if step.best_effort => {
-                    tracing::debug!(sql = %step.sql, error = %e, "best-effort admin step failed");
+                Err(e) if step.best_effort() => {
+                    tracing::debug!(sql = %step.sql(), error = %e, "best-effort admin step failed");
                 }
                 Err(e) => {
                     result = Err(e);
@@ -318,6 +290,8 @@ impl Admin {
             }
             start
         };
+        // A longer queue may let a waiting drop through (see drain_drops).
+        self.budget.nudge();
         if start {
             let admin = self.clone();
             self.spawn(async move { admin.drain_drops().await });
@@ -357,7 +331,8 @@ impl Admin {
                 continue;
             };
             let slot = self
-                .background_slot(true, || {
+                .budget
+                .background(true, || {
                     lock(&self.drops).queue.len() >= self.deferred + DROP_BACKLOG || self.stopping()
                 })
                 .await;
@@ -386,10 +361,10 @@ fn keep(idle: &Mutex<Vec<PgConnection>>, conn: Option<PgConnection>, max: usize)
 }
 
 fn describe(steps: &[Step]) -> String {
-    let sql: Vec<&str> = steps
+    let sql: Vec<String> = steps
         .iter()
-        .filter(|s| !s.best_effort)
-        .map(|s| s.sql.as_str())
+        .filter(|s| !s.best_effort())
+        .map(Step::sql)
         .collect();
     format!("running `{}` on the admin connection", sql.join("; "))
 }

@@ -2,6 +2,8 @@
 //! server, a schema of its own unless the user opted in to databases), with
 //! names that are never reused and clean-up the crate owns.
 
+use crate::connect::quote::quote_ident;
+
 /// Where a step of admin work runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum On {
@@ -11,33 +13,77 @@ pub(crate) enum On {
     Console,
 }
 
-/// One statement of admin work.
-#[derive(Clone, Debug)]
-pub(crate) struct Step {
-    pub on: On,
-    pub sql: String,
-    /// A failure is logged and the job goes on (used for PgBouncer housekeeping).
-    pub best_effort: bool,
+/// One statement of admin work, rendered to SQL in [`Step::sql`] only
+/// (every name through [`quote_ident`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// An empty database.
+    CreateDatabase(String),
+    /// A clone of a template database (`name`, `template`).
+    CloneDatabase {
+        /// The clone.
+        name: String,
+        /// The template it copies.
+        template: String,
+    },
+    /// An empty schema in the admin URL's database.
+    CreateSchema(String),
+    /// Drops a database, ending its sessions.
+    DropDatabase(String),
+    /// Drops a schema and all it holds.
+    DropSchema(String),
+    /// PgBouncer closes its server connections to the database and pauses it.
+    KillPool(String),
+    /// PgBouncer takes the database again after [`Step::KillPool`].
+    ResumePool(String),
 }
 
 impl Step {
-    pub(crate) fn server(sql: String) -> Step {
-        Step {
-            on: On::Server,
-            sql,
-            best_effort: false,
+    /// Where it runs.
+    pub(crate) fn on(&self) -> On {
+        match self {
+            Step::KillPool(_) | Step::ResumePool(_) => On::Console,
+            _ => On::Server,
         }
     }
 
-    pub(crate) fn console(sql: String) -> Step {
-        Step {
-            on: On::Console,
-            sql,
-            best_effort: true,
+    /// A failure is logged and the job goes on: PgBouncer housekeeping.
+    pub(crate) fn best_effort(&self) -> bool {
+        self.on() == On::Console
+    }
+
+    /// The database it drops, if it drops one.
+    pub(crate) fn dropped_database(&self) -> Option<&str> {
+        match self {
+            Step::DropDatabase(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Its SQL text (PgBouncer's console reads a double-quoted name as
+    /// PostgreSQL does).
+    pub(crate) fn sql(&self) -> String {
+        match self {
+            Step::CreateDatabase(name) => format!("CREATE DATABASE {}", quote_ident(name)),
+            // FILE_COPY: on a tmpfs data directory with fsync off it is the
+            // fastest strategy (13 ms against 16-33 ms for WAL_LOG, measured).
+            Step::CloneDatabase { name, template } => format!(
+                "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
+                quote_ident(name),
+                quote_ident(template)
+            ),
+            Step::CreateSchema(name) => format!("CREATE SCHEMA {}", quote_ident(name)),
+            Step::DropDatabase(name) => {
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
+            }
+            Step::DropSchema(name) => {
+                format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(name))
+            }
+            Step::KillPool(name) => format!("KILL {}", quote_ident(name)),
+            Step::ResumePool(name) => format!("RESUME {}", quote_ident(name)),
         }
     }
 }
-use crate::connect::quote::quote_ident;
 
 /// What a test was given to work in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,10 +97,10 @@ pub enum Isolation {
 impl Isolation {
     /// The admin work that creates it.
     pub(crate) fn create_steps(&self) -> Vec<Step> {
-        vec![Step::server(match self {
-            Isolation::Database(name) => format!("CREATE DATABASE {}", quote_ident(name)),
-            Isolation::Schema(name) => format!("CREATE SCHEMA {}", quote_ident(name)),
-        })]
+        vec![match self {
+            Isolation::Database(name) => Step::CreateDatabase(name.clone()),
+            Isolation::Schema(name) => Step::CreateSchema(name.clone()),
+        }]
     }
 
     /// The admin work that removes it (and nothing else: names are ours and unique).
@@ -65,17 +111,11 @@ impl Isolation {
                 // .. WITH (FORCE) would terminate them and wait ~100 ms for
                 // them to exit. Closing them from PgBouncer's side first makes
                 // the drop as fast as for an unused database.
-                Step::console(format!("KILL {name}")),
-                Step::server(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(name)
-                )),
-                Step::console(format!("RESUME {name}")),
+                Step::KillPool(name.clone()),
+                Step::DropDatabase(name.clone()),
+                Step::ResumePool(name.clone()),
             ],
-            Isolation::Schema(name) => vec![Step::server(format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                quote_ident(name)
-            ))],
+            Isolation::Schema(name) => vec![Step::DropSchema(name.clone())],
         }
     }
 
@@ -108,5 +148,32 @@ pub(crate) fn unique_name(test_name: &str) -> String {
         format!("pgbf_{suffix}")
     } else {
         format!("pgbf_{slug}_{suffix}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_quoted_the_console_included() {
+        let steps = Isolation::Database("we\"ird".into()).drop_steps();
+        let sql: Vec<String> = steps.iter().map(Step::sql).collect();
+        assert_eq!(
+            sql,
+            [
+                "KILL \"we\"\"ird\"",
+                "DROP DATABASE IF EXISTS \"we\"\"ird\" WITH (FORCE)",
+                "RESUME \"we\"\"ird\"",
+            ]
+        );
+        assert_eq!(
+            steps.iter().map(Step::best_effort).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert_eq!(steps[1].dropped_database(), Some("we\"ird"));
+        let schema = Isolation::Schema("s".into());
+        assert_eq!(schema.create_steps()[0].sql(), "CREATE SCHEMA \"s\"");
+        assert_eq!(schema.drop_steps()[0].dropped_database(), None);
     }
 }

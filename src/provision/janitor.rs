@@ -12,8 +12,8 @@
 //! instead of waiting for them. Never used on an external server: the crate
 //! leaves nothing on a user's server.
 
-use crate::connect::quote::{quote_ident, quote_literal};
-use crate::provision::database::{On, Step};
+use crate::connect::quote::quote_literal;
+use crate::provision::database::Step;
 
 /// Databases waiting for the janitor's drop, at most: each costs tmpfs
 /// until dropped; beyond that a process drops its own at exit.
@@ -75,15 +75,9 @@ pub(crate) fn hand_over_sql(names: &[String], max: u32) -> String {
 /// The database that `steps` (from `Isolation::drop_steps`) drop, if they
 /// drop one.
 pub(crate) fn dropped_database(steps: &[Step]) -> Option<String> {
-    steps.iter().find_map(|step| {
-        let rest = step.sql.strip_prefix("DROP DATABASE IF EXISTS ")?;
-        let quoted = rest.strip_suffix(" WITH (FORCE)")?;
-        let name = quoted
-            .strip_prefix('"')?
-            .strip_suffix('"')?
-            .replace("\"\"", "\"");
-        (step.on == On::Server && quote_ident(&name) == quoted).then_some(name)
-    })
+    steps
+        .iter()
+        .find_map(|step| step.dropped_database().map(str::to_string))
 }
 
 #[cfg(test)]

@@ -11,9 +11,11 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection};
 
-use crate::connect::quote::quote_ident;
+use crate::connect::quote::{quote_ident, quote_literal};
 use crate::connect::sqlx_compat::{run_migrations, Executor};
+use crate::connect::Endpoint;
 use crate::error::{Error, Result};
+use crate::provision::database::Step;
 use crate::support::digest::hex;
 use crate::support::sync::lock;
 use crate::target::DbUrl;
@@ -226,31 +228,28 @@ impl ResolvedTemplate {
     /// number of processes: they serialise on an advisory lock of a direct
     /// session, and only a finished template is marked `IS_TEMPLATE`.
     pub(crate) async fn ensure(&self, admin: &DbUrl) -> Result<()> {
-        let sql_err = |action: String| move |e: sqlx::Error| Error::Sql { action, source: e };
         let options = crate::connect::options(admin, "pgbouncer-fixtures template");
-        let mut conn = PgConnection::connect_with(&options).await.map_err(|e| {
-            crate::connect::connect_error(crate::connect::Endpoint::Direct, admin, e)
-        })?;
-        let lock = format!(
-            "select pg_advisory_lock(hashtext('pgbouncer-fixtures'), hashtext('{}'))",
-            self.name
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| crate::connect::connect_error(Endpoint::Direct, admin, e))?;
+        let key = format!(
+            "hashtext('pgbouncer-fixtures'), hashtext({})",
+            quote_literal(&self.name)
         );
+        let lock = format!("select pg_advisory_lock({key})");
         conn.execute(lock.as_str())
             .await
             .map_err(sql_err("locking the template".into()))?;
         let result = self.build_locked(&mut conn, admin).await;
-        let unlock = format!(
-            "select pg_advisory_unlock(hashtext('pgbouncer-fixtures'), hashtext('{}'))",
-            self.name
-        );
+        let unlock = format!("select pg_advisory_unlock({key})");
         let _ = conn.execute(unlock.as_str()).await;
         let _ = conn.close().await;
         result
     }
 
+    /// Under the template's lock: builds it unless a finished one is there,
+    /// then removes stale ones.
     async fn build_locked(&self, conn: &mut PgConnection, admin: &DbUrl) -> Result<()> {
-        let sql_err = |action: String| move |e: sqlx::Error| Error::Sql { action, source: e };
-        let name = quote_ident(&self.name);
         let ready: Option<bool> =
             sqlx::query_scalar("select datistemplate from pg_database where datname = $1")
                 .bind(&self.name)
@@ -260,51 +259,63 @@ impl ResolvedTemplate {
                 .map_err(sql_err("looking for the template".into()))?;
         if ready != Some(true) {
             let started = std::time::Instant::now();
-            // A template that is not marked ready is the leftover of a crashed build.
-            // FILE_COPY, as for its clones (`clones.rs`): the default
-            // (WAL_LOG) took ~26 ms of a cold run's start, this ~12 ms.
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                format!("CREATE DATABASE {name} STRATEGY FILE_COPY"),
-            ] {
-                conn.execute(sql.as_str())
-                    .await
-                    .map_err(sql_err(format!("`{sql}`")))?;
-            }
-            let target = admin.with_database(&self.name);
-            let options = crate::connect::options(&target, "pgbouncer-fixtures template");
-            let mut tpl = PgConnection::connect_with(&options).await.map_err(|e| {
-                crate::connect::connect_error(crate::connect::Endpoint::Direct, &target, e)
-            })?;
-            if let Some(migrator) = &self.migrator {
-                run_migrations(migrator, &mut tpl)
-                    .await
-                    .map_err(|e| Error::Template {
-                        reason: format!("migrations failed on the template: {e}"),
-                    })?;
-            }
-            for (path, sql) in &self.seeds {
-                tpl.execute(sql.as_str())
-                    .await
-                    .map_err(|e| Error::Template {
-                        reason: format!("seed file {} failed: {e}", path.display()),
-                    })?;
-            }
-            tpl.close()
-                .await
-                .map_err(sql_err("closing the template connection".into()))?;
-            // Nobody may connect to it any more: open sessions would block cloning.
-            for sql in [
-                format!("ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"),
-                format!("COMMENT ON DATABASE {name} IS '{}'", self.comment()),
-            ] {
-                conn.execute(sql.as_str())
-                    .await
-                    .map_err(sql_err(format!("`{sql}`")))?;
-            }
+            self.build(conn, admin).await?;
             tracing::info!(template = %self.name, elapsed_ms = started.elapsed().as_millis() as u64, "template built");
         }
-        // Stale templates of the same source: built from older content.
+        self.remove_stale(conn).await
+    }
+
+    /// Builds the template afresh: a database, the migrations and seeds,
+    /// then marked a template nobody may connect to.
+    async fn build(&self, conn: &mut PgConnection, admin: &DbUrl) -> Result<()> {
+        let name = quote_ident(&self.name);
+        // A template that is not marked ready is the leftover of a crashed build.
+        // FILE_COPY, as for its clones (`Step::CloneDatabase`): the default
+        // (WAL_LOG) took ~26 ms of a cold run's start, this ~12 ms.
+        for sql in [
+            Step::DropDatabase(self.name.clone()).sql(),
+            format!("CREATE DATABASE {name} STRATEGY FILE_COPY"),
+        ] {
+            run(conn, &sql).await?;
+        }
+        let target = admin.with_database(&self.name);
+        let options = crate::connect::options(&target, "pgbouncer-fixtures template");
+        let mut tpl = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &target, e))?;
+        if let Some(migrator) = &self.migrator {
+            run_migrations(migrator, &mut tpl)
+                .await
+                .map_err(|e| Error::Template {
+                    reason: format!("migrations failed on the template: {e}"),
+                })?;
+        }
+        for (path, sql) in &self.seeds {
+            tpl.execute(sql.as_str())
+                .await
+                .map_err(|e| Error::Template {
+                    reason: format!("seed file {} failed: {e}", path.display()),
+                })?;
+        }
+        tpl.close()
+            .await
+            .map_err(sql_err("closing the template connection".into()))?;
+        // Nobody may connect to it any more: open sessions would block cloning.
+        for sql in [
+            format!("ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"),
+            format!(
+                "COMMENT ON DATABASE {name} IS {}",
+                quote_literal(&self.comment())
+            ),
+        ] {
+            run(conn, &sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the stale templates of the same source (built from older
+    /// content) and their prepared clones.
+    async fn remove_stale(&self, conn: &mut PgConnection) -> Result<()> {
         let stale: Vec<String> = sqlx::query_scalar(
             "select datname::text from pg_database d \
              where datname like 'pgbf\\_tpl\\_%' and datname <> $1 \
@@ -320,7 +331,7 @@ impl ResolvedTemplate {
             let old = quote_ident(&old_raw);
             for sql in [
                 format!("ALTER DATABASE {old} WITH IS_TEMPLATE false"),
-                format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"),
+                Step::DropDatabase(old_raw.clone()).sql(),
             ] {
                 if let Err(e) = conn.execute(sql.as_str()).await {
                     tracing::warn!(error = %e, "could not remove a stale template");
@@ -336,10 +347,7 @@ impl ResolvedTemplate {
                     .await
                     .unwrap_or_default();
             for clone in clones {
-                let sql = format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(&clone)
-                );
+                let sql = Step::DropDatabase(clone).sql();
                 if let Err(e) = conn.execute(sql.as_str()).await {
                     tracing::warn!(error = %e, "could not remove a stale prepared clone");
                 }
@@ -348,6 +356,19 @@ impl ResolvedTemplate {
         }
         Ok(())
     }
+}
+
+/// Turns an sqlx error into the crate's, saying what was being done.
+fn sql_err(action: String) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Sql { action, source }
+}
+
+/// Runs one admin statement on `conn`.
+async fn run(conn: &mut PgConnection, sql: &str) -> Result<()> {
+    conn.execute(sql)
+        .await
+        .map(|_| ())
+        .map_err(sql_err(format!("`{sql}`")))
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! A server's worker: everything this process keeps for one server (the
 //! crate's stack, or an external server) for as long as it runs, on a
-//! background runtime of its own.
+//! background runtime its caller started.
 //!
-//! It ties together the pieces that each live in their own module: the
-//! background runtime (`runtime.rs`), the lease on a stack (`lease.rs`),
-//! admin connections and drops (`admin.rs`), the prepared-clone pool
-//! (`clones.rs`) and the templates built on this incarnation of the server
-//! (a replaced stack starts with none). Callers see plain async methods; the
+//! It ties together the pieces that each live in their own module: admin
+//! connections and drops (`admin.rs`), the prepared-clone pool
+//! (`clones/`), the templates built on this incarnation of the server (a
+//! replaced stack starts with none) and, on a stack, the process's lease,
+//! seen only through [`ServerLease`]. Callers see plain async methods; the
 //! work runs on the background runtime, so it outlives each test's runtime.
 
 use std::future::Future;
@@ -14,13 +14,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::LocalBoxFuture;
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
 use crate::provision::admin::{Admin, AdminUrls};
-use crate::provision::clones::{Claimed, Clones};
+use crate::provision::clones::in_process::InProcess;
+use crate::provision::clones::on_stack::OnStack;
+use crate::provision::clones::{Claimed, Clones, Store};
 use crate::provision::database::Step;
-use crate::stack::lease::{Lease, ProbeTarget, PROBE_TIMEOUT, RENEW_TIMEOUT};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::Background;
 use crate::support::sync::lock;
@@ -28,16 +30,33 @@ use crate::support::sync::lock;
 /// Work to run once, when the worker stops (e.g. removing containers).
 pub(crate) type Cleanup = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// What a worker is made of, as its start-up produced it.
+/// The process's lease on the server, as the worker sees it: whether the
+/// server is known dead, a check, and its end. Its futures run on the
+/// worker's background runtime.
+pub(crate) trait ServerLease: Send + Sync {
+    /// The error saying the server died, once that is known.
+    fn dead(&self) -> Option<Error>;
+    /// One check: `Err(StackDied)` when the server is gone.
+    fn probe(&self) -> LocalBoxFuture<'_, Result<()>>;
+    /// The longest [`ServerLease::probe`] may take, retries included.
+    fn probe_limit(&self) -> Duration;
+    /// Ends the lease.
+    fn close(&self) -> LocalBoxFuture<'_, ()>;
+}
+
+/// What a worker is made of: plain data about its server.
 pub(crate) struct WorkerSetup {
     /// Where its admin work connects.
     pub urls: AdminUrls,
+    /// The crate's own stack: prepared clones live in its bookkeeping
+    /// tables, and queued drops wait for the stop and go to its janitor.
+    /// Never on a user's server.
+    pub on_stack: bool,
     /// Run at shutdown.
     pub cleanup: Option<Cleanup>,
-    /// The lease on a crate stack and where to look when it breaks: closed
-    /// at shutdown (or by the kernel, when the process dies), which lets
-    /// the stack's watchdog reap it.
-    pub lease: Option<(PgConnection, ProbeTarget)>,
+    /// The lease on a crate stack: closed at shutdown (or by the kernel,
+    /// when the process dies), which lets the stack's watchdog reap it.
+    pub lease: Option<Arc<dyn ServerLease>>,
     /// A bookkeeping connection already open (to `urls.books_url`: the
     /// stack's readiness check leaves it), so a process's first claim opens
     /// none.
@@ -54,7 +73,7 @@ struct Inner {
     background: Background,
     admin: Arc<Admin>,
     clones: Arc<Clones>,
-    lease: Option<Arc<Lease>>,
+    lease: Option<Arc<dyn ServerLease>>,
     cleanup: Mutex<Option<Cleanup>>,
     /// Templates found or built on this server by this process.
     templates: OnceMap<()>,
@@ -65,67 +84,33 @@ struct Inner {
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
 impl Worker {
-    /// Starts a background runtime named `thread_name`, runs `init` there and
-    /// returns what `init` produced. When `init` fails the runtime ends and
-    /// nothing is kept; when the caller stops waiting, the clean-up runs.
-    pub(crate) async fn start<T, F, Fut>(thread_name: String, init: F) -> Result<(Worker, T)>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(T, WorkerSetup)>> + 'static,
-    {
-        let background = Background::start(thread_name)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = background.spawn(move || async move {
-            let outcome = init().await;
-            if let Err(Ok((_, setup))) = tx.send(outcome) {
-                // Nobody will use it: clean up now.
-                if let Some(cleanup) = setup.cleanup {
-                    cleanup.await;
-                }
-            }
-        });
-        let made = match rx.await {
-            Ok(made) if spawned => made,
-            _ => Err(Error::Stack {
-                reason: "the background thread ended during start-up".into(),
-            }),
-        };
-        let (value, setup) = match made {
-            Ok(made) => made,
-            Err(e) => {
-                background.stop();
-                return Err(e);
-            }
-        };
-        // The crate's own stacks have a console; never a table on a user's server.
-        let on_stack = setup.urls.console_url.is_some();
+    /// The worker of a server, its work run on `background` (stopped with
+    /// the worker).
+    pub(crate) fn new(background: Background, setup: WorkerSetup) -> Worker {
         // On a stack, drops wait for the process's exit, which hands them
         // to the janitor.
-        let deferred = if on_stack {
+        let deferred = if setup.on_stack {
             crate::provision::admin::DEFERRED_DROPS
         } else {
             0
         };
         let admin = Arc::new(Admin::new(setup.urls, deferred, setup.books_conn));
-        let lease = setup
-            .lease
-            .map(|(conn, target)| Arc::new(Lease::new(conn, target)));
-        if let Some(lease) = lease.clone() {
-            background.spawn(move || async move { lease.watch().await });
-        }
-        let worker = Worker {
+        let store: Box<dyn Store> = if setup.on_stack {
+            Box::new(OnStack::new(admin.clone()))
+        } else {
+            Box::<InProcess>::default()
+        };
+        Worker {
             inner: Arc::new(Inner {
-                clones: Arc::new(Clones::new(admin.clone(), on_stack)),
+                clones: Arc::new(Clones::new(admin.clone(), store)),
                 admin,
                 background,
-                lease,
+                lease: setup.lease,
                 cleanup: Mutex::new(setup.cleanup),
                 templates: OnceMap::new(),
                 stopped: Default::default(),
             }),
-        };
-        Ok((worker, value))
+        }
     }
 
     /// The error saying the stack died, once that is known.
@@ -136,57 +121,22 @@ impl Worker {
     /// Checks the lease: `Err(StackDied)` when the stack is gone. Cheap (one
     /// round trip), bounded (a few seconds), and a no-op without a lease.
     pub(crate) async fn probe(&self) -> Result<()> {
-        self.on_lease(
-            PROBE_TIMEOUT + RENEW_TIMEOUT + Duration::from_secs(5),
-            "checking the stack's lease",
-            "the background thread is busy or stuck; see the container logs",
-            |lease| async move { lease.probe().await },
-        )
-        .await
-    }
-
-    /// Asks Docker whether both containers of the stack run: `Err(StackDied)`
-    /// naming each one that does not. Does not mark the stack dead (a
-    /// PgBouncer that is restarting comes back); a no-op without a stack.
-    pub(crate) async fn containers(&self) -> Result<()> {
-        self.on_lease(
-            // Two inspections, each bounded by the Docker call limit.
-            crate::docker::CALL_TIMEOUT * 2 + Duration::from_secs(5),
-            "asking Docker about the stack's containers",
-            "the background thread is busy or Docker is stuck; check `docker ps`",
-            |lease| async move { lease.containers().await },
-        )
-        .await
-    }
-
-    /// Runs `check` on the lease on the background runtime within `limit`;
-    /// `Ok` without a lease.
-    async fn on_lease<Fut>(
-        &self,
-        limit: Duration,
-        what: &str,
-        hint: &str,
-        check: impl FnOnce(Arc<Lease>) -> Fut + Send + 'static,
-    ) -> Result<()>
-    where
-        Fut: Future<Output = Result<()>> + 'static,
-    {
         let Some(lease) = self.live_lease()? else {
             return Ok(());
         };
-        let checked = self.inner.background.run(move || check(lease));
-        match tokio::time::timeout(limit, checked).await {
-            Ok(result) => result?,
-            Err(_) => Err(Error::Timeout {
-                what: what.into(),
-                after: limit,
-                hint: hint.into(),
-            }),
-        }
+        self.inner
+            .background
+            .run_within(
+                lease.probe_limit() + Duration::from_secs(5),
+                "checking the stack's lease",
+                "the background thread is busy or stuck; see the container logs",
+                move || async move { lease.probe().await },
+            )
+            .await
     }
 
     /// The lease, or `StackDied` once the stack is known dead.
-    fn live_lease(&self) -> Result<Option<Arc<Lease>>> {
+    fn live_lease(&self) -> Result<Option<Arc<dyn ServerLease>>> {
         match self.dead() {
             Some(e) => Err(e),
             None => Ok(self.inner.lease.clone()),
@@ -203,13 +153,27 @@ impl Worker {
             .await?
     }
 
-    /// A fresh clone of `template` for one test (see [`Clones::claim`]).
-    pub(crate) async fn claim(
+    /// A prepared clone of `template` for one test, if one is ready (see
+    /// [`Clones::take_prepared`]; `base`: clones to keep ready).
+    pub(crate) async fn take_prepared(
         &self,
         template: String,
-        prepared: usize,
-        prepared_only: bool,
+        base: usize,
     ) -> Result<Option<Claimed>> {
+        self.live_lease()?;
+        let clones = self.inner.clones.clone();
+        let asked = Instant::now();
+        self.inner
+            .background
+            .run(
+                move || async move { clones.take_prepared(&template, base, asked.elapsed()).await },
+            )
+            .await?
+    }
+
+    /// A clone of the built `template` for a test that found no prepared
+    /// one (see [`Clones::clone_for_test`]).
+    pub(crate) async fn clone_for_test(&self, template: String, base: usize) -> Result<Claimed> {
         self.live_lease()?;
         let clones = self.inner.clones.clone();
         let asked = Instant::now();
@@ -217,7 +181,7 @@ impl Worker {
             .background
             .run(move || async move {
                 clones
-                    .claim(&template, prepared, prepared_only, asked.elapsed())
+                    .clone_for_test(&template, base, asked.elapsed())
                     .await
             })
             .await?

@@ -1,4 +1,6 @@
-//! Leaf helpers with no knowledge of PostgreSQL, Docker or tests.
+//! Leaf helpers with no knowledge of PostgreSQL, Docker or tests: the
+//! background runtime, once-per-key registries, digests, locks. May use
+//! only `error`.
 
 pub(crate) mod digest;
 pub(crate) mod registry;

@@ -91,6 +91,30 @@ impl Background {
         rx.await.map_err(|_| stopped())
     }
 
+    /// [`run`](Self::run) of a fallible future, within `limit`: past it, a
+    /// timeout saying `what` was waited for, and `hint`.
+    pub(crate) async fn run_within<T, F, Fut>(
+        &self,
+        limit: Duration,
+        what: &str,
+        hint: &str,
+        make: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + 'static,
+    {
+        match tokio::time::timeout(limit, self.run(make)).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Timeout {
+                what: what.into(),
+                after: limit,
+                hint: hint.into(),
+            }),
+        }
+    }
+
     /// [`run`](Self::run) from synchronous code (`Drop`, an exit hook),
     /// waiting at most `wait`: `None` when it did not finish in time or the
     /// runtime has stopped. Never call it from the background thread itself.

@@ -1,0 +1,150 @@
+//! Prepared clones kept on the crate's stack, in its bookkeeping tables
+//! (`pgbf_prepared`, shared with every process of the stack, later runs and
+//! the stack's janitor, and gone with the stack).
+
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+
+use crate::connect::quote::quote_literal;
+use crate::error::{Error, Result};
+use crate::provision::admin::Admin;
+use crate::provision::clones::{Store, Taken};
+use crate::provision::database::Step;
+use crate::provision::janitor;
+
+/// The stack's tables, through the worker's bookkeeping connections.
+pub(crate) struct OnStack {
+    admin: Arc<Admin>,
+    tables: tokio::sync::OnceCell<()>,
+}
+
+impl OnStack {
+    pub(crate) fn new(admin: Arc<Admin>) -> OnStack {
+        OnStack {
+            admin,
+            tables: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// `sql` on the stack's bookkeeping tables. The stack's janitor makes
+    /// them when it starts; a process that comes first (a new stack) makes
+    /// them itself and runs `sql` again: one round trip in the common case.
+    async fn on_tables(&self, sql: &str) -> Result<Vec<String>> {
+        match self.admin.query(sql).await {
+            Err(e) if sql_state(&e).as_deref() == Some("42P01") => {
+                self.ensure_tables().await?;
+                self.admin.query(sql).await
+            }
+            other => other,
+        }
+    }
+
+    /// The stack's bookkeeping tables (shared with its janitor), made if
+    /// missing.
+    async fn ensure_tables(&self) -> Result<()> {
+        self.tables
+            .get_or_try_init(|| async {
+                for table in janitor::TABLES {
+                    match self.admin.query(table).await {
+                        Ok(_) => {}
+                        // Another process (or the janitor) made it at the same instant.
+                        Err(e) if matches!(sql_state(&e).as_deref(), Some("42P07" | "23505")) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The SQLSTATE of a server's error.
+fn sql_state(error: &Error) -> Option<String> {
+    match error {
+        Error::Sql {
+            source: sqlx::Error::Database(e),
+            ..
+        } => e.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+impl Store for OnStack {
+    fn take<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<Option<Taken>>> {
+        Box::pin(async move {
+            // Any process of the stack (or its janitor) may have made it; the
+            // claim is counted for the janitor in the same statement.
+            let rows = self.on_tables(&janitor::claim_sql(template)).await?;
+            Ok(rows.first().map(|row| {
+                let (name, left) = janitor::claimed_row(row);
+                Taken {
+                    name,
+                    left: Some(left),
+                }
+            }))
+        })
+    }
+
+    fn ready<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let sql = format!(
+                "select count(*) from pgbf_prepared where template = {}",
+                quote_literal(template)
+            );
+            let rows = self.on_tables(&sql).await?;
+            Ok(rows.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+        })
+    }
+
+    fn put<'a>(&'a self, template: &'a str, name: String) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let sql = format!(
+                "insert into pgbf_prepared (name, template) values ({}, {})",
+                quote_literal(&name),
+                quote_literal(template)
+            );
+            self.on_tables(&sql).await.map(|_| ())
+        })
+    }
+
+    fn cloned_on_demand<'a>(&'a self, template: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // Counted for the janitor, as a claim of a prepared clone is.
+            if let Err(e) = self.on_tables(&janitor::claimed_sql(template)).await {
+                tracing::debug!(error = %e, "could not count a claim for the janitor");
+            }
+        })
+    }
+
+    /// Gives queued drops to the stack's janitor, which runs them once the
+    /// stack is idle, instead of making the process's exit wait for them
+    /// (bounded: [`janitor::MAX_GARBAGE`] wait at most).
+    fn hand_over(&self, queued: Vec<Vec<Step>>) -> BoxFuture<'_, Vec<Vec<Step>>> {
+        Box::pin(async move {
+            let names: Vec<String> = queued
+                .iter()
+                .filter_map(|steps| janitor::dropped_database(steps))
+                .collect();
+            if names.is_empty() {
+                return queued;
+            }
+            let sql = janitor::hand_over_sql(&names, janitor::MAX_GARBAGE);
+            let taken = self.on_tables(&sql).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "could not hand drops over to the stack's janitor");
+                Vec::new()
+            });
+            queued
+                .into_iter()
+                .filter(|steps| {
+                    !janitor::dropped_database(steps).is_some_and(|n| taken.contains(&n))
+                })
+                .collect()
+        })
+    }
+
+    fn take_own(&self) -> Vec<String> {
+        // The stack's pool stays with the stack.
+        Vec::new()
+    }
+}
