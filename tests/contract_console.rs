@@ -4,18 +4,13 @@
 //! column name, and `pgbf_leases()` counts a pooled lease.
 
 mod common;
+mod contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::{Column, Connection, PgConnection, Row};
-
-const SETUP: [&str; 3] = [
-    include_str!("../docker/sql/settings.sql"),
-    include_str!("../docker/sql/tables.sql"),
-    include_str!("../docker/sql/leases.sql"),
-];
 
 async fn leases(conn: &mut PgConnection) -> i32 {
     sqlx::raw_sql("select pgbf_leases()")
@@ -52,10 +47,7 @@ async fn the_written_down_layout_is_the_consoles_and_pooled_leases_count(
         .expect("SHOW CLIENTS has application_name")
         + 1;
 
-    let mut direct = test_db.connect_direct().await.unwrap();
-    for file in SETUP {
-        sqlx::raw_sql(file).execute(&mut direct).await.unwrap();
-    }
+    let mut direct = contract_sql::loaded(&test_db, 3).await;
     let sql = format!(
         "select columns, application_name from pgbf_console_layout('{}')",
         version.replace('\'', "''")

@@ -5,6 +5,7 @@
 //! time up to the demand and the cap, named as the crate names its own.
 
 mod common;
+mod contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;
@@ -12,22 +13,11 @@ use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::{PgConnection, Row};
 
-const SETUP: [&str; 5] = [
-    include_str!("../docker/sql/settings.sql"),
-    include_str!("../docker/sql/tables.sql"),
-    include_str!("../docker/sql/leases.sql"),
-    include_str!("../docker/sql/janitor.sql"),
-    include_str!("../docker/sql/watchdog.sql"),
-];
-
 /// The SQL loaded, with `pgbf_leases()` answering what the session setting
 /// `pgbf_test.leases` says, at most 4 clones, and a PgBouncer port nobody
 /// listens on (warming a clone fails quietly).
 async fn janitor(test_db: &TestDb) -> PgConnection {
-    let mut conn = test_db.connect_direct().await.unwrap();
-    for file in SETUP {
-        sqlx::raw_sql(file).execute(&mut conn).await.unwrap();
-    }
+    let mut conn = contract_sql::loaded(test_db, 5).await;
     sqlx::raw_sql(
         "create or replace function pgbf_leases() returns int language sql \
          as $$ select current_setting('pgbf_test.leases')::int $$; \
@@ -136,24 +126,12 @@ async fn the_claims_of_a_finished_run_become_the_demand(#[future(awt)] test_db: 
     .execute(&mut conn)
     .await
     .unwrap();
-    leases(&mut conn, 1).await;
-    sqlx::raw_sql("select pgbf_janitor_roll()")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        count(&mut conn, "select count(*) from pgbf_claims").await,
-        4
-    );
-    leases(&mut conn, 0).await;
-    sqlx::raw_sql("select pgbf_janitor_roll()")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        count(&mut conn, "select count(*) from pgbf_claims").await,
-        0
-    );
+    for (lease_count, claims_left) in [(1, 4), (0, 0)] {
+        leases(&mut conn, lease_count).await;
+        run_all(&mut conn, &["select pgbf_janitor_roll()".to_string()]).await;
+        let claims = count(&mut conn, "select count(*) from pgbf_claims").await;
+        assert_eq!(claims, claims_left, "with {lease_count} leases");
+    }
     let demand = texts(
         &mut conn,
         "select template || '=' || claims from pgbf_demand order by template",

@@ -6,22 +6,13 @@
 //! behaved when it made them in bash.
 
 mod common;
+mod contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{test_db, TestDb};
 use rstest::rstest;
 use sqlx::{PgConnection, Row};
-
-/// The files `docker/sql/setup.sql` loads, in its order (the crate embeds
-/// the same files: src/contract/mod.rs, `SETUP_FILES`).
-const SETUP: [&str; 5] = [
-    include_str!("../docker/sql/settings.sql"),
-    include_str!("../docker/sql/tables.sql"),
-    include_str!("../docker/sql/leases.sql"),
-    include_str!("../docker/sql/janitor.sql"),
-    include_str!("../docker/sql/watchdog.sql"),
-];
 
 const STARTED: i64 = 1_000;
 /// pgbf.max_warm_clones (4) + 256: a full budget.
@@ -30,10 +21,7 @@ const FULL_BUDGET: i32 = 260;
 /// The SQL loaded into the test's database, with the entrypoint's settings
 /// for this session (reap after 10 s, grace 30 s, settle 2 s, 4 clones).
 async fn watchdog(test_db: &TestDb) -> PgConnection {
-    let mut conn = test_db.connect_direct().await.unwrap();
-    for file in SETUP {
-        sqlx::raw_sql(file).execute(&mut conn).await.unwrap();
-    }
+    let mut conn = contract_sql::loaded(test_db, 5).await;
     set(&mut conn, "reap_after_secs", 10).await;
     set(&mut conn, "lease_grace_secs", 30).await;
     set(&mut conn, "janitor_settle_secs", 2).await;

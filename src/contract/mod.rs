@@ -47,6 +47,8 @@ pub(crate) const ENV_POOLER_PORT: &str = "PGBF_POOLER_PORT";
 pub(crate) const ENV_LISTEN_ADDR: &str = "PGBF_LISTEN_ADDR";
 /// The whole `pgbouncer.ini` the PgBouncer container writes and runs.
 pub(crate) const ENV_PGBOUNCER_INI: &str = "PGBF_PGBOUNCER_INI";
+/// Inside the image only: the secret the entrypoint hands `password.sql`.
+pub(crate) const ENV_ROLE_SECRET: &str = "PGBF_ROLE_SECRET";
 
 // ---- Leases --------------------------------------------------------------
 

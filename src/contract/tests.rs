@@ -123,6 +123,8 @@ fn the_image_spells_the_shared_names_as_the_crate_does() {
         let name = path.strip_prefix(PGBOUNCER_DIR).unwrap();
         assert!(pgbouncer.contains(&format!("\"$conf{name}\"")), "{path}");
     }
+    assert!(entrypoint.contains(&format!("{ENV_ROLE_SECRET}=\"$secret\"")));
+    assert!(PASSWORD_SQL.contains(&format!("\\getenv secret {ENV_ROLE_SECRET}\n")));
     assert!(watchdog.contains(&format!("lease_mark={LEASE_MARK}\n")));
     assert!(watchdog.contains(&format!("janitor_mark={JANITOR_MARK}\n")));
     assert!(entrypoint.contains(&format!("sql={IMAGE_SQL_DIR}\n")));
