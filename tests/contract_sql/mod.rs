@@ -20,7 +20,7 @@ pub const SETUP: [&str; 5] = [
 /// [`SETUP`] loaded (the whole of it: 5).
 pub async fn loaded(test_db: &TestDb, files: usize) -> PgConnection {
     let mut conn = test_db.connect_direct().await.unwrap();
-    for file in &SETUP[..files] {
+    for &file in &SETUP[..files] {
         sqlx::raw_sql(file).execute(&mut conn).await.unwrap();
     }
     conn
