@@ -64,7 +64,7 @@ reap_at=$((started + (grace > reap_after ? grace : reap_after)))
 # One tick at $1: what the lease marks say, the lease count (in the
 # request) and the last batch's answer in; the new state and action out.
 tick_at() {
-  local leased=f fresh=f
+  local leased=f fresh=f new n
   # A lease too short for the 1 s poll still leaves its mark (a file the
   # lease holder writes with COPY); newer than the janitor's: work, maybe.
   if [ -e "$lease_mark" ]; then
@@ -77,8 +77,13 @@ tick_at() {
     start_psql
   fi
   ask 5 "select 'tick', * from pgbf_tick($1, $started, $last_lease, '$seen', '$dirty', $budget, pgbf_leases(), '$leased', '$fresh', $batch);" tick || return 1
-  IFS='|' read -r action last_lease seen dirty budget mark reap_at <<<"$answer"
-  batch=null
+  IFS='|' read -r -a new <<<"$answer"
+  # An answer whose numbers are not numbers is none: the last deadline holds.
+  for n in "${new[1]:-}" "${new[4]:-}" "${new[6]:-}"; do
+    case "$n" in '' | *[!0-9-]*) return 1 ;; esac
+  done
+  action=${new[0]} last_lease=${new[1]} seen=${new[2]} dirty=${new[3]}
+  budget=${new[4]} mark=${new[5]} reap_at=${new[6]} batch=null
   if [ "$mark" = t ]; then
     : >"$janitor_mark"
   fi
