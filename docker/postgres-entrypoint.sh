@@ -111,7 +111,9 @@ done
 # The watchdog (watchdog.sh), unless reaping is off.
 # shellcheck source-path=SCRIPTDIR source=watchdog.sh
 . /usr/local/lib/pgbf/watchdog.sh
-[ "$reap_after" -eq 0 ] || watch
+if [ "$reap_after" -gt 0 ]; then
+  watch || true
+fi
 stop_psql
 # `wait` returns early when a trapped signal arrives: wait until the server is gone.
 status=0
