@@ -44,6 +44,7 @@ start_pgbouncer() {
 # back. (`docker restart` would do the same, but Docker may remove an
 # AutoRemove container that it restarts: its exit handling races the new
 # start.)
+# shellcheck disable=SC2317 # run by the HUP trap below
 restart_pgbouncer() {
   kill -INT "$pid" 2>/dev/null || true
   for ((i = 0; i < 10; i++)); do

@@ -38,8 +38,13 @@ RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
     && tar -C /var/lib/pgbf/cluster --sparse --hole-detection=raw -cf /var/lib/pgbf/cluster.tar . \
     && rm -rf /var/lib/pgbf/cluster
 
+# The entrypoint supervises processes; the watchdog's and the janitor's SQL
+# (and every decision of theirs) is in sql/, which the crate also embeds.
 COPY postgres-entrypoint.sh /usr/local/bin/pgbf-postgres
-RUN chmod 755 /usr/local/bin/pgbf-postgres
+COPY watchdog.sh /usr/local/lib/pgbf/watchdog.sh
+COPY sql/ /usr/share/pgbf/sql/
+RUN chmod 755 /usr/local/bin/pgbf-postgres \
+    && chmod -R a+rX,go-w /usr/local/lib/pgbf /usr/share/pgbf
 USER postgres
 EXPOSE 5432
 ENTRYPOINT ["/usr/local/bin/pgbf-postgres"]

@@ -101,6 +101,7 @@ pub extern crate sqlx08 as sqlx;
 pub extern crate sqlx09 as sqlx;
 
 mod connect;
+mod contract;
 mod diagnose;
 mod docker;
 mod error;

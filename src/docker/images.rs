@@ -9,6 +9,9 @@ use testcontainers::core::BuildImageOptions;
 use testcontainers::runners::AsyncBuilder;
 use testcontainers::GenericBuildableImage;
 
+use crate::contract::{
+    PGBOUNCER_CONTEXT, PGBOUNCER_DOCKERFILE, POSTGRES_CONTEXT, POSTGRES_DOCKERFILE,
+};
 use crate::docker::client::call_unless;
 use crate::error::{Error, Result};
 use crate::support::digest::hex;
@@ -18,11 +21,6 @@ use crate::target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE}
 pub const POSTGRES_REPOSITORY: &str = "pgbouncer-fixtures/postgres";
 /// Repository name of the PgBouncer image the crate builds.
 pub const PGBOUNCER_REPOSITORY: &str = "pgbouncer-fixtures/pgbouncer";
-
-const POSTGRES_DOCKERFILE: &str = include_str!("../../docker/postgres.Dockerfile");
-const POSTGRES_ENTRYPOINT: &str = include_str!("../../docker/postgres-entrypoint.sh");
-const PGBOUNCER_DOCKERFILE: &str = include_str!("../../docker/pgbouncer.Dockerfile");
-const PGBOUNCER_ENTRYPOINT: &str = include_str!("../../docker/pgbouncer-entrypoint.sh");
 
 /// Where the base-image script lives in this crate's sources.
 pub const BASE_IMAGE_SCRIPT: &str =
@@ -114,7 +112,7 @@ where
                 &before_build,
                 POSTGRES_REPOSITORY,
                 POSTGRES_DOCKERFILE,
-                &[(POSTGRES_ENTRYPOINT, "./postgres-entrypoint.sh")],
+                &POSTGRES_CONTEXT,
                 &base,
                 base_id.as_deref(),
             )
@@ -129,7 +127,7 @@ where
                 &before_build,
                 PGBOUNCER_REPOSITORY,
                 PGBOUNCER_DOCKERFILE,
-                &[(PGBOUNCER_ENTRYPOINT, "./pgbouncer-entrypoint.sh")],
+                &PGBOUNCER_CONTEXT,
                 &base,
                 base_id.as_deref(),
             )

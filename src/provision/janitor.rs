@@ -2,7 +2,7 @@
 //! stack's bookkeeping tables and the policy around them.
 //!
 //! The janitor itself runs in the PostgreSQL container
-//! (`docker/postgres-entrypoint.sh`), between runs: it drops the databases
+//! (`docker/sql/janitor.sql`, driven by `docker/sql/watchdog.sql`), between runs: it drops the databases
 //! processes handed over at exit (`pgbf_garbage`), turns the claims of the
 //! run that ended (`pgbf_claims`) into the demand per template
 //! (`pgbf_demand`), and prepares clones (`pgbf_prepared`) up to that demand,
@@ -13,20 +13,30 @@
 //! leaves nothing on a user's server.
 
 use crate::connect::quote::quote_literal;
+use crate::contract::{self, CLAIMS_TABLE, GARBAGE_TABLE, PREPARED_TABLE};
 use crate::provision::database::Step;
 
 /// Databases waiting for the janitor's drop, at most: each costs tmpfs
 /// until dropped; beyond that a process drops its own at exit.
 pub(crate) const MAX_GARBAGE: u32 = 128;
 
-/// The stack's bookkeeping tables in its `postgres` database (the
-/// entrypoint makes the same ones: a unit test keeps both in step).
-pub(crate) const TABLES: [&str; 4] = [
-    "create table if not exists pgbf_prepared (name text primary key, template text not null, made_at timestamptz not null default now())",
-    "create table if not exists pgbf_garbage (name text primary key, queued_at timestamptz not null default now())",
-    "create table if not exists pgbf_claims (template text not null, at timestamptz not null default now())",
-    "create table if not exists pgbf_demand (template text primary key, claims integer not null, rolled_at timestamptz not null default now())",
-];
+/// The stack's bookkeeping tables in its `postgres` database, one
+/// statement at a time: the image's own definition
+/// ([`contract::TABLES_SQL`], `docker/sql/tables.sql`).
+pub(crate) const TABLES: Tables = Tables;
+
+/// The statements of [`TABLES`] (iterate it).
+#[derive(Clone, Copy)]
+pub(crate) struct Tables;
+
+impl IntoIterator for Tables {
+    type Item = &'static str;
+    type IntoIter = Box<dyn Iterator<Item = &'static str> + Send>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(contract::table_statements())
+    }
+}
 
 /// Takes the oldest prepared clone of `template` (one round trip) and
 /// records the claim for the janitor in the same statement; `SKIP LOCKED`:
@@ -36,10 +46,10 @@ pub(crate) const TABLES: [&str; 4] = [
 pub(crate) fn claim_sql(template: &str) -> String {
     let t = quote_literal(template);
     format!(
-        "with taken as (delete from pgbf_prepared where name = (select name from pgbf_prepared \
+        "with taken as (delete from {PREPARED_TABLE} where name = (select name from {PREPARED_TABLE} \
          where template = {t} order by made_at limit 1 for update skip locked) returning name), \
-         counted as (insert into pgbf_claims (template) select {t} from taken) \
-         select name || ' ' || ((select count(*) from pgbf_prepared where template = {t}) - 1) from taken"
+         counted as (insert into {CLAIMS_TABLE} (template) select {t} from taken) \
+         select name || ' ' || ((select count(*) from {PREPARED_TABLE} where template = {t}) - 1) from taken"
     )
 }
 
@@ -55,7 +65,7 @@ pub(crate) fn claimed_row(row: &str) -> (String, usize) {
 /// Records a claim served by a clone made on demand (the pool was empty).
 pub(crate) fn claimed_sql(template: &str) -> String {
     format!(
-        "insert into pgbf_claims (template) values ({})",
+        "insert into {CLAIMS_TABLE} (template) values ({})",
         quote_literal(template)
     )
 }
@@ -66,8 +76,8 @@ pub(crate) fn claimed_sql(template: &str) -> String {
 pub(crate) fn hand_over_sql(names: &[String], max: u32) -> String {
     let values: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
     format!(
-        "insert into pgbf_garbage (name) select n from unnest(array[{}]::text[]) with ordinality as u(n, i) \
-         where i <= {max} - (select count(*) from pgbf_garbage) on conflict do nothing returning name",
+        "insert into {GARBAGE_TABLE} (name) select n from unnest(array[{}]::text[]) with ordinality as u(n, i) \
+         where i <= {max} - (select count(*) from {GARBAGE_TABLE}) on conflict do nothing returning name",
         values.join(", ")
     )
 }
@@ -86,11 +96,14 @@ mod tests {
     use crate::provision::database::Isolation;
 
     #[test]
-    fn the_entrypoint_makes_the_same_tables() {
-        let entrypoint = include_str!("../../docker/postgres-entrypoint.sh");
-        for table in TABLES {
-            assert!(entrypoint.contains(table), "{table}");
-        }
+    fn the_processes_make_the_tables_the_image_makes() {
+        // What clones.rs runs when the tables are missing is the image's
+        // file, statement by statement (contract's tests: the image loads
+        // that file and no other makes a table).
+        let ours: Vec<&str> = TABLES.into_iter().collect();
+        let file: String = ours.iter().map(|s| format!("{s};\n")).collect();
+        assert_eq!(ours.len(), 4);
+        assert!(contract::TABLES_SQL.ends_with(&file));
     }
 
     #[test]
