@@ -26,16 +26,12 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
     for c in &report.containers {
         println!("removed container {c}");
     }
-    for n in &report.networks {
-        println!("removed network {n}");
-    }
     for f in &report.lock_files {
         println!("removed lock file {}", f.display());
     }
     println!(
-        "gc: removed {} container(s), {} network(s), {} stale lock file(s)",
+        "gc: removed {} container(s), {} stale lock file(s)",
         report.containers.len(),
-        report.networks.len(),
         report.lock_files.len()
     );
     Ok(())

@@ -4,13 +4,13 @@
 //!
 //! The crate's own stacks remove themselves (lease watchdog + AutoRemove);
 //! what remains for these two is what that cannot cover: containers of images
-//! that ignore the watchdog contract, containers a dying daemon failed to
-//! remove, and Docker networks made by earlier versions of the crate.
+//! that ignore the watchdog contract, and containers a dying daemon failed
+//! to remove.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
+use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 
 use crate::docker::call;
@@ -49,12 +49,9 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
-/// Removes the containers and networks the crate created on this engine
-/// within `scope`, running or not; returns their names: `(containers, networks)`.
-pub(crate) async fn remove_in_scope(
-    docker: &Docker,
-    scope: GcScope<'_>,
-) -> Result<(Vec<String>, Vec<String>)> {
+/// Removes the containers the crate created on this engine within `scope`,
+/// running or not; returns their names.
+pub(crate) async fn remove_in_scope(docker: &Docker, scope: GcScope<'_>) -> Result<Vec<String>> {
     let list = call(
         "list the crate's containers",
         docker.list_containers(Some(ListContainersOptions {
@@ -70,17 +67,11 @@ pub(crate) async fn remove_in_scope(
         remove(docker, &name).await;
         containers.push(name);
     }
-    let mut removed_networks = Vec::new();
-    for name in networks(docker, scope, None).await? {
-        if remove_network(docker, &name).await {
-            removed_networks.push(name);
-        }
-    }
-    Ok((containers, removed_networks))
+    Ok(containers)
 }
 
 /// Best-effort removal of leftovers older than [`SWEEP_MIN_AGE`]: stopped
-/// containers and networks without containers. Running containers are never
+/// containers. Running containers are never
 /// touched: a live one has a lease holder, or its watchdog will stop it.
 pub(crate) async fn sweep(docker: &Docker) {
     let cutoff = now_secs() - SWEEP_MIN_AGE.as_secs() as i64;
@@ -108,67 +99,6 @@ pub(crate) async fn sweep(docker: &Docker) {
             }
         }
         Err(e) => tracing::debug!(error = %e, "sweep: cannot list containers"),
-    }
-    match networks(docker, GcScope::All, Some(cutoff)).await {
-        Ok(names) => {
-            for name in names {
-                tracing::info!(network = %name, "sweeping an unused network left by an earlier run");
-                remove_network(docker, &name).await;
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "sweep: cannot list networks"),
-    }
-}
-
-/// The crate's networks; with `unused_before`, only those without containers
-/// created before that time.
-async fn networks(
-    docker: &Docker,
-    scope: GcScope<'_>,
-    unused_before: Option<i64>,
-) -> Result<Vec<String>> {
-    let list = call(
-        "list the crate's networks",
-        docker.list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(scope)),
-        })),
-    )
-    .await?;
-    let mut names = Vec::new();
-    for n in list {
-        let Some(name) = n.name else { continue };
-        if let Some(cutoff) = unused_before {
-            let Ok(inspect) = call(
-                &format!("inspect network {name}"),
-                docker.inspect_network(&name, None),
-            )
-            .await
-            else {
-                continue;
-            };
-            let old = inspect.created.is_some_and(|t| t.unix_timestamp() < cutoff);
-            let unused = inspect.containers.as_ref().is_none_or(HashMap::is_empty);
-            if !(old && unused) {
-                continue;
-            }
-        }
-        names.push(name);
-    }
-    Ok(names)
-}
-
-async fn remove_network(docker: &Docker, name: &str) -> bool {
-    match call(
-        &format!("remove network {name}"),
-        docker.remove_network(name),
-    )
-    .await
-    {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(network = name, error = %e, "could not remove network");
-            false
-        }
     }
 }
 

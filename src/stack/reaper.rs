@@ -13,7 +13,12 @@ use crate::error::Result;
 pub struct GcReport {
     /// Names of the removed containers.
     pub containers: Vec<String>,
-    /// Names of the removed networks.
+    /// Always empty: the crate makes no Docker networks (its stacks run on
+    /// the host network or Docker's default bridge).
+    #[deprecated(
+        since = "0.1.0",
+        note = "always empty: the crate makes no Docker networks; read `containers`"
+    )]
     pub networks: Vec<String>,
     /// Lock files nobody held (`$TMPDIR/pgbouncer-fixtures-<uid>/*.lock`),
     /// removed whatever the scope: a lock file means something only while a
@@ -21,16 +26,16 @@ pub struct GcReport {
     pub lock_files: Vec<PathBuf>,
 }
 
-/// Removes the containers and networks the crate created on this Docker
-/// host within `scope`, running or not, and this user's lock files that no
+/// Removes the containers the crate created on this Docker host within
+/// `scope`, running or not, and this user's lock files that no
 /// process holds, and says which.
 pub async fn gc(scope: GcScope<'_>) -> Result<GcReport> {
     let docker = crate::docker::connect().await?;
     let lock_files = crate::stack::lock::remove_stale_locks();
-    let (containers, networks) = crate::docker::reap::remove_in_scope(&docker, scope).await?;
+    let containers = crate::docker::reap::remove_in_scope(&docker, scope).await?;
     Ok(GcReport {
         containers,
-        networks,
         lock_files,
+        ..GcReport::default()
     })
 }
