@@ -4,7 +4,7 @@
 //! column name, and `pgbf_leases()` counts a pooled lease.
 
 mod common;
-mod contract_sql;
+use common::contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;

@@ -5,7 +5,7 @@
 //! time up to the demand and the cap, named as the crate names its own.
 
 mod common;
-mod contract_sql;
+use common::contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;

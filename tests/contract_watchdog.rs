@@ -6,7 +6,7 @@
 //! behaved when it made them in bash.
 
 mod common;
-mod contract_sql;
+use common::contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;

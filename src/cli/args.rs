@@ -60,10 +60,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "MODE", value_parser = pool_mode)]
     pub pool_mode: Option<PoolMode>,
     /// PgBouncer's max_prepared_statements (0: no tracking).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole)]
     pub max_prepared_statements: Option<u32>,
     /// PgBouncer's default_pool_size [default: 20].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole)]
     pub default_pool_size: Option<u32>,
     /// Startup parameters PgBouncer ignores, comma-separated (replaces the profile's list).
     #[arg(long, value_name = "A,B")]
@@ -138,6 +138,11 @@ fn non_empty(s: &str) -> Result<String, String> {
         return Err("expected a non-empty value".into());
     }
     Ok(s.to_string())
+}
+
+fn whole(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .map_err(|_| "expected a whole number (0 or more)".into())
 }
 
 fn positive(s: &str) -> Result<usize, String> {

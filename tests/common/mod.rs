@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod contract_sql;
+
 use std::process::Command;
 
 use pgbouncer_fixtures::sqlx;
