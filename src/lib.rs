@@ -127,7 +127,7 @@ pub use fixture::test_db::{TestDb, TestDbBuilder};
 pub use provision::acquire::AcquireTimings;
 pub use provision::database::Isolation;
 pub use provision::template::Template;
-pub use stack::reaper::{gc, GcReport, GcScope};
+pub use stack::gc::{gc, GcReport, GcScope};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::env::{redact, Env};
 pub use target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};

@@ -490,8 +490,12 @@ fn gc_refuses_unknown_options() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("gc takes no option, or --stack ID, or --checkout PATH"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unexpected argument '--everything'")
+            && stderr.contains("Usage: pgbouncer-fixtures gc"),
+        "{stderr}"
+    );
 }
 
 /// Warnings logged by the crate in this test process, captured as text.

@@ -182,7 +182,7 @@ async fn join_or_create(
         return Ok((up, true));
     }
     lock::remove_stale_locks();
-    crate::stack::reaper::sweep(docker).await;
+    crate::stack::gc::sweep(docker).await;
     Ok((create(docker, host, id, true, settings).await?, false))
 }
 

@@ -9,10 +9,10 @@
 
 mod bring_up;
 mod endpoints;
+pub(crate) mod gc;
 pub(crate) mod lease;
 pub(crate) mod lock;
 mod ready;
-pub(crate) mod reaper;
 pub(crate) mod run_key;
 mod secrets;
 pub(crate) mod tls;
