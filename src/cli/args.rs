@@ -38,7 +38,7 @@ pub enum Command {
                             (they apply on top of it)."
     )]
     Up(UpArgs),
-    /// Remove every container and network this crate created on this Docker
+    /// Remove every container this crate created on this Docker
     /// host, running or not, and the lock files no process holds, and list them.
     Gc(GcArgs),
     /// Probe URL (default TEST_DATABASE_URL from env/.env; with none, a local

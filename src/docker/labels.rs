@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-/// Label put on every container and network the crate creates.
+/// Label put on every container the crate creates.
 pub const LABEL_MANAGED: &str = "pgbouncer-fixtures.managed";
 /// Label holding the id of the stack a resource belongs to.
 pub const LABEL_STACK: &str = "pgbouncer-fixtures.stack";
