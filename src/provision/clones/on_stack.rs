@@ -6,6 +6,7 @@ use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
 use crate::connect::quote::quote_literal;
+use crate::contract::PREPARED_TABLE;
 use crate::error::{Error, Result};
 use crate::provision::admin::Admin;
 use crate::provision::clones::{Store, Taken};
@@ -89,7 +90,7 @@ impl Store for OnStack {
     fn ready<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<usize>> {
         Box::pin(async move {
             let sql = format!(
-                "select count(*) from pgbf_prepared where template = {}",
+                "select count(*) from {PREPARED_TABLE} where template = {}",
                 quote_literal(template)
             );
             let rows = self.on_tables(&sql).await?;
@@ -100,7 +101,7 @@ impl Store for OnStack {
     fn put<'a>(&'a self, template: &'a str, name: String) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let sql = format!(
-                "insert into pgbf_prepared (name, template) values ({}, {})",
+                "insert into {PREPARED_TABLE} (name, template) values ({}, {})",
                 quote_literal(&name),
                 quote_literal(template)
             );
