@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn the_processes_make_the_tables_the_image_makes() {
-        // What clones.rs runs when the tables are missing is the image's
+        // What clones/on_stack.rs runs when the tables are missing is the image's
         // file, statement by statement (contract's tests: the image loads
         // that file and no other makes a table).
         let ours: Vec<&str> = TABLES.into_iter().collect();
