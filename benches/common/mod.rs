@@ -12,7 +12,8 @@ pub async fn janitor_done(url: &str) -> Duration {
     let started = Instant::now();
     let mut conn = sqlx::PgConnection::connect(url).await.expect("the stack");
     // The janitor ends its pass with a file newer than the mark of the
-    // last lease (docker/postgres-entrypoint.sh).
+    // last lease (docker/sql/watchdog.sql says when; docker/watchdog.sh
+    // touches it). The paths are src/contract/'s, which benches cannot reach.
     let sql = "select coalesce((pg_stat_file('/tmp/pgbf-janitor-done', true)).modification \
                > (pg_stat_file('/tmp/pgbf-leased', true)).modification, false)";
     while started.elapsed() < Duration::from_secs(120) {

@@ -6,12 +6,9 @@
 //!
 //! The image's side (`docker/*.sh`) cannot import these: a unit test below
 //! checks that the scripts and SQL files spell each shared value as it is
-//! written here. May use: nothing of the crate but `error` (it sits near
-//! the bottom of the layers).
-// Some names are for users outside this folder that still spell them as
-// literals; they take them from here in the merge that follows issue 23's
-// reshape (the list is in that helper's report).
-#![allow(dead_code)]
+//! written here. Values only the image itself reads (the crate never spells
+//! them at run time) are `cfg(test)`: they exist for that check. May use:
+//! nothing of the crate but `error` (it sits near the bottom of the layers).
 
 // ---- Environment variables the containers get ----------------------------
 
@@ -20,6 +17,7 @@ pub(crate) const ENV_PASSWORD: &str = "POSTGRES_PASSWORD";
 /// Its SCRAM-SHA-256 verifier: what the role and PgBouncer's userlist hold.
 pub(crate) const ENV_PASSWORD_SCRAM: &str = "POSTGRES_PASSWORD_SCRAM";
 /// `max_connections` of the stack's PostgreSQL (default 300).
+#[cfg(test)]
 pub(crate) const ENV_MAX_CONNECTIONS: &str = "POSTGRES_MAX_CONNECTIONS";
 /// No lease for this many seconds: the stack stops itself (0: never).
 pub(crate) const ENV_REAP_AFTER_SECS: &str = "PGBF_REAP_AFTER_SECS";
@@ -28,6 +26,7 @@ pub(crate) const ENV_LEASE_GRACE_SECS: &str = "PGBF_LEASE_GRACE_SECS";
 /// Prepared clones the janitor keeps at most, in all (0: none).
 pub(crate) const ENV_MAX_WARM_CLONES: &str = "PGBF_MAX_WARM_CLONES";
 /// No lease for this many seconds: the janitor may run (default 2).
+#[cfg(test)]
 pub(crate) const ENV_JANITOR_SETTLE_SECS: &str = "PGBF_JANITOR_SETTLE_SECS";
 /// `1`: PostgreSQL and PgBouncer accept TLS logins only.
 pub(crate) const ENV_REQUIRE_TLS: &str = "PGBF_REQUIRE_TLS";
@@ -48,6 +47,7 @@ pub(crate) const ENV_LISTEN_ADDR: &str = "PGBF_LISTEN_ADDR";
 /// The whole `pgbouncer.ini` the PgBouncer container writes and runs.
 pub(crate) const ENV_PGBOUNCER_INI: &str = "PGBF_PGBOUNCER_INI";
 /// Inside the image only: the secret the entrypoint hands `password.sql`.
+#[cfg(test)]
 pub(crate) const ENV_ROLE_SECRET: &str = "PGBF_ROLE_SECRET";
 
 // ---- Leases --------------------------------------------------------------
@@ -62,8 +62,10 @@ pub(crate) const POOLED_LEASE_APP: &str = "pgbf-pooled-lease";
 /// too short for the watchdog's 1 s poll leaves behind.
 pub(crate) const LEASE_MARK: &str = "/tmp/pgbf-leased";
 /// The file the watchdog touches when its janitor has nothing left to do.
+#[cfg(test)]
 pub(crate) const JANITOR_MARK: &str = "/tmp/pgbf-janitor-done";
 /// `application_name` of the janitor's own logins to PgBouncer.
+#[cfg(test)]
 pub(crate) const JANITOR_APP: &str = "pgbf-janitor";
 
 // ---- The janitor's tables and the clone naming -----------------------------
@@ -75,6 +77,7 @@ pub(crate) const GARBAGE_TABLE: &str = "pgbf_garbage";
 /// One row per claim of the current run: `template`, `at`.
 pub(crate) const CLAIMS_TABLE: &str = "pgbf_claims";
 /// The last run's claims per template: `template`, `claims`, `rolled_at`.
+#[cfg(test)]
 pub(crate) const DEMAND_TABLE: &str = "pgbf_demand";
 /// A template database's name: this prefix and the digest of its migrations.
 pub(crate) const TEMPLATE_PREFIX: &str = "pgbf_tpl_";
@@ -95,6 +98,7 @@ pub(crate) const POSTGRES_TMPFS: [&str; 2] = ["/pgdata", "/tmp"];
 /// The PgBouncer container's tmpfs mount.
 pub(crate) const PGBOUNCER_TMPFS: [&str; 1] = ["/tmp"];
 /// Where the PgBouncer container writes `pgbouncer.ini` and the files it names.
+#[cfg(test)]
 pub(crate) const PGBOUNCER_DIR: &str = "/tmp/pgbf";
 /// PgBouncer's `auth_file`.
 pub(crate) const PGBOUNCER_USERLIST: &str = "/tmp/pgbf/userlist.txt";
@@ -105,6 +109,7 @@ pub(crate) const PGBOUNCER_TLS_KEY: &str = "/tmp/pgbf/tls.key";
 /// The CA PgBouncer checks with, both ways.
 pub(crate) const PGBOUNCER_TLS_CA: &str = "/tmp/pgbf/ca.crt";
 /// Where the PostgreSQL image keeps the SQL files below.
+#[cfg(test)]
 pub(crate) const IMAGE_SQL_DIR: &str = "/usr/share/pgbf/sql";
 
 // ---- The SQL the image runs (docker/sql/) ---------------------------------
@@ -130,6 +135,7 @@ pub(crate) const PASSWORD_SQL: &str = include_str!("../../docker/sql/password.sq
 
 /// The files `setup.sql` loads, in its order: what a test loads into a
 /// PostgreSQL of its own to drive the watchdog and the janitor.
+#[cfg(test)]
 pub(crate) const SETUP_FILES: [&str; 5] = [
     SETTINGS_SQL,
     TABLES_SQL,

@@ -12,6 +12,10 @@ use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, PortMap};
 use bollard::query_parameters::CreateContainerOptions;
 use bollard::Docker;
 
+use crate::contract::{
+    ENV_LEASE_GRACE_SECS, ENV_MAX_WARM_CLONES, ENV_PGBOUNCER_INI, ENV_REAP_AFTER_SECS,
+    ENV_REQUIRE_TLS, PGBOUNCER_TMPFS, POSTGRES_TMPFS,
+};
 use crate::docker::client::{call, failed, status, within, CALL_TIMEOUT};
 use crate::docker::images::ResolvedImages;
 use crate::docker::labels::{labels_for, Kind};
@@ -83,12 +87,12 @@ fn postgres_body(
     let mut vars = env.vars();
     vars.extend([
         format!(
-            "PGBF_REAP_AFTER_SECS={}",
+            "{ENV_REAP_AFTER_SECS}={}",
             settings.reap_after.as_secs().max(1)
         ),
-        format!("PGBF_LEASE_GRACE_SECS={LEASE_GRACE_SECS}"),
-        format!("PGBF_MAX_WARM_CLONES={}", settings.janitor_clones()),
-        format!("PGBF_REQUIRE_TLS={}", u8::from(settings.require_tls)),
+        format!("{ENV_LEASE_GRACE_SECS}={LEASE_GRACE_SECS}"),
+        format!("{ENV_MAX_WARM_CLONES}={}", settings.janitor_clones()),
+        format!("{ENV_REQUIRE_TLS}={}", u8::from(settings.require_tls)),
     ]);
     let network = postgres_networking(listen);
     ContainerCreateBody {
@@ -100,7 +104,7 @@ fn postgres_body(
             auto_remove: Some(true),
             network_mode: network.mode,
             port_bindings: network.port_bindings,
-            tmpfs: Some(private_tmpfs(&["/pgdata", "/tmp"])),
+            tmpfs: Some(private_tmpfs(&POSTGRES_TMPFS)),
             ..Default::default()
         }),
         ..Default::default()
@@ -119,7 +123,7 @@ fn pgbouncer_body(
     let pg = postgres_name(id);
     let mut vars = env.vars();
     vars.push(format!(
-        "PGBF_PGBOUNCER_INI={}",
+        "{ENV_PGBOUNCER_INI}={}",
         settings.pgbouncer_ini_at("127.0.0.1", ports)
     ));
     ContainerCreateBody {
@@ -132,7 +136,7 @@ fn pgbouncer_body(
             // Its PID namespace too: when PostgreSQL's container ends, the
             // kernel ends PgBouncer's at once (no watchdog polling needed).
             pid_mode: Some(format!("container:{pg}")),
-            tmpfs: Some(private_tmpfs(&["/tmp"])),
+            tmpfs: Some(private_tmpfs(&PGBOUNCER_TMPFS)),
             ..Default::default()
         }),
         ..Default::default()

@@ -9,7 +9,8 @@
 //! (`containers.rs`, their environment `pair_env.rs`), what a joiner reads back
 //! from them (`pair.rs`), and reaping leftovers (`reap.rs`).
 //!
-//! May use: `target` (settings, the environment), `support`, `error`. It
+//! May use: `target` (settings, the environment), `contract` (what the
+//! images read and ship), `support`, `error`. It
 //! knows nothing of stacks' leases, locks or keys: `stack` drives it.
 
 pub(crate) mod client;

@@ -1,22 +1,13 @@
 //! The environment both containers of a pair are given (the images'
-//! contract: `docker/*-entrypoint.sh` read it), and the part of it a
-//! joining process reads back from a running PostgreSQL container: each
-//! name written once, for both ways, in typed structs.
+//! contract: `docker/*-entrypoint.sh` read it; the names are `contract`'s),
+//! and the part of it a joining process reads back from a running
+//! PostgreSQL container: both ways in typed structs.
 
+use crate::contract::{
+    ENV_LISTEN_ADDR, ENV_NETWORK, ENV_PASSWORD, ENV_PASSWORD_SCRAM, ENV_POOLER_PORT, ENV_PORT,
+    ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY,
+};
 use crate::target::settings::Ports;
-
-/// The plain password (joining processes read it back).
-const PASSWORD: &str = "POSTGRES_PASSWORD";
-/// Its SCRAM-SHA-256 verifier, what the servers store.
-const PASSWORD_SCRAM: &str = "POSTGRES_PASSWORD_SCRAM";
-const TLS_CA: &str = "PGBF_TLS_CA";
-const TLS_CERT: &str = "PGBF_TLS_CERT";
-const TLS_KEY: &str = "PGBF_TLS_KEY";
-/// `host` on this machine's network; unset on Docker's bridge.
-const NETWORK: &str = "PGBF_NETWORK";
-const PORT: &str = "PGBF_PORT";
-const POOLER_PORT: &str = "PGBF_POOLER_PORT";
-const LISTEN_ADDR: &str = "PGBF_LISTEN_ADDR";
 
 /// A stack's certificate material, PEM-encoded: what its containers write
 /// to their TLS files (made by `stack::tls`).
@@ -54,18 +45,18 @@ impl SharedEnv<'_> {
             tls,
         } = self.secrets;
         let mut vars = vec![
-            format!("{PASSWORD}={password}"),
-            format!("{PASSWORD_SCRAM}={scram_verifier}"),
-            format!("{TLS_CA}={}", tls.ca_pem),
-            format!("{TLS_CERT}={}", tls.cert_pem),
-            format!("{TLS_KEY}={}", tls.key_pem),
+            format!("{ENV_PASSWORD}={password}"),
+            format!("{ENV_PASSWORD_SCRAM}={scram_verifier}"),
+            format!("{ENV_TLS_CA}={}", tls.ca_pem),
+            format!("{ENV_TLS_CERT}={}", tls.cert_pem),
+            format!("{ENV_TLS_KEY}={}", tls.key_pem),
         ];
         if let Some(ports) = self.host_ports {
             vars.extend([
-                format!("{NETWORK}=host"),
-                format!("{PORT}={}", ports.postgres),
-                format!("{POOLER_PORT}={}", ports.pgbouncer),
-                format!("{LISTEN_ADDR}={}", ports.listen_addr),
+                format!("{ENV_NETWORK}=host"),
+                format!("{ENV_PORT}={}", ports.postgres),
+                format!("{ENV_POOLER_PORT}={}", ports.pgbouncer),
+                format!("{ENV_LISTEN_ADDR}={}", ports.listen_addr),
             ]);
         }
         vars
@@ -93,13 +84,16 @@ impl JoinEnv {
                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
                 .map(str::to_string)
         };
-        let host_ports = match var(NETWORK).as_deref() {
-            Some("host") => Some((var(PORT)?.parse().ok()?, var(POOLER_PORT)?.parse().ok()?)),
+        let host_ports = match var(ENV_NETWORK).as_deref() {
+            Some("host") => Some((
+                var(ENV_PORT)?.parse().ok()?,
+                var(ENV_POOLER_PORT)?.parse().ok()?,
+            )),
             _ => None,
         };
         Some(JoinEnv {
-            password: var(PASSWORD)?,
-            ca_pem: var(TLS_CA),
+            password: var(ENV_PASSWORD)?,
+            ca_pem: var(ENV_TLS_CA),
             host_ports,
         })
     }
@@ -132,7 +126,7 @@ mod tests {
                 host_ports,
             };
             // A variable whose name starts like another's is not taken for it.
-            let mut vars = vec!["POSTGRES_PASSWORD_SCRAM_X=no".to_string()];
+            let mut vars = vec![format!("{ENV_PASSWORD_SCRAM}_X=no")];
             vars.extend(shared.vars());
             assert_eq!(
                 JoinEnv::read(&vars),
@@ -143,8 +137,9 @@ mod tests {
                 })
             );
         }
-        assert_eq!(JoinEnv::read(&["PGBF_NETWORK=host".into()]), None);
-        let bad_port = ["POSTGRES_PASSWORD=p", "PGBF_NETWORK=host", "PGBF_PORT=x"];
-        assert_eq!(JoinEnv::read(&bad_port.map(String::from)), None);
+        let host = format!("{ENV_NETWORK}=host");
+        assert_eq!(JoinEnv::read(std::slice::from_ref(&host)), None);
+        let bad_port = [format!("{ENV_PASSWORD}=p"), host, format!("{ENV_PORT}=x")];
+        assert_eq!(JoinEnv::read(&bad_port), None);
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! Evidence comes from the crate's own stacks only: PostgreSQL writes
 //! errors, warnings and lock waits to a JSON log (database, application name
-//! and SQLSTATE per line; see `docker/postgres-entrypoint.sh`), read back
+//! and SQLSTATE per line: `contract::LOG_FILE`), read back
 //! with `pg_read_file` over the direct endpoint; PgBouncer's refused logins
 //! come from its container's log. On an external target (`TEST_DATABASE_URL`)
 //! the crate cannot read server logs, and stays silent.
 //!
 //! Owns: [`Explanation`] and the gathering of a test's evidence (here), the
 //! hazards in words that `doctor` shares (`hazard`). May use the layers
-//! below it: `docker` (PgBouncer's log), `connect`, `target`, `error`.
+//! below it: `docker` (PgBouncer's log), `connect`, `target`, `contract`,
+//! `error`.
 
 pub mod hazard;
 
@@ -21,8 +22,10 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::{Connection, PgConnection, Row};
 
+use crate::connect::quote::quote_literal;
 use crate::connect::sqlx_compat::audited;
 use crate::connect::Endpoint;
+use crate::contract;
 use crate::error::{Error, Result};
 use crate::explain::hazard::{Hazard, Pooler};
 use crate::target::DbUrl;
@@ -195,14 +198,14 @@ pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Expla
     })
 }
 
-const LOG_FILE: &str = "/pgdata/log/postgresql.json";
 /// At most this much of the log's end is read (a long run's log grows).
 const LOG_TAIL: i64 = 8 * 1024 * 1024;
 
 async fn postgres_events(conn: &mut PgConnection, database: &str) -> Result<Vec<LogEvent>> {
+    let file = quote_literal(contract::LOG_FILE);
     let sql = format!(
-        "select pg_read_file('{LOG_FILE}', greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
-         from pg_stat_file('{LOG_FILE}', true)"
+        "select pg_read_file({file}, greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
+         from pg_stat_file({file}, true)"
     );
     let row = sqlx::raw_sql(audited(&sql))
         .fetch_all(&mut *conn)

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{Connection, PgConnection};
 
 use crate::connect::sqlx_compat::Executor;
 use crate::error::{Error, Result};
@@ -236,7 +237,7 @@ impl Admin {
         keep(&self.idle, conn, MAX_IDLE_ADMIN);
     }
 
-    async fn execute(&self, slot: &mut Option<PgConnection>, sql: &str) -> Result<Vec<String>> {
+    async fn execute(&self, slot: &mut Option<PgConnection>, sql: &str) -> Result<Vec<PgRow>> {
         execute(
             slot,
             &self.urls.admin_url,
@@ -248,8 +249,8 @@ impl Admin {
     }
 
     /// One bookkeeping statement (on `urls.books_url`, else on an admin
-    /// connection); the first column of the rows it returns, as text.
-    pub(crate) async fn query(&self, sql: &str) -> Result<Vec<String>> {
+    /// connection), and the rows it returns (typed: read with `try_get`).
+    pub(crate) async fn query(&self, sql: &str) -> Result<Vec<PgRow>> {
         let (idle, url, kind, max) = match &self.urls.books_url {
             Some(url) => (
                 &self.books,
@@ -375,7 +376,7 @@ async fn execute(
     kind: crate::connect::Endpoint,
     connect_timeout: Duration,
     sql: &str,
-) -> Result<Vec<String>> {
+) -> Result<Vec<PgRow>> {
     // One retry on a fresh connection: the old one may have been cut.
     let mut retried = false;
     loop {
@@ -389,16 +390,7 @@ async fn execute(
         // `&str` without arguments goes out as a simple Query (raw_sql is not
         // `Send` enough for background tasks in sqlx 0.8).
         match conn.fetch_all(sql).await {
-            Ok(rows) => {
-                return Ok(rows
-                    .iter()
-                    .filter_map(|r| {
-                        r.try_get::<String, _>(0)
-                            .or_else(|_| r.try_get::<i64, _>(0).map(|n| n.to_string()))
-                            .ok()
-                    })
-                    .collect());
-            }
+            Ok(rows) => return Ok(rows),
             Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) if !retried => {
                 tracing::debug!(error = %e, "admin connection lost; reconnecting");
                 *slot = None;

@@ -41,25 +41,17 @@ impl IntoIterator for Tables {
 /// Takes the oldest prepared clone of `template` (one round trip) and
 /// records the claim for the janitor in the same statement; `SKIP LOCKED`:
 /// two claimers never wait on each other nor get the same clone. Returns
-/// one row, `<name> <clones of template left>` (read with
-/// [`claimed_row`]), or no row.
+/// one row, `name text` (the clone) and `left bigint` (the clones of
+/// `template` still ready; the statement's snapshot still counts the one it
+/// took, hence the `- 1`), or no row.
 pub(crate) fn claim_sql(template: &str) -> String {
     let t = quote_literal(template);
     format!(
         "with taken as (delete from {PREPARED_TABLE} where name = (select name from {PREPARED_TABLE} \
          where template = {t} order by made_at limit 1 for update skip locked) returning name), \
          counted as (insert into {CLAIMS_TABLE} (template) select {t} from taken) \
-         select name || ' ' || ((select count(*) from {PREPARED_TABLE} where template = {t}) - 1) from taken"
+         select name, (select count(*) from {PREPARED_TABLE} where template = {t}) - 1 as left from taken"
     )
-}
-
-/// A row of [`claim_sql`]: the clone's name and how many were left (the
-/// statement's snapshot still counts the one it took).
-pub(crate) fn claimed_row(row: &str) -> (String, usize) {
-    match row.rsplit_once(' ') {
-        Some((name, left)) => (name.to_string(), left.parse().unwrap_or(0)),
-        None => (row.to_string(), 0),
-    }
 }
 
 /// Records a claim served by a clone made on demand (the pool was empty).
@@ -97,7 +89,7 @@ mod tests {
 
     #[test]
     fn the_processes_make_the_tables_the_image_makes() {
-        // What clones.rs runs when the tables are missing is the image's
+        // What clones/on_stack.rs runs when the tables are missing is the image's
         // file, statement by statement (contract's tests: the image loads
         // that file and no other makes a table).
         let ours: Vec<&str> = TABLES.into_iter().collect();
@@ -120,8 +112,6 @@ mod tests {
     fn literals_are_quoted() {
         assert_eq!(quote_literal("a'b"), "'a''b'");
         assert!(claim_sql("x'y").contains("'x''y'"));
-        assert_eq!(claimed_row("pgbf_c1_ab 7"), ("pgbf_c1_ab".to_string(), 7));
-        assert_eq!(claimed_row("pgbf_c1_ab"), ("pgbf_c1_ab".to_string(), 0));
         assert!(hand_over_sql(&["a".into(), "b'c".into()], 5).contains("'a', 'b''c'"));
     }
 }

@@ -12,8 +12,9 @@ use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection};
 
 use crate::connect::quote::{quote_ident, quote_literal};
-use crate::connect::sqlx_compat::{run_migrations, Executor};
+use crate::connect::sqlx_compat::{audited, run_migrations, Executor};
 use crate::connect::Endpoint;
+use crate::contract::{PREPARED_TABLE, TEMPLATE_PREFIX};
 use crate::error::{Error, Result};
 use crate::provision::database::Step;
 use crate::support::digest::hex;
@@ -62,7 +63,7 @@ impl Default for Template {
 /// A template resolved to its content: name, hash and how to build it.
 #[derive(Clone, Debug)]
 pub(crate) struct ResolvedTemplate {
-    /// `pgbf_tpl_<hash>`.
+    /// [`TEMPLATE_PREFIX`] and the hash: `pgbf_tpl_<hash>`.
     pub name: String,
     /// Identifies the source (the migrations' location), so that stale
     /// templates of the same source can be found and removed.
@@ -152,7 +153,7 @@ impl Template {
         let digest = hex(&hash.finalize()[..8]);
         let source = hex(&Sha256::digest(source.as_bytes())[..8]);
         Ok(ResolvedTemplate {
-            name: format!("pgbf_tpl_{digest}"),
+            name: format!("{TEMPLATE_PREFIX}{digest}"),
             source,
             migrator,
             seeds,
@@ -316,17 +317,22 @@ impl ResolvedTemplate {
     /// Removes the stale templates of the same source (built from older
     /// content) and their prepared clones.
     async fn remove_stale(&self, conn: &mut PgConnection) -> Result<()> {
+        // The prefix as a LIKE pattern: its `_` taken literally.
+        let templates = format!("{}%", TEMPLATE_PREFIX.replace('_', "\\_"));
         let stale: Vec<String> = sqlx::query_scalar(
             "select datname::text from pg_database d \
-             where datname like 'pgbf\\_tpl\\_%' and datname <> $1 \
+             where datname like $3 and datname <> $1 \
              and shobj_description(d.oid, 'pg_database') = $2",
         )
         .bind(&self.name)
         .bind(self.comment())
+        .bind(templates)
         .persistent(false)
         .fetch_all(&mut *conn)
         .await
         .map_err(sql_err("looking for stale templates".into()))?;
+        let delete_clones =
+            format!("delete from {PREPARED_TABLE} where template = $1 returning name");
         for old_raw in stale {
             let old = quote_ident(&old_raw);
             for sql in [
@@ -339,13 +345,12 @@ impl ResolvedTemplate {
             }
             // Its prepared clones in the stack's pool go too (no pool table
             // on an external server: nothing to do there).
-            let clones: Vec<String> =
-                sqlx::query_scalar("delete from pgbf_prepared where template = $1 returning name")
-                    .bind(&old_raw)
-                    .persistent(false)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .unwrap_or_default();
+            let clones: Vec<String> = sqlx::query_scalar(audited(&delete_clones))
+                .bind(&old_raw)
+                .persistent(false)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_default();
             for clone in clones {
                 let sql = Step::DropDatabase(clone).sql();
                 if let Err(e) = conn.execute(sql.as_str()).await {

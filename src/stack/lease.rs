@@ -13,17 +13,13 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 use sqlx::{Connection, PgConnection};
 
+use crate::connect::quote::quote_literal;
+use crate::contract::{LEASE_APP, LEASE_MARK, POOLED_LEASE_APP};
 use crate::error::{Error, Result};
 use crate::provision::worker::ServerLease;
 use crate::stack::endpoints::Endpoints;
 use crate::stack::ready::connect_until;
 use crate::target::settings::PoolMode;
-
-/// `application_name` prefix of a lease straight on PostgreSQL, and of one
-/// through PgBouncer: the stack's watchdog counts both
-/// (`docker/postgres-entrypoint.sh`, `pgbf_leases`).
-const LEASE_APP: &str = "pgbf-lease";
-const POOLED_LEASE_APP: &str = "pgbf-pooled-lease";
 
 /// How long one lease check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -51,12 +47,13 @@ pub(crate) async fn take(
     } else {
         (endpoints.pooled_url("postgres"), POOLED_LEASE_APP)
     };
+    // The watchdog counts both kinds (`docker/sql/leases.sql`, `pgbf_leases`).
     let app = format!("{prefix} pid {}", std::process::id());
     // Tells the watchdog a lease existed, however short it lives, which
-    // ends its start-up grace (see postgres-entrypoint.sh).
-    let first = "copy (select) to '/tmp/pgbf-leased'";
+    // ends its start-up grace (`docker/sql/watchdog.sql`).
+    let first = format!("copy (select) to {}", quote_literal(LEASE_MARK));
     let what = format!("a lease connection to PostgreSQL at {url}");
-    connect_until(&url, &app, first, timeout, what, |_| None).await
+    connect_until(&url, &app, &first, timeout, what, |_| None).await
 }
 
 /// The stack a lease is on: for saying why it broke, and for a new lease.

@@ -5,7 +5,7 @@
 //! (`ready.rs`), the lease (`lease.rs`), secrets (`secrets.rs`), the run's
 //! lock and key, TLS and reaping. May use the folders below it: `docker`
 //! (the containers), `provision` (the worker it hands the running pair to),
-//! connect, target, support, error.
+//! connect, target, contract (the lease's names), support, error.
 
 mod bring_up;
 mod endpoints;

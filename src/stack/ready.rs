@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
+use crate::connect::sqlx_compat::audited;
 use crate::error::{Error, Result};
 use crate::stack::endpoints::Endpoints;
 use crate::target::DbUrl;
@@ -70,7 +71,7 @@ pub(super) async fn wait_for_postgres(endpoints: &Endpoints, timeout: Duration) 
 pub(super) async fn connect_until(
     url: &DbUrl,
     app: &str,
-    first: &'static str,
+    first: &str,
     timeout: Duration,
     what: String,
     fatal: impl Fn(&sqlx::Error) -> Option<Error>,
@@ -81,7 +82,7 @@ pub(super) async fn connect_until(
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(5), async {
             let mut conn = PgConnection::connect_with(&options).await?;
-            sqlx::raw_sql(first).execute(&mut conn).await?;
+            sqlx::raw_sql(audited(first)).execute(&mut conn).await?;
             Ok::<_, sqlx::Error>(conn)
         })
         .await;

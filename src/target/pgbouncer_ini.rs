@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::contract;
 use crate::error::{Error, Result};
 use crate::target::settings::StackSettings;
 
@@ -92,7 +93,7 @@ listen_addr = {listen_addr}
 listen_port = {listen_port}
 unix_socket_dir =
 auth_type = scram-sha-256
-auth_file = /tmp/pgbf/userlist.txt
+auth_file = {userlist}
 admin_users = postgres
 stats_users = postgres
 pool_mode = {pool_mode}
@@ -116,11 +117,11 @@ autodb_idle_timeout = 10
 ;; TLS as Supabase serves it: offered to every client, required only when
 ;; asked; the entrypoint writes the stack's own certificate there.
 client_tls_sslmode = {client_tls}
-client_tls_cert_file = /tmp/pgbf/tls.crt
-client_tls_key_file = /tmp/pgbf/tls.key
-client_tls_ca_file = /tmp/pgbf/ca.crt
+client_tls_cert_file = {tls_cert}
+client_tls_key_file = {tls_key}
+client_tls_ca_file = {tls_ca}
 server_tls_sslmode = {server_tls}
-server_tls_ca_file = /tmp/pgbf/ca.crt
+server_tls_ca_file = {tls_ca}
 ",
             pg_port = ports.postgres,
             listen_addr = ports.listen_addr,
@@ -138,6 +139,11 @@ server_tls_ca_file = /tmp/pgbf/ca.crt
                 "disable"
             },
             rr = u8::from(self.server_round_robin),
+            // Where the PgBouncer container writes these files.
+            userlist = contract::PGBOUNCER_USERLIST,
+            tls_cert = contract::PGBOUNCER_TLS_CERT,
+            tls_key = contract::PGBOUNCER_TLS_KEY,
+            tls_ca = contract::PGBOUNCER_TLS_CA,
         )
     }
 }

@@ -22,6 +22,7 @@ use sqlx::Connection;
 
 use crate::connect::sqlx_compat::Executor;
 use crate::connect::Endpoint;
+use crate::contract;
 use crate::error::{Error, Result};
 use crate::provision::admin::Admin;
 use crate::provision::clones::demand::Demand;
@@ -275,9 +276,9 @@ fn claimed(name: String, queued: Duration, started: Instant, prepared: bool) -> 
 }
 
 fn clone_name(template: &str) -> String {
-    // pgbf_tpl_<hash> -> pgbf_c<hash>_<random>: never reused, recognisable.
-    let hash = template.trim_start_matches("pgbf_tpl_");
-    unique_name(&format!("c{hash}"))
+    // pgbf_tpl_<hash> -> pgbf_c<hash>_<random>: never reused, recognisable,
+    // and named as the janitor names the clones it prepares.
+    unique_name(&contract::clone_stem(template))
 }
 
 fn clone_step(template: &str, name: &str) -> Step {

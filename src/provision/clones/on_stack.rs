@@ -3,9 +3,12 @@
 //! the stack's janitor, and gone with the stack).
 
 use futures_util::future::BoxFuture;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
 use std::sync::Arc;
 
 use crate::connect::quote::quote_literal;
+use crate::contract::PREPARED_TABLE;
 use crate::error::{Error, Result};
 use crate::provision::admin::Admin;
 use crate::provision::clones::{Store, Taken};
@@ -29,7 +32,7 @@ impl OnStack {
     /// `sql` on the stack's bookkeeping tables. The stack's janitor makes
     /// them when it starts; a process that comes first (a new stack) makes
     /// them itself and runs `sql` again: one round trip in the common case.
-    async fn on_tables(&self, sql: &str) -> Result<Vec<String>> {
+    async fn on_tables(&self, sql: &str) -> Result<Vec<PgRow>> {
         match self.admin.query(sql).await {
             Err(e) if sql_state(&e).as_deref() == Some("42P01") => {
                 self.ensure_tables().await?;
@@ -75,13 +78,20 @@ impl Store for OnStack {
         Box::pin(async move {
             // Any process of the stack (or its janitor) may have made it; the
             // claim is counted for the janitor in the same statement.
-            let rows = self.on_tables(&janitor::claim_sql(template)).await?;
-            Ok(rows.first().map(|row| {
-                let (name, left) = janitor::claimed_row(row);
-                Taken {
-                    name,
-                    left: Some(left),
-                }
+            let sql = janitor::claim_sql(template);
+            let rows = self.on_tables(&sql).await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let typed = |e| Error::Sql {
+                action: format!("reading the claim of `{sql}`"),
+                source: e,
+            };
+            let name: String = row.try_get("name").map_err(typed)?;
+            let left: i64 = row.try_get("left").map_err(typed)?;
+            Ok(Some(Taken {
+                name,
+                left: Some(usize::try_from(left).unwrap_or(0)),
             }))
         })
     }
@@ -89,18 +99,19 @@ impl Store for OnStack {
     fn ready<'a>(&'a self, template: &'a str) -> BoxFuture<'a, Result<usize>> {
         Box::pin(async move {
             let sql = format!(
-                "select count(*) from pgbf_prepared where template = {}",
+                "select count(*) from {PREPARED_TABLE} where template = {}",
                 quote_literal(template)
             );
             let rows = self.on_tables(&sql).await?;
-            Ok(rows.first().and_then(|n| n.parse().ok()).unwrap_or(0))
+            let ready = rows.first().and_then(|row| row.try_get::<i64, _>(0).ok());
+            Ok(ready.and_then(|n| usize::try_from(n).ok()).unwrap_or(0))
         })
     }
 
     fn put<'a>(&'a self, template: &'a str, name: String) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let sql = format!(
-                "insert into pgbf_prepared (name, template) values ({}, {})",
+                "insert into {PREPARED_TABLE} (name, template) values ({}, {})",
                 quote_literal(&name),
                 quote_literal(template)
             );
@@ -130,10 +141,14 @@ impl Store for OnStack {
                 return queued;
             }
             let sql = janitor::hand_over_sql(&names, janitor::MAX_GARBAGE);
-            let taken = self.on_tables(&sql).await.unwrap_or_else(|e| {
+            let rows = self.on_tables(&sql).await.unwrap_or_else(|e| {
                 tracing::debug!(error = %e, "could not hand drops over to the stack's janitor");
                 Vec::new()
             });
+            let taken: Vec<String> = rows
+                .iter()
+                .filter_map(|row| row.try_get::<String, _>(0).ok())
+                .collect();
             queued
                 .into_iter()
                 .filter(|steps| {
