@@ -1,5 +1,5 @@
 -- The stack's bookkeeping tables in its `postgres` database, shared by the
--- crate's processes (src/provision/janitor.rs, src/provision/clones.rs) and
+-- crate's processes (src/provision/janitor.rs, src/provision/clones/on_stack.rs) and
 -- the image's janitor. The one definition: the image runs this file at
 -- start, the crate runs the same text (include_str!, src/contract/mod.rs)
 -- when it finds the tables missing. One statement per line, each ending
