@@ -31,6 +31,7 @@ use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
 
 use crate::connect::{login_timeout, refused, unreachable, Endpoint};
 use crate::error::{Error, Result};
+use crate::support::sync::lock;
 use crate::target::env::redact;
 use crate::target::DbUrl;
 
@@ -179,13 +180,13 @@ impl ConnectionTasks {
                 tracing::debug!(error = %e, "tokio-postgres connection ended with an error");
             }
         });
-        let mut tasks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = lock(&self.0);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
     }
 
     fn take(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.0))
     }
 
     /// Aborts every task and waits until each has ended: their clients

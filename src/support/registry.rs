@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use once_cell::sync::Lazy;
 use tokio::sync::OnceCell;
 
+use crate::support::sync::lock;
+
 /// A map from keys to once-initialised values (see the module).
 pub(crate) struct OnceMap<T> {
     cells: Lazy<Mutex<HashMap<String, Arc<OnceCell<T>>>>>,
@@ -26,7 +28,7 @@ impl<T> OnceMap<T> {
     /// no longer usable (e.g. a stack that died).
     pub(crate) fn cell(&self, key: &str, stale: impl FnOnce(&T) -> bool) -> Arc<OnceCell<T>> {
         // A panic while holding the lock cannot leave the map inconsistent.
-        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cells = lock(&self.cells);
         let cell = cells.entry(key.to_string()).or_default();
         if cell.get().is_some_and(stale) {
             *cell = Arc::default();

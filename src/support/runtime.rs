@@ -155,6 +155,8 @@ static AT_EXIT: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 pub(crate) fn at_exit(hook: impl FnOnce() + Send + 'static) {
     static REGISTER: std::sync::Once = std::sync::Once::new();
     REGISTER.call_once(|| {
+        // libc's atexit, as std has no exit hook: a test binary ends by
+        // returning from main, and statics (the stacks) are never dropped.
         // SAFETY: registering a plain `extern "C" fn` with libc's atexit.
         unsafe {
             libc::atexit(run_at_exit);
