@@ -148,3 +148,12 @@ pub use tokio_postgres;
 #[cfg(all(doctest, feature = "tokio-postgres"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+// The same for the docs/ pages that hold Rust blocks.
+#[cfg(all(doctest, feature = "tokio-postgres"))]
+#[doc = include_str!("../docs/configuration.md")]
+struct ConfigurationDoctests;
+
+#[cfg(all(doctest, feature = "tokio-postgres"))]
+#[doc = include_str!("../docs/tokio-postgres.md")]
+struct TokioPostgresDoctests;
