@@ -121,14 +121,7 @@ async fn the_command_exits_non_zero_on_a_hazard_and_speaks_json(
 ) {
     let db = TestDb::for_profile(profile).await.unwrap();
     let url = db.url().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["doctor", &url, "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = doctor_json(url).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
     assert!(!stdout.contains(&password_of(db.url())));
@@ -248,14 +241,7 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
     assert!(r.has_hazard(), "{text}");
 
     let url = db.url().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["doctor", &url, "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = doctor_json(url).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
@@ -269,4 +255,16 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(pool["verdict"], "error", "{stdout}");
     db.close().await.unwrap();
+}
+
+/// `pgbouncer-fixtures doctor URL --json`, run off the test's runtime.
+async fn doctor_json(url: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["doctor", &url, "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
