@@ -47,14 +47,7 @@ async fn verdicts_match_each_profile(
     let db = TestDb::for_profile(profile).await.unwrap();
     let r = report(&db).await;
     let text = r.to_text();
-    assert_eq!(verdict(&r, items::CONNECTION), Verdict::Ok, "{text}");
-    assert!(
-        r.finding(items::SERVER)
-            .unwrap()
-            .detail
-            .starts_with("PostgreSQL 17"),
-        "{text}"
-    );
+    assert_connected_to_postgres_17(&r);
     assert!(
         !text.contains(&password_of(db.url())),
         "the report never shows the password"
@@ -215,14 +208,7 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
     )
     .await;
     let text = r.to_text();
-    assert_eq!(verdict(&r, items::CONNECTION), Verdict::Ok, "{text}");
-    assert!(
-        r.finding(items::SERVER)
-            .unwrap()
-            .detail
-            .starts_with("PostgreSQL 17"),
-        "{text}"
-    );
+    assert_connected_to_postgres_17(&r);
     let pool = r.finding(items::POOL_MODE).unwrap();
     assert_eq!(pool.verdict, Verdict::Error, "{text}");
     assert!(
@@ -267,4 +253,17 @@ async fn doctor_json(url: String) -> std::process::Output {
     })
     .await
     .unwrap()
+}
+
+/// The report's connection item passed, and its server item names PostgreSQL 17.
+fn assert_connected_to_postgres_17(r: &Report) {
+    let text = r.to_text();
+    assert_eq!(verdict(r, items::CONNECTION), Verdict::Ok, "{text}");
+    assert!(
+        r.finding(items::SERVER)
+            .unwrap()
+            .detail
+            .starts_with("PostgreSQL 17"),
+        "{text}"
+    );
 }
