@@ -152,7 +152,7 @@ fn up_refuses_unknown_profiles() {
     // The flag is named, not the environment variable of the same setting.
     assert!(
         stderr.contains("invalid value 'statement' for '--profile <NAME>'")
-            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or direct")
+            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or no-pooler")
             && !stderr.contains("PGBF_PROFILE"),
         "{stderr}"
     );
@@ -217,21 +217,21 @@ async fn stacks_are_shared_only_between_identical_settings() {
     let a = TestDb::for_profile(Profile::SupabaseShared).await.unwrap();
     let b = TestDb::for_profile(Profile::SupabaseShared).await.unwrap();
     let c = TestDb::for_profile(Profile::SupabaseSession).await.unwrap();
-    let d = TestDb::for_profile(Profile::Direct).await.unwrap();
+    let d = TestDb::for_profile(Profile::NoPooler).await.unwrap();
     assert_eq!(
-        a.pooled().port(),
-        b.pooled().port(),
+        a.db_url().port(),
+        b.db_url().port(),
         "same settings, same stack"
     );
     assert_ne!(
-        a.pooled().port(),
-        c.pooled().port(),
+        a.db_url().port(),
+        c.db_url().port(),
         "session mode runs its own PgBouncer"
     );
     assert_eq!(
-        d.pooled().port(),
-        a.direct().unwrap().port(),
-        "direct bypasses the transaction stack's pooler"
+        d.db_url().port(),
+        a.direct_db_url().unwrap().port(),
+        "no-pooler bypasses the transaction stack's pooler"
     );
 }
 

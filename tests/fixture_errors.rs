@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::password_of;
-use pgbouncer_fixtures::{redact, test_db, DbUrl, Env, Error, Target, TestDb, TEST_DATABASE_URL};
+use pgbouncer_fixtures::env_vars::TEST_DATABASE_URL;
+use pgbouncer_fixtures::{redact, test_db, DbUrl, Env, Error, Target, TestDb};
 use rstest::rstest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
@@ -280,9 +281,9 @@ async fn debug_output_and_errors_never_show_the_password(#[future(awt)] test_db:
     assert!(password.len() >= 20);
     let shown = [
         format!("{test_db:?}"),
-        format!("{:?}", test_db.pooled()),
-        format!("{}", test_db.pooled()),
-        format!("{:?}", test_db.direct()),
+        format!("{:?}", test_db.db_url()),
+        format!("{}", test_db.db_url()),
+        format!("{:?}", test_db.direct_db_url()),
         redact(test_db.url()),
         redact(&format!(
             "failed: {} and {}",

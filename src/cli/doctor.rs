@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pgbouncer_fixtures::doctor::{diagnose, Report};
+use pgbouncer_fixtures::env_vars::TEST_DATABASE_URL;
 use pgbouncer_fixtures::probes::Workload;
-use pgbouncer_fixtures::{DbUrl, Env, Profile, TestDb, TEST_DATABASE_URL};
+use pgbouncer_fixtures::{DbUrl, Env, Profile, TestDb};
 
 use crate::args::DoctorArgs;
 
@@ -93,7 +94,7 @@ async fn probe(targets: DoctorTargets) -> Result<Reports, String> {
                     .map_err(|e| e.to_string())?;
                 reports.push((
                     Some(profile),
-                    diagnose(db.pooled(), workload, timeout).await,
+                    diagnose(db.db_url(), workload, timeout).await,
                 ));
                 db.close().await.map_err(|e| e.to_string())?;
             }

@@ -29,7 +29,7 @@ use crate::support::registry::OnceMap;
 use crate::support::runtime::Background;
 use crate::target::settings::StackSettings;
 
-pub use crate::stack::endpoints::{Endpoints, STACK_USER};
+pub use crate::stack::endpoints::Endpoints;
 
 /// A running Postgres + PgBouncer pair.
 ///

@@ -8,6 +8,7 @@
 //! (`pgbouncer_ini`). May use: the layers below it (`contract`, `support`,
 //! `error`); `docker::images` only until the image settings move here.
 
+mod deprecated;
 pub(crate) mod env;
 pub(crate) mod images;
 pub(crate) mod pgbouncer_ini;
