@@ -49,7 +49,7 @@
 //! | folder | concern |
 //! |---|---|
 //! | `cli/` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
-//! | `diagnose/` | `doctor`, the fidelity matrix, probes with known answers; knows nothing of Docker |
+//! | `diagnose/` | `doctor`, the matrix, probes with known answers; knows nothing of Docker |
 //! | `fixture/` | the `rstest` fixtures, [`TestDb`] and its builder: the policy of one test's database, in one place |
 //! | `explain/` | a test's server-side evidence -> [`Explanation`]; the hazards `doctor` and `explain` share |
 //! | `stack/` | the run's PostgreSQL + PgBouncer pair: joined or created, leased, ready, its [`Endpoints`] and secrets, reaped |

@@ -152,7 +152,8 @@ fn up_refuses_unknown_profiles() {
     // The flag is named, not the environment variable of the same setting.
     assert!(
         stderr.contains("invalid value 'statement' for '--profile <NAME>'")
-            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or no-pooler")
+            && stderr
+                .contains("supabase-shared, supabase-dedicated, supabase-session or no-pooler")
             && !stderr.contains("PGBF_PROFILE"),
         "{stderr}"
     );

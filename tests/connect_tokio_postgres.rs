@@ -1,5 +1,5 @@
 //! tokio-postgres (feature `tokio-postgres`), on real stacks: a connected
-//! `Client` from `TestDb` behind every profile, the compatibility matrix's
+//! `Client` from `TestDb` behind every profile, the matrix's
 //! tokio-postgres rows and `doctor`'s items asserted per profile, and
 //! connection tasks that end with the test's database.
 //!

@@ -1,4 +1,4 @@
-//! Every cell of the README's fidelity table, asserted: the matrix is run
+//! Every cell of the matrix in docs/profiles.md, asserted: the matrix is run
 //! for real (every probe behind every profile, answers checked) and each
 //! cell must come out as the table says.
 
@@ -140,7 +140,7 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_cell_of_the_fidelity_table_holds() {
+async fn every_cell_of_the_matrix_holds() {
     let matrix = matrix(Workload::default()).await.unwrap();
     assert_eq!(matrix.rows.len(), Behaviour::all().len());
     for (behaviour, row) in &matrix.rows {

@@ -45,7 +45,7 @@ pub enum Command {
     /// stack of each profile) for pooler hazards; exit 0 none, 1 hazard, 2 bad input.
     Doctor(DoctorArgs),
     /// Run every sqlx usage pattern under every pooler profile and print the
-    /// compatibility matrix as Markdown.
+    /// matrix as Markdown.
     Matrix(MatrixArgs),
 }
 

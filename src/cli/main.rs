@@ -1,5 +1,5 @@
 //! `pgbouncer-fixtures`: start a stack for other test runs to use, diagnose
-//! an endpoint, print the compatibility matrix, clean up.
+//! an endpoint, print the matrix, clean up.
 //!
 //! The binary owns the command line and what it prints; it uses only the
 //! library's public API and adds no logic the library lacks. `args`: the

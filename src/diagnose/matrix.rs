@@ -1,4 +1,4 @@
-//! The compatibility matrix: every probe (statements, session state,
+//! The matrix: every probe (statements, session state,
 //! startup parameters, TLS, migrations) run under every [`Profile`] on the
 //! crate's own stacks, answers checked, as a Markdown table.
 

@@ -32,7 +32,7 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// Every profile, in the order of the compatibility matrix.
+    /// Every profile, in the order of the matrix.
     pub const ALL: [Profile; 4] = [
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
