@@ -8,7 +8,7 @@
 //!
 //! - [`test_db`]: an `rstest` fixture giving each test its own database on a
 //!   Postgres + PgBouncer stack (containers, one per test run, shared by all
-//!   its processes and removed by itself after the run; see the README);
+//!   its processes and removed by itself after the run; see docs/templates-and-stack.md);
 //! - [`TestDb::connect`]: a fresh, unpooled sqlx `PgConnection` through the
 //!   pooler; [`TestDb::connect_direct`]: the same database without it, for
 //!   migrations; [`TestDb::explain`]: what the servers reported for the test;

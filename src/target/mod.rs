@@ -45,13 +45,13 @@ const IGNORED_BY_SQLX: &[(&str, &str)] = &[
     (
         "statement_cache_size",
         "it is an asyncpg parameter; sqlx ignores it. sqlx's key is statement-cache-capacity \
-         (and capacity 0 alone does not stop named prepared statements: see the README)",
+         (and capacity 0 alone does not stop named prepared statements: see docs/profiles.md)",
     ),
     (
         "prepared_statement_cache_size",
         "it is an asyncpg/SQLAlchemy parameter; sqlx ignores it. sqlx's key is \
          statement-cache-capacity (and capacity 0 alone does not stop named prepared \
-         statements: see the README)",
+         statements: see docs/profiles.md)",
     ),
 ];
 

@@ -1,7 +1,7 @@
 //! Profiles: the production endpoints users deploy to. A test names the
 //! endpoint (`Profile::SupabaseShared`), not PgBouncer's knobs; the knobs
 //! that mirror each endpoint are in `settings` (`Profile::apply`), and what a
-//! PgBouncer cannot mimic is listed in [`Profile::residue`] and the README.
+//! PgBouncer cannot mimic is listed in [`Profile::residue`] and docs/profiles.md.
 
 use std::fmt;
 
