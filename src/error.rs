@@ -9,7 +9,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// The Docker engine could not be reached. The engine is found as
-    /// testcontainers finds it (see the README's "Which Docker engine"); the
+    /// testcontainers finds it (docs/troubleshooting.md, "Which Docker engine"); the
     /// message lists every place looked at and what was found there.
     #[error(
         "Docker is unreachable at {tried}: {reason}. {fix}.\nWhere the crate looked for Docker, \

@@ -8,7 +8,7 @@
 //!
 //! - [`test_db`]: an `rstest` fixture giving each test its own database on a
 //!   Postgres + PgBouncer stack (containers, one per test run, shared by all
-//!   its processes and removed by itself after the run; see the README);
+//!   its processes and removed by itself after the run; see docs/templates-and-stack.md);
 //! - [`TestDb::connect`]: a fresh, unpooled sqlx `PgConnection` through the
 //!   pooler; [`TestDb::connect_direct`]: the same database without it, for
 //!   migrations; [`TestDb::explain`]: what the servers reported for the test;
@@ -49,7 +49,7 @@
 //! | folder | concern |
 //! |---|---|
 //! | `cli/` (binary) | the CLI: `up`, `doctor`, `matrix`, `gc`; no logic the library lacks |
-//! | `diagnose/` | `doctor`, the fidelity matrix, probes with known answers; knows nothing of Docker |
+//! | `diagnose/` | `doctor`, the matrix, probes with known answers; knows nothing of Docker |
 //! | `fixture/` | the `rstest` fixtures, [`TestDb`] and its builder: the policy of one test's database, in one place |
 //! | `explain/` | a test's server-side evidence -> [`Explanation`]; the hazards `doctor` and `explain` share |
 //! | `stack/` | the run's PostgreSQL + PgBouncer pair: joined or created, leased, ready, its [`Endpoints`] and secrets, reaped |
@@ -115,11 +115,8 @@ mod target;
 pub use diagnose::{doctor, probes};
 pub use explain::hazard;
 
-pub use diagnose::matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
-pub use docker::images::{ImageRef, BASE_IMAGE_SCRIPT};
-pub use docker::{
-    docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
-};
+pub use diagnose::matrix::{matrix, matrix_with, Behaviour, Matrix};
+pub use docker::docker_engine;
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
 pub use fixture::fixtures::{test_db, try_test_db};
@@ -128,15 +125,35 @@ pub use provision::acquire::AcquireTimings;
 pub use provision::database::Isolation;
 pub use provision::template::Template;
 pub use stack::gc::{gc, GcReport, GcScope};
-pub use stack::{Endpoints, Stack, STACK_USER};
+pub use stack::{Endpoints, Stack};
 pub use target::env::{redact, Env};
-pub use target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
+pub use target::images::ImageSettings;
 pub use target::profile::Profile;
 pub use target::settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
-pub use target::{
-    DbUrl, ExternalTarget, Target, PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL,
-    TEST_DIRECT_URL,
-};
+pub use target::{DbUrl, ExternalTarget, Target};
+
+/// The environment variables that choose an external server, by name (for
+/// `Env::get` and scripts); every variable is in docs/configuration.md.
+pub mod env_vars {
+    pub use crate::target::{PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL, TEST_DIRECT_URL};
+}
+
+/// The labels on every container the crate creates, for `docker ps --filter
+/// label=...` and scripts of your own (`gc` finds the containers by them).
+pub mod labels {
+    pub use crate::docker::labels::{
+        LABEL_CHECKOUT as CHECKOUT, LABEL_KIND as KIND, LABEL_MANAGED as MANAGED, LABEL_PID as PID,
+        LABEL_SHARED as SHARED, LABEL_STACK as STACK,
+    };
+}
+
+/// The base image the crate's Dockerfiles build from, and the script that
+/// makes one from Debian's packages on a machine without a registry.
+pub mod images {
+    pub use crate::docker::images::BASE_IMAGE_SCRIPT;
+    pub use crate::target::images::{DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
+}
+
 /// The tokio-postgres the crate's `connect_tokio_postgres()` is built on
 /// (feature `tokio-postgres`): use it to name its types at the same version.
 #[cfg(feature = "tokio-postgres")]
@@ -157,3 +174,84 @@ struct ConfigurationDoctests;
 #[cfg(all(doctest, feature = "tokio-postgres"))]
 #[doc = include_str!("../docs/tokio-postgres.md")]
 struct TokioPostgresDoctests;
+
+// The 0.1 names of what moved or was renamed, kept for at least one minor
+// version (CHANGELOG.md has each one's migration note); the methods' old
+// names are in `fixture/deprecated.rs` and `target/deprecated.rs`.
+
+/// Runs the whole matrix.
+#[deprecated(since = "0.2.0", note = "renamed to `matrix()`")]
+pub async fn compatibility_matrix(workload: probes::Workload) -> Result<Matrix> {
+    matrix(workload).await
+}
+
+/// [`matrix`], calling `on_cell` as each cell is done.
+#[deprecated(since = "0.2.0", note = "renamed to `matrix_with()`")]
+pub async fn compatibility_matrix_with(
+    workload: probes::Workload,
+    on_cell: impl FnMut(Behaviour, Profile, &probes::Outcome),
+) -> Result<Matrix> {
+    matrix_with(workload, on_cell).await
+}
+
+/// An image reference split as testcontainers wants it.
+#[deprecated(
+    since = "0.2.0",
+    note = "no public function takes or returns it; name images as strings (`ImageSettings`)"
+)]
+pub type ImageRef = docker::images::ImageRef;
+
+/// Moved to [`env_vars::TEST_DATABASE_URL`].
+#[deprecated(since = "0.2.0", note = "moved to `env_vars::TEST_DATABASE_URL`")]
+pub const TEST_DATABASE_URL: &str = env_vars::TEST_DATABASE_URL;
+
+/// Moved to [`env_vars::TEST_DIRECT_URL`].
+#[deprecated(since = "0.2.0", note = "moved to `env_vars::TEST_DIRECT_URL`")]
+pub const TEST_DIRECT_URL: &str = env_vars::TEST_DIRECT_URL;
+
+/// Moved to [`env_vars::PGBF_EXTERNAL_CREATE_DATABASES`].
+#[deprecated(
+    since = "0.2.0",
+    note = "moved to `env_vars::PGBF_EXTERNAL_CREATE_DATABASES`"
+)]
+pub const PGBF_EXTERNAL_CREATE_DATABASES: &str = env_vars::PGBF_EXTERNAL_CREATE_DATABASES;
+
+/// Moved to [`labels::CHECKOUT`].
+#[deprecated(since = "0.2.0", note = "moved to `labels::CHECKOUT`")]
+pub const LABEL_CHECKOUT: &str = labels::CHECKOUT;
+
+/// Moved to [`labels::KIND`].
+#[deprecated(since = "0.2.0", note = "moved to `labels::KIND`")]
+pub const LABEL_KIND: &str = labels::KIND;
+
+/// Moved to [`labels::MANAGED`].
+#[deprecated(since = "0.2.0", note = "moved to `labels::MANAGED`")]
+pub const LABEL_MANAGED: &str = labels::MANAGED;
+
+/// Moved to [`labels::PID`].
+#[deprecated(since = "0.2.0", note = "moved to `labels::PID`")]
+pub const LABEL_PID: &str = labels::PID;
+
+/// Moved to [`labels::SHARED`].
+#[deprecated(since = "0.2.0", note = "moved to `labels::SHARED`")]
+pub const LABEL_SHARED: &str = labels::SHARED;
+
+/// Moved to [`labels::STACK`].
+#[deprecated(since = "0.2.0", note = "moved to `labels::STACK`")]
+pub const LABEL_STACK: &str = labels::STACK;
+
+/// Moved to [`images::BASE_IMAGE_SCRIPT`].
+#[deprecated(since = "0.2.0", note = "moved to `images::BASE_IMAGE_SCRIPT`")]
+pub const BASE_IMAGE_SCRIPT: &str = images::BASE_IMAGE_SCRIPT;
+
+/// Moved to [`images::DEFAULT_BASE_IMAGE`].
+#[deprecated(since = "0.2.0", note = "moved to `images::DEFAULT_BASE_IMAGE`")]
+pub const DEFAULT_BASE_IMAGE: &str = images::DEFAULT_BASE_IMAGE;
+
+/// Moved to [`images::LOCAL_BASE_IMAGE`].
+#[deprecated(since = "0.2.0", note = "moved to `images::LOCAL_BASE_IMAGE`")]
+pub const LOCAL_BASE_IMAGE: &str = images::LOCAL_BASE_IMAGE;
+
+/// Moved to [`Endpoints::USER`].
+#[deprecated(since = "0.2.0", note = "moved to `Endpoints::USER`")]
+pub const STACK_USER: &str = Endpoints::USER;

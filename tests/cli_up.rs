@@ -147,20 +147,21 @@ fn up_refuses_unknown_profiles() {
         .args(["up", "--profile", "statement"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "usage");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The flag is named, not the environment variable of the same setting.
     assert!(
         stderr.contains("invalid value 'statement' for '--profile <NAME>'")
-            && stderr.contains("supabase-shared, supabase-dedicated, supabase-session or direct")
+            && stderr
+                .contains("supabase-shared, supabase-dedicated, supabase-session or no-pooler")
             && !stderr.contains("PGBF_PROFILE"),
         "{stderr}"
     );
 }
 
 /// `--help`, `--version` and each command's `--help` print on stdout and
-/// exit 0; an invalid value names its flag, with `up`'s exit code 1 and
-/// `doctor`'s 2 (bad input), as before; no command prints the help.
+/// exit 0; an invalid value names its flag and exits 2 (usage) whatever the
+/// command (docs/cli.md, "Exit codes"); no command prints the help.
 #[test]
 fn help_version_and_invalid_flags() {
     let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
@@ -182,22 +183,31 @@ fn help_version_and_invalid_flags() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}");
         assert!(stdout.contains(expected), "{args:?}: {stdout}");
     }
+    // The tool's help lists the exit codes and points at the CLI's page.
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("exit codes:  0 done; 1 doctor found a hazard; 2 usage")
+            && help.contains("3 the command failed")
+            && help.contains("docs/cli.md")
+            && !help.contains("README"),
+        "{help}"
+    );
     for (args, code, flag) in [
         (
             &["up", "--max-prepared-statements", "x"][..],
-            1,
+            2,
             "'--max-prepared-statements <N>'",
         ),
         (
             &["up", "--pool-mode", "statement"],
-            1,
+            2,
             "'--pool-mode <MODE>'",
         ),
-        (&["up", "--run-id", " "], 1, "'--run-id <ID>'"),
-        (&["matrix", "--clients", "0"], 1, "'--clients <N>'"),
+        (&["up", "--run-id", " "], 2, "'--run-id <ID>'"),
+        (&["matrix", "--clients", "0"], 2, "'--clients <N>'"),
         (
             &["gc", "--stack", "a", "--checkout", "b"],
-            1,
+            2,
             "'--checkout <PATH>'",
         ),
         (&["doctor", "--jsn"], 2, "'--jsn'"),
@@ -217,26 +227,26 @@ async fn stacks_are_shared_only_between_identical_settings() {
     let a = TestDb::for_profile(Profile::SupabaseShared).await.unwrap();
     let b = TestDb::for_profile(Profile::SupabaseShared).await.unwrap();
     let c = TestDb::for_profile(Profile::SupabaseSession).await.unwrap();
-    let d = TestDb::for_profile(Profile::Direct).await.unwrap();
+    let d = TestDb::for_profile(Profile::NoPooler).await.unwrap();
     assert_eq!(
-        a.pooled().port(),
-        b.pooled().port(),
+        a.db_url().port(),
+        b.db_url().port(),
         "same settings, same stack"
     );
     assert_ne!(
-        a.pooled().port(),
-        c.pooled().port(),
+        a.db_url().port(),
+        c.db_url().port(),
         "session mode runs its own PgBouncer"
     );
     assert_eq!(
-        d.pooled().port(),
-        a.direct().unwrap().port(),
-        "direct bypasses the transaction stack's pooler"
+        d.db_url().port(),
+        a.direct_db_url().unwrap().port(),
+        "no-pooler bypasses the transaction stack's pooler"
     );
 }
 
 /// `up` watches its stack: when PostgreSQL or PgBouncer dies under it, it
-/// exits 1 within 5 s, saying what died and that its URLs are void, and
+/// exits 3 within 5 s, saying what died and that its URLs are void, and
 /// leaves nothing behind.
 #[rstest]
 #[case::postgres("postgres")]
@@ -262,7 +272,7 @@ fn up_exits_non_zero_when_its_stack_dies(#[case] kind: &str) {
         "`up` exited {:.2} s after `docker kill` of its {kind} container ({status})",
         took.as_secs_f64()
     );
-    assert_eq!(status.code(), Some(1), "{status}");
+    assert_eq!(status.code(), Some(3), "a failed command: {status}");
     let stderr: Vec<String> = up.stderr.by_ref().map_while(Result::ok).collect();
     let message = stderr.join("\n");
     assert!(

@@ -1,5 +1,5 @@
 //! tokio-postgres (feature `tokio-postgres`), on real stacks: a connected
-//! `Client` from `TestDb` behind every profile, the compatibility matrix's
+//! `Client` from `TestDb` behind every profile, the matrix's
 //! tokio-postgres rows and `doctor`'s items asserted per profile, and
 //! connection tasks that end with the test's database.
 //!
@@ -48,7 +48,7 @@ async fn closed_soon(client: &Client) -> bool {
 
 /// A connected client behind each profile answers, in the test's database,
 /// under the test's `application_name`, through the pooler's port (the
-/// direct one for `Profile::Direct`); its connection ends with `close()`.
+/// direct one for `Profile::NoPooler`); its connection ends with `close()`.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connected_client_behind_every_profile(
@@ -56,19 +56,19 @@ async fn a_connected_client_behind_every_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
     let db = TestDb::for_profile(profile).await.unwrap();
     let config = db.tokio_postgres_config();
-    assert_eq!(config.get_ports(), [db.pooled().port()]);
-    let direct_port = db.direct().unwrap().port();
+    assert_eq!(config.get_ports(), [db.db_url().port()]);
+    let direct_port = db.direct_db_url().unwrap().port();
     assert_eq!(
-        db.tokio_postgres_config_direct().unwrap().get_ports(),
+        db.direct_tokio_postgres_config().unwrap().get_ports(),
         [direct_port]
     );
-    assert_eq!(profile.is_direct(), db.pooled().port() == direct_port);
+    assert_eq!(profile.bypasses_pooler(), db.db_url().port() == direct_port);
     assert!(
         !format!("{config:?}").contains(&password_of(db.url())),
         "the config's Debug hides the password"
@@ -152,7 +152,7 @@ async fn matrix_rows_behind_every_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
@@ -199,7 +199,7 @@ async fn doctor_items_behind_every_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
@@ -208,7 +208,7 @@ async fn doctor_items_behind_every_profile(
         clients: 16,
         rounds: 100,
     };
-    let report = diagnose(db.pooled(), workload, Duration::from_secs(10)).await;
+    let report = diagnose(db.db_url(), workload, Duration::from_secs(10)).await;
     let text = report.to_text();
     assert!(!text.contains(&password_of(db.url())), "{text}");
     let finding = |item: &str| {

@@ -17,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
 
 async fn report(db: &TestDb) -> Report {
     diagnose(
-        db.pooled(),
+        db.db_url(),
         Workload {
             clients: 16,
             rounds: 100,
@@ -40,7 +40,7 @@ async fn verdicts_match_each_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
@@ -90,7 +90,7 @@ async fn verdicts_match_each_profile(
             assert_eq!(verdict(&r, items::STARTUP_OPTIONS), Verdict::Info, "{text}");
             assert_eq!(verdict(&r, items::TLS), Verdict::Ok, "{text}");
         }
-        Profile::SupabaseSession | Profile::Direct => {
+        Profile::SupabaseSession | Profile::NoPooler => {
             assert_eq!(r.pool_behaviour, Some(PoolBehaviour::Session), "{text}");
             for item in [
                 items::DEFAULT_CACHE,
@@ -110,7 +110,7 @@ async fn verdicts_match_each_profile(
 #[rstest]
 #[tokio::test]
 async fn the_command_exits_non_zero_on_a_hazard_and_speaks_json(
-    #[values(Profile::SupabaseShared, Profile::Direct)] profile: Profile,
+    #[values(Profile::SupabaseShared, Profile::NoPooler)] profile: Profile,
 ) {
     let db = TestDb::for_profile(profile).await.unwrap();
     let url = db.url().to_string();
@@ -182,7 +182,7 @@ const SHADOWS: [(&str, &str); 2] = [
 #[case::setting("current_setting")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
-    let db = TestDb::for_profile(Profile::Direct).await.unwrap();
+    let db = TestDb::for_profile(Profile::NoPooler).await.unwrap();
     let mut conn = db.connect().await.unwrap();
     let (_, create) = SHADOWS.iter().find(|(name, _)| *name == shadowed).unwrap();
     let database = db.database_name().replace('"', "\"\"");
@@ -199,7 +199,7 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
     drop(conn);
 
     let r = diagnose(
-        db.pooled(),
+        db.db_url(),
         Workload {
             clients: 2,
             rounds: 5,

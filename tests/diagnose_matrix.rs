@@ -1,11 +1,11 @@
-//! Every cell of the README's fidelity table, asserted: the matrix is run
+//! Every cell of the matrix in docs/profiles.md, asserted: the matrix is run
 //! for real (every probe behind every profile, answers checked) and each
 //! cell must come out as the table says.
 
 use pgbouncer_fixtures::probes::session::SessionProbe;
 use pgbouncer_fixtures::probes::startup::StartupProbe;
 use pgbouncer_fixtures::probes::{Outcome, SqlxPattern, Workload};
-use pgbouncer_fixtures::{compatibility_matrix, Behaviour, Profile};
+use pgbouncer_fixtures::{matrix, Behaviour, Profile};
 
 /// What a cell must show.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,9 +86,9 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             (StartupProbe::TopLevelJit | StartupProbe::TopLevelSearchPath, _) => {
                 PassNoted("accepted")
             }
-            (StartupProbe::OptionsJit, Direct) => PassNoted("applied"),
+            (StartupProbe::OptionsJit, NoPooler) => PassNoted("applied"),
             (StartupProbe::OptionsJit, _) => PassNoted("accepted, dropped"),
-            (StartupProbe::OptionsSearchPath, Direct) => PassNoted("applied"),
+            (StartupProbe::OptionsSearchPath, NoPooler) => PassNoted("applied"),
             // The residue: PostgreSQL 17 does not report search_path, so
             // PgBouncer accepts it and cannot apply it (Supavisor applies it).
             (StartupProbe::OptionsSearchPath, _) => WrongSilently,
@@ -140,8 +140,8 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_cell_of_the_fidelity_table_holds() {
-    let matrix = compatibility_matrix(Workload::default()).await.unwrap();
+async fn every_cell_of_the_matrix_holds() {
+    let matrix = matrix(Workload::default()).await.unwrap();
     assert_eq!(matrix.rows.len(), Behaviour::all().len());
     for (behaviour, row) in &matrix.rows {
         for (profile, outcome) in Profile::ALL.into_iter().zip(row) {

@@ -473,7 +473,7 @@ fn when_no_engine_is_found_the_error_lists_every_place() {
     let scene = scene.env("XDG_RUNTIME_DIR", &xdg);
     let out = scene.run(&["up"]);
     let stderr = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     let properties = scene.properties_path();
     for expected in [
         "Docker is unreachable at unix:///var/run/docker.sock (the default)".to_string(),
@@ -506,7 +506,7 @@ fn a_stale_rootless_socket_is_named_with_the_fix() {
     let scene = scene.env("XDG_RUNTIME_DIR", &xdg);
     let out = scene.run(&["gc", "--checkout", &scene.work.display().to_string()]);
     let stderr = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "Docker is unreachable at unix://{} ($XDG_RUNTIME_DIR/docker.sock (rootless Docker))",
@@ -533,7 +533,7 @@ fn a_dead_engine_is_an_error_not_a_fall_through() {
     let scene = Scene::new().properties("docker.host=unix:///nonexistent/pgbf/docker.sock\n");
     let out = scene.run(&["gc", "--checkout", &scene.work.display().to_string()]);
     let stderr = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     let properties = scene.properties_path();
     assert!(
         stderr.contains(&format!(
@@ -561,7 +561,7 @@ fn a_bad_host_override_names_the_variable(#[case] value: &str) {
     let scene = Scene::new().env("TESTCONTAINERS_HOST_OVERRIDE", value);
     let out = scene.run(&["up"]);
     let stderr = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("TESTCONTAINERS_HOST_OVERRIDE=") && stderr.contains("is invalid"),
         "{stderr}"
@@ -580,7 +580,7 @@ fn a_malformed_properties_file_is_a_typed_error(#[case] content: &str, #[case] e
     let scene = Scene::new().properties(content);
     let out = scene.run(&["gc", "--checkout", &scene.work.display().to_string()]);
     let stderr = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("~/.testcontainers.properties"), "{stderr}");
     assert!(stderr.contains(expected), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

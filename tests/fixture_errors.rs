@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::password_of;
-use pgbouncer_fixtures::{redact, test_db, DbUrl, Env, Error, Target, TestDb, TEST_DATABASE_URL};
+use pgbouncer_fixtures::env_vars::TEST_DATABASE_URL;
+use pgbouncer_fixtures::{redact, test_db, DbUrl, Env, Error, Target, TestDb};
 use rstest::rstest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
@@ -30,7 +31,7 @@ fn up_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
 #[test]
 fn docker_unreachable_says_what_was_tried() {
     let (code, stderr) = up_with(&[("DOCKER_HOST", "unix:///nonexistent/pgbf/docker.sock")]);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains(
             "Docker is unreachable at unix:///nonexistent/pgbf/docker.sock (DOCKER_HOST)"
@@ -40,7 +41,7 @@ fn docker_unreachable_says_what_was_tried() {
     assert!(stderr.contains("Start the Docker daemon"), "{stderr}");
 
     let (code, stderr) = up_with(&[("DOCKER_HOST", "tcp://127.0.0.1:1")]);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("Docker is unreachable at tcp://127.0.0.1:1 (DOCKER_HOST)"),
         "{stderr}"
@@ -51,7 +52,7 @@ fn docker_unreachable_says_what_was_tried() {
 fn an_unbuildable_image_names_the_base_image_script() {
     // A base image that exists nowhere and cannot be pulled (no registry here).
     let (code, stderr) = up_with(&[("PGBF_BASE_IMAGE", "pgbf-no-such-base:never")]);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("is missing and could not be made"),
         "{stderr}"
@@ -66,7 +67,7 @@ fn an_unbuildable_image_names_the_base_image_script() {
 #[test]
 fn a_missing_override_image_names_its_variable() {
     let (code, stderr) = up_with(&[("PGBF_PGBOUNCER_IMAGE", "pgbf-no-such-pgbouncer:1")]);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("image pgbf-no-such-pgbouncer:1 is missing"),
         "{stderr}"
@@ -80,7 +81,7 @@ fn bad_cli_input_is_refused_with_usage() {
         .args(["up", "--max-prepared-statements", "many"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("invalid value 'many' for '--max-prepared-statements <N>'")
@@ -280,9 +281,9 @@ async fn debug_output_and_errors_never_show_the_password(#[future(awt)] test_db:
     assert!(password.len() >= 20);
     let shown = [
         format!("{test_db:?}"),
-        format!("{:?}", test_db.pooled()),
-        format!("{}", test_db.pooled()),
-        format!("{:?}", test_db.direct()),
+        format!("{:?}", test_db.db_url()),
+        format!("{}", test_db.db_url()),
+        format!("{:?}", test_db.direct_db_url()),
         redact(test_db.url()),
         redact(&format!(
             "failed: {} and {}",

@@ -340,7 +340,7 @@ async fn pooler_pools_return_to_baseline_after_500_tests() {
     let dir = tempfile::tempdir().unwrap();
     write_migrations(dir.path(), false);
     let template = template_in(dir.path());
-    let mut console = PgConnection::connect(stack.endpoints().admin_url().expose())
+    let mut console = PgConnection::connect(stack.endpoints().console_url().expose())
         .await
         .unwrap();
     // Database names PgBouncer knows (SHOW DATABASES) or pools (SHOW POOLS).

@@ -1,12 +1,18 @@
 //! Every public path of the last release still resolves, to the item of
 //! that name: users upgrade without editing their imports. A path that
 //! moves inside the crate keeps working by re-export; one that goes away
-//! needs a `#[deprecated]` alias and a CHANGELOG line, and is added here.
+//! needs a `#[deprecated]` alias and a CHANGELOG line, and is checked in
+//! tests/public_deprecated_aliases.rs instead (here: the current names).
 
 use std::any::type_name;
 
 use pgbouncer_fixtures::doctor::{diagnose, Finding, PoolBehaviour, Report, Verdict};
+use pgbouncer_fixtures::env_vars::{
+    PGBF_EXTERNAL_CREATE_DATABASES, TEST_DATABASE_URL, TEST_DIRECT_URL,
+};
 use pgbouncer_fixtures::hazard::{Hazard, Pooler};
+use pgbouncer_fixtures::images::{BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
+use pgbouncer_fixtures::labels::{CHECKOUT, KIND, MANAGED, PID, SHARED, STACK};
 use pgbouncer_fixtures::probes::session::{run_session_probe, SessionProbe};
 use pgbouncer_fixtures::probes::startup::{
     run_startup_probe, send_startup, StartupAnswer, StartupProbe,
@@ -18,13 +24,10 @@ use pgbouncer_fixtures::probes::{
     run_pattern, ClientEnd, ClientError, Outcome, SqlxPattern, Workload, WrongAnswer,
 };
 use pgbouncer_fixtures::{
-    compatibility_matrix, compatibility_matrix_with, docker_engine, gc, redact,
-    supavisor_dropped_parameters, test_db, try_test_db, AcquireTimings, Behaviour, DbUrl,
-    Endpoints, Env, Error, Explanation, ExternalTarget, GcReport, GcScope, ImageRef, ImageSettings,
-    Isolation, Matrix, Network, PoolMode, Profile, Result, Seen, Stack, StackSettings, Target,
-    Template, TestDb, TestDbBuilder, BASE_IMAGE_SCRIPT, DEFAULT_BASE_IMAGE, LABEL_CHECKOUT,
-    LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK, LOCAL_BASE_IMAGE,
-    PGBF_EXTERNAL_CREATE_DATABASES, STACK_USER, TEST_DATABASE_URL, TEST_DIRECT_URL,
+    docker_engine, gc, matrix, matrix_with, redact, supavisor_dropped_parameters, test_db,
+    try_test_db, AcquireTimings, Behaviour, DbUrl, Endpoints, Env, Error, Explanation,
+    ExternalTarget, GcReport, GcScope, ImageSettings, Isolation, Matrix, Network, PoolMode,
+    Profile, Result, Seen, Stack, StackSettings, Target, Template, TestDb, TestDbBuilder,
 };
 
 /// The last segment of a type's path, e.g. `TestDb` for the fixture.
@@ -68,7 +71,6 @@ fn every_public_type_of_the_last_release_resolves_to_itself() {
         (short::<ExternalTarget>(), "ExternalTarget"),
         (short::<GcReport>(), "GcReport"),
         (short::<GcScope>(), "GcScope"),
-        (short::<ImageRef>(), "ImageRef"),
         (short::<ImageSettings>(), "ImageSettings"),
         (short::<Isolation>(), "Isolation"),
         (short::<Matrix>(), "Matrix"),
@@ -98,7 +100,7 @@ fn every_public_function_of_the_last_release_resolves_to_itself() {
         (fn_name(send_startup), "send_startup"),
         (fn_name(run_pattern), "run_pattern"),
         (fn_name(statements::run_pattern), "run_pattern"),
-        (fn_name(compatibility_matrix), "compatibility_matrix"),
+        (fn_name(matrix), "matrix"),
         (fn_name(docker_engine), "docker_engine"),
         (fn_name(gc), "gc"),
         (fn_name(redact), "redact"),
@@ -114,9 +116,8 @@ fn every_public_function_of_the_last_release_resolves_to_itself() {
     }
     // Generic over its callback (`impl FnMut`): it has no fn item type to
     // name, so this only proves the path and its signature still compile.
-    let _never_called = |workload: Workload| {
-        compatibility_matrix_with(workload, |_: Behaviour, _: Profile, _: &Outcome| {})
-    };
+    let _never_called =
+        |workload: Workload| matrix_with(workload, |_: Behaviour, _: Profile, _: &Outcome| {});
 }
 
 #[cfg(feature = "tokio-postgres")]
@@ -139,17 +140,10 @@ fn the_public_constants_of_the_last_release_keep_their_values() {
         PGBF_EXTERNAL_CREATE_DATABASES,
         "PGBF_EXTERNAL_CREATE_DATABASES"
     );
-    for label in [
-        LABEL_CHECKOUT,
-        LABEL_KIND,
-        LABEL_MANAGED,
-        LABEL_PID,
-        LABEL_SHARED,
-        LABEL_STACK,
-    ] {
+    for label in [CHECKOUT, KIND, MANAGED, PID, SHARED, STACK] {
         assert!(label.starts_with("pgbouncer-fixtures."), "{label}");
     }
-    assert!(!STACK_USER.is_empty());
+    assert!(!Endpoints::USER.is_empty());
     assert!(!BASE_IMAGE_SCRIPT.is_empty());
     assert!(!DEFAULT_BASE_IMAGE.is_empty());
     assert!(!LOCAL_BASE_IMAGE.is_empty());

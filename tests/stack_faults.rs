@@ -472,7 +472,7 @@ fn a_silent_docker_daemon_is_an_error_not_a_hang() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "Docker is unreachable at tcp://127.0.0.1:{port} (DOCKER_HOST)"
@@ -489,7 +489,7 @@ fn gc_refuses_unknown_options() {
         .args(["gc", "--everything"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("unexpected argument '--everything'")

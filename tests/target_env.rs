@@ -7,10 +7,9 @@ mod common;
 use std::fs;
 
 use common::{audited, containers_with, database_exists, int, text};
+use pgbouncer_fixtures::env_vars::{TEST_DATABASE_URL, TEST_DIRECT_URL};
 use pgbouncer_fixtures::sqlx;
-use pgbouncer_fixtures::{
-    Env, Isolation, Stack, StackSettings, Target, TestDb, TEST_DATABASE_URL, TEST_DIRECT_URL,
-};
+use pgbouncer_fixtures::{Env, Isolation, Stack, StackSettings, Target, TestDb};
 use sqlx::{Connection, PgConnection};
 
 #[test]

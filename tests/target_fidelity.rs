@@ -36,7 +36,7 @@ async fn default_statement_cache_collides_only_behind_the_default_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
@@ -122,7 +122,7 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
         Profile::SupabaseShared,
         Profile::SupabaseSession,
         Profile::SupabaseDedicated,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
@@ -158,7 +158,7 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
                     // profiles drop them (search_path: the documented residue).
                     assert_eq!(
                         applied == value,
-                        profile == Profile::Direct,
+                        profile == Profile::NoPooler,
                         "{name}={applied}"
                     );
                 }

@@ -39,7 +39,7 @@ async fn tls_is_offered_on_both_ports_of_every_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct
+        Profile::NoPooler
     )]
     profile: Profile,
 ) {
@@ -99,7 +99,7 @@ async fn require_tls_refuses_plain_clients_on_both_ports() {
         .execute(&mut direct)
         .await
         .unwrap();
-    for options in [db.connect_options(), db.connect_options_direct().unwrap()] {
+    for options in [db.connect_options(), db.direct_connect_options().unwrap()] {
         let err = answers(&options.ssl_mode(PgSslMode::Disable))
             .await
             .expect_err("a client without TLS is refused");
@@ -147,7 +147,7 @@ async fn the_dropped_parameters_are_postgres_own_settings() {
 #[case::shared(Profile::SupabaseShared)]
 #[case::dedicated(Profile::SupabaseDedicated)]
 #[case::session(Profile::SupabaseSession)]
-#[case::direct(Profile::Direct)]
+#[case::direct(Profile::NoPooler)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_prints_urls_that_behave_like_the_profile(#[case] profile: Profile) {
     let mut child = Command::new(BIN)
@@ -163,10 +163,10 @@ async fn up_prints_urls_that_behave_like_the_profile(#[case] profile: Profile) {
     };
     let pooled = url("TEST_DATABASE_URL=");
     let direct = url("TEST_DIRECT_URL=");
-    if profile == Profile::Direct {
+    if profile == Profile::NoPooler {
         assert_eq!(
             pooled, direct,
-            "direct: the application URL is PostgreSQL's"
+            "no-pooler: the application URL is PostgreSQL's"
         );
     }
 

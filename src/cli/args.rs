@@ -10,11 +10,14 @@ const ENVIRONMENT: &str = "\
 environment: PGBF_BASE_IMAGE, PGBF_POSTGRES_IMAGE, PGBF_PGBOUNCER_IMAGE;
              the Docker engine is found as testcontainers finds it: tc.host in
              ~/.testcontainers.properties, DOCKER_HOST (environment, then .env),
-             docker.host in that file, then the usual sockets (see the README);
+             docker.host in that file, then the usual sockets;
              TESTCONTAINERS_HOST_OVERRIDE: the host published ports answer on.
              PGBF_PUBLISH_ALL_INTERFACES=1 (publish on every interface, not only
-             127.0.0.1, with a local engine; see the README's environment table),
-             RUST_LOG-style tracing is not installed; errors go to stderr";
+             127.0.0.1, with a local engine). Every variable: docs/configuration.md.
+             RUST_LOG-style tracing is not installed; errors go to stderr.
+exit codes:  0 done; 1 doctor found a hazard; 2 usage (a bad command, flag, value
+             or doctor URL); 3 the command failed (Docker, images, a stack, PGBF_*).
+docs:        docs/cli.md";
 
 /// Start PostgreSQL + PgBouncer stacks for test runs, diagnose endpoints,
 /// clean up.
@@ -32,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Start PostgreSQL + PgBouncer, print TEST_DATABASE_URL / TEST_DIRECT_URL
     /// (for .env), keep running until Ctrl-C or SIGTERM, then remove everything;
-    /// exit 1 within seconds if the stack dies (its URLs are then void).
+    /// exit 3 within seconds if the stack dies (its URLs are then void).
     #[command(
         after_help = "A plain PgBouncer: the PgBouncer flags, after or instead of a profile \
                             (they apply on top of it)."
@@ -42,10 +45,11 @@ pub enum Command {
     /// host, running or not, and the lock files no process holds, and list them.
     Gc(GcArgs),
     /// Probe URL (default TEST_DATABASE_URL from env/.env; with none, a local
-    /// stack of each profile) for pooler hazards; exit 0 none, 1 hazard, 2 bad input.
+    /// stack of each profile) for pooler hazards; exit 0 none, 1 hazard, 2 bad input,
+    /// 3 no local stack.
     Doctor(DoctorArgs),
     /// Run every sqlx usage pattern under every pooler profile and print the
-    /// compatibility matrix as Markdown.
+    /// matrix as Markdown.
     Matrix(MatrixArgs),
 }
 
@@ -53,7 +57,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// The production endpoint to mirror [default: supabase-shared, Supavisor, port 6543]:
-    /// supabase-shared, supabase-dedicated, supabase-session or direct.
+    /// supabase-shared, supabase-dedicated, supabase-session or no-pooler.
     #[arg(long, value_name = "NAME", value_parser = profile)]
     pub profile: Option<Profile>,
     /// PgBouncer's pool_mode: transaction or session.
@@ -169,7 +173,7 @@ mod tests {
         assert!(text.contains("--profile"), "{text}");
         assert!(!text.contains("PGBF_PROFILE"), "{text}");
         assert!(
-            text.contains("supabase-shared, supabase-dedicated, supabase-session or direct"),
+            text.contains("supabase-shared, supabase-dedicated, supabase-session or no-pooler"),
             "{text}"
         );
     }

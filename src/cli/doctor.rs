@@ -1,14 +1,15 @@
 //! `doctor`: the report of one URL, or of a local stack of each profile,
 //! as text or JSON. Exit codes: 0 no hazard, 1 a hazard (or a probe that
 //! could not run), 2 bad input (with one URL: also when it could not be
-//! probed).
+//! probed), 3 the local stacks of the profiles could not be made.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use pgbouncer_fixtures::doctor::{diagnose, Report};
+use pgbouncer_fixtures::env_vars::TEST_DATABASE_URL;
 use pgbouncer_fixtures::probes::Workload;
-use pgbouncer_fixtures::{DbUrl, Env, Profile, TestDb, TEST_DATABASE_URL};
+use pgbouncer_fixtures::{DbUrl, Env, Profile, TestDb};
 
 use crate::args::DoctorArgs;
 
@@ -29,14 +30,14 @@ pub fn doctor(args: DoctorArgs) -> ExitCode {
         Ok(t) => t,
         Err(message) => {
             say!("pgbouncer-fixtures: {message}");
-            return ExitCode::from(2);
+            return ExitCode::from(crate::EXIT_USAGE);
         }
     };
     let reports = match crate::runtime().and_then(|rt| rt.block_on(probe(targets))) {
         Ok(r) => r,
         Err(message) => {
             say!("pgbouncer-fixtures: {message}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(crate::EXIT_FAILED);
         }
     };
     if args.json {
@@ -52,8 +53,8 @@ pub fn doctor(args: DoctorArgs) -> ExitCode {
     let unreachable = reports.iter().any(|(_, r)| r.pool_behaviour.is_none());
     let hazard = reports.iter().any(|(_, r)| r.has_hazard());
     match (unreachable, hazard) {
-        (true, _) if reports.len() == 1 => ExitCode::from(2),
-        (_, true) | (true, false) => ExitCode::FAILURE,
+        (true, _) if reports.len() == 1 => ExitCode::from(crate::EXIT_USAGE),
+        (_, true) | (true, false) => ExitCode::from(crate::EXIT_HAZARD),
         (false, false) => ExitCode::SUCCESS,
     }
 }
@@ -93,7 +94,7 @@ async fn probe(targets: DoctorTargets) -> Result<Reports, String> {
                     .map_err(|e| e.to_string())?;
                 reports.push((
                     Some(profile),
-                    diagnose(db.pooled(), workload, timeout).await,
+                    diagnose(db.db_url(), workload, timeout).await,
                 ));
                 db.close().await.map_err(|e| e.to_string())?;
             }

@@ -1,5 +1,5 @@
 //! `pgbouncer-fixtures`: start a stack for other test runs to use, diagnose
-//! an endpoint, print the compatibility matrix, clean up.
+//! an endpoint, print the matrix, clean up.
 //!
 //! The binary owns the command line and what it prints; it uses only the
 //! library's public API and adds no logic the library lacks. `args`: the
@@ -35,11 +35,24 @@ mod up;
 
 use args::{Cli, Command};
 
+/// The exit codes (docs/cli.md, "Exit codes"): 0 done (help, version, a
+/// `doctor` with no hazard), and these.
+///
+/// `doctor` found a hazard, or one of its probes could not run.
+const EXIT_HAZARD: u8 = 1;
+/// Usage: an unknown command or flag, an invalid value (clap's errors, each
+/// naming the flag), or a `doctor` URL that is invalid or, alone, unreachable.
+const EXIT_USAGE: u8 = 2;
+/// The command could not do its work: the Docker engine, the images, a
+/// stack that failed to start or died under `up`, a setting in the
+/// environment (`PGBF_*`) the crate cannot use.
+const EXIT_FAILED: u8 = 3;
+
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(e) => return invalid_arguments(&e, argv.get(1)),
+        Err(e) => return invalid_arguments(&e),
     };
     match cli.command {
         Some(Command::Up(a)) => run(up::up(&a)),
@@ -54,27 +67,23 @@ fn main() -> ExitCode {
 }
 
 /// Prints clap's message (help and version on stdout, errors on stderr,
-/// each naming the flag) and exits as before clap: 0 for help and
-/// version; 1 for a bad flag of `up`, `gc` or `matrix` (their errors exit
-/// as their failures do); 2 for `doctor`'s bad input and an unknown command.
-fn invalid_arguments(e: &clap::Error, command: Option<&OsString>) -> ExitCode {
+/// each naming the flag): exit 0 for help and version, [`EXIT_USAGE`] for
+/// an error, whatever the command.
+fn invalid_arguments(e: &clap::Error) -> ExitCode {
     let _ = e.print();
     if !e.use_stderr() {
         return ExitCode::SUCCESS;
     }
-    match command.and_then(|c| c.to_str()) {
-        Some("up" | "gc" | "matrix") => ExitCode::FAILURE,
-        _ => ExitCode::from(2),
-    }
+    ExitCode::from(EXIT_USAGE)
 }
 
-/// A command's end: its error on stderr and exit 1, or exit 0.
+/// A command's end: exit 0, or its error on stderr and [`EXIT_FAILED`].
 fn run(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             say!("pgbouncer-fixtures: {message}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

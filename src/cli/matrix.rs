@@ -1,7 +1,7 @@
 //! `matrix`: every sqlx usage pattern under every profile, as Markdown on
 //! stdout, each cell on stderr as it is done.
 
-use pgbouncer_fixtures::compatibility_matrix_with;
+use pgbouncer_fixtures::matrix_with;
 use pgbouncer_fixtures::probes::Workload;
 
 use crate::args::MatrixArgs;
@@ -14,7 +14,7 @@ pub fn matrix(args: &MatrixArgs) -> Result<(), String> {
         rounds: args.rounds.unwrap_or(default.rounds),
     };
     crate::runtime()?.block_on(async {
-        let m = compatibility_matrix_with(workload, |behaviour, profile, outcome| {
+        let m = matrix_with(workload, |behaviour, profile, outcome| {
             say!("{profile:>18} | {behaviour}: {}", outcome.summary());
         })
         .await

@@ -17,7 +17,7 @@ fn list(v: &str) -> Vec<String> {
 }
 
 /// The stack settings `up` asks for, and whether its `TEST_DATABASE_URL`
-/// bypasses the pooler (`--profile direct`): the environment's settings,
+/// bypasses the pooler (`--profile no-pooler`): the environment's settings,
 /// then the profile's, then the PgBouncer flags on top.
 fn settings(args: &UpArgs) -> Result<(StackSettings, bool), String> {
     let env = Env::load().map_err(|e| e.to_string())?;
@@ -25,10 +25,10 @@ fn settings(args: &UpArgs) -> Result<(StackSettings, bool), String> {
     let mut direct = env
         .get("PGBF_PROFILE")
         .and_then(|p| p.parse::<Profile>().ok())
-        .is_some_and(Profile::is_direct);
+        .is_some_and(Profile::bypasses_pooler);
     if let Some(profile) = args.profile {
         settings = profile.apply(settings);
-        direct = profile.is_direct();
+        direct = profile.bypasses_pooler();
     }
     if let Some(mode) = args.pool_mode {
         settings = settings.with_pool_mode(mode);

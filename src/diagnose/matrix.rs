@@ -1,4 +1,4 @@
-//! The compatibility matrix: every probe (statements, session state,
+//! The matrix: every probe (statements, session state,
 //! startup parameters, TLS, migrations) run under every [`Profile`] on the
 //! crate's own stacks, answers checked, as a Markdown table.
 
@@ -9,7 +9,7 @@ use crate::diagnose::probes::startup::{run_startup_probe, StartupProbe};
 #[cfg(feature = "tokio-postgres")]
 use crate::diagnose::probes::tokio_postgres::{run_tokio_pg_pattern, TokioPgPattern};
 use crate::diagnose::probes::{run_pattern, Outcome, SqlxPattern, Workload};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fixture::test_db::TestDb;
 use crate::target::profile::Profile;
 
@@ -51,13 +51,17 @@ impl Behaviour {
         }
     }
 
-    /// Runs it against `db`'s pooled endpoint (the direct one for `Direct`).
+    /// Runs it against `db`'s pooled endpoint (the direct one for `NoPooler`).
     pub async fn run(self, db: &TestDb, workload: Workload) -> Result<Outcome> {
         let options = db.connect_options();
         match self {
             Behaviour::Statements(p) => run_pattern(p, &options, workload).await,
             Behaviour::Session(p) => {
-                let direct = db.connect_options_direct()?;
+                let direct = db
+                    .direct_connect_options()
+                    .ok_or(Error::DirectUrlRequired {
+                        feature: "the matrix's session rows",
+                    })?;
                 bounded(run_session_probe(p, &options, &direct), p.description()).await
             }
             Behaviour::Startup(p) => {
@@ -116,12 +120,12 @@ pub struct Matrix {
 }
 
 /// Runs the whole matrix (one stack per distinct profile setting).
-pub async fn compatibility_matrix(workload: Workload) -> Result<Matrix> {
-    compatibility_matrix_with(workload, |_, _, _| {}).await
+pub async fn matrix(workload: Workload) -> Result<Matrix> {
+    matrix_with(workload, |_, _, _| {}).await
 }
 
-/// [`compatibility_matrix`], calling `on_cell` as each cell is done.
-pub async fn compatibility_matrix_with(
+/// [`matrix`], calling `on_cell` as each cell is done.
+pub async fn matrix_with(
     workload: Workload,
     mut on_cell: impl FnMut(Behaviour, Profile, &Outcome),
 ) -> Result<Matrix> {

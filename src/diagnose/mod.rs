@@ -1,5 +1,5 @@
 //! Diagnosis of an endpoint: [`doctor`] (any PostgreSQL URL, item by item,
-//! with remedies), the fidelity matrix (every probe under every profile on
+//! with remedies), the matrix (every probe under every profile on
 //! the crate's own stacks) and the [`probes`] with known answers that both
 //! run. Every answer a server sends is checked, never trusted: an answer of
 //! an unexpected type is a finding, not a panic.

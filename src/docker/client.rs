@@ -11,7 +11,7 @@
 //!
 //! - **creating the stack's containers** (`containers.rs`): the run's stack
 //!   must outlive the process that made it: other test processes join it,
-//!   and its in-container watchdog reaps it after the last lease (README,
+//!   and its in-container watchdog reaps it after the last lease (docs/templates-and-stack.md,
 //!   "Reaping"). testcontainers hands back a `ContainerAsync` whose `Drop`
 //!   removes the container (`TESTCONTAINERS_COMMAND=keep` turns that off for
 //!   every container of the process, and `with_reuse` is per process); it has

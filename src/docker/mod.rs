@@ -28,4 +28,3 @@ pub(crate) mod reap;
 pub(crate) use client::{call, CALL_TIMEOUT};
 pub use engine::docker_engine;
 pub(crate) use engine::{connect, engine, engine_checked};
-pub use labels::{LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK};

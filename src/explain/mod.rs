@@ -255,7 +255,7 @@ async fn temp_table_elsewhere(conn: &mut PgConnection, table: &str) -> bool {
 
 /// PgBouncer's refused logins since the test's database was made.
 async fn pgbouncer_refusals(source: &EvidenceSource) -> Vec<String> {
-    if matches!(source.pooler, Pooler::Profile(p) if p.is_direct()) {
+    if matches!(source.pooler, Pooler::Profile(p) if p.bypasses_pooler()) {
         return Vec::new();
     }
     let since = source

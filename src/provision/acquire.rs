@@ -12,8 +12,8 @@ use crate::provision::worker::Worker;
 use crate::target::DbUrl;
 
 /// Where the time went while the fixture made a test's database: see
-/// [`TestDb::acquire_timings`](crate::TestDb::acquire_timings) (the
-/// README's breakdown is made of these).
+/// [`TestDb::acquire_timings`](crate::TestDb::acquire_timings) (docs/benchmarks.md's
+/// breakdowns are made of these).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AcquireTimings {
     /// Starting or joining the run's stack (about zero once this process

@@ -126,7 +126,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<BroughtUp> {
             admin_url: endpoints.direct_url("postgres"),
             admin_kind: Endpoint::Direct,
             connect_timeout: Duration::from_secs(10),
-            console_url: Some(endpoints.admin_url()),
+            console_url: Some(endpoints.console_url()),
             pooled_url: endpoints.pooled_url("postgres"),
             books_url: books_via_pooler.then(|| endpoints.pooled_url("postgres")),
         },

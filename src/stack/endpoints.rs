@@ -37,6 +37,9 @@ impl fmt::Debug for Endpoints {
 }
 
 impl Endpoints {
+    /// The stack's superuser (as on Supabase): the user of every URL here.
+    pub const USER: &'static str = STACK_USER;
+
     /// The endpoints of a running pair whose ports are published on `host`.
     /// The password is read back out of the container: one that makes no
     /// valid URL is a broken stack (an error, not a panic).
@@ -91,8 +94,17 @@ impl Endpoints {
 
     /// URL of PgBouncer's admin console (`SHOW POOLS`, `SHOW DATABASES` ...).
     /// It speaks only the simple query protocol: use `sqlx::raw_sql`.
-    pub fn admin_url(&self) -> DbUrl {
+    pub fn console_url(&self) -> DbUrl {
         self.pooled.with_database("pgbouncer")
+    }
+
+    /// URL of PgBouncer's admin console.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `console_url()` (PgBouncer's console; the crate's admin connections go to PostgreSQL)"
+    )]
+    pub fn admin_url(&self) -> DbUrl {
+        self.console_url()
     }
 
     /// The host the ports are published on.
@@ -132,7 +144,7 @@ mod tests {
             "postgres://postgres:abc123@127.0.0.1:6432/db"
         );
         assert_eq!(e.direct_url("x").port(), 5432);
-        assert_eq!(e.admin_url().database(), "pgbouncer");
+        assert_eq!(e.console_url().database(), "pgbouncer");
         for bad in ["", "a b", "p@ss/word"] {
             assert!(
                 Endpoints::of(&info(bad), "127.0.0.1", false).is_err(),

@@ -29,7 +29,7 @@ use crate::support::registry::OnceMap;
 use crate::support::runtime::Background;
 use crate::target::settings::StackSettings;
 
-pub use crate::stack::endpoints::{Endpoints, STACK_USER};
+pub use crate::stack::endpoints::Endpoints;
 
 /// A running Postgres + PgBouncer pair.
 ///
@@ -109,8 +109,8 @@ impl Stack {
     }
 
     /// The run's stack for these settings: joined if a process of the same
-    /// run (same settings, run id and checkout; see the README's sharing
-    /// rule) already started it, else started here. This process holds a
+    /// run (same settings, run id and checkout; see docs/templates-and-stack.md's
+    /// sharing rule) already started it, else started here. This process holds a
     /// lease on it until it exits. A stack found dead is replaced. Without a
     /// pinned run id the stack is the checkout's, and stays up
     /// [`StackSettings::keep_warm`] after its last lease for the next run.

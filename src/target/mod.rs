@@ -8,6 +8,7 @@
 //! (`pgbouncer_ini`). May use: the layers below it (`contract`, `support`,
 //! `error`); `docker::images` only until the image settings move here.
 
+mod deprecated;
 pub(crate) mod env;
 pub(crate) mod images;
 pub(crate) mod pgbouncer_ini;
@@ -44,13 +45,13 @@ const IGNORED_BY_SQLX: &[(&str, &str)] = &[
     (
         "statement_cache_size",
         "it is an asyncpg parameter; sqlx ignores it. sqlx's key is statement-cache-capacity \
-         (and capacity 0 alone does not stop named prepared statements: see the README)",
+         (and capacity 0 alone does not stop named prepared statements: see docs/profiles.md)",
     ),
     (
         "prepared_statement_cache_size",
         "it is an asyncpg/SQLAlchemy parameter; sqlx ignores it. sqlx's key is \
          statement-cache-capacity (and capacity 0 alone does not stop named prepared \
-         statements: see the README)",
+         statements: see docs/profiles.md)",
     ),
 ];
 

@@ -1,7 +1,7 @@
 //! Profiles: the production endpoints users deploy to. A test names the
 //! endpoint (`Profile::SupabaseShared`), not PgBouncer's knobs; the knobs
 //! that mirror each endpoint are in `settings` (`Profile::apply`), and what a
-//! PgBouncer cannot mimic is listed in [`Profile::residue`] and the README.
+//! PgBouncer cannot mimic is listed in [`Profile::residue`] and docs/profiles.md.
 
 use std::fmt;
 
@@ -26,17 +26,18 @@ pub enum Profile {
     /// Supabase's shared pooler in session mode (port 5432): a server
     /// connection per client for the client's lifetime, reset between clients.
     SupabaseSession,
-    /// Straight to PostgreSQL, no pooler (Supabase's direct connection).
-    Direct,
+    /// No pooler: `connect()` goes straight to PostgreSQL, as an application
+    /// on Supabase's direct connection (`db.<ref>.supabase.co:5432`) does.
+    NoPooler,
 }
 
 impl Profile {
-    /// Every profile, in the order of the compatibility matrix.
+    /// Every profile, in the order of the matrix.
     pub const ALL: [Profile; 4] = [
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
-        Profile::Direct,
+        Profile::NoPooler,
     ];
 
     /// The name used by `PGBF_PROFILE`, `up --profile` and the matrix.
@@ -45,7 +46,7 @@ impl Profile {
             Profile::SupabaseShared => "supabase-shared",
             Profile::SupabaseDedicated => "supabase-dedicated",
             Profile::SupabaseSession => "supabase-session",
-            Profile::Direct => "direct",
+            Profile::NoPooler => "no-pooler",
         }
     }
 
@@ -59,7 +60,7 @@ impl Profile {
                 "Supabase's dedicated pooler (PgBouncer 1.24 with prepared-statement tracking, port 6543)"
             }
             Profile::SupabaseSession => "Supabase's shared pooler in session mode (port 5432)",
-            Profile::Direct => "a direct PostgreSQL connection (no pooler)",
+            Profile::NoPooler => "a direct PostgreSQL connection (no pooler)",
         }
     }
 
@@ -75,7 +76,7 @@ impl Profile {
             Profile::SupabaseSession => {
                 "PgBouncer session mode, server_reset_query=DISCARD ALL, unknown startup parameters ignored"
             }
-            Profile::Direct => "PostgreSQL without a pooler",
+            Profile::NoPooler => "PostgreSQL without a pooler",
         }
     }
 
@@ -96,13 +97,13 @@ impl Profile {
             Profile::SupabaseDedicated => &[
                 "no network latency between the client, the pooler and the database",
             ],
-            Profile::Direct => &[],
+            Profile::NoPooler => &[],
         }
     }
 
-    /// Whether `connect()` bypasses the pooler.
-    pub fn is_direct(self) -> bool {
-        self == Profile::Direct
+    /// Whether `connect()` bypasses the pooler (goes to the direct endpoint).
+    pub fn bypasses_pooler(self) -> bool {
+        self == Profile::NoPooler
     }
 
     /// Whether the pooler hands a client's server connection to others
@@ -132,13 +133,17 @@ impl std::str::FromStr for Profile {
             .filter(|c| *c != '-' && *c != '_')
             .collect::<String>()
             .to_ascii_lowercase();
+        if wanted == "direct" {
+            // The 0.1 name of `no-pooler`.
+            return Ok(Profile::NoPooler);
+        }
         Profile::ALL
             .into_iter()
             .find(|p| p.name().replace('-', "") == wanted)
             .ok_or_else(|| Error::InvalidEnv {
                 var: "PGBF_PROFILE",
                 value: crate::target::env::redact_value(s),
-                expected: "supabase-shared, supabase-dedicated, supabase-session or direct \
+                expected: "supabase-shared, supabase-dedicated, supabase-session or no-pooler \
                            (the old names: transaction is now supabase-shared, tracking \
                            supabase-dedicated, session supabase-session; a plain PgBouncer is \
                            PGBF_POOL_MODE, PGBF_MAX_PREPARED_STATEMENTS, ...)",
@@ -158,5 +163,6 @@ mod tests {
             assert_eq!(p.name().replace('-', "_").parse::<Profile>().unwrap(), p);
         }
         assert!("transaction".parse::<Profile>().is_err());
+        assert_eq!("direct".parse::<Profile>().unwrap(), Profile::NoPooler);
     }
 }

@@ -18,7 +18,7 @@ const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
 const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
 
 impl Profile {
-    /// `base` with this profile's pooler settings. (`Direct` runs on the
+    /// `base` with this profile's pooler settings. (`NoPooler` runs on the
     /// default profile's stack and bypasses its pooler.)
     pub fn apply(self, base: StackSettings) -> StackSettings {
         let supavisor_like = |s: StackSettings| {
@@ -26,7 +26,7 @@ impl Profile {
                 .with_track_extra_parameters(SUPAVISOR_TRACKED)
         };
         match self {
-            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
+            Profile::SupabaseShared | Profile::NoPooler => supavisor_like(base)
                 .with_pool_mode(PoolMode::Transaction)
                 .with_max_prepared_statements(0),
             Profile::SupabaseDedicated => base

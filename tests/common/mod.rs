@@ -94,7 +94,7 @@ pub async fn int(conn: &mut PgConnection, sql: &str) -> i64 {
 /// A direct connection to the `postgres` database of the test's server.
 pub async fn server_admin(db: &TestDb) -> PgConnection {
     let url = db
-        .direct()
+        .direct_db_url()
         .expect("a direct endpoint")
         .with_database("postgres");
     PgConnection::connect(url.expose())

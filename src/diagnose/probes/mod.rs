@@ -2,7 +2,7 @@
 //! real with **known answers that are checked**. A probe's [`Outcome`]
 //! counts errors and, separately, wrong answers that came with no error
 //! (another client's prepared statement, session state silently gone): the
-//! worst verdict there is. The compatibility matrix, `doctor` and the
+//! worst verdict there is. The matrix, `doctor` and the
 //! fidelity tests all run these.
 //!
 //! - [`statements`]: sqlx's ways of running a parameterised query, as a

@@ -35,7 +35,7 @@ pub enum SessionProbe {
 }
 
 impl SessionProbe {
-    /// Every probe, in the order of the compatibility matrix.
+    /// Every probe, in the order of the matrix.
     pub const ALL: [SessionProbe; 6] = [
         SessionProbe::SqlPrepare,
         SessionProbe::Set,

@@ -37,7 +37,7 @@ pub enum StartupProbe {
 }
 
 impl StartupProbe {
-    /// Every probe, in the order of the compatibility matrix.
+    /// Every probe, in the order of the matrix.
     pub const ALL: [StartupProbe; 6] = [
         StartupProbe::TopLevelJit,
         StartupProbe::TopLevelSearchPath,

@@ -35,7 +35,7 @@ pub enum SqlxPattern {
 const SEQUENTIAL_CLIENTS: usize = 5;
 
 impl SqlxPattern {
-    /// Every pattern, in the order of the compatibility matrix.
+    /// Every pattern, in the order of the matrix.
     pub const ALL: [SqlxPattern; 6] = [
         SqlxPattern::PoolDefaultCache,
         SqlxPattern::ConnectionCacheOff,

@@ -50,7 +50,7 @@ pub enum TokioPgPattern {
 }
 
 impl TokioPgPattern {
-    /// Every pattern, in the order of the compatibility matrix.
+    /// Every pattern, in the order of the matrix.
     pub const ALL: [TokioPgPattern; 4] = [
         TokioPgPattern::Query,
         TokioPgPattern::QueryTyped,
