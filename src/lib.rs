@@ -131,6 +131,7 @@ pub use stack::gc::{gc, GcReport, GcScope};
 pub use stack::{Endpoints, Stack, STACK_USER};
 pub use target::env::{redact, Env};
 pub use target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
+pub use target::postgres_version::PostgresVersion;
 pub use target::profile::Profile;
 pub use target::settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
 pub use target::{

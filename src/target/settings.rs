@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::support::digest::hex;
 use crate::target::env::Env;
 use crate::target::images::ImageSettings;
+use crate::target::postgres_version::PostgresVersion;
 use crate::target::profile::Profile;
 
 pub use crate::target::pgbouncer_ini::PoolMode;
@@ -80,6 +81,9 @@ pub struct StackSettings {
     pub server_round_robin: bool,
     /// Which images run the stack.
     pub images: ImageSettings,
+    /// The PostgreSQL major the stack runs (`PGBF_POSTGRES_VERSION`: 15 or
+    /// 17; default 17). PgBouncer is the same (1.24) either way.
+    pub postgres_version: PostgresVersion,
     /// How long starting the stack may take before it is a timeout.
     pub startup_timeout: Duration,
     /// Iterations of the stack's SCRAM-SHA-256 verifier (default 16;
@@ -182,6 +186,7 @@ impl StackSettings {
             require_tls: false,
             server_round_robin: false,
             images: ImageSettings::default(),
+            postgres_version: PostgresVersion::V17,
             startup_timeout: Duration::from_secs(120),
             scram_iterations: 16,
             reap_after: Duration::from_secs(10),
@@ -197,7 +202,8 @@ impl StackSettings {
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
     /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
     /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
-    /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES` and the image variables.
+    /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES`,
+    /// `PGBF_POSTGRES_VERSION` and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
@@ -207,6 +213,9 @@ impl StackSettings {
             s = profile.parse::<Profile>()?.apply(s);
         }
         s.require_tls = env.flag("PGBF_REQUIRE_TLS")?;
+        if let Some(version) = env.get("PGBF_POSTGRES_VERSION") {
+            s.postgres_version = version.parse()?;
+        }
         if let Some(mode) = env.get("PGBF_POOL_MODE") {
             s.pool_mode = mode.parse()?;
         }
@@ -303,6 +312,12 @@ impl StackSettings {
         self
     }
 
+    /// Sets the PostgreSQL major the stack runs (15 or 17).
+    pub fn with_postgres_version(mut self, version: PostgresVersion) -> Self {
+        self.postgres_version = version;
+        self
+    }
+
     /// Sets the images.
     pub fn with_images(mut self, images: ImageSettings) -> Self {
         self.images = images;
@@ -381,6 +396,10 @@ impl StackSettings {
             // Only when set: the keys of default stacks stay as they were.
             h.update(b"publish on all interfaces");
         }
+        if self.postgres_version != PostgresVersion::V17 {
+            // Only when not the default: the keys of default stacks stay as they were.
+            h.update(format!("postgres {}", self.postgres_version).as_bytes());
+        }
         if self.network != Network::Auto {
             h.update(format!("network {:?}", self.network).as_bytes());
         }
@@ -432,6 +451,27 @@ mod tests {
             err,
             Error::InvalidEnv {
                 var: "PGBF_KEEP_WARM_SECS",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_postgres_major_is_read_checked_and_keys_the_stack() {
+        let of = |v: &str| StackSettings::from_env(&Env::from_vars([("PGBF_POSTGRES_VERSION", v)]));
+        let v15 = of("15").unwrap();
+        assert_eq!(v15.postgres_version, PostgresVersion::V15);
+        let v17 = of("17").unwrap();
+        assert_eq!(v17.postgres_version, PostgresVersion::V17);
+        assert_ne!(v15.key(), v17.key());
+        let default =
+            StackSettings::from_env(&Env::from_vars([("PGBF_PROFILE", "supabase-shared")]))
+                .unwrap();
+        assert_eq!(default.key(), v17.key());
+        assert!(matches!(
+            of("16").unwrap_err(),
+            Error::InvalidEnv {
+                var: "PGBF_POSTGRES_VERSION",
                 ..
             }
         ));
