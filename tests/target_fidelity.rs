@@ -375,3 +375,49 @@ async fn migrations_belong_on_the_direct_endpoint() {
         .get(0);
     assert_eq!(applied, 2);
 }
+
+/// Supavisor's session mode refuses client `pool_size + 1` at once (default
+/// pool 15): a `PgPool` of 20 that passes against a plain session pooler
+/// fails on Supabase. The session profile refuses client 16 at once too,
+/// with PgBouncer's words (`client connections exceeded
+/// (max_db_client_connections)`), not Supavisor's (`(EMAXCONNSESSION) max
+/// clients reached in session mode`): the words are not reproduced.
+#[tokio::test]
+async fn session_mode_refuses_the_client_after_the_pool_size_at_once() {
+    let db = db(Profile::SupabaseSession).await;
+    let mut held = Vec::new();
+    for _ in 0..15 {
+        held.push(db.connect().await.unwrap());
+    }
+    let err = db
+        .connect()
+        .await
+        .expect_err("client 16 of a session pool of 15 is refused");
+    // Refused by the pooler (not a connect timeout after waiting in a queue).
+    match &err {
+        pgbouncer_fixtures::Error::ConnectRefused { reason, code, .. } => {
+            assert_eq!(
+                reason, "client connections exceeded (max_db_client_connections)",
+                "{err}"
+            );
+            assert_eq!(code.as_deref(), Some("08P01"), "{err}");
+        }
+        other => panic!("expected the pooler's refusal, got {other}"),
+    }
+    // A client that leaves frees its place.
+    drop(held.pop());
+    let started = std::time::Instant::now();
+    let mut again = loop {
+        match db.connect().await {
+            Ok(conn) => break conn,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    sqlx::raw_sql("select 1").execute(&mut again).await.unwrap();
+    drop(again);
+    drop(held);
+    db.close().await.unwrap();
+}

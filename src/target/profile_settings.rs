@@ -10,6 +10,10 @@ use crate::target::settings::{PoolMode, StackSettings};
 /// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
 const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
 
+/// Supavisor's default pool size per tenant, and `default_pool_size` in
+/// Supabase's PgBouncer template.
+pub(crate) const SUPABASE_POOL_SIZE: u32 = 15;
+
 /// Every run-time setting of PostgreSQL 15 and of 17 (`pg_settings`)
 /// except those PgBouncer tracks: behind the Supavisor-like profiles
 /// PgBouncer ignores them at startup (top-level or in `options=-c ...`)
@@ -30,18 +34,30 @@ impl Profile {
             s.with_ignore_startup_parameters(supavisor_dropped_parameters())
                 .with_track_extra_parameters(SUPAVISOR_TRACKED)
         };
+        // Pool sizes and client caps: Supavisor's default pool is 15, and its
+        // session mode refuses client `pool_size + 1` at once; Supabase's
+        // PgBouncer template has `default_pool_size = 15`. The shared
+        // profile keeps 20: Supavisor's transaction mode queues clients
+        // beyond the pool as PgBouncer does, up to a per-plan client limit.
+        let sized = |s: StackSettings, pool: u32, cap: u32| StackSettings {
+            default_pool_size: pool,
+            max_db_client_connections: cap,
+            ..s
+        };
         match self {
-            Profile::SupabaseShared | Profile::Direct => supavisor_like(base)
+            Profile::SupabaseShared | Profile::Direct => sized(supavisor_like(base), 20, 0)
                 .with_pool_mode(PoolMode::Transaction)
                 .with_max_prepared_statements(0),
-            Profile::SupabaseDedicated => base
+            Profile::SupabaseDedicated => sized(base, SUPABASE_POOL_SIZE, 0)
                 .with_pool_mode(PoolMode::Transaction)
                 .with_max_prepared_statements(200)
                 .with_ignore_startup_parameters(["extra_float_digits"])
                 .with_track_extra_parameters(["IntervalStyle"]),
-            Profile::SupabaseSession => supavisor_like(base)
-                .with_pool_mode(PoolMode::Session)
-                .with_max_prepared_statements(0),
+            Profile::SupabaseSession => {
+                sized(supavisor_like(base), SUPABASE_POOL_SIZE, SUPABASE_POOL_SIZE)
+                    .with_pool_mode(PoolMode::Session)
+                    .with_max_prepared_statements(0)
+            }
         }
     }
 }

@@ -68,6 +68,12 @@ pub struct StackSettings {
     pub max_prepared_statements: u32,
     /// PgBouncer's `default_pool_size`: server connections per database and user.
     pub default_pool_size: u32,
+    /// PgBouncer's `max_db_client_connections`: clients per database at
+    /// most, the next one refused at once (0: no cap). Supavisor's session
+    /// mode refuses client `pool_size + 1`: [`Profile::SupabaseSession`]
+    /// sets it to its pool size (15), and a cap equal to the pool size
+    /// follows [`with_default_pool_size`](Self::with_default_pool_size).
+    pub max_db_client_connections: u32,
     /// PgBouncer's `ignore_startup_parameters`: parameters accepted at
     /// startup and dropped (any other unknown one is refused).
     pub ignore_startup_parameters: Vec<String>,
@@ -181,6 +187,7 @@ impl StackSettings {
             pool_mode: PoolMode::Transaction,
             max_prepared_statements: 0,
             default_pool_size: 20,
+            max_db_client_connections: 0,
             ignore_startup_parameters: vec!["extra_float_digits".to_string()],
             track_extra_parameters: vec!["IntervalStyle".to_string()],
             require_tls: false,
@@ -200,7 +207,7 @@ impl StackSettings {
 
     /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
-    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_MAX_DB_CLIENT_CONNECTIONS`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
     /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
     /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES`,
     /// `PGBF_POSTGRES_VERSION` and the image variables.
@@ -231,7 +238,14 @@ impl StackSettings {
             1..=1000,
             "a whole number from 1 to 1000",
         )? {
-            s.default_pool_size = n;
+            s = s.with_default_pool_size(n);
+        }
+        if let Some(n) = env.number(
+            "PGBF_MAX_DB_CLIENT_CONNECTIONS",
+            0..=100_000,
+            "a whole number from 0 (no cap) to 100000",
+        )? {
+            s.max_db_client_connections = n;
         }
         if let Some(n) = env.number(
             "PGBF_STARTUP_TIMEOUT_SECS",
@@ -276,9 +290,19 @@ impl StackSettings {
         self
     }
 
-    /// Sets `default_pool_size`.
+    /// Sets `default_pool_size`; a client cap equal to the old pool size
+    /// (Supavisor's session-mode rule) moves with it.
     pub fn with_default_pool_size(mut self, n: u32) -> Self {
+        if self.max_db_client_connections == self.default_pool_size {
+            self.max_db_client_connections = n.max(1);
+        }
         self.default_pool_size = n.max(1);
+        self
+    }
+
+    /// Sets `max_db_client_connections` (0: no cap).
+    pub fn with_max_db_client_connections(mut self, n: u32) -> Self {
+        self.max_db_client_connections = n;
         self
     }
 
@@ -454,6 +478,26 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_session_profile_caps_clients_at_its_pool_size_which_the_cap_follows() {
+        let session = |vars: &[(&str, &str)]| {
+            let mut all = vec![("PGBF_PROFILE", "supabase-session")];
+            all.extend_from_slice(vars);
+            StackSettings::from_env(&Env::from_vars(all)).unwrap()
+        };
+        let s = session(&[]);
+        assert_eq!((s.default_pool_size, s.max_db_client_connections), (15, 15));
+        let s = session(&[("PGBF_DEFAULT_POOL_SIZE", "30")]);
+        assert_eq!((s.default_pool_size, s.max_db_client_connections), (30, 30));
+        let s = session(&[("PGBF_MAX_DB_CLIENT_CONNECTIONS", "0")]);
+        assert_eq!((s.default_pool_size, s.max_db_client_connections), (15, 0));
+        let shared = StackSettings::from_env(&Env::from_vars([("PGBF_DEFAULT_POOL_SIZE", "30")]));
+        assert_eq!(shared.unwrap().max_db_client_connections, 0);
+        assert!(s
+            .pgbouncer_ini("127.0.0.1")
+            .contains("max_db_client_connections = 0\n"));
     }
 
     #[test]
