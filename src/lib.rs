@@ -115,7 +115,9 @@ mod target;
 pub use diagnose::{doctor, probes};
 pub use explain::hazard;
 
-pub use diagnose::matrix::{compatibility_matrix, compatibility_matrix_with, Behaviour, Matrix};
+pub use diagnose::matrix::{
+    compatibility_matrix, compatibility_matrix_with, not_reproduced, Behaviour, Matrix,
+};
 pub use docker::images::{ImageRef, BASE_IMAGE_SCRIPT};
 pub use docker::{
     docker_engine, LABEL_CHECKOUT, LABEL_KIND, LABEL_MANAGED, LABEL_PID, LABEL_SHARED, LABEL_STACK,
