@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # Make the base image the crate's Dockerfiles build FROM, without any container
-# registry: debootstrap a Debian trixie root file system from Debian's package
-# mirror and `docker import` it.
+# registry: debootstrap a Debian root file system from Debian's package mirror
+# and `docker import` it.
 #
-# The image already carries postgresql-17 and pgbouncer, so the Dockerfiles'
-# install step finds them and needs no network inside `docker build`.
+# trixie (the default) carries postgresql-17 and pgbouncer (1.24); bookworm
+# carries postgresql-15 only, for stacks of PGBF_POSTGRES_VERSION=15 (their
+# PgBouncer image stays trixie's: bookworm's 1.18 has no prepared-statement
+# tracking). The Dockerfiles' install step then finds the packages and needs
+# no network inside `docker build`.
 #
 # Idempotent: does nothing when the image already exists.
 #
-#   docker/make-base-image.sh [IMAGE]      (default: pgbouncer-fixtures/debian-base:trixie)
+#   docker/make-base-image.sh [--suite trixie|bookworm] [IMAGE]
+#       (default IMAGE: pgbouncer-fixtures/debian-base:SUITE)
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
-image="${1:-${PGBF_LOCAL_BASE_IMAGE:-pgbouncer-fixtures/debian-base:trixie}}"
+suite=trixie
+if [ "${1:-}" = --suite ]; then
+  suite="${2:-}"
+  shift 2 || shift $#
+fi
+case "$suite" in
+  trixie) packages=postgresql-17,pgbouncer major=17 ;;
+  bookworm) packages=postgresql-15 major=15 ;;
+  *)
+    echo "make-base-image: unknown suite '$suite'; use trixie (PostgreSQL 17) or bookworm (PostgreSQL 15)" >&2
+    exit 2
+    ;;
+esac
+if [ "$suite" = trixie ]; then
+  default_image="${PGBF_LOCAL_BASE_IMAGE:-pgbouncer-fixtures/debian-base:trixie}"
+else
+  default_image="pgbouncer-fixtures/debian-base:$suite"
+fi
+image="${1:-$default_image}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 if docker image inspect "$image" >/dev/null 2>&1; then
@@ -36,8 +58,8 @@ root="$(mktemp -d /tmp/pgbf-rootfs.XXXXXX)"
 trap 'rm -rf "$root"' EXIT
 
 start=$(date +%s)
-echo "make-base-image: debootstrap trixie from $mirror into $root"
-debootstrap --variant=minbase --include=postgresql-17,pgbouncer trixie "$root" "$mirror" >/tmp/pgbf-debootstrap.log 2>&1 || {
+echo "make-base-image: debootstrap $suite ($packages) from $mirror into $root"
+debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >/tmp/pgbf-debootstrap.log 2>&1 || {
   echo "make-base-image: debootstrap failed; last lines of /tmp/pgbf-debootstrap.log:" >&2
   tail -n 20 /tmp/pgbf-debootstrap.log >&2
   exit 1
@@ -46,8 +68,8 @@ debootstrap --variant=minbase --include=postgresql-17,pgbouncer trixie "$root" "
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 # The postgresql-common package creates a cluster at install; the images run
 # their own initdb on tmpfs, so drop it.
-rm -rf "$root"/var/lib/postgresql/17/main "$root"/etc/postgresql/17/main
-echo "deb $mirror trixie main" >"$root"/etc/apt/sources.list
+rm -rf "$root/var/lib/postgresql/$major/main" "$root/etc/postgresql/$major/main"
+echo "deb $mirror $suite main" >"$root"/etc/apt/sources.list
 
 echo "make-base-image: importing as $image"
 tar -C "$root" -c . | docker import -c 'CMD ["bash"]' - "$image" >/dev/null

@@ -34,7 +34,7 @@ case "$port$pooler_port" in
 esac
 # psql below finds the server's socket (/tmp/.s.PGSQL.<port>) by this.
 export PGPORT="$port"
-bin=/usr/lib/postgresql/17/bin
+bin="/usr/lib/postgresql/${PGBF_PG_MAJOR:-17}/bin"
 sql=/usr/share/pgbf/sql
 data=/pgdata/data
 mkdir -m 700 "$data"

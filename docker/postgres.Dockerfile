@@ -1,17 +1,21 @@
-# PostgreSQL 17 for throw-away test stacks.
+# PostgreSQL for throw-away test stacks: 17 (trixie) by default, 15 with
+# PG_MAJOR=15 on a bookworm base.
 # The data directory lives on tmpfs and fsync is off: nothing here survives a
 # container, by design.
 ARG BASE_IMAGE=debian:trixie-slim
 FROM ${BASE_IMAGE}
+ARG PG_MAJOR=17
+# The entrypoint runs this major's binaries.
+ENV PGBF_PG_MAJOR=${PG_MAJOR}
 
 # The locally made base image (docker/make-base-image.sh) already carries the
-# packages; a stock debian:trixie-slim gets them from Debian's mirror.
-RUN if [ ! -x /usr/lib/postgresql/17/bin/postgres ]; then \
+# packages; a stock debian:trixie-slim (bookworm-slim for 15) gets them from Debian's mirror.
+RUN if [ ! -x /usr/lib/postgresql/${PG_MAJOR}/bin/postgres ]; then \
       apt-get update \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-17 \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-${PG_MAJOR} \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
-    && rm -rf /var/lib/postgresql/17/main /etc/postgresql/17/main
+    && rm -rf /var/lib/postgresql/${PG_MAJOR}/main /etc/postgresql/${PG_MAJOR}/main
 
 # initdb once at build time; each container unpacks this cluster onto its
 # tmpfs and sets its own password, which is faster than an initdb per start.
@@ -24,14 +28,14 @@ RUN if [ ! -x /usr/lib/postgresql/17/bin/postgres ]; then \
 # (unpacking: ~65 -> ~45 ms here, and 16 MB less of each stack's memory
 # until the server writes that much WAL).
 RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
-    && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/initdb \
+    && su postgres -s /bin/sh -c "/usr/lib/postgresql/${PG_MAJOR}/bin/initdb \
          --pgdata=/var/lib/pgbf/cluster --username=postgres --encoding=UTF8 \
-         --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null' \
+         --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null" \
     && printf '%s\n' 'local all all trust' 'host all all all scram-sha-256' \
          > /var/lib/pgbf/cluster/pg_hba.conf \
     && find /var/lib/pgbf/cluster/base -name '*_fsm' -delete \
     && find /var/lib/pgbf/cluster/base -name '*_vm' -delete \
-    && su postgres -s /bin/sh -c '/usr/lib/postgresql/17/bin/pg_resetwal -D /var/lib/pgbf/cluster >/dev/null' \
+    && su postgres -s /bin/sh -c "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_resetwal -D /var/lib/pgbf/cluster >/dev/null" \
     && for f in /var/lib/pgbf/cluster/pg_wal/0*; do \
          cp --sparse=always --preserve=mode,ownership "$f" "$f.sparse" && mv "$f.sparse" "$f"; \
        done \

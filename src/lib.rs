@@ -115,7 +115,7 @@ mod target;
 pub use diagnose::{doctor, probes};
 pub use explain::hazard;
 
-pub use diagnose::matrix::{matrix, matrix_with, Behaviour, Matrix};
+pub use diagnose::matrix::{matrix, matrix_with, not_reproduced, Behaviour, Matrix};
 pub use docker::docker_engine;
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
@@ -128,6 +128,7 @@ pub use stack::gc::{gc, GcReport, GcScope};
 pub use stack::{Endpoints, Stack};
 pub use target::env::{redact, Env};
 pub use target::images::ImageSettings;
+pub use target::postgres_version::PostgresVersion;
 pub use target::profile::Profile;
 pub use target::settings::{supavisor_dropped_parameters, Network, PoolMode, StackSettings};
 pub use target::{DbUrl, ExternalTarget, Target};

@@ -102,7 +102,7 @@ fn stop(mut up: Up, signal: i32) {
     );
 }
 
-/// The default workload (16 clients x 200 named statements) fails behind `--max-prepared-statements 0`
+/// The default workload (15 clients x 200 named statements) fails behind `--max-prepared-statements 0`
 /// and passes behind `--max-prepared-statements 200`.
 #[rstest]
 #[case::no_tracking("0", libc::SIGINT)]

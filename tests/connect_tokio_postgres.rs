@@ -143,7 +143,7 @@ fn assert_row(profile: Profile, pattern: TokioPgPattern, outcome: &Outcome) {
     }
 }
 
-/// The matrix's tokio-postgres rows, behind each profile: 16 clients x 200
+/// The matrix's tokio-postgres rows, behind each profile: 15 clients x 200
 /// queries over 7 SQL texts per cell, every answer checked.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +205,7 @@ async fn doctor_items_behind_every_profile(
 ) {
     let db = TestDb::for_profile(profile).await.unwrap();
     let workload = Workload {
-        clients: 16,
+        clients: 15,
         rounds: 100,
     };
     let report = diagnose(db.db_url(), workload, Duration::from_secs(10)).await;

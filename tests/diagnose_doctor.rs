@@ -19,7 +19,7 @@ async fn report(db: &TestDb) -> Report {
     diagnose(
         db.db_url(),
         Workload {
-            clients: 16,
+            clients: 15,
             rounds: 100,
         },
         Duration::from_secs(10),

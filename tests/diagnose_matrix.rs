@@ -151,4 +151,70 @@ async fn every_cell_of_the_matrix_holds() {
     // The table shows wrong answers where they occur.
     let table = matrix.to_markdown();
     assert!(table.contains("⚠️ wrong"), "{table}");
+    documented_table_matches(&table);
+}
+
+/// The table of docs/profiles.md, as (behaviour, cells) rows.
+fn documented_table() -> Vec<(String, Vec<String>)> {
+    let page = include_str!("../docs/profiles.md");
+    let start = page
+        .find("| behaviour | `supabase-shared`")
+        .expect("docs/profiles.md has the matrix");
+    page[start..]
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|line| {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            (cells[0].clone(), cells[1..].to_vec())
+        })
+        .collect()
+}
+
+/// docs/profiles.md's table is the matrix's output: the same rows, the same
+/// cells passing, the same cells saying "not reproduced" (the counts and
+/// names in a failing cell vary from run to run).
+fn documented_table_matches(table: &str) {
+    let ran: Vec<(String, Vec<String>)> = table
+        .lines()
+        .skip(2)
+        .map(|line| {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            (cells[0].clone(), cells[1..].to_vec())
+        })
+        .collect();
+    let documented = documented_table();
+    let ran_rows: Vec<&String> = ran
+        .iter()
+        .map(|(b, _)| b)
+        .filter(|b| documented.iter().any(|(d, _)| d == *b) || !b.contains("tokio-postgres"))
+        .collect();
+    let documented_rows: Vec<&String> = documented.iter().map(|(b, _)| b).collect();
+    assert_eq!(
+        documented_rows, ran_rows,
+        "rerun `pgbouncer-fixtures matrix` into docs/profiles.md"
+    );
+    for (behaviour, cells) in &documented {
+        let (_, ran_cells) = ran.iter().find(|(b, _)| b == behaviour).unwrap();
+        for (doc, got) in cells.iter().zip(ran_cells) {
+            assert_eq!(
+                doc.starts_with('✅'),
+                got.starts_with('✅'),
+                "{behaviour}: {doc} / {got}"
+            );
+            assert_eq!(
+                doc.contains("not reproduced"),
+                got.contains("not reproduced"),
+                "{behaviour}: {doc} / {got}"
+            );
+        }
+    }
 }

@@ -96,23 +96,15 @@ async fn unnamed_statements_break_outside_a_transaction_only() {
     assert!(inside.passed(), "{}", inside.summary());
 }
 
-/// The seeds' startup-parameter recipes, as each endpoint treats them:
-/// Supavisor (the shared pooler, and its session mode) accepts and drops
-/// them, Supabase's dedicated PgBouncer refuses what it does not know,
-/// PostgreSQL applies them.
+/// The seeds' `jit` recipes, as each endpoint treats them: Supavisor (the
+/// shared pooler, and its session mode) accepts and drops them, Supabase's
+/// dedicated PgBouncer refuses what it does not know, PostgreSQL applies
+/// them. (`search_path`, which Supavisor applies, is the next test's.)
 #[rstest]
 #[case::top_level_jit(Recipe::TopLevel("jit", "off"), "unsupported startup parameter: jit")]
-#[case::top_level_search_path(
-    Recipe::TopLevel("search_path", "public"),
-    "unsupported startup parameter: search_path"
-)]
 #[case::options_jit(
     Recipe::Options("jit", "off"),
     "unsupported startup parameter in options: jit"
-)]
-#[case::options_search_path(
-    Recipe::Options("search_path", "public"),
-    "unsupported startup parameter in options: search_path"
 )]
 #[tokio::test]
 async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
@@ -154,8 +146,8 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
                         .await
                         .unwrap()
                         .get(0);
-                    // Only PostgreSQL itself applies them; the Supavisor-like
-                    // profiles drop them (search_path: the documented residue).
+                    // Only PostgreSQL itself applies it; the Supavisor-like
+                    // profiles drop it, as Supavisor does.
                     assert_eq!(
                         applied == value,
                         profile == Profile::NoPooler,
@@ -170,6 +162,81 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
             }
         }
     }
+}
+
+/// `options=-c search_path=app,public` (sqlx `.options()`, asyncpg
+/// `server_settings`), checked by what an unqualified name resolves to: the
+/// same table name in `app` and `public`, each with its own row. PostgreSQL
+/// resolves it in `app`, and so does Supavisor (it applies a startup
+/// search_path since 2.8.9). Behind the Supavisor-like profiles it resolves
+/// in `public`: **not reproduced** (PostgreSQL before 18 does not report
+/// search_path, so PgBouncer cannot carry it), and each says so in its
+/// residue and in the fidelity table. The dedicated pooler refuses it, as
+/// Supabase's PgBouncer (`ignore_startup_parameters = extra_float_digits`).
+#[rstest]
+#[tokio::test]
+async fn startup_search_path_resolves_names_as_postgres_does_only_where_reproduced(
+    #[values(
+        Profile::SupabaseShared,
+        Profile::SupabaseSession,
+        Profile::SupabaseDedicated,
+        Profile::NoPooler
+    )]
+    profile: Profile,
+) {
+    let db = db(profile).await;
+    let mut admin = db.connect_direct().await.unwrap();
+    sqlx::raw_sql(
+        "create schema app; \
+         create table app.notes as select 'app'::text as origin; \
+         create table public.notes as select 'public'::text as origin",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let options = db
+        .connect_options()
+        .options([("search_path", "app,public")]);
+    match PgConnection::connect_with(&options).await {
+        Ok(mut conn) => {
+            let origin: String = sqlx::raw_sql("select origin from notes")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+                .get(0);
+            let not_reproduced = pgbouncer_fixtures::not_reproduced(
+                pgbouncer_fixtures::Behaviour::Startup(
+                    pgbouncer_fixtures::probes::startup::StartupProbe::OptionsSearchPath,
+                ),
+                profile,
+            );
+            match profile {
+                Profile::NoPooler => assert_eq!(origin, "app"),
+                _ => {
+                    // Supavisor answers "app"; this profile does not.
+                    assert_eq!(origin, "public", "{profile}");
+                    assert!(not_reproduced.is_some_and(|r| r.contains("search_path")));
+                    assert!(
+                        profile
+                            .residue()
+                            .iter()
+                            .any(|r| r.starts_with("not reproduced: search_path at startup")),
+                        "{profile}"
+                    );
+                }
+            }
+        }
+        Err(err) => {
+            assert_eq!(profile, Profile::SupabaseDedicated, "{err}");
+            assert_eq!(code_of(&err).as_deref(), Some("08P01"));
+            assert!(
+                err.to_string()
+                    .contains("unsupported startup parameter in options: search_path"),
+                "{err}"
+            );
+        }
+    }
+    db.close().await.unwrap();
 }
 
 /// A startup-parameter recipe of the seeds.
@@ -374,4 +441,50 @@ async fn migrations_belong_on_the_direct_endpoint() {
         .unwrap()
         .get(0);
     assert_eq!(applied, 2);
+}
+
+/// Supavisor's session mode refuses client `pool_size + 1` at once (default
+/// pool 15): a `PgPool` of 20 that passes against a plain session pooler
+/// fails on Supabase. The session profile refuses client 16 at once too,
+/// with PgBouncer's words (`client connections exceeded
+/// (max_db_client_connections)`), not Supavisor's (`(EMAXCONNSESSION) max
+/// clients reached in session mode`): the words are not reproduced.
+#[tokio::test]
+async fn session_mode_refuses_the_client_after_the_pool_size_at_once() {
+    let db = db(Profile::SupabaseSession).await;
+    let mut held = Vec::new();
+    for _ in 0..15 {
+        held.push(db.connect().await.unwrap());
+    }
+    let err = db
+        .connect()
+        .await
+        .expect_err("client 16 of a session pool of 15 is refused");
+    // Refused by the pooler (not a connect timeout after waiting in a queue).
+    match &err {
+        pgbouncer_fixtures::Error::ConnectRefused { reason, code, .. } => {
+            assert_eq!(
+                reason, "client connections exceeded (max_db_client_connections)",
+                "{err}"
+            );
+            assert_eq!(code.as_deref(), Some("08P01"), "{err}");
+        }
+        other => panic!("expected the pooler's refusal, got {other}"),
+    }
+    // A client that leaves frees its place.
+    drop(held.pop());
+    let started = std::time::Instant::now();
+    let mut again = loop {
+        match db.connect().await {
+            Ok(conn) => break conn,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    sqlx::raw_sql("select 1").execute(&mut again).await.unwrap();
+    drop(again);
+    drop(held);
+    db.close().await.unwrap();
 }

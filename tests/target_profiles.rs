@@ -112,12 +112,25 @@ async fn require_tls_refuses_plain_clients_on_both_ports() {
     db.close().await.unwrap();
 }
 
-/// The Supavisor-like profiles ignore exactly PostgreSQL's own settings
-/// minus those PgBouncer tracks: checked against the stack's `pg_settings`.
+/// Each major's run-time settings (`pg_settings`), as the crate lists them.
+const PG_SETTINGS: [(u32, &str); 2] = [
+    (15, include_str!("../src/target/pg_settings_15.txt")),
+    (17, include_str!("../src/target/pg_settings_17.txt")),
+];
+
+/// The Supavisor-like profiles ignore PostgreSQL's own settings minus those
+/// PgBouncer tracks, of both majors a stack runs: the list for the stack's
+/// major (`PGBF_POSTGRES_VERSION`) is exactly its `pg_settings`, and the
+/// dropped parameters are the union of both lists.
 #[tokio::test]
 async fn the_dropped_parameters_are_postgres_own_settings() {
     let db = TestDb::new().await.unwrap();
     let mut conn = db.connect_direct().await.unwrap();
+    let major: u32 = sqlx::raw_sql("select current_setting('server_version_num')::int / 10000")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get::<i32, _>(0) as u32;
     let rows = sqlx::raw_sql("select name from pg_settings order by name")
         .fetch_all(&mut conn)
         .await
@@ -131,15 +144,35 @@ async fn the_dropped_parameters_are_postgres_own_settings() {
         "IntervalStyle",
         "search_path",
     ];
-    let mut server: Vec<String> = rows
+    let server: std::collections::BTreeSet<String> = rows
         .iter()
         .map(|r| r.get::<String, _>(0))
         .filter(|n| !tracked.contains(&n.as_str()))
         .collect();
-    let mut ours = supavisor_dropped_parameters();
-    server.sort();
-    ours.sort();
-    assert_eq!(ours, server);
+    let listed = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (_, text) = PG_SETTINGS
+        .iter()
+        .find(|(m, _)| *m == major)
+        .unwrap_or_else(|| panic!("no settings list for PostgreSQL {major}"));
+    let ours = listed(text);
+    let missing: Vec<_> = server.difference(&ours).collect();
+    let extra: Vec<_> = ours.difference(&server).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "PostgreSQL {major}: not listed {missing:?}; listed but not a setting {extra:?}"
+    );
+    let union: std::collections::BTreeSet<String> =
+        PG_SETTINGS.iter().flat_map(|(_, t)| listed(t)).collect();
+    let dropped: std::collections::BTreeSet<String> =
+        supavisor_dropped_parameters().into_iter().collect();
+    assert_eq!(dropped, union);
+    db.close().await.unwrap();
 }
 
 /// `up --profile P`: the printed URLs behave like P's endpoint.

@@ -76,7 +76,7 @@ fn doctor_targets(url_arg: Option<String>) -> Result<DoctorTargets, String> {
 
 async fn probe(targets: DoctorTargets) -> Result<Reports, String> {
     let workload = Workload {
-        clients: 16,
+        clients: 15,
         rounds: 100,
     };
     let timeout = Duration::from_secs(10);

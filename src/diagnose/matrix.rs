@@ -180,12 +180,34 @@ impl Matrix {
         out.push('\n');
         for (behaviour, row) in &self.rows {
             out.push_str(&format!("| {behaviour} |"));
-            for cell in row {
-                out.push_str(&format!(" {} |", cell_text(cell)));
+            for (cell, profile) in row.iter().zip(Profile::ALL) {
+                let mut text = cell_text(cell);
+                if let Some(reason) = not_reproduced(*behaviour, profile) {
+                    text.push_str(&format!(" (not reproduced: {reason})"));
+                }
+                out.push_str(&format!(" {text} |"));
             }
             out.push('\n');
         }
         out
+    }
+}
+
+/// Where `profile` behaves otherwise than the endpoint it mirrors for
+/// `behaviour`: why, in words (the table's cell says "not reproduced").
+pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static str> {
+    let supavisor_like = matches!(profile, Profile::SupabaseShared | Profile::SupabaseSession);
+    match behaviour {
+        Behaviour::Startup(StartupProbe::TopLevelSearchPath) if supavisor_like => Some(
+            "Supavisor applies a startup search_path; PgBouncer accepts it and cannot apply it \
+             (PostgreSQL before 18 does not report search_path to it)",
+        ),
+        Behaviour::Startup(StartupProbe::OptionsSearchPath) if supavisor_like => Some(
+            "Supavisor applies `-c search_path` from options (since 2.8.9), so the name \
+             resolves in the named schema there; PgBouncer cannot carry it (PostgreSQL \
+             before 18 does not report search_path to it)",
+        ),
+        _ => None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The two images a stack runs (PostgreSQL 17, PgBouncer), their embedded
+//! The two images a stack runs (PostgreSQL 15 or 17, PgBouncer), their embedded
 //! Dockerfiles, and building them when missing.
 
 use std::time::Instant;
@@ -16,6 +16,7 @@ use crate::docker::client::call_unless;
 use crate::error::{Error, Result};
 use crate::support::digest::hex;
 use crate::target::images::{ImageSettings, DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE};
+use crate::target::postgres_version::PostgresVersion;
 
 /// Repository name of the PostgreSQL image the crate builds.
 pub const POSTGRES_REPOSITORY: &str = "pgbouncer-fixtures/postgres";
@@ -84,12 +85,18 @@ async fn choose_base(docker: &Docker, settings: &ImageSettings) -> (String, Opti
     if let Some(base) = &settings.base_image {
         return (base.clone(), image_id(docker, base).await);
     }
-    for candidate in [DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE] {
+    first_present(docker, &[DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE]).await
+}
+
+/// The first of `candidates` present on the host, else the first (which
+/// the build will then try to pull).
+async fn first_present(docker: &Docker, candidates: &[&str]) -> (String, Option<String>) {
+    for candidate in candidates {
         if let Some(id) = image_id(docker, candidate).await {
             return (candidate.to_string(), Some(id));
         }
     }
-    (DEFAULT_BASE_IMAGE.to_string(), None)
+    (candidates[0].to_string(), None)
 }
 
 /// Makes sure both images exist, building the missing ones; `before_build`
@@ -97,6 +104,7 @@ async fn choose_base(docker: &Docker, settings: &ImageSettings) -> (String, Opti
 pub async fn ensure_images<C, Fut>(
     docker: &Docker,
     settings: &ImageSettings,
+    postgres_version: PostgresVersion,
     before_build: C,
 ) -> Result<ResolvedImages>
 where
@@ -107,14 +115,23 @@ where
     let postgres = match &settings.postgres_image {
         Some(reference) => existing(docker, reference, "PGBF_POSTGRES_IMAGE").await?,
         None => {
+            let (pg_base, pg_base_id) = match ImageSettings::postgres_bases(postgres_version) {
+                Some(candidates) => first_present(docker, candidates).await,
+                None => (base.clone(), base_id.clone()),
+            };
+            let major = postgres_version.major().to_string();
             build(
                 docker,
                 &before_build,
-                POSTGRES_REPOSITORY,
-                POSTGRES_DOCKERFILE,
-                &POSTGRES_CONTEXT,
-                &base,
-                base_id.as_deref(),
+                Build {
+                    repository: POSTGRES_REPOSITORY,
+                    dockerfile: POSTGRES_DOCKERFILE,
+                    files: &POSTGRES_CONTEXT,
+                    base: &pg_base,
+                    base_id: pg_base_id.as_deref(),
+                    args: &[("PG_MAJOR", &major)],
+                    suite: postgres_version.debian_suite(),
+                },
             )
             .await?
         }
@@ -125,11 +142,15 @@ where
             build(
                 docker,
                 &before_build,
-                PGBOUNCER_REPOSITORY,
-                PGBOUNCER_DOCKERFILE,
-                &PGBOUNCER_CONTEXT,
-                &base,
-                base_id.as_deref(),
+                Build {
+                    repository: PGBOUNCER_REPOSITORY,
+                    dockerfile: PGBOUNCER_DOCKERFILE,
+                    files: &PGBOUNCER_CONTEXT,
+                    base: &base,
+                    base_id: base_id.as_deref(),
+                    args: &[],
+                    suite: "trixie",
+                },
             )
             .await?
         }
@@ -151,19 +172,33 @@ async fn existing(docker: &Docker, reference: &str, var: &'static str) -> Result
     Ok(ImageRef::parse(reference))
 }
 
-async fn build<C, Fut>(
-    docker: &Docker,
-    before_build: &C,
-    repository: &str,
-    dockerfile: &str,
-    files: &[(&str, &str)],
-    base: &str,
-    base_id: Option<&str>,
-) -> Result<ImageRef>
+/// One image to build: its Dockerfile, files, base and build arguments.
+struct Build<'a> {
+    repository: &'a str,
+    dockerfile: &'a str,
+    files: &'a [(&'a str, &'a str)],
+    base: &'a str,
+    base_id: Option<&'a str>,
+    /// Build arguments beyond `BASE_IMAGE`.
+    args: &'a [(&'a str, &'a str)],
+    /// The Debian release the base must be, for the error's fix.
+    suite: &'a str,
+}
+
+async fn build<C, Fut>(docker: &Docker, before_build: &C, spec: Build<'_>) -> Result<ImageRef>
 where
     C: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let Build {
+        repository,
+        dockerfile,
+        files,
+        base,
+        base_id,
+        args,
+        suite,
+    } = spec;
     // The tag is a hash of everything that shapes the image, so an edited
     // Dockerfile or a rebuilt base never reuses a stale image.
     let mut h = Sha256::new();
@@ -174,6 +209,9 @@ where
     }
     h.update(base.as_bytes());
     h.update(base_id.unwrap_or("").as_bytes());
+    for (name, value) in args {
+        h.update(format!("{name}={value}").as_bytes());
+    }
     let tag = hex(&h.finalize()[..8]);
     let image = ImageRef {
         name: repository.to_string(),
@@ -190,9 +228,12 @@ where
     for (content, target) in files {
         buildable = buildable.with_data(content.as_bytes().to_vec(), *target);
     }
-    let options = BuildImageOptions::new()
+    let mut options = BuildImageOptions::new()
         .with_skip_if_exists(true)
         .with_build_arg("BASE_IMAGE", base);
+    for (name, value) in args {
+        options = options.with_build_arg(*name, *value);
+    }
     let _built =
         buildable
             .build_image_with(options)
@@ -200,12 +241,21 @@ where
             .map_err(|e| Error::ImageUnavailable {
                 image: image.to_string(),
                 reason: format!("building it from base image {base} failed: {e}"),
-                fix: format!(
-                    "On a machine without a container registry, make a base image from Debian's \
-                     packages with `{BASE_IMAGE_SCRIPT}` (it is used automatically when \
-                     {DEFAULT_BASE_IMAGE} is absent), or set PGBF_BASE_IMAGE to a Debian trixie \
-                     image you have"
-                ),
+                fix: if suite == "trixie" {
+                    format!(
+                        "On a machine without a container registry, make a base image from \
+                         Debian's packages with `{BASE_IMAGE_SCRIPT}` (it is used automatically \
+                         when {DEFAULT_BASE_IMAGE} is absent), or set PGBF_BASE_IMAGE to a \
+                         Debian trixie image you have"
+                    )
+                } else {
+                    format!(
+                        "PostgreSQL 15 (PGBF_POSTGRES_VERSION=15) builds from Debian {suite}: \
+                         pull debian:{suite}-slim, or, without a container registry, run \
+                         `{BASE_IMAGE_SCRIPT} --suite {suite}` (it is used automatically when \
+                         debian:{suite}-slim is absent)"
+                    )
+                },
             })?;
     tracing::debug!(image = %image, base, elapsed_ms = started.elapsed().as_millis() as u64, "image ready");
     Ok(image)

@@ -266,7 +266,12 @@ async fn create(
     let (images, listen) = tokio::join!(
         tokio::time::timeout(
             IMAGE_TIMEOUT,
-            ensure_images(docker, &settings.images, engine_agrees),
+            ensure_images(
+                docker,
+                &settings.images,
+                settings.postgres_version,
+                engine_agrees,
+            ),
         ),
         containers::plan_listen(docker, settings)
     );

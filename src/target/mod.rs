@@ -12,6 +12,7 @@ mod deprecated;
 pub(crate) mod env;
 pub(crate) mod images;
 pub(crate) mod pgbouncer_ini;
+pub(crate) mod postgres_version;
 pub(crate) mod profile;
 pub(crate) mod profile_settings;
 pub(crate) mod settings;

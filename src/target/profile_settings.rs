@@ -10,12 +10,21 @@ use crate::target::settings::{PoolMode, StackSettings};
 /// too, which takes effect from PostgreSQL 18 (see [`Profile::residue`]).
 const SUPAVISOR_TRACKED: [&str; 2] = ["IntervalStyle", "search_path"];
 
-/// Every run-time setting of PostgreSQL 17 (`pg_settings`) except those
-/// PgBouncer tracks: behind the Supavisor-like profiles PgBouncer ignores
-/// them at startup (top-level or in `options=-c ...`) instead of refusing the
-/// login, as Supavisor drops them. `tests/target_profiles.rs` checks the list
-/// against the stack's own `pg_settings`.
-const PG17_SETTINGS: &str = include_str!("pg_settings_17.txt");
+/// Supavisor's default pool size per tenant, and `default_pool_size` in
+/// Supabase's PgBouncer template.
+pub(crate) const SUPABASE_POOL_SIZE: u32 = 15;
+
+/// Every run-time setting of PostgreSQL 15 and of 17 (`pg_settings`)
+/// except those PgBouncer tracks: behind the Supavisor-like profiles
+/// PgBouncer ignores them at startup (top-level or in `options=-c ...`)
+/// instead of refusing the login, as Supavisor drops them. Both majors'
+/// names, so that one `pgbouncer.ini` serves either (a name the server does
+/// not know is never sent on). `tests/target_profiles.rs` checks each list
+/// against the stack's own `pg_settings` of that major.
+const PG_SETTINGS: [&str; 2] = [
+    include_str!("pg_settings_15.txt"),
+    include_str!("pg_settings_17.txt"),
+];
 
 impl Profile {
     /// `base` with this profile's pooler settings. (`NoPooler` runs on the
@@ -25,31 +34,44 @@ impl Profile {
             s.with_ignore_startup_parameters(supavisor_dropped_parameters())
                 .with_track_extra_parameters(SUPAVISOR_TRACKED)
         };
+        // Pool sizes and client caps: Supavisor's default pool is 15, and its
+        // session mode refuses client `pool_size + 1` at once; Supabase's
+        // PgBouncer template has `default_pool_size = 15`. The shared
+        // profile keeps 20: Supavisor's transaction mode queues clients
+        // beyond the pool as PgBouncer does, up to a per-plan client limit.
+        let sized = |s: StackSettings, pool: u32, cap: u32| StackSettings {
+            default_pool_size: pool,
+            max_db_client_connections: cap,
+            ..s
+        };
         match self {
-            Profile::SupabaseShared | Profile::NoPooler => supavisor_like(base)
+            Profile::SupabaseShared | Profile::NoPooler => sized(supavisor_like(base), 20, 0)
                 .with_pool_mode(PoolMode::Transaction)
                 .with_max_prepared_statements(0),
-            Profile::SupabaseDedicated => base
+            Profile::SupabaseDedicated => sized(base, SUPABASE_POOL_SIZE, 0)
                 .with_pool_mode(PoolMode::Transaction)
                 .with_max_prepared_statements(200)
                 .with_ignore_startup_parameters(["extra_float_digits"])
                 .with_track_extra_parameters(["IntervalStyle"]),
-            Profile::SupabaseSession => supavisor_like(base)
-                .with_pool_mode(PoolMode::Session)
-                .with_max_prepared_statements(0),
+            Profile::SupabaseSession => {
+                sized(supavisor_like(base), SUPABASE_POOL_SIZE, SUPABASE_POOL_SIZE)
+                    .with_pool_mode(PoolMode::Session)
+                    .with_max_prepared_statements(0)
+            }
         }
     }
 }
 
 /// The parameters the Supavisor-like profiles ignore at startup: every
-/// PostgreSQL 17 setting PgBouncer does not track.
+/// PostgreSQL 15 or 17 setting PgBouncer does not track, sorted.
 pub fn supavisor_dropped_parameters() -> Vec<String> {
-    PG17_SETTINGS
-        .lines()
+    let names: std::collections::BTreeSet<&str> = PG_SETTINGS
+        .iter()
+        .flat_map(|list| list.lines())
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+        .collect();
+    names.into_iter().map(str::to_string).collect()
 }
 
 #[cfg(test)]
@@ -60,7 +82,14 @@ mod tests {
     fn the_dropped_parameters_exclude_what_pgbouncer_tracks() {
         let dropped = supavisor_dropped_parameters();
         assert!(dropped.len() > 300, "{}", dropped.len());
-        for p in ["jit", "extra_float_digits", "statement_timeout"] {
+        // 17's, and 15's that 17 no longer has.
+        for p in [
+            "jit",
+            "extra_float_digits",
+            "statement_timeout",
+            "allow_alter_system",
+            "force_parallel_mode",
+        ] {
             assert!(dropped.iter().any(|d| d == p), "{p}");
         }
         for tracked in [

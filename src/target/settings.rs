@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::support::digest::hex;
 use crate::target::env::Env;
 use crate::target::images::ImageSettings;
+use crate::target::postgres_version::PostgresVersion;
 use crate::target::profile::Profile;
 
 pub use crate::target::pgbouncer_ini::PoolMode;
@@ -67,6 +68,12 @@ pub struct StackSettings {
     pub max_prepared_statements: u32,
     /// PgBouncer's `default_pool_size`: server connections per database and user.
     pub default_pool_size: u32,
+    /// PgBouncer's `max_db_client_connections`: clients per database at
+    /// most, the next one refused at once (0: no cap). Supavisor's session
+    /// mode refuses client `pool_size + 1`: [`Profile::SupabaseSession`]
+    /// sets it to its pool size (15), and a cap equal to the pool size
+    /// follows [`with_default_pool_size`](Self::with_default_pool_size).
+    pub max_db_client_connections: u32,
     /// PgBouncer's `ignore_startup_parameters`: parameters accepted at
     /// startup and dropped (any other unknown one is refused).
     pub ignore_startup_parameters: Vec<String>,
@@ -80,6 +87,9 @@ pub struct StackSettings {
     pub server_round_robin: bool,
     /// Which images run the stack.
     pub images: ImageSettings,
+    /// The PostgreSQL major the stack runs (`PGBF_POSTGRES_VERSION`: 15 or
+    /// 17; default 17). PgBouncer is the same (1.24) either way.
+    pub postgres_version: PostgresVersion,
     /// How long starting the stack may take before it is a timeout.
     pub startup_timeout: Duration,
     /// Iterations of the stack's SCRAM-SHA-256 verifier (default 16;
@@ -177,11 +187,13 @@ impl StackSettings {
             pool_mode: PoolMode::Transaction,
             max_prepared_statements: 0,
             default_pool_size: 20,
+            max_db_client_connections: 0,
             ignore_startup_parameters: vec!["extra_float_digits".to_string()],
             track_extra_parameters: vec!["IntervalStyle".to_string()],
             require_tls: false,
             server_round_robin: false,
             images: ImageSettings::default(),
+            postgres_version: PostgresVersion::V17,
             startup_timeout: Duration::from_secs(120),
             scram_iterations: 16,
             reap_after: Duration::from_secs(10),
@@ -195,9 +207,10 @@ impl StackSettings {
 
     /// The defaults, with `PGBF_PROFILE`'s settings, overridden by
     /// `PGBF_POOL_MODE`, `PGBF_MAX_PREPARED_STATEMENTS`,
-    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
+    /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_MAX_DB_CLIENT_CONNECTIONS`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
     /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
-    /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES` and the image variables.
+    /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES`,
+    /// `PGBF_POSTGRES_VERSION` and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
@@ -207,6 +220,9 @@ impl StackSettings {
             s = profile.parse::<Profile>()?.apply(s);
         }
         s.require_tls = env.flag("PGBF_REQUIRE_TLS")?;
+        if let Some(version) = env.get("PGBF_POSTGRES_VERSION") {
+            s.postgres_version = version.parse()?;
+        }
         if let Some(mode) = env.get("PGBF_POOL_MODE") {
             s.pool_mode = mode.parse()?;
         }
@@ -222,7 +238,14 @@ impl StackSettings {
             1..=1000,
             "a whole number from 1 to 1000",
         )? {
-            s.default_pool_size = n;
+            s = s.with_default_pool_size(n);
+        }
+        if let Some(n) = env.number(
+            "PGBF_MAX_DB_CLIENT_CONNECTIONS",
+            0..=100_000,
+            "a whole number from 0 (no cap) to 100000",
+        )? {
+            s.max_db_client_connections = n;
         }
         if let Some(n) = env.number(
             "PGBF_STARTUP_TIMEOUT_SECS",
@@ -267,9 +290,19 @@ impl StackSettings {
         self
     }
 
-    /// Sets `default_pool_size`.
+    /// Sets `default_pool_size`; a client cap equal to the old pool size
+    /// (Supavisor's session-mode rule) moves with it.
     pub fn with_default_pool_size(mut self, n: u32) -> Self {
+        if self.max_db_client_connections == self.default_pool_size {
+            self.max_db_client_connections = n.max(1);
+        }
         self.default_pool_size = n.max(1);
+        self
+    }
+
+    /// Sets `max_db_client_connections` (0: no cap).
+    pub fn with_max_db_client_connections(mut self, n: u32) -> Self {
+        self.max_db_client_connections = n;
         self
     }
 
@@ -300,6 +333,12 @@ impl StackSettings {
     /// Sets `server_round_robin`.
     pub fn with_server_round_robin(mut self, on: bool) -> Self {
         self.server_round_robin = on;
+        self
+    }
+
+    /// Sets the PostgreSQL major the stack runs (15 or 17).
+    pub fn with_postgres_version(mut self, version: PostgresVersion) -> Self {
+        self.postgres_version = version;
         self
     }
 
@@ -381,6 +420,10 @@ impl StackSettings {
             // Only when set: the keys of default stacks stay as they were.
             h.update(b"publish on all interfaces");
         }
+        if self.postgres_version != PostgresVersion::V17 {
+            // Only when not the default: the keys of default stacks stay as they were.
+            h.update(format!("postgres {}", self.postgres_version).as_bytes());
+        }
         if self.network != Network::Auto {
             h.update(format!("network {:?}", self.network).as_bytes());
         }
@@ -432,6 +475,47 @@ mod tests {
             err,
             Error::InvalidEnv {
                 var: "PGBF_KEEP_WARM_SECS",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_session_profile_caps_clients_at_its_pool_size_which_the_cap_follows() {
+        let session = |vars: &[(&str, &str)]| {
+            let mut all = vec![("PGBF_PROFILE", "supabase-session")];
+            all.extend_from_slice(vars);
+            StackSettings::from_env(&Env::from_vars(all)).unwrap()
+        };
+        let s = session(&[]);
+        assert_eq!((s.default_pool_size, s.max_db_client_connections), (15, 15));
+        let s = session(&[("PGBF_DEFAULT_POOL_SIZE", "30")]);
+        assert_eq!((s.default_pool_size, s.max_db_client_connections), (30, 30));
+        let s = session(&[("PGBF_MAX_DB_CLIENT_CONNECTIONS", "0")]);
+        assert_eq!((s.default_pool_size, s.max_db_client_connections), (15, 0));
+        let shared = StackSettings::from_env(&Env::from_vars([("PGBF_DEFAULT_POOL_SIZE", "30")]));
+        assert_eq!(shared.unwrap().max_db_client_connections, 0);
+        assert!(s
+            .pgbouncer_ini("127.0.0.1")
+            .contains("max_db_client_connections = 0\n"));
+    }
+
+    #[test]
+    fn the_postgres_major_is_read_checked_and_keys_the_stack() {
+        let of = |v: &str| StackSettings::from_env(&Env::from_vars([("PGBF_POSTGRES_VERSION", v)]));
+        let v15 = of("15").unwrap();
+        assert_eq!(v15.postgres_version, PostgresVersion::V15);
+        let v17 = of("17").unwrap();
+        assert_eq!(v17.postgres_version, PostgresVersion::V17);
+        assert_ne!(v15.key(), v17.key());
+        let default =
+            StackSettings::from_env(&Env::from_vars([("PGBF_PROFILE", "supabase-shared")]))
+                .unwrap();
+        assert_eq!(default.key(), v17.key());
+        assert!(matches!(
+            of("16").unwrap_err(),
+            Error::InvalidEnv {
+                var: "PGBF_POSTGRES_VERSION",
                 ..
             }
         ));

@@ -153,7 +153,7 @@ pub fn assert_named_statement_collisions(outcome: &pgbouncer_fixtures::probes::O
     }
 }
 
-/// Runs `pattern` with the default workload (16 clients x 200 queries)
+/// Runs `pattern` with the default workload (15 clients x 200 queries)
 /// against the test's pooled endpoint.
 pub async fn run_default_workload(
     pattern: pgbouncer_fixtures::probes::SqlxPattern,

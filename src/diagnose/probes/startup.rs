@@ -23,11 +23,15 @@ pub enum StartupProbe {
     /// `jit=off` as a top-level startup parameter (asyncpg's
     /// `server_settings`, seeds 000 and 003).
     TopLevelJit,
-    /// `search_path` as a top-level startup parameter (seed 004).
+    /// `search_path` as a top-level startup parameter (seed 004): whether
+    /// the login is accepted (its effect is not checked: the probe does not
+    /// log in).
     TopLevelSearchPath,
     /// `options=-c jit=off` (sqlx: `PgConnectOptions::options`).
     OptionsJit,
-    /// `options=-c search_path=...`, and whether it took effect.
+    /// `options=-c search_path=...`, checked by what an unqualified name
+    /// resolves to: the same table name in two schemas, each with its own
+    /// row (the crate's stacks only: it creates them).
     OptionsSearchPath,
     /// sqlx's default startup parameters (it sends `extra_float_digits`).
     SqlxDefaults,
@@ -51,9 +55,13 @@ impl StartupProbe {
     pub fn description(self) -> &'static str {
         match self {
             StartupProbe::TopLevelJit => "startup parameter `jit=off` (asyncpg `server_settings`)",
-            StartupProbe::TopLevelSearchPath => "startup parameter `search_path`",
+            StartupProbe::TopLevelSearchPath => {
+                "startup parameter `search_path` (the login only; its effect is not checked)"
+            }
             StartupProbe::OptionsJit => "`options=-c jit=off`",
-            StartupProbe::OptionsSearchPath => "`options=-c search_path=...`",
+            StartupProbe::OptionsSearchPath => {
+                "`options=-c search_path=...`: what an unqualified name resolves to"
+            }
             StartupProbe::SqlxDefaults => {
                 "sqlx's default startup parameters (`extra_float_digits`)"
             }
@@ -163,26 +171,20 @@ pub async fn run_startup_probe(
                 Err(e) => refused(e),
             }
         }
-        StartupProbe::OptionsSearchPath => {
-            let wanted = "pgbf_probe, public";
-            let with = options
-                .clone()
-                .options([("search_path", "pgbf_probe,public")]);
-            match setting_after_connect(with, "search_path").await {
-                Ok(value) if value.replace(' ', "") == wanted.replace(' ', "") => {
-                    Outcome::single(name, ClientEnd::Ok).with_note("applied")
-                }
-                Ok(value) => Outcome::single(
-                    name,
-                    ClientEnd::Wrong(WrongAnswer {
-                        asked: "show search_path".into(),
-                        expected: wanted.into(),
-                        got: value,
-                    }),
-                ),
-                Err(e) => refused(e),
+        StartupProbe::OptionsSearchPath => match resolve_unqualified(options).await {
+            Ok(schema) if schema == SEARCH_PATH_SCHEMA => {
+                Outcome::single(name, ClientEnd::Ok).with_note("applied")
             }
-        }
+            Ok(schema) => Outcome::single(
+                name,
+                ClientEnd::Wrong(WrongAnswer {
+                    asked: format!("select v from {SEARCH_PATH_TABLE}"),
+                    expected: SEARCH_PATH_SCHEMA.into(),
+                    got: schema,
+                }),
+            ),
+            Err(e) => refused(e),
+        },
         StartupProbe::SqlxDefaults => {
             match setting_after_connect(options.clone().extra_float_digits(2), "extra_float_digits")
                 .await
@@ -205,6 +207,41 @@ pub async fn run_startup_probe(
             Outcome::single(name, end)
         }
     })
+}
+
+/// The schema the search-path probe names at startup; the same table name
+/// is in `public` too, each holding its schema's name.
+const SEARCH_PATH_SCHEMA: &str = "pgbf_probe_app";
+/// The table both schemas hold.
+const SEARCH_PATH_TABLE: &str = "pgbf_probe_where";
+
+/// Creates the table in both schemas (through `options`, without startup
+/// parameters), then connects with `search_path` in `options` and reads the
+/// unqualified name: the schema whose row came back.
+async fn resolve_unqualified(
+    options: &PgConnectOptions,
+) -> std::result::Result<String, ClientError> {
+    let err = |e: sqlx::Error| ClientError::of(&e);
+    let mut setup = PgConnection::connect_with(options).await.map_err(err)?;
+    let ddl = format!(
+        "create schema if not exists {SEARCH_PATH_SCHEMA};
+         create table if not exists {SEARCH_PATH_SCHEMA}.{SEARCH_PATH_TABLE} as select '{SEARCH_PATH_SCHEMA}'::text as v;
+         create table if not exists public.{SEARCH_PATH_TABLE} as select 'public'::text as v;"
+    );
+    let made = sqlx::raw_sql(audited(&ddl)).execute(&mut setup).await;
+    let _ = setup.close().await;
+    made.map_err(err)?;
+    let with = options
+        .clone()
+        .options([("search_path", format!("{SEARCH_PATH_SCHEMA},public"))]);
+    let mut conn = PgConnection::connect_with(&with).await.map_err(err)?;
+    let value = sqlx::raw_sql(audited(&format!("select v from {SEARCH_PATH_TABLE}")))
+        .fetch_one(&mut conn)
+        .await
+        .and_then(|row| row.try_get::<String, _>(0))
+        .map_err(err);
+    let _ = conn.close().await;
+    value
 }
 
 async fn tls_end(options: PgConnectOptions) -> ClientEnd {
