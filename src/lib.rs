@@ -123,6 +123,7 @@ pub use docker::{
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
 pub use fixture::fixtures::{test_db, try_test_db};
+pub use fixture::supabase::{ActAs, ApiRole, SupabaseUser};
 pub use fixture::test_db::{TestDb, TestDbBuilder};
 pub use provision::acquire::AcquireTimings;
 pub use provision::database::Isolation;
