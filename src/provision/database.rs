@@ -198,7 +198,10 @@ mod tests {
             database.create_steps(Some("pgbf_supabase"))[0].sql(),
             "CREATE DATABASE \"d\" TEMPLATE \"pgbf_supabase\" STRATEGY FILE_COPY"
         );
-        assert_eq!(database.create_steps(None)[0].sql(), "CREATE DATABASE \"d\"");
+        assert_eq!(
+            database.create_steps(None)[0].sql(),
+            "CREATE DATABASE \"d\""
+        );
         let users = Step::DeleteAuthUsers(vec!["a".into(), "b'c".into()]);
         assert_eq!(
             users.sql(),

@@ -145,7 +145,11 @@ fn seed_config(text: &str) -> std::result::Result<SeedConfig, String> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {}: `{}` is not `key = value`", n + 1, raw.trim()));
+            return Err(format!(
+                "line {}: `{}` is not `key = value`",
+                n + 1,
+                raw.trim()
+            ));
         };
         match key.trim() {
             "enabled" => {
@@ -165,7 +169,10 @@ fn seed_config(text: &str) -> std::result::Result<SeedConfig, String> {
                 // An array may span lines: read on to its closing bracket.
                 while !strings_closed(&array) {
                     let Some((_, more)) = lines.next() else {
-                        return Err(format!("line {}: [db.seed] sql_paths is never closed", n + 1));
+                        return Err(format!(
+                            "line {}: [db.seed] sql_paths is never closed",
+                            n + 1
+                        ));
                     };
                     array.push(' ');
                     array.push_str(strip_comment(more).trim());
@@ -237,7 +244,11 @@ fn seed_files(root: &Path, patterns: &[String]) -> Result<Vec<PathBuf>> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if pattern.contains(['?', '[', '{']) || path.parent().is_some_and(|p| p.to_string_lossy().contains('*')) {
+        if pattern.contains(['?', '[', '{'])
+            || path
+                .parent()
+                .is_some_and(|p| p.to_string_lossy().contains('*'))
+        {
             return Err(Error::Template {
                 reason: format!(
                     "[db.seed] sql_paths `{pattern}`: only `*` in the file name is read here; \
@@ -295,12 +306,21 @@ const ABSENT: [(&str, &str); 12] = [
     ("cron", "pg_cron's schema `cron`"),
     ("pg_graphql", "pg_graphql (the GraphQL API)"),
     ("graphql", "pg_graphql's schema `graphql`"),
-    ("graphql_public", "the GraphQL API's schema `graphql_public`"),
+    (
+        "graphql_public",
+        "the GraphQL API's schema `graphql_public`",
+    ),
     ("supabase_vault", "Vault (`supabase_vault`)"),
     ("vault", "Vault's schema `vault`"),
     ("pgsodium", "pgsodium"),
-    ("realtime", "Realtime's schema `realtime` (the `supabase_realtime` publication is here, empty)"),
-    ("supabase_functions", "Database Webhooks' schema `supabase_functions`"),
+    (
+        "realtime",
+        "Realtime's schema `realtime` (the `supabase_realtime` publication is here, empty)",
+    ),
+    (
+        "supabase_functions",
+        "Database Webhooks' schema `supabase_functions`",
+    ),
 ];
 
 /// When a migration failed for want of an extension or schema this stack
@@ -374,14 +394,21 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["999_short.sql", "20240101000000_a.sql", "20240102000000_b.sql"]
+            [
+                "999_short.sql",
+                "20240101000000_a.sql",
+                "20240102000000_b.sql"
+            ]
         );
         assert_eq!(files.seeds, [dir.path().join("supabase/./seed.sql")]);
         // The `supabase/` folder itself names the same project.
         assert_eq!(project_files(&dir.path().join("supabase")).unwrap(), files);
         std::fs::write(m.join("20240101000000_dup.sql"), "").unwrap();
         let err = project_files(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("two migrations have version 20240101000000"), "{err}");
+        assert!(
+            err.contains("two migrations have version 20240101000000"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -402,14 +429,26 @@ mod tests {
         let seeds = project_files(dir.path()).unwrap().seeds;
         let names: Vec<String> = seeds
             .iter()
-            .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+            .map(|p| {
+                p.strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
-        assert_eq!(names, ["./first.sql", "./seeds/a.sql", "./seeds/b.sql"]);
+        assert_eq!(names, ["first.sql", "seeds/a.sql", "seeds/b.sql"]);
         std::fs::write(root.join("config.toml"), "[db.seed]\nenabled = false\n").unwrap();
         assert!(project_files(dir.path()).unwrap().seeds.is_empty());
-        std::fs::write(root.join("config.toml"), "[db.seed]\nsql_paths = \"seed.sql\"\n").unwrap();
+        std::fs::write(
+            root.join("config.toml"),
+            "[db.seed]\nsql_paths = \"seed.sql\"\n",
+        )
+        .unwrap();
         let err = project_files(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("config.toml: line 2: [db.seed] sql_paths"), "{err}");
+        assert!(
+            err.contains("config.toml: line 2: [db.seed] sql_paths"),
+            "{err}"
+        );
         std::fs::write(root.join("config.toml"), "[db.seed]\nenabled = yes\n").unwrap();
         let err = project_files(dir.path()).unwrap_err().to_string();
         assert!(err.contains("enabled must be true or false"), "{err}");
@@ -424,11 +463,13 @@ mod tests {
 
     #[test]
     fn missing_supabase_pieces_are_named_with_the_way_around() {
-        let hint = missing_piece(
-            "error returned from database: extension \"pg_net\" is not available",
-        )
-        .unwrap();
-        assert!(hint.contains("pg_net (Database Webhooks' HTTP client)"), "{hint}");
+        let hint =
+            missing_piece("error returned from database: extension \"pg_net\" is not available")
+                .unwrap();
+        assert!(
+            hint.contains("pg_net (Database Webhooks' HTTP client)"),
+            "{hint}"
+        );
         assert!(hint.contains("docs/supabase.md"), "{hint}");
         let hint = missing_piece("schema \"vault\" does not exist").unwrap();
         assert!(hint.contains("Vault's schema `vault`"), "{hint}");

@@ -155,7 +155,10 @@ impl Template {
                 let files = crate::provision::supabase::project_files(dir)?;
                 scripts = read_all(&files.migrations, "migration")?;
                 project_seeds = files.seeds;
-                (None, format!("supabase project {}", absolute(dir).display()))
+                (
+                    None,
+                    format!("supabase project {}", absolute(dir).display()),
+                )
             }
             Migrations::Dir(dir) => {
                 let migrator = read_migrations(dir).await?;
@@ -179,7 +182,11 @@ impl Template {
         hash.update(format!("base {}\n", base.unwrap_or("template1")).as_bytes());
         for (path, sql) in &scripts {
             hash.update(b"script ");
-            hash.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            hash.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
             hash.update(sql.len().to_be_bytes());
             hash.update(sql.as_bytes());
         }
