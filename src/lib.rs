@@ -158,3 +158,7 @@ struct ConfigurationDoctests;
 #[cfg(all(doctest, feature = "tokio-postgres"))]
 #[doc = include_str!("../docs/tokio-postgres.md")]
 struct TokioPostgresDoctests;
+
+#[cfg(all(doctest, feature = "tokio-postgres"))]
+#[doc = include_str!("../docs/supabase.md")]
+struct SupabaseDoctests;
