@@ -622,3 +622,47 @@ async fn a_migration_needing_a_missing_supabase_piece_names_it() {
         assert!(text.contains("docs/supabase.md"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn on_a_shared_auth_users_the_users_a_test_made_go_with_it_and_nothing_else() {
+    // A Supabase-shaped database standing in for a project reached through
+    // TEST_DATABASE_URL: tests there get a schema each and share auth.users.
+    let project = project_db().await;
+    let env = pgbouncer_fixtures::Env::from_vars([
+        ("TEST_DATABASE_URL", project.url().to_string()),
+        ("TEST_DIRECT_URL", project.direct_url().unwrap().to_string()),
+    ]);
+    let mut admin = project.connect_direct().await.unwrap();
+    let users = "select email::text from auth.users order by 1";
+    for close in [true, false] {
+        let test = TestDb::builder().env(env.clone()).build().await.unwrap();
+        assert!(
+            test.schema().is_some(),
+            "a schema per test on an external target"
+        );
+        let made = test
+            .create_user("external@example.com", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(
+            column(&mut admin, users).await,
+            ["external@example.com", "seeded@example.com"]
+        );
+        assert_eq!(
+            made.app_metadata["pgbouncer_fixtures_test"],
+            json!(test.test_name())
+        );
+        if close {
+            test.close().await.unwrap();
+        } else {
+            drop(test);
+        }
+        // Dropped in the background: wait for it (the seeded user stays).
+        let started = std::time::Instant::now();
+        while column(&mut admin, users).await.len() != 1 {
+            assert!(started.elapsed().as_secs() < 30, "the user was not deleted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(column(&mut admin, users).await, ["seeded@example.com"]);
+    }
+}
