@@ -27,12 +27,22 @@ RUN if [ ! -x /usr/lib/postgresql/${PG_MAJOR}/bin/postgres ]; then \
 # holes where it is zeros, the sparse archive stores only that page
 # (unpacking: ~65 -> ~45 ms here, and 16 MB less of each stack's memory
 # until the server writes that much WAL).
+# Then the Supabase shape (sql/supabase-base.sql): its roles, and the base
+# database every test database of the Supabase profiles copies, made once
+# here with the server on a socket only, then stopped cleanly.
+COPY sql/supabase-base.sql sql/supabase-roles.sql sql/supabase-schema.sql /usr/share/pgbf/sql/
 RUN install -d -o postgres -g postgres -m 700 /var/lib/pgbf/cluster \
     && su postgres -s /bin/sh -c "/usr/lib/postgresql/${PG_MAJOR}/bin/initdb \
          --pgdata=/var/lib/pgbf/cluster --username=postgres --encoding=UTF8 \
          --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 --no-sync >/dev/null" \
     && printf '%s\n' 'local all all trust' 'host all all all scram-sha-256' \
          > /var/lib/pgbf/cluster/pg_hba.conf \
+    && su postgres -s /bin/sh -c 'bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/postgres)") \
+         && "$bin/pg_ctl" -D /var/lib/pgbf/cluster -l /tmp/pgbf-build.log -s -w \
+              -o "-c listen_addresses= -c unix_socket_directories=/tmp -c fsync=off" start \
+         && "$bin/psql" -h /tmp -d postgres -XAq -v ON_ERROR_STOP=1 \
+              -f /usr/share/pgbf/sql/supabase-base.sql >/dev/null \
+         && "$bin/pg_ctl" -D /var/lib/pgbf/cluster -s -w -m fast stop' \
     && find /var/lib/pgbf/cluster/base -name '*_fsm' -delete \
     && find /var/lib/pgbf/cluster/base -name '*_vm' -delete \
     && su postgres -s /bin/sh -c "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_resetwal -D /var/lib/pgbf/cluster >/dev/null" \

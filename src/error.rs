@@ -131,6 +131,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The database lacks a piece of Supabase's shape a call needs (the
+    /// Data API's roles, `auth.users`, or the image's Supabase-shaped base).
+    #[error("not a Supabase-shaped database: {reason} (see docs/supabase.md)")]
+    NotSupabaseShaped {
+        /// What is missing, and the way to get it.
+        reason: String,
+    },
+
     /// The stack's containers stopped or could not be started.
     #[error("the test stack failed: {reason}")]
     Stack {

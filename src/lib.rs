@@ -120,6 +120,7 @@ pub use docker::docker_engine;
 pub use error::{Error, Result};
 pub use explain::{Explanation, Seen};
 pub use fixture::fixtures::{test_db, try_test_db};
+pub use fixture::supabase::{ActAs, ApiRole, SupabaseUser};
 pub use fixture::test_db::{TestDb, TestDbBuilder};
 pub use provision::acquire::AcquireTimings;
 pub use provision::database::Isolation;
@@ -175,6 +176,10 @@ struct ConfigurationDoctests;
 #[cfg(all(doctest, feature = "tokio-postgres"))]
 #[doc = include_str!("../docs/tokio-postgres.md")]
 struct TokioPostgresDoctests;
+
+#[cfg(all(doctest, feature = "tokio-postgres"))]
+#[doc = include_str!("../docs/supabase.md")]
+struct SupabaseDoctests;
 
 // The 0.1 names of what moved or was renamed, kept for at least one minor
 // version (CHANGELOG.md has each one's migration note); the methods' old

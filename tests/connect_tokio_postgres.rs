@@ -370,3 +370,43 @@ mod readme {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn act_as_sets_the_role_and_claims_for_one_tokio_postgres_transaction() {
+    let db = pgbouncer_fixtures::TestDb::new().await.unwrap();
+    let user = db
+        .create_user("tp@example.com", serde_json::json!({}))
+        .await
+        .unwrap();
+    let mut client = db.connect_tokio_postgres().await.unwrap();
+    let tx = user
+        .act_as()
+        .begin_tokio_postgres(&mut client)
+        .await
+        .unwrap();
+    let rows = tx
+        .simple_query("select current_user::text || ' ' || auth.uid()::text || ' ' || auth.email()")
+        .await
+        .unwrap();
+    let inside = rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(inside, format!("authenticated {} tp@example.com", user.id));
+    tx.commit().await.unwrap();
+    let rows = client
+        .simple_query("select current_user::text || ' ' || coalesce(auth.uid()::text, '-')")
+        .await
+        .unwrap();
+    let after = rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(after, "postgres -");
+}

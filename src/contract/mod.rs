@@ -133,6 +133,20 @@ pub(crate) const SETUP_SQL: &str = include_str!("../../docker/sql/setup.sql");
 /// Sets the role's password from `PGBF_ROLE_SECRET` (psql's `\getenv`).
 pub(crate) const PASSWORD_SQL: &str = include_str!("../../docker/sql/password.sql");
 
+/// Supabase's cluster-wide roles and their settings (run once, at image build).
+pub(crate) const SUPABASE_ROLES_SQL: &str = include_str!("../../docker/sql/supabase-roles.sql");
+/// The per-database objects of a Supabase project's database (schemas
+/// `auth`, `extensions`, `storage`, default privileges): the base
+/// database's content, and what a test loads into a PostgreSQL of its own.
+pub(crate) const SUPABASE_SCHEMA_SQL: &str = include_str!("../../docker/sql/supabase-schema.sql");
+/// The psql script the image build runs: the roles, then [`SUPABASE_BASE`].
+pub(crate) const SUPABASE_BASE_SQL: &str = include_str!("../../docker/sql/supabase-base.sql");
+
+/// The Supabase-shaped base database the image carries (made by
+/// `supabase-base.sql` at build time): test databases and templates of the
+/// Supabase shape are copies of it; the bare ones copy `template1`.
+pub(crate) const SUPABASE_BASE: &str = "pgbf_supabase";
+
 /// The files `setup.sql` loads, in its order: what a test loads into a
 /// PostgreSQL of its own to drive the watchdog and the janitor.
 #[cfg(test)]
@@ -163,7 +177,7 @@ pub(crate) const PGBOUNCER_DOCKERFILE: &str = include_str!("../../docker/pgbounc
 /// Every file of the PostgreSQL image's build context besides its
 /// Dockerfile: (text, path in the context). The image's tag is a digest of
 /// these, so an edited SQL file builds a new image.
-pub(crate) const POSTGRES_CONTEXT: [(&str, &str); 10] = [
+pub(crate) const POSTGRES_CONTEXT: [(&str, &str); 13] = [
     (
         include_str!("../../docker/postgres-entrypoint.sh"),
         "./postgres-entrypoint.sh",
@@ -177,6 +191,9 @@ pub(crate) const POSTGRES_CONTEXT: [(&str, &str); 10] = [
     (JANITOR_BATCH_SQL, "./sql/janitor-batch.sql"),
     (SETUP_SQL, "./sql/setup.sql"),
     (PASSWORD_SQL, "./sql/password.sql"),
+    (SUPABASE_BASE_SQL, "./sql/supabase-base.sql"),
+    (SUPABASE_ROLES_SQL, "./sql/supabase-roles.sql"),
+    (SUPABASE_SCHEMA_SQL, "./sql/supabase-schema.sql"),
 ];
 
 /// The PgBouncer image's build context besides its Dockerfile.

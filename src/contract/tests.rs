@@ -57,7 +57,8 @@ fn the_one_ddl_is_what_both_sides_run() {
     // The image loads that file, and only there are the tables made.
     assert!(SETUP_SQL.contains("\\ir tables.sql\n"));
     for (text, path) in POSTGRES_CONTEXT {
-        if path != "./sql/tables.sql" {
+        // The Supabase shape's tables (auth.users, storage.*) are its own.
+        if path != "./sql/tables.sql" && path != "./sql/supabase-schema.sql" {
             assert!(!text.contains("create table"), "{path} makes a table");
         }
     }
@@ -166,4 +167,19 @@ fn no_sql_text_in_the_shell_scripts() {
             }
         }
     }
+}
+
+#[test]
+fn the_image_build_makes_the_supabase_base_the_crate_clones() {
+    assert!(SUPABASE_BASE_SQL.contains(&format!("create database {SUPABASE_BASE};\n")));
+    assert!(SUPABASE_BASE_SQL.contains(&format!("\\connect {SUPABASE_BASE}\n")));
+    assert!(SUPABASE_BASE_SQL.contains("\\ir supabase-roles.sql\n"));
+    assert!(SUPABASE_BASE_SQL.contains("\\ir supabase-schema.sql\n"));
+    assert!(SUPABASE_BASE_SQL.contains(&format!(
+        "alter database {SUPABASE_BASE} with is_template true allow_connections false;"
+    )));
+    assert!(POSTGRES_DOCKERFILE.contains("-f /usr/share/pgbf/sql/supabase-base.sql"));
+    assert!(POSTGRES_DOCKERFILE.contains(
+        "COPY sql/supabase-base.sql sql/supabase-roles.sql sql/supabase-schema.sql /usr/share/pgbf/sql/"
+    ));
 }

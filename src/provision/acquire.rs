@@ -45,6 +45,9 @@ pub(crate) struct Request<'a> {
     pub databases: bool,
     /// Where templates are built: a direct URL that may create databases.
     pub direct: Option<&'a DbUrl>,
+    /// The database a test's database (or its template) copies: the
+    /// Supabase-shaped base of the crate's image; `None`: `template1`.
+    pub base: Option<&'a str>,
 }
 
 /// Makes the test's database (a template clone or an empty one) or schema;
@@ -73,14 +76,14 @@ pub(crate) async fn acquire(
                 Isolation::Schema(name)
             };
             let started = Instant::now();
-            let created = worker.admin(isolation.create_steps()).await;
+            let created = worker.admin(isolation.create_steps(request.base)).await;
             timings.claim = started.elapsed();
             created.map(|()| isolation)
         }
     };
     match made {
         Ok(isolation) => Ok(isolation),
-        Err(e) => Err(died_or(worker, e).await),
+        Err(e) => Err(no_base_or(request.base, died_or(worker, e).await)),
     }
 }
 
@@ -93,7 +96,9 @@ async fn clone_of(
     request: &Request<'_>,
     timings: &mut AcquireTimings,
 ) -> Result<String> {
-    let resolved = template.resolve(request.prepared_clones).await?;
+    let resolved = template
+        .resolve(request.prepared_clones, request.base)
+        .await?;
     let admin = request.direct.ok_or(Error::DirectUrlRequired {
         feature: "templates",
     })?;
@@ -118,6 +123,28 @@ async fn clone_of(
         "claimed a clone"
     );
     Ok(claimed.name)
+}
+
+/// A clear error when the image lacks the Supabase-shaped base (an image
+/// of the user's own, or one older than the shape), else the error as it was.
+fn no_base_or(base: Option<&str>, error: Error) -> Error {
+    let missing = base.is_some_and(|base| {
+        error
+            .to_string()
+            .contains(&format!("template database \"{base}\" does not exist"))
+    });
+    match missing {
+        true => Error::NotSupabaseShaped {
+            reason: format!(
+                "the stack's PostgreSQL image has no Supabase-shaped base database ({}): it is \
+                 not the crate's own image, or predates the Supabase shape. Use the crate's \
+                 image (unset PGBF_POSTGRES_IMAGE), or ask for a bare database: \
+                 `TestDb::builder().bare_postgres()` or PGBF_BARE_POSTGRES=1 ({error})",
+                base.unwrap_or_default()
+            ),
+        },
+        false => error,
+    }
 }
 
 /// `StackDied` when the stack is gone, else the error as it was.

@@ -2,7 +2,7 @@
 //! server, a schema of its own unless the user opted in to databases), with
 //! names that are never reused and clean-up the crate owns.
 
-use crate::connect::quote::quote_ident;
+use crate::connect::quote::{quote_ident, quote_literal};
 
 /// Where a step of admin work runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub(crate) enum Step {
     KillPool(String),
     /// PgBouncer takes the database again after [`Step::KillPool`].
     ResumePool(String),
+    /// Deletes `auth.users` rows a test created (by id) on a server whose
+    /// `auth` schema the test shares (an external Supabase project).
+    DeleteAuthUsers(Vec<String>),
 }
 
 impl Step {
@@ -79,6 +82,13 @@ impl Step {
             Step::DropSchema(name) => {
                 format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(name))
             }
+            Step::DeleteAuthUsers(ids) => format!(
+                "delete from auth.users where id::text in ({})",
+                ids.iter()
+                    .map(|id| quote_literal(id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Step::KillPool(name) => format!("KILL {}", quote_ident(name)),
             Step::ResumePool(name) => format!("RESUME {}", quote_ident(name)),
         }
@@ -95,11 +105,16 @@ pub enum Isolation {
 }
 
 impl Isolation {
-    /// The admin work that creates it.
-    pub(crate) fn create_steps(&self) -> Vec<Step> {
-        vec![match self {
-            Isolation::Database(name) => Step::CreateDatabase(name.clone()),
-            Isolation::Schema(name) => Step::CreateSchema(name.clone()),
+    /// The admin work that creates it: a database as a copy of `base`
+    /// (the Supabase-shaped base) when there is one, else of `template1`.
+    pub(crate) fn create_steps(&self, base: Option<&str>) -> Vec<Step> {
+        vec![match (self, base) {
+            (Isolation::Database(name), Some(base)) => Step::CloneDatabase {
+                name: name.clone(),
+                template: base.to_string(),
+            },
+            (Isolation::Database(name), None) => Step::CreateDatabase(name.clone()),
+            (Isolation::Schema(name), _) => Step::CreateSchema(name.clone()),
         }]
     }
 
@@ -173,7 +188,26 @@ mod tests {
         );
         assert_eq!(steps[1].dropped_database(), Some("we\"ird"));
         let schema = Isolation::Schema("s".into());
-        assert_eq!(schema.create_steps()[0].sql(), "CREATE SCHEMA \"s\"");
+        assert_eq!(schema.create_steps(None)[0].sql(), "CREATE SCHEMA \"s\"");
+        assert_eq!(
+            schema.create_steps(Some("pgbf_supabase"))[0].sql(),
+            "CREATE SCHEMA \"s\""
+        );
+        let database = Isolation::Database("d".into());
+        assert_eq!(
+            database.create_steps(Some("pgbf_supabase"))[0].sql(),
+            "CREATE DATABASE \"d\" TEMPLATE \"pgbf_supabase\" STRATEGY FILE_COPY"
+        );
+        assert_eq!(
+            database.create_steps(None)[0].sql(),
+            "CREATE DATABASE \"d\""
+        );
+        let users = Step::DeleteAuthUsers(vec!["a".into(), "b'c".into()]);
+        assert_eq!(
+            users.sql(),
+            "delete from auth.users where id::text in ('a', 'b''c')"
+        );
+        assert_eq!(users.dropped_database(), None);
         assert_eq!(schema.drop_steps()[0].dropped_database(), None);
     }
 }

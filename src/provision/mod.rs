@@ -13,5 +13,6 @@ pub(crate) mod budget;
 pub(crate) mod clones;
 pub(crate) mod database;
 pub(crate) mod janitor;
+pub(crate) mod supabase;
 pub(crate) mod template;
 pub(crate) mod worker;

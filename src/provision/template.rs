@@ -29,6 +29,8 @@ enum Migrations {
     None,
     Dir(PathBuf),
     Migrator(Arc<Migrator>),
+    /// A Supabase project's folder (`supabase/migrations`, seeds).
+    SupabaseProject(PathBuf),
 }
 
 /// What every test database starts from: sqlx migrations and seed SQL files.
@@ -72,6 +74,11 @@ pub(crate) struct ResolvedTemplate {
     pub seeds: Vec<(PathBuf, String)>,
     /// Clones to keep ready.
     pub prepared: usize,
+    /// The database it copies (the Supabase-shaped base), `None`: template1.
+    pub base: Option<String>,
+    /// A Supabase project's migrations, each run as one script, in order
+    /// (before `seeds`, which then hold the project's seed files first).
+    pub scripts: Vec<(PathBuf, String)>,
 }
 
 impl Template {
@@ -96,6 +103,32 @@ impl Template {
         self
     }
 
+    /// A Supabase project's folder, applied as `supabase db reset` applies
+    /// it: `supabase/migrations/<version>_<name>.sql` in version order,
+    /// each file as one script, then `supabase/seed.sql` (or the
+    /// `[db.seed] sql_paths` of `supabase/config.toml`). `dir` is the
+    /// project's root (holding `supabase/`) or its `supabase/` folder.
+    /// Replaces [`migrations_dir`](Self::migrations_dir) /
+    /// [`migrator`](Self::migrator); seed files added with
+    /// [`seed_file`](Self::seed_file) run after the project's.
+    ///
+    /// The project's objects need Supabase's (`auth.users`, `anon`, the
+    /// `extensions` schema): the crate's stacks give every database that
+    /// shape (see docs/supabase.md). A migration that needs a piece the
+    /// stack lacks (pg_net, Vault, ...) fails with an error naming it.
+    ///
+    /// ```no_run
+    /// use pgbouncer_fixtures::{Template, TestDb};
+    ///
+    /// # async fn example() -> pgbouncer_fixtures::Result<()> {
+    /// let db = TestDb::builder().template(Template::new().supabase_project(".")).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn supabase_project(mut self, dir: impl Into<PathBuf>) -> Template {
+        self.migrations = Migrations::SupabaseProject(dir.into());
+        self
+    }
+
     /// A SQL file run after the migrations (in the order added).
     pub fn seed_file(mut self, path: impl Into<PathBuf>) -> Template {
         self.seeds.push(path.into());
@@ -109,9 +142,24 @@ impl Template {
         self
     }
 
-    pub(crate) async fn resolve(&self, default_prepared: usize) -> Result<ResolvedTemplate> {
+    pub(crate) async fn resolve(
+        &self,
+        default_prepared: usize,
+        base: Option<&str>,
+    ) -> Result<ResolvedTemplate> {
+        let mut project_seeds = Vec::new();
+        let mut scripts = Vec::new();
         let (migrator, source) = match &self.migrations {
             Migrations::None => (None, "no migrations".to_string()),
+            Migrations::SupabaseProject(dir) => {
+                let files = crate::provision::supabase::project_files(dir)?;
+                scripts = read_all(&files.migrations, "migration")?;
+                project_seeds = files.seeds;
+                (
+                    None,
+                    format!("supabase project {}", absolute(dir).display()),
+                )
+            }
             Migrations::Dir(dir) => {
                 let migrator = read_migrations(dir).await?;
                 (Some(migrator), format!("dir {}", absolute(dir).display()))
@@ -129,6 +177,19 @@ impl Template {
         };
         let mut hash = Sha256::new();
         hash.update(TEMPLATE_FORMAT.as_bytes());
+        // What it is built on: a template on the Supabase-shaped base is
+        // not the one on template1.
+        hash.update(format!("base {}\n", base.unwrap_or("template1")).as_bytes());
+        for (path, sql) in &scripts {
+            hash.update(b"script ");
+            hash.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+            hash.update(sql.len().to_be_bytes());
+            hash.update(sql.as_bytes());
+        }
         if let Some(m) = &migrator {
             for migration in m.iter() {
                 hash.update(migration.version.to_be_bytes());
@@ -138,10 +199,11 @@ impl Template {
             }
         }
         let mut seeds = Vec::new();
-        for path in &self.seeds {
+        for path in project_seeds.iter().chain(&self.seeds) {
             let sql = std::fs::read_to_string(path).map_err(|e| Error::Template {
                 reason: format!("cannot read seed file {}: {e}", path.display()),
             })?;
+            hash.update(sql.len().to_be_bytes());
             hash.update(
                 path.file_name()
                     .map(|n| n.as_encoded_bytes())
@@ -151,6 +213,9 @@ impl Template {
             seeds.push((path.clone(), sql));
         }
         let digest = hex(&hash.finalize()[..8]);
+        // Per base too: the bare and the Supabase-shaped template of one
+        // folder are two sources, neither the other's stale version.
+        let source = format!("{source} on {}", base.unwrap_or("template1"));
         let source = hex(&Sha256::digest(source.as_bytes())[..8]);
         Ok(ResolvedTemplate {
             name: format!("{TEMPLATE_PREFIX}{digest}"),
@@ -158,8 +223,35 @@ impl Template {
             migrator,
             seeds,
             prepared: self.prepared.unwrap_or(default_prepared),
+            base: base.map(str::to_string),
+            scripts,
         })
     }
+}
+
+/// The text of each file, or an error naming the one that cannot be read.
+fn read_all(paths: &[PathBuf], what: &str) -> Result<Vec<(PathBuf, String)>> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|sql| (path.clone(), sql))
+                .map_err(|e| Error::Template {
+                    reason: format!("cannot read {what} {}: {e}", path.display()),
+                })
+        })
+        .collect()
+}
+
+/// A failed migration or seed's message, with what it needs that the
+/// stack lacks when that is why (a Supabase piece, named).
+fn failed(what: String, error: &dyn std::fmt::Display) -> Error {
+    let text = error.to_string();
+    let reason = match crate::provision::supabase::missing_piece(&text) {
+        Some(hint) => format!("{what}: {text}; {hint}"),
+        None => format!("{what}: {text}"),
+    };
+    Error::Template { reason }
 }
 
 /// What a migrations directory held: each entry's name and, for files,
@@ -273,10 +365,14 @@ impl ResolvedTemplate {
         // A template that is not marked ready is the leftover of a crashed build.
         // FILE_COPY, as for its clones (`Step::CloneDatabase`): the default
         // (WAL_LOG) took ~26 ms of a cold run's start, this ~12 ms.
-        for sql in [
-            Step::DropDatabase(self.name.clone()).sql(),
-            format!("CREATE DATABASE {name} STRATEGY FILE_COPY"),
-        ] {
+        let create = match &self.base {
+            Some(base) => format!(
+                "CREATE DATABASE {name} TEMPLATE {} STRATEGY FILE_COPY",
+                quote_ident(base)
+            ),
+            None => format!("CREATE DATABASE {name} STRATEGY FILE_COPY"),
+        };
+        for sql in [Step::DropDatabase(self.name.clone()).sql(), create] {
             run(conn, &sql).await?;
         }
         let target = admin.with_database(&self.name);
@@ -287,16 +383,20 @@ impl ResolvedTemplate {
         if let Some(migrator) = &self.migrator {
             run_migrations(migrator, &mut tpl)
                 .await
-                .map_err(|e| Error::Template {
-                    reason: format!("migrations failed on the template: {e}"),
-                })?;
+                .map_err(|e| failed("migrations failed on the template".into(), &e))?;
+        }
+        // A Supabase project's migration: one script (the simple protocol
+        // runs its statements as one implicit transaction, as the CLI
+        // applies a file).
+        for (path, sql) in &self.scripts {
+            tpl.execute(sql.as_str())
+                .await
+                .map_err(|e| failed(format!("migration {} failed", path.display()), &e))?;
         }
         for (path, sql) in &self.seeds {
             tpl.execute(sql.as_str())
                 .await
-                .map_err(|e| Error::Template {
-                    reason: format!("seed file {} failed: {e}", path.display()),
-                })?;
+                .map_err(|e| failed(format!("seed file {} failed", path.display()), &e))?;
         }
         tpl.close()
             .await
@@ -386,8 +486,8 @@ mod tests {
         let file = dir.path().join("0001_items.sql");
         std::fs::write(&file, "create table a (id int);").unwrap();
         let template = Template::new().migrations_dir(dir.path());
-        let first = template.resolve(2).await.unwrap();
-        let again = template.resolve(2).await.unwrap();
+        let first = template.resolve(2, None).await.unwrap();
+        let again = template.resolve(2, None).await.unwrap();
         assert_eq!(again.name, first.name);
         assert!(
             Arc::ptr_eq(
@@ -399,10 +499,10 @@ mod tests {
         // Same length, same directory, at once: a modification time could
         // not tell these apart.
         std::fs::write(&file, "create table b (id int);").unwrap();
-        let edited = template.resolve(2).await.unwrap();
+        let edited = template.resolve(2, None).await.unwrap();
         assert_ne!(edited.name, first.name, "the edit makes a new template");
         std::fs::write(dir.path().join("0002_more.sql"), "select 1;").unwrap();
-        let added = template.resolve(2).await.unwrap();
+        let added = template.resolve(2, None).await.unwrap();
         assert_ne!(
             added.name, edited.name,
             "an added file makes a new template"
