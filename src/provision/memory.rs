@@ -242,14 +242,20 @@ impl Memory {
         };
         let started = Instant::now();
         let mut estimate = self.admission.lock().await;
+        let mut refused = false;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if self.fits(&mut estimate, admin, share, bytes).await? {
                 estimate.bytes += bytes;
-                let waited = started.elapsed();
-                if waited > ROOM_POLL {
+                // Zero unless it was refused room at least once.
+                let waited = if refused {
+                    started.elapsed()
+                } else {
+                    Duration::ZERO
+                };
+                if refused {
                     tracing::debug!(
                         template,
                         waited_ms = waited.as_secs_f64() * 1e3,
@@ -261,6 +267,7 @@ impl Memory {
                     waited,
                 });
             }
+            refused = true;
             self.press(true);
             admin.budget().nudge();
             if started.elapsed() >= ROOM_WAIT {
