@@ -139,6 +139,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// The stack's memory budget cannot hold what the tests need: a template
+    /// too large for it (itself and one clone per test running at once), or
+    /// a test that found no room for its clone within 30 s.
+    #[error(
+        "the stack's memory budget is too small: {reason}. Raise PGBF_MEMORY_BUDGET (or          StackSettings::with_memory_budget) to at least {needed} plus ~320 MB for the server,          or shrink the template's seed data",
+        needed = crate::target::memory::human_bytes(*needed_bytes)
+    )]
+    MemoryBudget {
+        /// The template being cloned.
+        template: String,
+        /// Its size (`pg_database_size`), in bytes.
+        template_bytes: u64,
+        /// The bytes of databases the tests needed.
+        needed_bytes: u64,
+        /// The stack's budget, in bytes.
+        budget_bytes: u64,
+        /// What did not fit, with the sizes.
+        reason: String,
+    },
+
     /// The stack's containers stopped or could not be started.
     #[error("the test stack failed: {reason}")]
     Stack {

@@ -74,6 +74,7 @@ pub fn up(args: &UpArgs) -> Result<(), String> {
         if settings.run_id.is_some() {
             let stack = Stack::shared(&settings).await.map_err(|e| e.to_string())?;
             print_urls(stack, direct);
+            say_memory(stack).await;
             say!(
                 "pgbouncer-fixtures: {} shared stack {} in {:.2} s; it stays while any process holds a lease, and is reaped {} s after the last one. Ctrl-C to leave it.",
                 if stack.joined() { "joined" } else { "started" },
@@ -89,6 +90,7 @@ pub fn up(args: &UpArgs) -> Result<(), String> {
         }
         let stack = Stack::start(settings).await.map_err(|e| e.to_string())?;
         print_urls(&stack, direct);
+        say_memory(&stack).await;
         say!(
             "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
             stack.id(),
@@ -158,6 +160,19 @@ fn died_message(stack: &Stack, why: &str) -> String {
          are void; run `pgbouncer-fixtures up` again for a new stack",
         stack.id()
     )
+}
+
+/// The stack's memory budget and what its databases take of it now.
+async fn say_memory(stack: &Stack) {
+    let mb = |b: u64| b >> 20;
+    let used = match stack.memory_used().await {
+        Ok(used) => format!("{} MB", mb(used)),
+        Err(e) => format!("unknown ({e})"),
+    };
+    say!(
+        "pgbouncer-fixtures: memory budget {} MB (its data directory's tmpfs is sized from it; PGBF_MEMORY_BUDGET sets it), test databases take {used} of it",
+        mb(stack.memory_budget())
+    );
 }
 
 fn print_urls(stack: &Stack, direct: bool) {

@@ -28,6 +28,9 @@ pub(crate) const ENV_MAX_WARM_CLONES: &str = "PGBF_MAX_WARM_CLONES";
 /// No lease for this many seconds: the janitor may run (default 2).
 #[cfg(test)]
 pub(crate) const ENV_JANITOR_SETTLE_SECS: &str = "PGBF_JANITOR_SETTLE_SECS";
+/// The stack's memory budget in bytes, as its creator decided it: joining
+/// processes read it back (the image itself does not read it).
+pub(crate) const ENV_MEMORY_BUDGET: &str = "PGBF_MEMORY_BUDGET_BYTES";
 /// `1`: PostgreSQL and PgBouncer accept TLS logins only.
 pub(crate) const ENV_REQUIRE_TLS: &str = "PGBF_REQUIRE_TLS";
 /// The stack's CA certificate (PEM).
@@ -94,7 +97,9 @@ pub(crate) fn clone_stem(template: &str) -> String {
 /// PostgreSQL's JSON log, read with `pg_read_file` to explain a failed test.
 pub(crate) const LOG_FILE: &str = "/pgdata/log/postgresql.json";
 /// The PostgreSQL container's tmpfs mounts: the data directory and /tmp.
-pub(crate) const POSTGRES_TMPFS: [&str; 2] = ["/pgdata", "/tmp"];
+pub(crate) const POSTGRES_TMPFS: [&str; 2] = [POSTGRES_DATA_TMPFS, "/tmp"];
+/// The PostgreSQL container's data directory mount, sized from the budget.
+pub(crate) const POSTGRES_DATA_TMPFS: &str = "/pgdata";
 /// The PgBouncer container's tmpfs mount.
 pub(crate) const PGBOUNCER_TMPFS: [&str; 1] = ["/tmp"];
 /// Where the PgBouncer container writes `pgbouncer.ini` and the files it names.

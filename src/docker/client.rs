@@ -228,3 +228,10 @@ async fn engine_id(docker: &Docker, action: &str) -> Result<Option<String>> {
     let info = call(action, docker.info()).await?;
     Ok(info.id.filter(|id| !id.is_empty()))
 }
+
+/// The memory the engine reports (`docker info`'s `MemTotal`), in bytes;
+/// `None` when it does not say.
+pub(crate) async fn engine_memory(docker: &Docker) -> Option<u64> {
+    let info = call("describe itself", docker.info()).await.ok()?;
+    info.mem_total.and_then(|m| u64::try_from(m).ok())
+}

@@ -14,7 +14,7 @@ use bollard::Docker;
 
 use crate::contract::{
     ENV_LEASE_GRACE_SECS, ENV_MAX_WARM_CLONES, ENV_PGBOUNCER_INI, ENV_REAP_AFTER_SECS,
-    ENV_REQUIRE_TLS, PGBOUNCER_TMPFS, POSTGRES_TMPFS,
+    ENV_REQUIRE_TLS, PGBOUNCER_TMPFS, POSTGRES_DATA_TMPFS, POSTGRES_TMPFS,
 };
 use crate::docker::client::{call, failed, status, within, CALL_TIMEOUT};
 use crate::docker::images::ResolvedImages;
@@ -104,11 +104,33 @@ fn postgres_body(
             auto_remove: Some(true),
             network_mode: network.mode,
             port_bindings: network.port_bindings,
-            tmpfs: Some(private_tmpfs(&POSTGRES_TMPFS)),
+            tmpfs: Some(postgres_tmpfs(env.memory_budget)),
             ..Default::default()
         }),
+        // Passed on to `postgres` by the entrypoint: WAL stays a small,
+        // bounded share of the budget (it lives on the tmpfs too).
+        cmd: Some(
+            ["-c", "max_wal_size=64MB", "-c", "min_wal_size=32MB"]
+                .map(String::from)
+                .to_vec(),
+        ),
         ..Default::default()
     }
+}
+
+/// PostgreSQL's tmpfs mounts: the data directory sized from the stack's
+/// memory budget (a copy that would not fit fails with "no space left on
+/// device", the host keeps its memory), the rest as [`private_tmpfs`].
+fn postgres_tmpfs(memory_budget: u64) -> HashMap<String, String> {
+    let mut mounts = private_tmpfs(&POSTGRES_TMPFS);
+    mounts.insert(
+        POSTGRES_DATA_TMPFS.to_string(),
+        format!(
+            "mode=1777,size={}",
+            crate::target::memory::data_tmpfs_bytes(memory_budget)
+        ),
+    );
+    mounts
 }
 
 /// PgBouncer's container, in the namespaces of PostgreSQL's (`pg`).
@@ -152,6 +174,7 @@ pub(crate) async fn create_pair(
     listen: Listen,
     images: &ResolvedImages,
     secrets: &Secrets<'_>,
+    memory_budget: u64,
 ) -> Result<()> {
     let ports = match listen {
         Listen::Host(ports) => ports,
@@ -160,6 +183,7 @@ pub(crate) async fn create_pair(
     let env = SharedEnv {
         secrets,
         host_ports: matches!(listen, Listen::Host(_)).then_some(ports),
+        memory_budget,
     };
     let postgres = postgres_body(
         id,

@@ -21,6 +21,9 @@ pub(crate) struct PairInfo {
     pub password: String,
     /// The stack's CA, for joiners (absent on images without TLS).
     pub ca_pem: Option<String>,
+    /// The stack's memory budget in bytes, as its creator set it (absent on
+    /// stacks made before budgets).
+    pub memory_budget: Option<u64>,
 }
 
 /// What Docker knows about a stack's pair.
@@ -127,6 +130,7 @@ fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
         pooled_port,
         password: env.password,
         ca_pem: env.ca_pem,
+        memory_budget: env.memory_budget,
     })
 }
 

@@ -4,8 +4,8 @@
 //! PostgreSQL container: both ways in typed structs.
 
 use crate::contract::{
-    ENV_LISTEN_ADDR, ENV_NETWORK, ENV_PASSWORD, ENV_PASSWORD_SCRAM, ENV_POOLER_PORT, ENV_PORT,
-    ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY,
+    ENV_LISTEN_ADDR, ENV_MEMORY_BUDGET, ENV_NETWORK, ENV_PASSWORD, ENV_PASSWORD_SCRAM,
+    ENV_POOLER_PORT, ENV_PORT, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY,
 };
 use crate::target::settings::Ports;
 
@@ -34,6 +34,8 @@ pub(crate) struct SharedEnv<'a> {
     pub secrets: &'a Secrets<'a>,
     /// On this machine's network: the ports both listen on; `None` on the bridge.
     pub host_ports: Option<Ports>,
+    /// The stack's memory budget in bytes.
+    pub memory_budget: u64,
 }
 
 impl SharedEnv<'_> {
@@ -50,6 +52,7 @@ impl SharedEnv<'_> {
             format!("{ENV_TLS_CA}={}", tls.ca_pem),
             format!("{ENV_TLS_CERT}={}", tls.cert_pem),
             format!("{ENV_TLS_KEY}={}", tls.key_pem),
+            format!("{ENV_MEMORY_BUDGET}={}", self.memory_budget),
         ];
         if let Some(ports) = self.host_ports {
             vars.extend([
@@ -73,6 +76,9 @@ pub(crate) struct JoinEnv {
     /// `(direct, pooled)` on this machine's network; `None` on the bridge,
     /// where Docker says which ports it published.
     pub host_ports: Option<(u16, u16)>,
+    /// The stack's memory budget in bytes (absent on stacks made before
+    /// budgets, or on images started by hand).
+    pub memory_budget: Option<u64>,
 }
 
 impl JoinEnv {
@@ -95,6 +101,7 @@ impl JoinEnv {
             password: var(ENV_PASSWORD)?,
             ca_pem: var(ENV_TLS_CA),
             host_ports,
+            memory_budget: var(ENV_MEMORY_BUDGET).and_then(|b| b.parse().ok()),
         })
     }
 }
@@ -124,6 +131,7 @@ mod tests {
             let shared = SharedEnv {
                 secrets: &secrets,
                 host_ports,
+                memory_budget: 1 << 30,
             };
             // A variable whose name starts like another's is not taken for it.
             let mut vars = vec![format!("{ENV_PASSWORD_SCRAM}_X=no")];
@@ -134,6 +142,7 @@ mod tests {
                     password: "pw=with=equals".into(),
                     ca_pem: Some("CA".into()),
                     host_ports: host_ports.map(|p| (p.postgres, p.pgbouncer)),
+                    memory_budget: Some(1 << 30),
                 })
             );
         }

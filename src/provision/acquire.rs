@@ -29,6 +29,12 @@ pub struct AcquireTimings {
     pub claim: Duration,
     /// Whether the test got a clone prepared ahead of time.
     pub prepared: bool,
+    /// The template's size in bytes (`pg_database_size`, on the crate's
+    /// stacks; 0 without a template, or on an external server).
+    pub template_bytes: u64,
+    /// How long the test's clone waited for room in the stack's memory
+    /// budget (zero: it did not wait). Part of `claim`.
+    pub memory_wait: Duration,
     /// All of it, as the test saw it.
     pub total: Duration,
 }
@@ -102,8 +108,24 @@ async fn clone_of(
     let admin = request.direct.ok_or(Error::DirectUrlRequired {
         feature: "templates",
     })?;
-    let started = Instant::now();
     let (name, base) = (resolved.name.clone(), resolved.prepared);
+    // The memory budget's check, once per template and process: a template
+    // the budget cannot hold fails here, before any clone.
+    let bytes = match worker.template_bytes(name.clone()).await? {
+        Some(bytes) => Some(bytes),
+        None if worker.has_memory_budget() => {
+            let checking = Instant::now();
+            ensure_template_once(worker, &resolved, admin).await?;
+            timings.template = checking.elapsed();
+            worker.template_bytes(name.clone()).await?
+        }
+        None => None,
+    };
+    if let Some(bytes) = bytes {
+        worker.check_fits(&name, bytes, concurrent_tests())?;
+        timings.template_bytes = bytes;
+    }
+    let started = Instant::now();
     let claimed = match worker.take_prepared(name.clone(), base).await? {
         Some(claimed) => claimed,
         None => {
@@ -114,6 +136,7 @@ async fn clone_of(
         }
     };
     timings.prepared = claimed.prepared;
+    timings.memory_wait = claimed.memory_wait;
     timings.queued = claimed.queued;
     // The worker's share; the rest of `started.elapsed()` is the template
     // check and the channel round trips.
@@ -145,6 +168,26 @@ fn no_base_or(base: Option<&str>, error: Error) -> Error {
         },
         false => error,
     }
+}
+
+/// Tests running at once in this process, as libtest runs them and the
+/// budget's check counts them: the test binary's `--test-threads N`, else
+/// `RUST_TEST_THREADS`, else the machine's cores.
+fn concurrent_tests() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    let from_args =
+        args.iter()
+            .enumerate()
+            .find_map(|(i, a)| match a.strip_prefix("--test-threads") {
+                Some("") => args.get(i + 1).cloned(),
+                Some(rest) => rest.strip_prefix('=').map(str::to_string),
+                None => None,
+            });
+    from_args
+        .or_else(|| std::env::var("RUST_TEST_THREADS").ok())
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `StackDied` when the stack is gone, else the error as it was.

@@ -19,6 +19,7 @@ use crate::connect::sqlx_compat::Executor;
 use crate::error::{Error, Result};
 use crate::provision::budget::Budget;
 use crate::provision::database::{On, Step};
+use crate::provision::memory::Memory;
 use crate::support::sync::lock;
 use crate::target::DbUrl;
 
@@ -86,6 +87,8 @@ pub(crate) struct Admin {
     activity: Mutex<Instant>,
     /// Server-heavy statements (clones, drops) and who goes first.
     budget: Budget,
+    /// The stack's memory budget: databases counted in bytes.
+    memory: Memory,
     /// How many queued drops wait for the stop ([`DEFERRED_DROPS`] on a
     /// crate stack, none elsewhere: the crate leaves nothing on a user's
     /// server, nor runs late).
@@ -102,8 +105,14 @@ impl Admin {
     /// `deferred`: how many queued drops wait for the stop; `books`:
     /// a bookkeeping connection already open (the stack's readiness check
     /// opened it through PgBouncer).
-    pub(crate) fn new(urls: AdminUrls, deferred: usize, books: Option<PgConnection>) -> Admin {
+    pub(crate) fn new(
+        urls: AdminUrls,
+        deferred: usize,
+        books: Option<PgConnection>,
+        memory_budget: Option<u64>,
+    ) -> Admin {
         Admin {
+            memory: Memory::new(memory_budget),
             urls,
             deferred,
             idle: Mutex::default(),
@@ -127,6 +136,11 @@ impl Admin {
     /// The heavy-statement budget clones and drops share.
     pub(crate) fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The memory budget clones are admitted by.
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Runs `task` concurrently on the current (background) runtime,
@@ -301,7 +315,9 @@ impl Admin {
 
     /// Until when the oldest of `queued` drops waits; `None`: it runs now.
     fn deferred_until(&self, queued: usize) -> Option<Instant> {
-        if self.deferred == 0 || queued > self.deferred || self.stopping() {
+        // A clone waiting for room in the memory budget: drops go now.
+        if self.deferred == 0 || queued > self.deferred || self.stopping() || self.memory.pressed()
+        {
             return None;
         }
         let until = *lock(&self.activity) + DROP_GRACE;
@@ -334,12 +350,15 @@ impl Admin {
             let slot = self
                 .budget
                 .background(true, || {
-                    lock(&self.drops).queue.len() >= self.deferred + DROP_BACKLOG || self.stopping()
+                    lock(&self.drops).queue.len() >= self.deferred + DROP_BACKLOG
+                        || self.stopping()
+                        || self.memory.pressed()
                 })
                 .await;
             let started = Instant::now();
             let dropped = self.run_bounded(&steps).await;
             drop(slot);
+            self.memory.freed();
             match dropped {
                 Ok(()) => tracing::debug!(
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -61,6 +61,9 @@ pub(crate) struct WorkerSetup {
     /// stack's readiness check leaves it), so a process's first claim opens
     /// none.
     pub books_conn: Option<PgConnection>,
+    /// The server's memory budget in bytes (a crate stack's); `None`: no
+    /// budget (an external server's memory is its owner's).
+    pub memory_budget: Option<u64>,
 }
 
 /// A handle on a server's worker; cheap to clone.
@@ -94,7 +97,12 @@ impl Worker {
         } else {
             0
         };
-        let admin = Arc::new(Admin::new(setup.urls, deferred, setup.books_conn));
+        let admin = Arc::new(Admin::new(
+            setup.urls,
+            deferred,
+            setup.books_conn,
+            setup.memory_budget,
+        ));
         let store: Box<dyn Store> = if setup.on_stack {
             Box::new(OnStack::new(admin.clone()))
         } else {
@@ -205,6 +213,41 @@ impl Worker {
                 admin.queue_drop(steps);
             }
         });
+    }
+
+    /// `template`'s size in bytes (measured once), `None` when it is not
+    /// built yet or the server has no memory budget.
+    pub(crate) async fn template_bytes(&self, template: String) -> Result<Option<u64>> {
+        self.live_lease()?;
+        let admin = self.inner.admin.clone();
+        self.inner
+            .background
+            .run(move || async move { admin.memory().template_bytes(&admin, &template).await })
+            .await?
+    }
+
+    /// Fails when the server's memory budget cannot hold `template` and a
+    /// clone per test running at once (see [`Memory::check_fits`]).
+    ///
+    /// [`Memory::check_fits`]: crate::provision::memory::Memory::check_fits
+    pub(crate) fn check_fits(&self, template: &str, bytes: u64, tests: usize) -> Result<()> {
+        self.inner.admin.memory().check_fits(template, bytes, tests)
+    }
+
+    /// Whether the server has a memory budget (a crate stack).
+    pub(crate) fn has_memory_budget(&self) -> bool {
+        self.inner.admin.memory().budget().is_some()
+    }
+
+    /// The bytes the server's test databases take now, as the budget counts
+    /// them (0 without a budget).
+    pub(crate) async fn memory_used(&self) -> Result<u64> {
+        self.live_lease()?;
+        let admin = self.inner.admin.clone();
+        self.inner
+            .background
+            .run(move || async move { admin.memory().used(&admin).await })
+            .await?
     }
 
     /// Templates found or built on this server by this process, by name.

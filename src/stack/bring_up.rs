@@ -32,6 +32,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// A stack that is up, and what its worker is made of.
 pub(super) struct BroughtUp {
     pub id: String,
+    /// The stack's memory budget in bytes.
+    pub memory_budget: u64,
     pub endpoints: Endpoints,
     pub joined: bool,
     /// This process's lease (the worker sees it too, through `setup`).
@@ -43,6 +45,7 @@ pub(super) struct BroughtUp {
 /// process's lease and the connection through PgBouncer that proved it ready.
 struct Up {
     endpoints: Endpoints,
+    memory_budget: u64,
     lease: PgConnection,
     ready: PgConnection,
 }
@@ -88,6 +91,7 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<BroughtUp> {
     };
     let Up {
         endpoints,
+        memory_budget,
         lease,
         ready,
     } = up;
@@ -134,9 +138,11 @@ async fn bring_up(mode: Mode, settings: StackSettings) -> Result<BroughtUp> {
         cleanup,
         lease: Some(lease.clone()),
         books_conn,
+        memory_budget: Some(memory_budget),
     };
     Ok(BroughtUp {
         id,
+        memory_budget,
         endpoints,
         joined,
         lease,
@@ -222,6 +228,10 @@ async fn join(
         Patience::Once => Duration::ZERO,
         Patience::Repair => JOIN_TIMEOUT,
     };
+    let memory_budget = match info.memory_budget {
+        Some(budget) => budget,
+        None => stack_budget(docker, settings).await,
+    };
     let checked = match Endpoints::of(&info, host, settings.require_tls) {
         // Both at once: a join is on every nextest process's path.
         Ok(endpoints) => tokio::try_join!(
@@ -230,6 +240,7 @@ async fn join(
         )
         .map(|(lease, ready)| Up {
             endpoints,
+            memory_budget,
             lease,
             ready,
         }),
@@ -263,7 +274,7 @@ async fn create(
     // (two `docker info` calls, only when an image is missing).
     let engine_agrees = || async { docker::engine_checked().await.map(|_| ()) };
     // Where the pair will listen (one `docker info`) while the images are checked.
-    let (images, listen) = tokio::join!(
+    let (images, listen, memory_budget) = tokio::join!(
         tokio::time::timeout(
             IMAGE_TIMEOUT,
             ensure_images(
@@ -273,7 +284,8 @@ async fn create(
                 engine_agrees,
             ),
         ),
-        containers::plan_listen(docker, settings)
+        containers::plan_listen(docker, settings),
+        stack_budget(docker, settings)
     );
     let mut listen = listen?;
     let images = images.map_err(|_| Error::Timeout {
@@ -300,11 +312,24 @@ async fn create(
     loop {
         tracing::debug!(?listen, attempt, "the pair's network");
         // (create_pair removes what it made when it fails.)
-        let made =
-            containers::create_pair(docker, id, shared, settings, listen, &images, &secrets).await;
+        let made = containers::create_pair(
+            docker,
+            id,
+            shared,
+            settings,
+            listen,
+            &images,
+            &secrets,
+            memory_budget,
+        )
+        .await;
         let up = match made {
             Ok(()) => {
                 let up = until_pair_stops(docker, id, pair_up(docker, host, id, settings)).await;
+                let up = up.map(|up| Up {
+                    memory_budget,
+                    ..up
+                });
                 if up.is_err() {
                     containers::remove_pair(docker, id).await;
                 }
@@ -361,6 +386,7 @@ async fn pair_up(
     let lease = lease::take(&endpoints, settings.pool_mode, settings.startup_timeout).await?;
     let ready = wait_until_ready(&endpoints, settings.startup_timeout).await?;
     Ok(Up {
+        memory_budget: info.memory_budget.unwrap_or_default(),
         endpoints,
         lease,
         ready,
@@ -388,5 +414,14 @@ async fn until_pair_stops<T>(
                 }
             }
         }
+    }
+}
+
+/// The memory budget of a stack made with `settings`: theirs, else the
+/// default from the engine's memory (one `docker info`).
+async fn stack_budget(docker: &bollard::Docker, settings: &StackSettings) -> u64 {
+    match settings.memory_budget {
+        Some(budget) => budget,
+        None => crate::target::memory::default_budget(docker::client::engine_memory(docker).await),
     }
 }

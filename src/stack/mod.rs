@@ -48,6 +48,7 @@ pub struct Stack {
     lease: Arc<Lease>,
     owned: bool,
     joined: bool,
+    memory_budget: u64,
 }
 
 impl fmt::Debug for Stack {
@@ -94,6 +95,7 @@ impl Stack {
             elapsed_ms = started.elapsed().as_millis() as u64,
             pooled_port = up.endpoints.pooled_port(),
             direct_port = up.endpoints.direct_port(),
+            memory_budget_mb = up.memory_budget >> 20,
             "stack ready"
         );
         Ok(Stack {
@@ -105,6 +107,7 @@ impl Stack {
             lease: up.lease,
             owned,
             joined: up.joined,
+            memory_budget: up.memory_budget,
         })
     }
 
@@ -137,6 +140,19 @@ impl Stack {
     /// Whether this process joined a stack another process had started.
     pub fn joined(&self) -> bool {
         self.joined
+    }
+
+    /// Its memory budget in bytes ([`StackSettings::memory_budget`], or the
+    /// default its creator computed from the Docker engine's memory).
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
+    }
+
+    /// The bytes its test databases take now: templates, prepared clones,
+    /// databases in use and databases waiting to be dropped, counted as the
+    /// budget counts them (one query).
+    pub async fn memory_used(&self) -> Result<u64> {
+        self.worker.memory_used().await
     }
 
     /// How to reach it.

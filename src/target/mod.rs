@@ -4,13 +4,14 @@
 //! Owns: the environment and `.env` (`env`: the one reader of variables,
 //! and redaction), the URL type [`DbUrl`] and its parsing, [`Target`], the
 //! profiles (`profile`) and their knobs (`profile_settings`), a stack's
-//! settings and sharing key (`settings`) and its `pgbouncer.ini`
-//! (`pgbouncer_ini`). May use: the layers below it (`contract`, `support`,
+//! settings and sharing key (`settings`), its memory budget (`memory`)
+//! and its `pgbouncer.ini` (`pgbouncer_ini`). May use: the layers below it (`contract`, `support`,
 //! `error`); `docker::images` only until the image settings move here.
 
 mod deprecated;
 pub(crate) mod env;
 pub(crate) mod images;
+pub(crate) mod memory;
 pub(crate) mod pgbouncer_ini;
 pub(crate) mod postgres_version;
 pub(crate) mod profile;

@@ -133,6 +133,14 @@ pub struct StackSettings {
     /// get them: on others nobody would claim them. Read by the process that
     /// starts the stack.
     pub max_warm_clones: u32,
+    /// The stack's memory budget in bytes (`PGBF_MEMORY_BUDGET`, e.g. `4G`;
+    /// `None`: a quarter of the Docker engine's memory, between 1 and 8
+    /// GiB). It covers the templates, prepared clones, databases in use and
+    /// databases waiting to be dropped (each a full copy on the stack's
+    /// tmpfs) plus the server's own ~320 MB; the data directory's tmpfs is
+    /// sized from it. Read by the process that starts the stack; joiners
+    /// use the stack's.
+    pub memory_budget: Option<u64>,
 }
 
 /// A stack reaped sooner than this after its last lease gets no prepared
@@ -202,6 +210,7 @@ impl StackSettings {
             network: Network::Auto,
             keep_warm,
             max_warm_clones: MAX_WARM_CLONES_DEFAULT,
+            memory_budget: None,
         })
     }
 
@@ -210,7 +219,7 @@ impl StackSettings {
     /// `PGBF_DEFAULT_POOL_SIZE`, `PGBF_MAX_DB_CLIENT_CONNECTIONS`, `PGBF_REQUIRE_TLS`, `PGBF_STARTUP_TIMEOUT_SECS`,
     /// `PGBF_REAP_AFTER_SECS`, `PGBF_RUN_ID`, `PGBF_PUBLISH_ALL_INTERFACES`,
     /// `PGBF_NETWORK`, `PGBF_KEEP_WARM_SECS`, `PGBF_MAX_WARM_CLONES`,
-    /// `PGBF_POSTGRES_VERSION` and the image variables.
+    /// `PGBF_POSTGRES_VERSION`, `PGBF_MEMORY_BUDGET` and the image variables.
     pub fn from_env(env: &Env) -> Result<StackSettings> {
         let mut s = StackSettings {
             images: ImageSettings::from_env(env),
@@ -275,6 +284,7 @@ impl StackSettings {
         )? {
             s.max_warm_clones = n;
         }
+        s.memory_budget = crate::target::memory::budget_from_env(env)?;
         Ok(s)
     }
 
@@ -369,6 +379,13 @@ impl StackSettings {
         self
     }
 
+    /// Sets the stack's memory budget in bytes (at least 512 MiB: smaller
+    /// values are raised to it). See [`StackSettings::memory_budget`].
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes.max(crate::target::memory::MIN_MEMORY_BUDGET));
+        self
+    }
+
     /// What the stack's janitor may prepare: none when the stack is reaped
     /// within `JANITOR_MIN_IDLE` of its last lease.
     pub(crate) fn janitor_clones(&self) -> u32 {
@@ -423,6 +440,10 @@ impl StackSettings {
         if self.postgres_version != PostgresVersion::V17 {
             // Only when not the default: the keys of default stacks stay as they were.
             h.update(format!("postgres {}", self.postgres_version).as_bytes());
+        }
+        if let Some(budget) = self.memory_budget {
+            // Its tmpfs is sized from it: another budget, another stack.
+            h.update(format!("memory budget {budget}").as_bytes());
         }
         if self.network != Network::Auto {
             h.update(format!("network {:?}", self.network).as_bytes());

@@ -26,7 +26,7 @@ use crate::contract;
 use crate::error::{Error, Result};
 use crate::provision::admin::Admin;
 use crate::provision::clones::demand::Demand;
-use crate::provision::database::{unique_name, Isolation, Step};
+use crate::provision::database::{unique_name, CloneStrategy, Isolation, Step};
 
 /// A prepared clone taken out of a [`Store`].
 #[derive(Debug, PartialEq, Eq)]
@@ -66,6 +66,9 @@ pub(crate) struct Claimed {
     pub took: Duration,
     /// Whether it was a prepared clone.
     pub prepared: bool,
+    /// How long its clone waited for room in the memory budget (zero: it
+    /// did not wait).
+    pub memory_wait: Duration,
 }
 
 /// The clone pool of one server: the demand policy over a [`Store`].
@@ -127,8 +130,10 @@ impl Clones {
             None => match self.wait_for_refill(template).await? {
                 Some(name) => (claimed(name, queued, started, true), None),
                 None => {
-                    let name = self.clone_on_demand(template).await?;
-                    (claimed(name, queued, started, false), None)
+                    let (name, waited) = self.clone_on_demand(template).await?;
+                    let mut made = claimed(name, queued, started, false);
+                    made.memory_wait = waited;
+                    (made, None)
                 }
             },
         };
@@ -186,16 +191,25 @@ impl Clones {
     }
 
     /// Clones now, for a test waiting on it: background work steps aside.
-    async fn clone_on_demand(&self, template: &str) -> Result<String> {
+    /// With a memory budget it first waits for room (drops run first
+    /// meanwhile); returns the clone and that wait.
+    async fn clone_on_demand(&self, template: &str) -> Result<(String, Duration)> {
         let name = clone_name(template);
-        {
+        let memory = self.admin.memory();
+        let bytes = memory.template_bytes(&self.admin, template).await?;
+        let waited = {
+            let admitted = match bytes {
+                Some(bytes) => Some(memory.for_test(&self.admin, template, bytes).await?),
+                None => None,
+            };
             let _slot = self.admin.budget().urgent().await;
             self.admin
-                .run_bounded(&[clone_step(template, &name)])
+                .run_bounded(&[clone_step(template, &name, bytes)])
                 .await?;
-        }
+            admitted.map_or(Duration::ZERO, |a| a.waited)
+        };
         self.store.cloned_on_demand(template).await;
-        Ok(name)
+        Ok((name, waited))
     }
 
     /// Starts a refill task for `template` unless enough already run.
@@ -213,16 +227,31 @@ impl Clones {
         });
     }
 
-    /// Clones until the pool holds what the demand asks for, then ends.
+    /// Clones until the pool holds what the demand asks for, or the memory
+    /// budget keeps no room for a test's clone besides, then ends.
     async fn refill_loop(&self, template: &str, base: usize) -> Result<()> {
+        let memory = self.admin.memory();
+        let bytes = memory.template_bytes(&self.admin, template).await?;
         while !self.admin.stopping() {
             let ready = self.store.ready(template).await?;
             if !self.demand.reserve(template, ready, base) {
                 break;
             }
-            let made = {
-                let _refilling = self.admin.budget().refilling();
-                self.make_clone(template).await
+            let room = match bytes {
+                Some(bytes) => memory.for_refill(&self.admin, bytes).await,
+                None => Ok(None),
+            };
+            let made = match (bytes, room) {
+                (Some(_), Ok(None)) => {
+                    // The pool is as large as the budget allows.
+                    self.demand.unreserve(template);
+                    break;
+                }
+                (_, Err(e)) => Err(e),
+                (_, Ok(_room)) => {
+                    let _refilling = self.admin.budget().refilling();
+                    self.make_clone(template, bytes).await
+                }
             };
             self.demand.unreserve(template);
             made?;
@@ -235,13 +264,13 @@ impl Clones {
     /// which also warms that backend's caches between runs, this runs while
     /// tests do: a `select 1` only, the cache warm-up (~15 ms of the
     /// server's CPU) would cost the run more than it saves a test (~2 ms).
-    async fn make_clone(&self, template: &str) -> Result<()> {
+    async fn make_clone(&self, template: &str, bytes: Option<u64>) -> Result<()> {
         let started = Instant::now();
         let name = clone_name(template);
         {
             let _slot = self.admin.budget().background(false, || false).await;
             self.admin
-                .run_bounded(&[clone_step(template, &name)])
+                .run_bounded(&[clone_step(template, &name, bytes)])
                 .await?;
         }
         let urls = &self.admin.urls;
@@ -272,6 +301,7 @@ fn claimed(name: String, queued: Duration, started: Instant, prepared: bool) -> 
         queued,
         took: started.elapsed(),
         prepared,
+        memory_wait: Duration::ZERO,
     }
 }
 
@@ -281,9 +311,12 @@ fn clone_name(template: &str) -> String {
     unique_name(&contract::clone_stem(template))
 }
 
-fn clone_step(template: &str, name: &str) -> Step {
+/// The clone of `template` (of `bytes`, when known: the strategy follows
+/// its size, see [`CloneStrategy::for_size`]).
+fn clone_step(template: &str, name: &str, bytes: Option<u64>) -> Step {
     Step::CloneDatabase {
         name: name.to_string(),
         template: template.to_string(),
+        strategy: CloneStrategy::for_size(bytes),
     }
 }

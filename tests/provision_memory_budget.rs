@@ -1,0 +1,182 @@
+//! The stack's memory budget, on real stacks with a small explicit budget
+//! (512 MiB: 192 MiB for databases): a template the budget cannot hold
+//! fails at once with the typed error, and tests that need more room than
+//! is free wait for a drop instead of the server running out, with nothing
+//! killed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgbouncer_fixtures::sqlx;
+use pgbouncer_fixtures::{Env, Error, Stack, StackSettings, Target, Template, TestDb};
+use sqlx::{Connection, Row};
+
+const BUDGET: u64 = 512 << 20;
+
+/// A stack of its own with the small budget.
+fn settings(what: &str) -> StackSettings {
+    StackSettings::from_env(&Env::load().unwrap())
+        .unwrap()
+        .with_run_id(common::unique_run_id(what))
+        .with_memory_budget(BUDGET)
+}
+
+/// A seed of about `mb` MB that is quick to build: rows of 200 bytes on
+/// pages filled to 10% (four rows a page).
+fn seed(dir: &Path, mb: u64) -> PathBuf {
+    let rows = mb * 1024 * 1024 / 8192 * 4;
+    let path = dir.join(format!("pad_{mb}mb.sql"));
+    std::fs::write(
+        &path,
+        format!(
+            "create table pad (id int primary key, filler char(200) not null) with (fillfactor = 10);\n\
+             insert into pad select g, 'x' from generate_series(1, {rows}) g;\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn build(
+    settings: &StackSettings,
+    template: &Template,
+    name: &str,
+) -> pgbouncer_fixtures::Result<TestDb> {
+    TestDb::builder()
+        .target(Target::Containers(settings.clone()))
+        .template(template.clone())
+        .test_name(name)
+        .build()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_the_budget_cannot_hold_fails_with_the_sizes_and_the_ways_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings("budget-too-big");
+    // 100 MB and one clone: more than the 192 MiB the budget leaves the
+    // databases, however many test threads run.
+    let template = Template::new().seed_file(seed(dir.path(), 100));
+    let err = build(&settings, &template, "too_big").await.unwrap_err();
+    match &err {
+        Error::MemoryBudget {
+            template_bytes,
+            needed_bytes,
+            budget_bytes,
+            ..
+        } => {
+            assert!(*template_bytes >= 100 << 20, "{err}");
+            assert!(*needed_bytes >= 2 * *template_bytes, "{err}");
+            assert_eq!(*budget_bytes, BUDGET);
+        }
+        other => panic!("expected Error::MemoryBudget, got {other:?}"),
+    }
+    let text = err.to_string();
+    for part in ["PGBF_MEMORY_BUDGET", "with_memory_budget", "seed", "512 MB"] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    // No clone was made: only the template is on the stack.
+    let stack = Stack::shared(&settings).await.unwrap();
+    let mut direct = sqlx::PgConnection::connect(stack.endpoints().direct_url("postgres").expose())
+        .await
+        .unwrap();
+    let clones: i64 = sqlx::query_scalar(
+        "select count(*) from pg_database where datname like 'pgbf\\_%' and not datistemplate",
+    )
+    .fetch_one(&mut direct)
+    .await
+    .unwrap();
+    assert_eq!(
+        clones, 0,
+        "a template too big for the budget is never cloned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tests_at_the_budgets_edge_wait_for_a_drop_and_nothing_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings("budget-edge");
+    // ~40 MB on disk (27 MB of rows, and the primary key): the template
+    // and three clones fit in 192 MiB, a fourth clone does not. No
+    // prepared pool: every clone is a test's.
+    let template = Template::new()
+        .seed_file(seed(dir.path(), 27))
+        .prepared_clones(0);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let db = build(&settings, &template, &format!("edge_{i}"))
+            .await
+            .unwrap();
+        assert_eq!(db.acquire_timings().memory_wait, Duration::ZERO);
+        let bytes = db.acquire_timings().template_bytes;
+        assert!((36 << 20..48 << 20).contains(&bytes), "{bytes}");
+        held.push(db);
+    }
+    // The fourth waits for room: released a second later, one of the
+    // three is dropped first, and then it is cloned.
+    let fourth = {
+        let (settings, template) = (settings.clone(), template.clone());
+        tokio::spawn(async move { build(&settings, &template, "edge_3").await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!fourth.is_finished(), "the fourth clone waits for room");
+    held.remove(0);
+    let fourth = fourth
+        .await
+        .unwrap()
+        .expect("the fourth test gets its clone");
+    assert!(
+        fourth.acquire_timings().memory_wait >= Duration::from_millis(500),
+        "it waited for memory: {:?}",
+        fourth.acquire_timings()
+    );
+    held.push(fourth);
+    // Every test has its data; the stack is the one it was, alive.
+    for db in &held {
+        let mut conn = db.connect().await.unwrap();
+        let rows: i64 = sqlx::query_scalar("select count(*) from pad")
+            .persistent(false)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 27 * 1024 * 1024 / 8192 * 4);
+    }
+    let stack = Stack::shared(&settings).await.unwrap();
+    stack.check().await.expect("no StackDied");
+    stack.check_containers().await.expect("both containers run");
+    assert_eq!(stack.memory_budget(), BUDGET);
+    let used = stack.memory_used().await.unwrap();
+    assert!(
+        used <= BUDGET - (320 << 20),
+        "databases within the budget: {used}"
+    );
+    // The container was never restarted, and its peak memory stayed within
+    // the budget (its cgroup's record, cgroup v1 or v2).
+    let name = format!("pgbf-{}-postgres", stack.id());
+    let restarts = common::docker(&["inspect", "-f", "{{.RestartCount}}", &name]);
+    assert_eq!(restarts.trim(), "0");
+    let mut direct = sqlx::PgConnection::connect(stack.endpoints().direct_url("postgres").expose())
+        .await
+        .unwrap();
+    let mut peak = None;
+    for file in [
+        "/sys/fs/cgroup/memory/memory.max_usage_in_bytes",
+        "/sys/fs/cgroup/memory.peak",
+    ] {
+        let row = sqlx::query(&format!("select pg_read_file('{file}', true)"))
+            .fetch_one(&mut direct)
+            .await
+            .unwrap();
+        if let Some(text) = row.get::<Option<String>, _>(0) {
+            peak = text.trim().parse::<u64>().ok();
+            break;
+        }
+    }
+    let peak = peak.expect("the container's cgroup records its peak memory");
+    assert!(
+        peak <= BUDGET,
+        "peak memory {peak} within the budget {BUDGET}"
+    );
+}
