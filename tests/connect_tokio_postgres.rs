@@ -184,7 +184,7 @@ async fn matrix_rows_behind_every_profile(
             runs += 1;
         }
         eprintln!("{profile} | {pattern} (run {runs}): {}", outcome.summary());
-        assert_eq!(outcome.clients, 16);
+        assert_eq!(outcome.clients, Workload::default().clients);
         assert_row(profile, pattern, &outcome);
     }
     db.close().await.unwrap();

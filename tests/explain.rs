@@ -79,6 +79,14 @@ async fn assert_explained(scenario: &str, profile: Profile, hazard: Hazard, word
         )),
         "names the profile and what it mirrors: {block}"
     );
+    // What the profile does not reproduce of its endpoint, by name.
+    for line in profile
+        .residue()
+        .iter()
+        .filter(|r| r.starts_with("not reproduced:"))
+    {
+        assert!(block.contains(line), "names {line:?}: {block}");
+    }
     for remedy in hazard.remedies() {
         assert!(block.contains(remedy), "remedy {remedy:?}: {block}");
     }

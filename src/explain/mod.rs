@@ -112,6 +112,39 @@ impl fmt::Display for Explanation {
                  come from a test that ran at the same time)"
             )?;
         }
+        self.write_not_reproduced(f)
+    }
+}
+
+impl Explanation {
+    /// What the profile does not reproduce of its endpoint: a test that
+    /// relies on one of these (a `SET TIME ZONE` that persists, a startup
+    /// `search_path`) can fail here and pass there, or the reverse.
+    pub fn not_reproduced(&self) -> Vec<&'static str> {
+        match &self.pooler {
+            Pooler::Profile(p) => p
+                .residue()
+                .iter()
+                .copied()
+                .filter(|r| r.starts_with("not reproduced:"))
+                .collect(),
+            Pooler::Other(_) => Vec::new(),
+        }
+    }
+
+    fn write_not_reproduced(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines = self.not_reproduced();
+        if lines.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "  behind {}, a test that relies on one of these behaves otherwise than there:",
+            self.pooler
+        )?;
+        for line in lines {
+            writeln!(f, "      * {line}")?;
+        }
         Ok(())
     }
 }
