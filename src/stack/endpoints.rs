@@ -121,6 +121,7 @@ mod tests {
             pooled_port: 6432,
             password: password.into(),
             ca_pem: None,
+            memory_budget: None,
         }
     }
 
