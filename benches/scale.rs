@@ -58,7 +58,7 @@ fn write_seed(dir: &Path, rows: usize) -> std::path::PathBuf {
         "create table items (id bigint primary key, account int not null, body text not null);\n\
          insert into items select g, g % 1000, md5(g::text) || md5((g * 7)::text) from generate_series(1, {rows}) g;\n\
          create index items_account on items (account);\n\
-         vacuum analyze items;\n"
+         analyze items;\n"
     );
     std::fs::write(&path, sql).expect("seed file");
     path

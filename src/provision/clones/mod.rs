@@ -26,7 +26,7 @@ use crate::contract;
 use crate::error::{Error, Result};
 use crate::provision::admin::Admin;
 use crate::provision::clones::demand::Demand;
-use crate::provision::database::{unique_name, CloneStrategy, Isolation, Step};
+use crate::provision::database::{unique_name, Isolation, Step};
 
 /// A prepared clone taken out of a [`Store`].
 #[derive(Debug, PartialEq, Eq)]
@@ -204,7 +204,7 @@ impl Clones {
             };
             let _slot = self.admin.budget().urgent().await;
             self.admin
-                .run_bounded(&[clone_step(template, &name, bytes)])
+                .run_bounded(&[clone_step(template, &name)])
                 .await?;
             admitted.map_or(Duration::ZERO, |a| a.waited)
         };
@@ -250,7 +250,7 @@ impl Clones {
                 (_, Err(e)) => Err(e),
                 (_, Ok(_room)) => {
                     let _refilling = self.admin.budget().refilling();
-                    self.make_clone(template, bytes).await
+                    self.make_clone(template).await
                 }
             };
             self.demand.unreserve(template);
@@ -264,13 +264,13 @@ impl Clones {
     /// which also warms that backend's caches between runs, this runs while
     /// tests do: a `select 1` only, the cache warm-up (~15 ms of the
     /// server's CPU) would cost the run more than it saves a test (~2 ms).
-    async fn make_clone(&self, template: &str, bytes: Option<u64>) -> Result<()> {
+    async fn make_clone(&self, template: &str) -> Result<()> {
         let started = Instant::now();
         let name = clone_name(template);
         {
             let _slot = self.admin.budget().background(false, || false).await;
             self.admin
-                .run_bounded(&[clone_step(template, &name, bytes)])
+                .run_bounded(&[clone_step(template, &name)])
                 .await?;
         }
         let urls = &self.admin.urls;
@@ -311,12 +311,11 @@ fn clone_name(template: &str) -> String {
     unique_name(&contract::clone_stem(template))
 }
 
-/// The clone of `template` (of `bytes`, when known: the strategy follows
-/// its size, see [`CloneStrategy::for_size`]).
-fn clone_step(template: &str, name: &str, bytes: Option<u64>) -> Step {
+/// The clone of `template` (`FILE_COPY` at every size: cheaper than
+/// `WAL_LOG` at each template size of `benches/scale.rs`).
+fn clone_step(template: &str, name: &str) -> Step {
     Step::CloneDatabase {
         name: name.to_string(),
         template: template.to_string(),
-        strategy: CloneStrategy::for_size(bytes),
     }
 }
