@@ -112,8 +112,6 @@ impl Isolation {
             (Isolation::Database(name), Some(base)) => Step::CloneDatabase {
                 name: name.clone(),
                 template: base.to_string(),
-                // The base is a few MB: the small-template strategy.
-                strategy: CloneStrategy::for_size(None),
             },
             (Isolation::Database(name), None) => Step::CreateDatabase(name.clone()),
             (Isolation::Schema(name), _) => Step::CreateSchema(name.clone()),
