@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Stack, StackSettings, Target, Template, TestDb};
 use rand::Rng;
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Row};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -152,14 +152,16 @@ async fn measure_stack(direct: &str) -> (u64, f64, f64, u64) {
         for i in 0..3 {
             let name = format!("pgbf_scale_clone_{i}");
             let started = Instant::now();
-            conn.execute(
-                format!("CREATE DATABASE {name} TEMPLATE \"{template}\" STRATEGY {strategy}")
-                    .as_str(),
-            )
-            .await
-            .expect("a clone");
+            let create =
+                format!("CREATE DATABASE {name} TEMPLATE \"{template}\" STRATEGY {strategy}");
+            sqlx::raw_sql(audited(&create))
+                .execute(&mut conn)
+                .await
+                .expect("a clone");
             times.push(ms(started.elapsed()));
-            conn.execute(format!("DROP DATABASE {name}").as_str())
+            let drop = format!("DROP DATABASE {name}");
+            sqlx::raw_sql(audited(&drop))
+                .execute(&mut conn)
                 .await
                 .expect("its drop");
         }
@@ -177,7 +179,7 @@ async fn peak_memory(conn: &mut sqlx::PgConnection) -> u64 {
         "/sys/fs/cgroup/memory.peak",
     ] {
         let sql = format!("select pg_read_file('{file}', true)");
-        if let Ok(row) = sqlx::raw_sql(sql.as_str()).fetch_one(&mut *conn).await {
+        if let Ok(row) = sqlx::raw_sql(audited(&sql)).fetch_one(&mut *conn).await {
             if let Some(Ok(n)) = row
                 .get::<Option<String>, _>(0)
                 .map(|t| t.trim().parse::<u64>())
@@ -187,6 +189,18 @@ async fn peak_memory(conn: &mut sqlx::PgConnection) -> u64 {
         }
     }
     0
+}
+
+/// SQL built at run time, as either sqlx major takes it.
+#[cfg(feature = "sqlx-0-8")]
+fn audited(sql: &str) -> &str {
+    sql
+}
+
+/// [`audited`] under sqlx 0.9.
+#[cfg(not(feature = "sqlx-0-8"))]
+fn audited(sql: &str) -> sqlx::AssertSqlSafe<&str> {
+    sqlx::AssertSqlSafe(sql)
 }
 
 fn mb(bytes: u64) -> f64 {

@@ -143,8 +143,10 @@ pub enum Error {
     /// too large for it (itself and one clone per test running at once), or
     /// a test that found no room for its clone within 30 s.
     #[error(
-        "the stack's memory budget is too small: {reason}. Raise PGBF_MEMORY_BUDGET (or          StackSettings::with_memory_budget) to at least {needed} plus ~320 MB for the server,          or shrink the template's seed data",
-        needed = crate::target::memory::human_bytes(*needed_bytes)
+        "the stack's memory budget is too small: {reason}. Raise PGBF_MEMORY_BUDGET (or \
+         StackSettings::with_memory_budget) to at least {needed_mb} MB plus ~320 MB for the \
+         server, or shrink the template's seed data",
+        needed_mb = *needed_bytes >> 20
     )]
     MemoryBudget {
         /// The template being cloned.

@@ -165,7 +165,8 @@ async fn tests_at_the_budgets_edge_wait_for_a_drop_and_nothing_is_killed() {
         "/sys/fs/cgroup/memory/memory.max_usage_in_bytes",
         "/sys/fs/cgroup/memory.peak",
     ] {
-        let row = sqlx::query(&format!("select pg_read_file('{file}', true)"))
+        let sql = format!("select pg_read_file('{file}', true)");
+        let row = sqlx::query(common::audited(&sql))
             .fetch_one(&mut direct)
             .await
             .unwrap();
