@@ -16,6 +16,8 @@ use pgbouncer_fixtures::{StackSettings, Target, Template, TestDb};
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor};
 
+mod report;
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -112,25 +114,26 @@ async fn main() {
         results.push((label, stats(samples)));
     }
 
-    println!(
+    let mut report = report::Report::default();
+    report.line(format!(
         "acquisition: test asks -> first query through PgBouncer answered ({n} each, test body {} ms)",
         test_body.as_millis()
-    );
-    println!("| way | p50 ms | p95 ms | p99 ms | mean ms |");
-    println!("|---|---:|---:|---:|---:|");
+    ));
+    report.line("| way | p50 ms | p95 ms | p99 ms | mean ms |");
+    report.line("|---|---:|---:|---:|---:|");
     for (label, s) in &results {
-        println!(
+        report.line(format!(
             "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
             s.p50, s.p95, s.p99, s.mean
-        );
+        ));
     }
     let (prep, clone, migrate) = (&results[0].1, &results[1].1, &results[2].1);
-    println!(
+    report.line(format!(
         "ratios (p50): migrate/prepared = {:.1}x, migrate/clone = {:.1}x",
         migrate.p50 / prep.p50,
         migrate.p50 / clone.p50
-    );
-    println!(
+    ));
+    report.line(format!(
         "RESULT prepared_p50_ms={:.2} prepared_p95_ms={:.2} clone_p50_ms={:.2} clone_p95_ms={:.2} migrate_p50_ms={:.2} speedup_prepared={:.1} speedup_clone={:.1}",
         prep.p50,
         prep.p95,
@@ -139,5 +142,6 @@ async fn main() {
         migrate.p50,
         migrate.p50 / prep.p50,
         migrate.p50 / clone.p50
-    );
+    ));
+    report.record("acquire");
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
+mod report;
 
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{StackSettings, Target, Template, TestDb};
@@ -219,11 +220,12 @@ fn main() {
         .expect("the stack's URL")
         .to_string();
 
-    println!(
+    let mut report = report::Report::default();
+    report.line(format!(
         "parallel acquisition: per-test fixture time (claim + connect + first query + drop), {n} tests per row, body 0-2 ms, each row a process of its own started once the stack's janitor was done"
-    );
-    println!("| concurrent tests | fixture p50 ms | fixture p95 ms | claim p50 / p95 | of which: worker queue p50 / clone p50 / template check p50 | prepared clones | connect p50 | first query p50 | drop p50 / p95 | tests/s |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    ));
+    report.line("| concurrent tests | fixture p50 ms | fixture p95 ms | claim p50 / p95 | of which: worker queue p50 / clone p50 / template check p50 | prepared clones | connect p50 | first query p50 | drop p50 / p95 | tests/s |");
+    report.line("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut result = String::from("RESULT");
     for &c in &levels {
         let waited = janitor_done(&url);
@@ -235,11 +237,12 @@ fn main() {
         for line in out.lines() {
             match line.strip_prefix("RESULT-ROW") {
                 Some(r) => result.push_str(r),
-                None => println!("{line}"),
+                None => report.line(line),
             }
         }
     }
-    println!("{result}");
+    report.line(result.clone());
+    report.record("acquire_parallel");
 }
 
 /// The row also prints the stack's direct URL (the warm-up).

@@ -29,6 +29,8 @@ use pgbouncer_fixtures::{Stack, StackSettings, Target, Template, TestDb};
 use rand::Rng;
 use sqlx::{Connection, Row};
 
+mod report;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -268,11 +270,12 @@ fn main() {
     let rows = list("PGBF_SCALE_ROWS", "1000,300000,1300000");
     let threads = list("PGBF_SCALE_THREADS", "2,4");
     let budget = std::env::var("PGBF_MEMORY_BUDGET").unwrap_or_else(|_| "default".into());
-    println!(
+    let mut report = report::Report::default();
+    report.line(format!(
         "scale: {n} tests per row (claim + connect + a query on the seed + 0-2 ms body + drop), each row a process and a stack of its own, memory budget {budget}"
-    );
-    println!("| code | rows | template MB | threads | claim p50 ms | claim p95 ms | prepared | one clone FILE_COPY / WAL_LOG ms | p50 / clone | p95 / clone | peak memory MB | wall s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    ));
+    report.line("| code | rows | template MB | threads | claim p50 ms | claim p95 ms | prepared | one clone FILE_COPY / WAL_LOG ms | p50 / clone | p95 / clone | peak memory MB | wall s |");
+    report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut result = String::from("RESULT");
     for &r in &rows {
         for &c in &threads {
@@ -285,10 +288,11 @@ fn main() {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 match line.strip_prefix("RESULT-ROW") {
                     Some(r) => result.push_str(r),
-                    None => println!("{line}"),
+                    None => report.line(line),
                 }
             }
         }
     }
-    println!("{result}");
+    report.line(result.clone());
+    report.record("scale");
 }

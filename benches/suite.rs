@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
+mod report;
 
 use common::janitor_done;
 use pgbouncer_fixtures::{Env, Stack, StackSettings};
@@ -322,17 +323,18 @@ fn main() {
     };
     let med = |runner: Runner, way: Way| -> f64 { median(of(runner, way)).as_secs_f64() };
 
-    println!(
+    let mut report = report::Report::default();
+    report.line(format!(
         "whole suite: {n} tests over 20 migrations, wall time of the test binary's run (built first, {} build), median of {rounds} interleaved rounds",
         if release { "release" } else { "debug" }
-    );
+    ));
     let mut header = String::from("| way |");
     let mut rule = String::from("|---|");
     for r in &runners {
         header.push_str(&format!(" {} s | vs sqlx::test |", r.label()));
         rule.push_str("---:|---:|");
     }
-    println!("{header}\n{rule}");
+    report.line(format!("{header}\n{rule}"));
     let mut result = format!("RESULT n={n} rounds={rounds}");
     for way in Way::ALL {
         let mut row = format!("| {} |", way.label());
@@ -342,7 +344,7 @@ fn main() {
             row.push_str(&format!(" {t:.2} | {ratio:.2}x |"));
             result.push_str(&format!(" {}_{}_s={t:.2}", r.key(), way.key()));
         }
-        println!("{row}");
+        report.line(row.clone());
     }
     for r in &runners {
         for way in [
@@ -370,15 +372,16 @@ fn main() {
                 .zip(of(*r, way))
                 .map(|(s, t)| format!("{:.2}x", s.as_secs_f64() / t.as_secs_f64()))
                 .collect();
-            println!(
+            report.line(format!(
                 "per round, {} {}: {}",
                 r.label(),
                 way.key(),
                 ratios.join(", ")
-            );
+            ));
         }
     }
-    println!("{result}");
+    report.line(result.clone());
+    report.record("suite");
 }
 
 /// Waits until no stack of the suite's checkout but `warm` is left (the
