@@ -189,7 +189,9 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
     for sql in [
         "create schema shadow".to_string(),
         create.to_string(),
-        format!("alter database \"{database}\" set search_path = shadow, pg_catalog, public"),
+        // Per role in this database: the Supabase shape sets `postgres`'s search_path
+        // on the role, which wins over a database's own setting.
+        format!("alter role postgres in database \"{database}\" set search_path = shadow, pg_catalog, public"),
     ] {
         sqlx::raw_sql(common::audited(&sql))
             .execute(&mut conn)
