@@ -84,47 +84,11 @@ impl Profile {
     /// the part a PgBouncer-based fixture cannot reproduce.
     pub fn residue(self) -> &'static [&'static str] {
         match self {
-            Profile::SupabaseShared => &[
-                "not reproduced: search_path at startup (top level or `-c` in options) is accepted \
-                 and not applied, so unqualified names resolve in public; Supavisor applies it. \
-                 PostgreSQL before 18 does not report search_path, so PgBouncer cannot carry it",
-                "not reproduced: client_encoding, DateStyle, TimeZone, IntervalStyle and \
-                 standard_conforming_strings at startup are applied (Supavisor drops them)",
-                "not reproduced: custom settings (names with a dot, e.g. app.tenant) at startup \
-                 are refused with 08P01 (Supavisor drops them)",
-                "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
-                 named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked",
-                "not reproduced: a tracked SET outside a transaction (SET TIME ZONE, DateStyle, \
-                 IntervalStyle, application_name) is kept per client and re-applied on every \
-                 server connection; Supavisor passes SET through raw and resets nothing, so the \
-                 value stays on that backend (another client may get it, the setter may lose it)",
-                "not reproduced: application_name reaches the server as the client's; Supavisor \
-                 sends `Supavisor` (`Supavisor - <name>` in session mode)",
-            ],
-            Profile::SupabaseSession => &[
-                "not reproduced: search_path at startup (top level or `-c` in options) is accepted \
-                 and not applied, so unqualified names resolve in public; Supavisor applies it. \
-                 PostgreSQL before 18 does not report search_path, so PgBouncer cannot carry it",
-                "not reproduced: client_encoding, DateStyle, TimeZone, IntervalStyle and \
-                 standard_conforming_strings at startup are applied (Supavisor drops them)",
-                "not reproduced: custom settings (names with a dot, e.g. app.tenant) at startup \
-                 are refused with 08P01 (Supavisor drops them)",
-                "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
-                 named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked",
-                "not reproduced: a tracked SET outside a transaction (SET TIME ZONE, DateStyle, \
-                 IntervalStyle, application_name) is kept per client and re-applied on every \
-                 server connection; Supavisor passes SET through raw and resets nothing, so the \
-                 value stays on that backend (another client may get it, the setter may lose it)",
-                "not reproduced: application_name reaches the server as the client's; Supavisor \
-                 sends `Supavisor` (`Supavisor - <name>` in session mode)",
-                "not reproduced: the words of the session-mode limit: client 16 of a pool of 15 \
-                 is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
-                 exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
-                 clients reached in session mode`",
-            ],
-            Profile::SupabaseDedicated => &[
-                "no network latency between the client, the pooler and the database",
-            ],
+            Profile::SupabaseShared => &SUPAVISOR_RESIDUE,
+            Profile::SupabaseSession => &SESSION_RESIDUE,
+            Profile::SupabaseDedicated => {
+                &["no network latency between the client, the pooler and the database"]
+            }
             Profile::NoPooler => &[],
         }
     }
@@ -145,6 +109,40 @@ impl Profile {
         !matches!(self, Profile::SupabaseShared)
     }
 }
+
+/// What the Supavisor-like profiles do differently from Supavisor.
+const SUPAVISOR_RESIDUE: [&str; 6] = [
+    "not reproduced: search_path at startup (top level or `-c` in options) is accepted \
+     and not applied, so unqualified names resolve in public; Supavisor applies it. \
+     PostgreSQL before 18 does not report search_path, so PgBouncer cannot carry it",
+    "not reproduced: client_encoding, DateStyle, TimeZone, IntervalStyle and \
+     standard_conforming_strings at startup are applied (Supavisor drops them)",
+    "not reproduced: custom settings (names with a dot, e.g. app.tenant) at startup \
+     are refused with 08P01 (Supavisor drops them)",
+    "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
+     named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked",
+    "not reproduced: a tracked SET outside a transaction (SET TIME ZONE, DateStyle, \
+     IntervalStyle, application_name) is kept per client and re-applied on every \
+     server connection; Supavisor passes SET through raw and resets nothing, so the \
+     value stays on that backend (another client may get it, the setter may lose it)",
+    "not reproduced: application_name reaches the server as the client's; Supavisor \
+     sends `Supavisor` (`Supavisor - <name>` in session mode)",
+];
+
+/// [`SUPAVISOR_RESIDUE`], and what session mode adds.
+const SESSION_RESIDUE: [&str; 7] = {
+    let mut all = [""; 7];
+    let mut i = 0;
+    while i < SUPAVISOR_RESIDUE.len() {
+        all[i] = SUPAVISOR_RESIDUE[i];
+        i += 1;
+    }
+    all[6] = "not reproduced: the words of the session-mode limit: client 16 of a pool of 15 \
+         is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
+         exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
+         clients reached in session mode`";
+    all
+};
 
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
