@@ -160,9 +160,12 @@ fn documented_table() -> Vec<(String, Vec<String>)> {
     let start = page
         .find("| behaviour | `supabase-shared`")
         .expect("docs/profiles.md has the matrix");
-    page[start..]
-        .lines()
-        .take_while(|l| l.starts_with('|'))
+    table_rows(page[start..].lines().take_while(|l| l.starts_with('|')))
+}
+
+/// A Markdown table's body (below its header and rule) as (behaviour, cells) rows.
+fn table_rows<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, Vec<String>)> {
+    lines
         .skip(2)
         .map(|line| {
             let cells: Vec<String> = line
@@ -179,18 +182,7 @@ fn documented_table() -> Vec<(String, Vec<String>)> {
 /// cells passing, the same cells saying "not reproduced" (the counts and
 /// names in a failing cell vary from run to run).
 fn documented_table_matches(table: &str) {
-    let ran: Vec<(String, Vec<String>)> = table
-        .lines()
-        .skip(2)
-        .map(|line| {
-            let cells: Vec<String> = line
-                .trim_matches('|')
-                .split(" | ")
-                .map(|c| c.trim().to_string())
-                .collect();
-            (cells[0].clone(), cells[1..].to_vec())
-        })
-        .collect();
+    let ran = table_rows(table.lines());
     let documented = documented_table();
     let ran_rows: Vec<&String> = ran
         .iter()
