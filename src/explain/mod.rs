@@ -14,6 +14,7 @@
 //! below it: `docker` (PgBouncer's log), `connect`, `target`, `contract`,
 //! `error`.
 
+pub(crate) mod authorization;
 pub mod hazard;
 
 use std::collections::BTreeMap;
