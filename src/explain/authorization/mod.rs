@@ -244,8 +244,13 @@ fn refused(message: &str) -> Option<Refused> {
 }
 
 /// The command of a statement: its first keyword, or after a `WITH` the
-/// first data-modifying one.
+/// first data-modifying one; in a string of several (`begin; set ...;
+/// delete ...`), the first that is one of these.
 fn command(statement: &str) -> Option<&'static str> {
+    statement.split(';').find_map(command_of_one)
+}
+
+fn command_of_one(statement: &str) -> Option<&'static str> {
     let lower = statement.trim_start().to_ascii_lowercase();
     let first = lower.split_whitespace().next()?;
     let of = |w: &str| match w {
@@ -319,5 +324,9 @@ mod tests {
             Some("SELECT")
         );
         assert_eq!(command("call p()"), None);
+        assert_eq!(
+            command("begin; set local role anon; delete from t"),
+            Some("DELETE")
+        );
     }
 }

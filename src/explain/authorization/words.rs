@@ -52,7 +52,8 @@ fn write_refusal(f: &mut fmt::Formatter<'_>, r: &Refusal) -> fmt::Result {
         }
         None => writeln!(
             f,
-            "    acting as: role `{}`, the session's own: no ActAs began this transaction",
+            "    acting as: no ActAs began this transaction; its session logged in as `{}` (a \
+             `SET ROLE` of its own is not seen here: the facts below are that role's)",
             r.session_user
         )?,
     }
@@ -86,7 +87,7 @@ impl AuthorizationExplanation {
         )?;
         let mut earlier: Vec<String> = Vec::new();
         for a in &self.acted[..self.acted.len() - 1] {
-            let w = who(a);
+            let w = format!("role `{}` (sub {})", a.role, a.sub().unwrap_or("none"));
             if !earlier.contains(&w) {
                 earlier.push(w);
             }
@@ -190,6 +191,13 @@ fn checks(r: &Refusal) -> Vec<String> {
                 out.extend(row_security_checks(t, cmd, r.acted.as_ref()));
             }
         }
+        Refused::Relation { table } if r.acted.is_none() => {
+            let cmd = r.command.unwrap_or("SELECT").to_lowercase();
+            out.push(format!(
+                "the role in effect is not known here: if the transaction set one (`SET ROLE`), \
+                 grant it the privilege: `grant {cmd} on {table} to <that role>;`"
+            ));
+        }
         Refused::Relation { table } => {
             let cmd = r.command.unwrap_or("SELECT");
             for t in &r.tables {
@@ -290,9 +298,11 @@ fn uid_check(acted: Option<&Acted>) -> Option<String> {
             "auth.uid() is {}, the `sub` claim: is that the user who owns the row?",
             a.sub().unwrap_or_default()
         )),
-        None => {
-            Some("no ActAs began this transaction: no claims are set and auth.uid() is null".into())
-        }
+        None => Some(
+            "no ActAs began this transaction: unless it set them itself, no claims are set \
+                 and auth.uid() is null"
+                .into(),
+        ),
     }
 }
 
