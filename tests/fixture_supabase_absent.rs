@@ -2,7 +2,8 @@
 //! not check: what is absent is absent (no GoTrue tables but `auth.users`,
 //! none of Supabase's services' extensions or schemas), the services'
 //! login roles have no password and cannot log in, and the tables the
-//! shape makes are owned and secured as the table says.
+//! shape makes are owned and secured as the table says, and Realtime's
+//! publication starts empty.
 
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::TestDb;
@@ -71,6 +72,16 @@ async fn the_shapes_tables_are_owned_and_secured_as_on_supabase() {
             "storage.buckets owner=supabase_storage_admin rls=t",
             "storage.objects owner=supabase_storage_admin rls=t",
         ]
+    );
+    // Realtime's publication is there, with no table in it until a migration adds one.
+    assert_eq!(
+        column(
+            &mut conn,
+            "select p.pubname || ' ' || count(t.tablename)::text from pg_publication p \
+             left join pg_publication_tables t on t.pubname = p.pubname group by p.pubname",
+        )
+        .await,
+        ["supabase_realtime 0"]
     );
 }
 
