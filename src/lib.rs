@@ -118,6 +118,7 @@ pub use explain::hazard;
 pub use diagnose::matrix::{matrix, matrix_with, not_reproduced, Behaviour, Matrix};
 pub use docker::docker_engine;
 pub use error::{Error, Result};
+pub use explain::authorization::AuthorizationExplanation;
 pub use explain::{Explanation, Seen};
 pub use fixture::fixtures::{test_db, try_test_db};
 pub use fixture::supabase::{ActAs, ApiRole, SupabaseUser};

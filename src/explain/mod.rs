@@ -10,10 +10,13 @@
 //! the crate cannot read server logs, and stays silent.
 //!
 //! Owns: [`Explanation`] and the gathering of a test's evidence (here), the
-//! hazards in words that `doctor` shares (`hazard`). May use the layers
+//! hazards in words that `doctor` shares (`hazard`), the explanations of
+//! authorization failures (`42501`, row-level security) and the record of
+//! the Data API roles a test acted as (`authorization`). May use the layers
 //! below it: `docker` (PgBouncer's log), `connect`, `target`, `contract`,
-//! `error`.
+//! `support`, `error`.
 
+pub(crate) mod authorization;
 pub mod hazard;
 
 use std::collections::BTreeMap;
