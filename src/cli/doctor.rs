@@ -145,3 +145,20 @@ fn print_json(reports: &Reports) {
     };
     println!("{out:#}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_each_not_reproduced_verdict_of_the_profile() {
+        let text = not_reproduced_text(Profile::SupabaseShared);
+        assert!(text.contains(Profile::SupabaseShared.mirrors()), "{text}");
+        let verdicts = not_reproduced_under(Profile::SupabaseShared);
+        assert!(verdicts.len() >= 5, "{verdicts:?}");
+        for (behaviour, why) in verdicts {
+            assert!(text.contains(&format!("- {behaviour}: {why}")), "{text}");
+        }
+        assert_eq!(not_reproduced_text(Profile::SupabaseDedicated), "");
+    }
+}

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::startup::{send_startup, StartupAnswer};
@@ -147,11 +147,6 @@ fn sql_error(action: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     }
 }
 
-/// The first column of `sql`'s first row, as text (NULL as `None`).
-fn text_of(row: &PgRow, i: usize) -> Option<String> {
-    row.try_get::<Option<String>, _>(i).ok().flatten()
-}
-
 /// Connects with `options` and reads `sql`'s one text value.
 async fn read(
     options: &PgConnectOptions,
@@ -163,7 +158,8 @@ async fn read(
     let value = sqlx::raw_sql(audited(sql))
         .fetch_one(&mut conn)
         .await
-        .map(|row| text_of(&row, 0))
+        // An answer of another type is an error, never a wrong answer.
+        .and_then(|row| row.try_get::<Option<String>, _>(0))
         .map_err(|e| ClientError::of(&e));
     let _ = conn.close().await;
     value
@@ -232,7 +228,10 @@ async fn zone_in_transaction(conn: &mut PgConnection, who: &str) -> Result<(Stri
     let row = rows.first().ok_or_else(|| Error::Stack {
         reason: format!("{who}: `{sql}` returned no row"),
     })?;
-    let zone = text_of(row, 0).unwrap_or_else(|| "NULL".into());
+    let zone = row
+        .try_get::<Option<String>, _>(0)
+        .map_err(sql_error(who))?
+        .unwrap_or_else(|| "NULL".into());
     let pid = row.try_get::<i32, _>(1).map_err(sql_error(who))?;
     Ok((zone, pid))
 }
