@@ -47,8 +47,10 @@ async fn verdicts_match_each_profile(
 ) {
     let db = TestDb::for_profile(profile).await.unwrap();
     let r = report(&db).await;
-    assert_pooler_items(profile, &r);
     let text = r.to_text();
+    // The report as run, for docs/explanations.md (`--nocapture`).
+    println!("== {profile}\n{text}");
+    assert_pooler_items(profile, &r);
     assert_connected_to_postgres_17(&r);
     assert!(
         !text.contains(&password_of(db.url())),
