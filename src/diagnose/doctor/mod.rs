@@ -67,7 +67,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     findings
         .extend(statement_findings(url, &base, workload, connect_timeout, pool_behaviour).await);
     findings.extend(startup::startup_findings(url, &base, connect).await);
-    findings.extend(pooler::pooler_findings(&base).await);
+    findings.extend(pooler::pooler_findings(&base, pool_behaviour).await);
     report(pool_behaviour, findings)
 }
 

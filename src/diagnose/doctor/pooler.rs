@@ -7,7 +7,7 @@
 use sqlx::postgres::PgConnectOptions;
 
 use super::items;
-use super::report::{Finding, Verdict};
+use super::report::{Finding, PoolBehaviour, Verdict};
 use crate::diagnose::probes::pooler::{
     run_pooler_probe, startup_zone, tracked_set, PoolerProbe, PoolerTarget, SESSION_LIMIT_CLIENTS,
     SET_ZONE,
@@ -15,14 +15,18 @@ use crate::diagnose::probes::pooler::{
 use crate::diagnose::probes::Outcome;
 
 /// The five items, in order (the session limit last: it holds 16 clients).
-pub(super) async fn pooler_findings(base: &PgConnectOptions) -> Vec<Finding> {
+/// `pool`: the pool behaviour found before, if any.
+pub(super) async fn pooler_findings(
+    base: &PgConnectOptions,
+    pool: Option<PoolBehaviour>,
+) -> Vec<Finding> {
     let target = PoolerTarget {
         pooled: base,
         direct: None,
     };
     let probe = |p| async move { run_pooler_probe(p, target).await };
     vec![
-        tracked_set_finding(base).await,
+        tracked_set_finding(base, pool).await,
         application_name_finding(probe(PoolerProbe::ApplicationName).await),
         startup_zone_finding(base).await,
         custom_setting_finding(probe(PoolerProbe::OptionsCustomSetting).await),
@@ -30,7 +34,7 @@ pub(super) async fn pooler_findings(base: &PgConnectOptions) -> Vec<Finding> {
     ]
 }
 
-async fn tracked_set_finding(base: &PgConnectOptions) -> Finding {
+async fn tracked_set_finding(base: &PgConnectOptions, pool: Option<PoolBehaviour>) -> Finding {
     let item = items::TRACKED_SET;
     let answer = match tracked_set(base).await {
         Ok(a) => a,
@@ -53,6 +57,13 @@ async fn tracked_set_finding(base: &PgConnectOptions) -> Finding {
                 "keeps per client: B's transaction ran on the setter's server connection; {seen} \
                  (PgBouncer re-applies tracked parameters)"
             ),
+        ),
+        // Behind a transaction pooler B never met the setter's backend:
+        // whether the value would have leaked is not known.
+        (false, false) if pool != Some(PoolBehaviour::Session) => Finding::new(
+            item,
+            Verdict::Info,
+            format!("not told: client B never ran on the setter's server connection; {seen}"),
         ),
         (false, false) => Finding::new(
             item,

@@ -170,11 +170,12 @@ async fn read(
 pub struct TrackedSetAnswer {
     /// B's TimeZone in a transaction before A's `SET`.
     pub other_before: String,
-    /// B's TimeZone in its transaction after A's `SET`.
+    /// B's TimeZone after A's `SET`: the first of B's transactions that
+    /// saw another than its own, else the last.
     pub other_after: String,
     /// A's TimeZone in its transaction after its `SET`.
     pub setter_after: String,
-    /// Whether B's transaction ran on the backend where A's `SET` ran.
+    /// Whether one of B's transactions ran on the backend where A's `SET` ran.
     pub other_on_setters_backend: bool,
 }
 
@@ -218,6 +219,9 @@ impl TrackedSetAnswer {
     }
 }
 
+/// Transactions client B runs, at most, to meet the setter's backend.
+const B_TRANSACTIONS: usize = 8;
+
 /// TimeZone and backend of one transaction on `conn`.
 async fn zone_in_transaction(conn: &mut PgConnection, who: &str) -> Result<(String, i32)> {
     let sql = "begin; select current_setting('TimeZone'), pg_backend_pid(); commit";
@@ -256,20 +260,48 @@ pub async fn tracked_set(pooled: &PgConnectOptions) -> Result<TrackedSetAnswer> 
         .transpose()
         .map_err(sql_error("client A's SET TIME ZONE"))?
         .unwrap_or(-1);
-    let (other_after, others_backend) =
-        zone_in_transaction(&mut b, "client B's transaction").await?;
+    // A pooler handing out idle backends in turn (Supavisor's FIFO) may
+    // give B another one first: B tries until it meets A's backend, and
+    // any value other than its own counts.
+    let mut other_after = other_before.clone();
+    let mut met = false;
+    for _ in 0..B_TRANSACTIONS {
+        let (zone, backend) = zone_in_transaction(&mut b, "client B's transaction").await?;
+        if other_after == other_before {
+            other_after = zone;
+        }
+        met = backend == setters_backend;
+        if met {
+            break;
+        }
+    }
     let (setter_after, _) = zone_in_transaction(&mut a, "client A's transaction").await?;
-    // Behind a pooler that leaves the value on the backend, nobody else may
-    // get it: reset it there.
-    let _ = sqlx::raw_sql("reset time zone").execute(&mut b).await;
+    reset_zone_on(&mut a, setters_backend).await;
     let _ = b.close().await;
     let _ = a.close().await;
     Ok(TrackedSetAnswer {
         other_before,
         other_after,
         setter_after,
-        other_on_setters_backend: others_backend == setters_backend,
+        other_on_setters_backend: met,
     })
+}
+
+/// Behind a pooler that leaves the value on the backend (Supavisor), no
+/// other client of that endpoint may get it: resets TimeZone to the
+/// backend's own default on the setter's backend, wherever `conn` lands,
+/// within [`B_TRANSACTIONS`] * 2 tries.
+async fn reset_zone_on(conn: &mut PgConnection, backend: i32) {
+    let sql = format!(
+        "select set_config('TimeZone', (select reset_val from pg_settings \
+         where name = 'TimeZone'), false) where pg_backend_pid() = {backend}"
+    );
+    for _ in 0..B_TRANSACTIONS * 2 {
+        match sqlx::raw_sql(audited(&sql)).fetch_all(&mut *conn).await {
+            Ok(rows) if rows.is_empty() => continue,
+            _ => break,
+        }
+    }
 }
 
 async fn application_name(pooled: &PgConnectOptions, tag: u32) -> Outcome {
