@@ -27,8 +27,8 @@ pub enum Profile {
     /// connection per client for the client's lifetime, reset between clients.
     SupabaseSession,
     /// Supabase's dedicated pooler on a project whose image predates
-    /// PgBouncer 1.21 (Supabase's image variables pin 1.19; the dashboard's
-    /// Infrastructure settings offer such projects an upgrade): transaction
+    /// PgBouncer 1.21 (Supabase's image variables pin 1.19: a project not
+    /// upgraded since, still named "Dedicated Pooler" in the dashboard): transaction
     /// mode **without** prepared-statement tracking, so sqlx's default
     /// statement cache collides (42P05/26000) as on that pooler, and
     /// startup parameters refused as by [`Profile::SupabaseDedicated`].
