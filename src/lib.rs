@@ -115,7 +115,9 @@ mod target;
 pub use diagnose::{doctor, probes};
 pub use explain::hazard;
 
-pub use diagnose::matrix::{matrix, matrix_with, not_reproduced, Behaviour, Matrix};
+pub use diagnose::matrix::{
+    matrix, matrix_with, not_reproduced, not_reproduced_under, Behaviour, Matrix,
+};
 pub use docker::docker_engine;
 pub use error::{Error, Result};
 pub use explain::authorization::AuthorizationExplanation;

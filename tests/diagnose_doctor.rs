@@ -40,6 +40,7 @@ async fn verdicts_match_each_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
+        Profile::SupabaseDedicatedLegacy,
         Profile::NoPooler
     )]
     profile: Profile,
@@ -47,13 +48,16 @@ async fn verdicts_match_each_profile(
     let db = TestDb::for_profile(profile).await.unwrap();
     let r = report(&db).await;
     let text = r.to_text();
+    // The report as run, for docs/explanations.md (`--nocapture`).
+    println!("== {profile}\n{text}");
+    assert_pooler_items(profile, &r);
     assert_connected_to_postgres_17(&r);
     assert!(
         !text.contains(&password_of(db.url())),
         "the report never shows the password"
     );
     match profile {
-        Profile::SupabaseShared => {
+        Profile::SupabaseShared | Profile::SupabaseDedicatedLegacy => {
             assert_eq!(r.pool_behaviour, Some(PoolBehaviour::Transaction), "{text}");
             // Named statements: errors, or wrong answers (the worse verdict).
             for item in [items::DEFAULT_CACHE, items::CACHE_OFF, items::UNNAMED] {
@@ -67,8 +71,13 @@ async fn verdicts_match_each_profile(
                 remedy.contains("`statement_cache_capacity(0)` does not help"),
                 "{remedy}"
             );
-            // Supavisor drops server settings at startup instead of refusing them.
-            assert_eq!(verdict(&r, items::STARTUP_OPTIONS), Verdict::Ok, "{text}");
+            // Supavisor drops server settings at startup instead of refusing
+            // them; the dedicated pooler's PgBouncer refuses them.
+            let options = match profile {
+                Profile::SupabaseShared => Verdict::Ok,
+                _ => Verdict::Info,
+            };
+            assert_eq!(verdict(&r, items::STARTUP_OPTIONS), options, "{text}");
             assert_eq!(verdict(&r, items::TLS), Verdict::Ok, "{text}");
             assert!(r.has_hazard());
         }
@@ -243,6 +252,71 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(pool["verdict"], "error", "{stdout}");
     db.close().await.unwrap();
+}
+
+/// The items that tell poolers apart, as PgBouncer (or PostgreSQL) answers
+/// them behind `profile`.
+fn assert_pooler_items(profile: Profile, r: &Report) {
+    let text = r.to_text();
+    let detail = |item: &str| r.finding(item).unwrap().detail.clone();
+    // PgBouncer re-applies the client's TimeZone on the server connection B took.
+    assert_eq!(verdict(r, items::TRACKED_SET), Verdict::Ok, "{text}");
+    let kept = if profile.pools_transactions() {
+        "keeps per client: B's transaction ran on the setter's server connection"
+    } else {
+        "keeps per client: separate server connections"
+    };
+    assert!(detail(items::TRACKED_SET).starts_with(kept), "{text}");
+    assert_eq!(verdict(r, items::APPLICATION_NAME), Verdict::Ok, "{text}");
+    // The stack's server default is UTC, as sqlx's: applied when the server
+    // says the client set it; else not told apart (never called dropped).
+    let zone = detail(items::STARTUP_TIMEZONE);
+    assert!(
+        zone.starts_with("applied") || zone.starts_with("UTC as sent"),
+        "{text}"
+    );
+    if profile == Profile::NoPooler {
+        assert!(zone.starts_with("applied: TimeZone UTC, set from the client (client)"));
+        assert_eq!(verdict(r, items::CUSTOM_SETTING), Verdict::Ok, "{text}");
+    } else {
+        assert_eq!(verdict(r, items::CUSTOM_SETTING), Verdict::Info, "{text}");
+        assert!(
+            detail(items::CUSTOM_SETTING).starts_with(
+                "refused: PgBouncer-like: 08P01 unsupported startup parameter in options: app.tenant"
+            ),
+            "{text}"
+        );
+    }
+    let limit = detail(items::SESSION_LIMIT);
+    if profile == Profile::SupabaseSession {
+        assert_eq!(verdict(r, items::SESSION_LIMIT), Verdict::Info, "{text}");
+        assert!(
+            limit.starts_with("15 of 16 connected; 1 refused: PgBouncer's client cap: 08P01"),
+            "{text}"
+        );
+    } else {
+        assert_eq!(verdict(r, items::SESSION_LIMIT), Verdict::Ok, "{text}");
+    }
+}
+
+/// The not-reproduced verdicts doctor names under each profile's local
+/// stack (no URL) are the matrix's.
+#[test]
+fn each_profiles_not_reproduced_verdicts_are_the_matrixs() {
+    use pgbouncer_fixtures::not_reproduced_under;
+    // The verdicts it prints are the matrix's.
+    let shared = not_reproduced_under(Profile::SupabaseShared);
+    assert!(shared
+        .iter()
+        .any(|(_, why)| why.contains("Supavisor passes SET through raw")));
+    assert!(shared.iter().any(|(_, why)| why.contains("search_path")));
+    let session = not_reproduced_under(Profile::SupabaseSession);
+    assert!(session
+        .iter()
+        .any(|(_, why)| why.contains("EMAXCONNSESSION")));
+    assert!(not_reproduced_under(Profile::SupabaseDedicated).is_empty());
+    assert!(not_reproduced_under(Profile::NoPooler).is_empty());
+    // What the CLI prints of them: src/cli/doctor.rs's unit test.
 }
 
 /// `pgbouncer-fixtures doctor URL --json`, run off the test's runtime.

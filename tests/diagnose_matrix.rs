@@ -2,6 +2,7 @@
 //! for real (every probe behind every profile, answers checked) and each
 //! cell must come out as the table says.
 
+use pgbouncer_fixtures::probes::pooler::{PoolerProbe, KEPT, KEPT_ON_SHARED_BACKEND};
 use pgbouncer_fixtures::probes::session::SessionProbe;
 use pgbouncer_fixtures::probes::startup::StartupProbe;
 use pgbouncer_fixtures::probes::{Outcome, SqlxPattern, Workload};
@@ -24,6 +25,9 @@ enum Expect {
     WrongSilently,
     /// Refused with this SQLSTATE and message fragment.
     Refused(&'static str, &'static str),
+    /// Of the probe's clients, exactly one refused, with this SQLSTATE and
+    /// message: the rest connected.
+    OneRefused(&'static str, &'static str),
 }
 
 use Expect::*;
@@ -31,20 +35,25 @@ use Expect::*;
 const NAMED: &[&str] = &["42P05", "26000"];
 
 /// The fidelity contract: what each behaviour does behind each profile
-/// (`supabase-shared`, `supabase-dedicated`, `supabase-session`, `direct`).
+/// (`Profile::ALL`).
 fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
     use Profile::*;
-    let pooled_tx = matches!(profile, SupabaseShared | SupabaseDedicated);
+    let pooled_tx = profile.pools_transactions();
+    let untracked = pooled_tx && !profile.tracks_prepared_statements();
+    // Supabase's PgBouncer refuses what it does not know at startup.
+    let strict = matches!(profile, SupabaseDedicated | SupabaseDedicatedLegacy);
     match behaviour {
-        Behaviour::Statements(p) => match (p, profile) {
-            (SqlxPattern::PoolDefaultCache, SupabaseShared)
-            | (SqlxPattern::ConnectionCacheOff, SupabaseShared)
-            | (SqlxPattern::SequentialConnects, SupabaseShared) => Breaks(NAMED),
-            // Unnamed statements are not tracked by any PgBouncer: Parse and
-            // Bind split across server connections behind both transaction poolers.
-            (SqlxPattern::UnnamedOutsideTransaction, SupabaseShared | SupabaseDedicated) => {
-                Breaks(&["26000"])
+        Behaviour::Statements(p) => match p {
+            SqlxPattern::PoolDefaultCache
+            | SqlxPattern::ConnectionCacheOff
+            | SqlxPattern::SequentialConnects
+                if untracked =>
+            {
+                Breaks(NAMED)
             }
+            // Unnamed statements are not tracked by any PgBouncer: Parse and
+            // Bind split across server connections behind every transaction pooler.
+            SqlxPattern::UnnamedOutsideTransaction if pooled_tx => Breaks(&["26000"]),
             _ => Pass,
         },
         Behaviour::Session(p) if pooled_tx => match p {
@@ -61,25 +70,45 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
         #[cfg(feature = "tokio-postgres")]
         Behaviour::TokioPostgres(p) => {
             use pgbouncer_fixtures::probes::tokio_postgres::TokioPgPattern;
-            match (p, profile) {
+            match p {
                 // Plain `query`: Parse and Bind split by chance (see
                 // tests/connect_tokio_postgres.rs, which retries it).
-                (TokioPgPattern::Query, SupabaseShared) => MayBreak(NAMED),
-                (TokioPgPattern::PreparedAcrossTransactions, SupabaseShared) => Breaks(NAMED),
+                TokioPgPattern::Query if untracked => MayBreak(NAMED),
+                TokioPgPattern::PreparedAcrossTransactions if untracked => Breaks(NAMED),
                 _ => Pass,
             }
         }
+        Behaviour::Pooler(p) => match p {
+            PoolerProbe::TrackedSet if pooled_tx => PassNoted(KEPT_ON_SHARED_BACKEND),
+            PoolerProbe::TrackedSet => PassNoted(KEPT),
+            PoolerProbe::ApplicationName => PassNoted("the client's"),
+            PoolerProbe::StartupTimeZone => PassNoted("applied"),
+            PoolerProbe::OptionsCustomSetting if profile == NoPooler => PassNoted("applied"),
+            PoolerProbe::OptionsCustomSetting => Refused(
+                "08P01",
+                "unsupported startup parameter in options: app.tenant",
+            ),
+            PoolerProbe::TopLevelCustomSetting if profile == NoPooler => PassNoted("accepted"),
+            PoolerProbe::TopLevelCustomSetting => {
+                Refused("08P01", "unsupported startup parameter: app.tenant")
+            }
+            PoolerProbe::SessionLimit if profile == SupabaseSession => OneRefused(
+                "08P01",
+                "client connections exceeded (max_db_client_connections)",
+            ),
+            PoolerProbe::SessionLimit => Pass,
+        },
         Behaviour::Startup(p) => match (p, profile) {
-            (StartupProbe::TopLevelJit, SupabaseDedicated) => {
+            (StartupProbe::TopLevelJit, _) if strict => {
                 Refused("08P01", "unsupported startup parameter: jit")
             }
-            (StartupProbe::TopLevelSearchPath, SupabaseDedicated) => {
+            (StartupProbe::TopLevelSearchPath, _) if strict => {
                 Refused("08P01", "unsupported startup parameter: search_path")
             }
-            (StartupProbe::OptionsJit, SupabaseDedicated) => {
+            (StartupProbe::OptionsJit, _) if strict => {
                 Refused("08P01", "unsupported startup parameter in options: jit")
             }
-            (StartupProbe::OptionsSearchPath, SupabaseDedicated) => Refused(
+            (StartupProbe::OptionsSearchPath, _) if strict => Refused(
                 "08P01",
                 "unsupported startup parameter in options: search_path",
             ),
@@ -130,6 +159,12 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
             assert!(o.failures.is_empty(), "{cell}");
             assert!(o.has_wrong_answers(), "{cell}");
         }
+        OneRefused(code, message) => {
+            assert!(o.wrong.is_empty(), "{cell}");
+            assert_eq!(o.failures.len(), 1, "{cell}");
+            assert_eq!(o.failures[0].code.as_deref(), Some(code), "{cell}");
+            assert_eq!(o.failures[0].message, message, "{cell}");
+        }
         Refused(code, fragment) => {
             assert!(o.wrong.is_empty(), "{cell}");
             let f = o.failures.first().unwrap_or_else(|| panic!("{cell}"));
@@ -150,6 +185,8 @@ async fn every_cell_of_the_matrix_holds() {
     }
     // The table shows wrong answers where they occur.
     let table = matrix.to_markdown();
+    // The table as run, for docs/profiles.md (`--nocapture`).
+    println!("{table}");
     assert!(table.contains("⚠️ wrong"), "{table}");
     documented_table_matches(&table);
 }

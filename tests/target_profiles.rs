@@ -180,6 +180,7 @@ async fn the_dropped_parameters_are_postgres_own_settings() {
 #[case::shared(Profile::SupabaseShared)]
 #[case::dedicated(Profile::SupabaseDedicated)]
 #[case::session(Profile::SupabaseSession)]
+#[case::dedicated_legacy(Profile::SupabaseDedicatedLegacy)]
 #[case::direct(Profile::NoPooler)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_prints_urls_that_behave_like_the_profile(#[case] profile: Profile) {
@@ -208,7 +209,10 @@ async fn up_prints_urls_that_behave_like_the_profile(#[case] profile: Profile) {
     let refused = PgConnection::connect_with(&jit).await.err();
     assert_eq!(
         refused.is_some(),
-        profile == Profile::SupabaseDedicated,
+        matches!(
+            profile,
+            Profile::SupabaseDedicated | Profile::SupabaseDedicatedLegacy
+        ),
         "{profile}: {refused:?}"
     );
     // sslmode=require on both ports.
@@ -216,7 +220,7 @@ async fn up_prints_urls_that_behave_like_the_profile(#[case] profile: Profile) {
         let tls: PgConnectOptions = format!("{}?sslmode=require", url.expose()).parse().unwrap();
         assert_eq!(answers(&tls).await.unwrap(), 42, "{profile}: {url}");
     }
-    // The default sqlx cache: fails behind the shared pooler only.
+    // The default sqlx cache: fails behind the poolers without tracking only.
     let env = Env::from_vars([
         ("TEST_DATABASE_URL", pooled.expose()),
         ("TEST_DIRECT_URL", direct.expose()),
@@ -228,7 +232,7 @@ async fn up_prints_urls_that_behave_like_the_profile(#[case] profile: Profile) {
         .await
         .unwrap();
     let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
-    if profile == Profile::SupabaseShared {
+    if profile.pools_transactions() && !profile.tracks_prepared_statements() {
         assert_named_statement_collisions(&outcome);
     } else {
         assert!(outcome.passed(), "{profile}: {}", outcome.summary());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgbouncer_fixtures::doctor::{diagnose, Report};
 use pgbouncer_fixtures::env_vars::TEST_DATABASE_URL;
 use pgbouncer_fixtures::probes::Workload;
-use pgbouncer_fixtures::{DbUrl, Env, Profile, TestDb};
+use pgbouncer_fixtures::{not_reproduced_under, DbUrl, Env, Profile, TestDb};
 
 use crate::args::DoctorArgs;
 
@@ -48,6 +48,9 @@ pub fn doctor(args: DoctorArgs) -> ExitCode {
                 println!("== profile {p}: {}", p.description());
             }
             print!("{}", r.to_text());
+            if let Some(p) = profile {
+                print!("{}", not_reproduced_text(*p));
+            }
         }
     }
     let unreachable = reports.iter().any(|(_, r)| r.pool_behaviour.is_none());
@@ -103,6 +106,23 @@ async fn probe(targets: DoctorTargets) -> Result<Reports, String> {
     Ok(reports)
 }
 
+/// What the local stack of `profile` does otherwise than the endpoint it
+/// mirrors, by name: an `ok` above may be `HAZARD` there, or the reverse.
+fn not_reproduced_text(profile: Profile) -> String {
+    let verdicts = not_reproduced_under(profile);
+    if verdicts.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "  not reproduced by this profile ({}):\n",
+        profile.mirrors()
+    );
+    for (behaviour, why) in verdicts {
+        out.push_str(&format!("    - {behaviour}: {why}\n"));
+    }
+    out
+}
+
 /// One report as a JSON object; several as an array, each naming its profile.
 fn print_json(reports: &Reports) {
     let mut values: Vec<serde_json::Value> = reports
@@ -111,6 +131,10 @@ fn print_json(reports: &Reports) {
             let mut v = r.to_json();
             if let Some(p) = profile {
                 v["profile"] = serde_json::Value::from(p.name());
+                v["not_reproduced"] = not_reproduced_under(*p)
+                    .into_iter()
+                    .map(|(b, why)| serde_json::json!({"behaviour": b.description(), "why": why}))
+                    .collect();
             }
             v
         })
@@ -120,4 +144,21 @@ fn print_json(reports: &Reports) {
         _ => serde_json::Value::from(values),
     };
     println!("{out:#}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_each_not_reproduced_verdict_of_the_profile() {
+        let text = not_reproduced_text(Profile::SupabaseShared);
+        assert!(text.contains(Profile::SupabaseShared.mirrors()), "{text}");
+        let verdicts = not_reproduced_under(Profile::SupabaseShared);
+        assert!(verdicts.len() >= 5, "{verdicts:?}");
+        for (behaviour, why) in verdicts {
+            assert!(text.contains(&format!("- {behaviour}: {why}")), "{text}");
+        }
+        assert_eq!(not_reproduced_text(Profile::SupabaseDedicated), "");
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::diagnose::probes::pooler::{run_pooler_probe, PoolerProbe, PoolerTarget};
 use crate::diagnose::probes::session::{run_session_probe, SessionProbe};
 use crate::diagnose::probes::startup::{run_startup_probe, StartupProbe};
 #[cfg(feature = "tokio-postgres")]
@@ -22,6 +23,10 @@ pub enum Behaviour {
     Session(SessionProbe),
     /// A startup parameter or TLS.
     Startup(StartupProbe),
+    /// Where poolers differ in what a client sees: a tracked `SET`,
+    /// `application_name`, startup `TimeZone` and custom settings, the
+    /// session-mode limit.
+    Pooler(PoolerProbe),
     /// A tokio-postgres way of running parameterised queries, as a
     /// concurrent workload (feature `tokio-postgres`).
     #[cfg(feature = "tokio-postgres")]
@@ -36,6 +41,7 @@ impl Behaviour {
             .map(Behaviour::Statements)
             .chain(SessionProbe::ALL.into_iter().map(Behaviour::Session))
             .chain(StartupProbe::ALL.into_iter().map(Behaviour::Startup))
+            .chain(PoolerProbe::ALL.into_iter().map(Behaviour::Pooler))
             .chain(tokio_postgres_rows())
             .collect()
     }
@@ -46,6 +52,7 @@ impl Behaviour {
             Behaviour::Statements(p) => p.description(),
             Behaviour::Session(p) => p.description(),
             Behaviour::Startup(p) => p.description(),
+            Behaviour::Pooler(p) => p.description(),
             #[cfg(feature = "tokio-postgres")]
             Behaviour::TokioPostgres(p) => p.description(),
         }
@@ -70,6 +77,18 @@ impl Behaviour {
                     p.description(),
                 )
                 .await
+            }
+            Behaviour::Pooler(p) => {
+                let direct = db.direct_connect_options();
+                let target = PoolerTarget {
+                    pooled: &options,
+                    direct: direct.as_ref(),
+                };
+                match p {
+                    // Each of its clients has a time limit of its own.
+                    PoolerProbe::SessionLimit => run_pooler_probe(p, target).await,
+                    _ => bounded(run_pooler_probe(p, target), p.description()).await,
+                }
             }
             #[cfg(feature = "tokio-postgres")]
             Behaviour::TokioPostgres(p) => {
@@ -195,20 +214,41 @@ impl Matrix {
 
 /// Where `profile` behaves otherwise than the endpoint it mirrors for
 /// `behaviour`: why, in words (the table's cell says "not reproduced").
+/// The words are [`Profile::residue`]'s: one text per fact.
 pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static str> {
+    use crate::target::profile as residue;
     let supavisor_like = matches!(profile, Profile::SupabaseShared | Profile::SupabaseSession);
-    match behaviour {
-        Behaviour::Startup(StartupProbe::TopLevelSearchPath) if supavisor_like => Some(
-            "Supavisor applies a startup search_path; PgBouncer accepts it and cannot apply it \
-             (PostgreSQL before 18 does not report search_path to it)",
-        ),
-        Behaviour::Startup(StartupProbe::OptionsSearchPath) if supavisor_like => Some(
-            "Supavisor applies `-c search_path` from options (since 2.8.9), so the name \
-             resolves in the named schema there; PgBouncer cannot carry it (PostgreSQL \
-             before 18 does not report search_path to it)",
-        ),
-        _ => None,
-    }
+    let line = match behaviour {
+        Behaviour::Startup(StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath)
+            if supavisor_like =>
+        {
+            residue::SEARCH_PATH_AT_STARTUP
+        }
+        Behaviour::Pooler(p) => match (p, profile) {
+            // Supavisor's session mode keeps one backend per client, as here.
+            (PoolerProbe::TrackedSet, Profile::SupabaseShared) => residue::TRACKED_SET,
+            (PoolerProbe::ApplicationName, _) if supavisor_like => residue::APPLICATION_NAME,
+            (PoolerProbe::StartupTimeZone, _) if supavisor_like => residue::TRACKED_AT_STARTUP,
+            (PoolerProbe::OptionsCustomSetting | PoolerProbe::TopLevelCustomSetting, _)
+                if supavisor_like =>
+            {
+                residue::CUSTOM_AT_STARTUP
+            }
+            (PoolerProbe::SessionLimit, Profile::SupabaseSession) => residue::SESSION_LIMIT_WORDS,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(line.strip_prefix("not reproduced: ").unwrap_or(line))
+}
+
+/// Every behaviour `profile` does not reproduce, with why: what `doctor`
+/// names for the profile it runs under.
+pub fn not_reproduced_under(profile: Profile) -> Vec<(Behaviour, &'static str)> {
+    Behaviour::all()
+        .into_iter()
+        .filter_map(|b| not_reproduced(b, profile).map(|why| (b, why)))
+        .collect()
 }
 
 fn cell_text(o: &Outcome) -> String {

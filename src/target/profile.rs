@@ -26,6 +26,13 @@ pub enum Profile {
     /// Supabase's shared pooler in session mode (port 5432): a server
     /// connection per client for the client's lifetime, reset between clients.
     SupabaseSession,
+    /// Supabase's dedicated pooler on a project whose image predates
+    /// PgBouncer 1.21 (Supabase's image variables pin 1.19: a project not
+    /// upgraded since, still named "Dedicated Pooler" in the dashboard): transaction
+    /// mode **without** prepared-statement tracking, so sqlx's default
+    /// statement cache collides (42P05/26000) as on that pooler, and
+    /// startup parameters refused as by [`Profile::SupabaseDedicated`].
+    SupabaseDedicatedLegacy,
     /// No pooler: `connect()` goes straight to PostgreSQL, as an application
     /// on Supabase's direct connection (`db.<ref>.supabase.co:5432`) does.
     NoPooler,
@@ -33,10 +40,11 @@ pub enum Profile {
 
 impl Profile {
     /// Every profile, in the order of the matrix.
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
+        Profile::SupabaseDedicatedLegacy,
         Profile::NoPooler,
     ];
 
@@ -46,6 +54,7 @@ impl Profile {
             Profile::SupabaseShared => "supabase-shared",
             Profile::SupabaseDedicated => "supabase-dedicated",
             Profile::SupabaseSession => "supabase-session",
+            Profile::SupabaseDedicatedLegacy => "supabase-dedicated-legacy",
             Profile::NoPooler => "no-pooler",
         }
     }
@@ -60,6 +69,9 @@ impl Profile {
                 "Supabase's dedicated pooler (PgBouncer 1.24 with prepared-statement tracking, port 6543)"
             }
             Profile::SupabaseSession => "Supabase's shared pooler in session mode (port 5432)",
+            Profile::SupabaseDedicatedLegacy => {
+                "Supabase's dedicated pooler on an older image (PgBouncer before 1.21, no prepared-statement tracking, port 6543)"
+            }
             Profile::NoPooler => "a direct PostgreSQL connection (no pooler)",
         }
     }
@@ -76,6 +88,9 @@ impl Profile {
             Profile::SupabaseSession => {
                 "PgBouncer session mode, server_reset_query=DISCARD ALL, unknown startup parameters ignored"
             }
+            Profile::SupabaseDedicatedLegacy => {
+                "PgBouncer transaction mode, max_prepared_statements=0, ignore_startup_parameters=extra_float_digits"
+            }
             Profile::NoPooler => "PostgreSQL without a pooler",
         }
     }
@@ -86,9 +101,8 @@ impl Profile {
         match self {
             Profile::SupabaseShared => &SUPAVISOR_RESIDUE,
             Profile::SupabaseSession => &SESSION_RESIDUE,
-            Profile::SupabaseDedicated => {
-                &["no network latency between the client, the pooler and the database"]
-            }
+            Profile::SupabaseDedicated => &[NO_LATENCY],
+            Profile::SupabaseDedicatedLegacy => &[NO_LATENCY, LEGACY_VERSION],
             Profile::NoPooler => &[],
         }
     }
@@ -101,32 +115,74 @@ impl Profile {
     /// Whether the pooler hands a client's server connection to others
     /// between transactions (session state is lost).
     pub fn pools_transactions(self) -> bool {
-        matches!(self, Profile::SupabaseShared | Profile::SupabaseDedicated)
+        matches!(
+            self,
+            Profile::SupabaseShared | Profile::SupabaseDedicated | Profile::SupabaseDedicatedLegacy
+        )
     }
 
     /// Whether named prepared statements are safe across clients.
     pub fn tracks_prepared_statements(self) -> bool {
-        !matches!(self, Profile::SupabaseShared)
+        !matches!(
+            self,
+            Profile::SupabaseShared | Profile::SupabaseDedicatedLegacy
+        )
     }
 }
 
-/// What the Supavisor-like profiles do differently from Supavisor.
-const SUPAVISOR_RESIDUE: [&str; 6] = [
+/// A startup `search_path`, not applied (probed: the matrix's startup rows).
+pub(crate) const SEARCH_PATH_AT_STARTUP: &str =
     "not reproduced: search_path at startup (top level or `-c` in options) is accepted \
-     and not applied, so unqualified names resolve in public; Supavisor applies it. \
-     PostgreSQL before 18 does not report search_path, so PgBouncer cannot carry it",
+     and not applied, so unqualified names resolve in public; Supavisor applies it \
+     (since 2.8.9, and keys its pools by it). PostgreSQL before 18 does not report \
+     search_path, so PgBouncer cannot carry it";
+/// The five parameters PgBouncer always keeps, applied at startup (probed:
+/// the startup `TimeZone` row).
+pub(crate) const TRACKED_AT_STARTUP: &str =
     "not reproduced: client_encoding, DateStyle, TimeZone, IntervalStyle and \
-     standard_conforming_strings at startup are applied (Supavisor drops them)",
+     standard_conforming_strings at startup are applied (Supavisor drops them; sqlx \
+     sends TimeZone=UTC at every login, so there the database's default applies)";
+/// Dotted custom settings at startup (probed: the `app.tenant` rows).
+pub(crate) const CUSTOM_AT_STARTUP: &str =
     "not reproduced: custom settings (names with a dot, e.g. app.tenant) at startup \
-     are refused with 08P01 (Supavisor drops them)",
+     are refused with 08P01 (Supavisor drops them): PgBouncer cannot ignore names it \
+     cannot list";
+/// Supavisor's flag-on errors (not probed here).
+const SUPAVISOR_ERRORS: &str =
     "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
-     named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked",
+     named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked";
+/// A tracked `SET` outside a transaction (probed: the tracked-`SET` row).
+pub(crate) const TRACKED_SET: &str =
     "not reproduced: a tracked SET outside a transaction (SET TIME ZONE, DateStyle, \
      IntervalStyle, application_name) is kept per client and re-applied on every \
      server connection; Supavisor passes SET through raw and resets nothing, so the \
-     value stays on that backend (another client may get it, the setter may lose it)",
+     value stays on that backend (another client may get it, the setter may lose it)";
+/// `application_name` as the server sees it (probed).
+pub(crate) const APPLICATION_NAME: &str =
     "not reproduced: application_name reaches the server as the client's; Supavisor \
-     sends `Supavisor` (`Supavisor - <name>` in session mode)",
+     sends `Supavisor` (`Supavisor - <name>` in session mode)";
+/// The session-mode limit's words (probed: the session-limit row).
+pub(crate) const SESSION_LIMIT_WORDS: &str =
+    "not reproduced: the words of the session-mode limit: client 16 of a pool of 15 \
+     is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
+     exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
+     clients reached in session mode`";
+/// What no local stack has.
+const NO_LATENCY: &str = "no network latency between the client, the pooler and the database";
+/// The legacy profile's PgBouncer is 1.24 with tracking off, not 1.19.
+const LEGACY_VERSION: &str =
+    "PgBouncer 1.24 with max_prepared_statements = 0 stands for 1.19: prepared statements \
+     behave alike (neither tracks them); what 1.20-1.24 added for clients (track_extra_parameters, \
+     their error texts) is not probed against a real 1.19";
+
+/// What the Supavisor-like profiles do differently from Supavisor.
+const SUPAVISOR_RESIDUE: [&str; 6] = [
+    SEARCH_PATH_AT_STARTUP,
+    TRACKED_AT_STARTUP,
+    CUSTOM_AT_STARTUP,
+    SUPAVISOR_ERRORS,
+    TRACKED_SET,
+    APPLICATION_NAME,
 ];
 
 /// [`SUPAVISOR_RESIDUE`], and what session mode adds.
@@ -137,10 +193,7 @@ const SESSION_RESIDUE: [&str; 7] = {
         all[i] = SUPAVISOR_RESIDUE[i];
         i += 1;
     }
-    all[6] = "not reproduced: the words of the session-mode limit: client 16 of a pool of 15 \
-         is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
-         exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
-         clients reached in session mode`";
+    all[6] = SESSION_LIMIT_WORDS;
     all
 };
 
@@ -169,7 +222,8 @@ impl std::str::FromStr for Profile {
             .ok_or_else(|| Error::InvalidEnv {
                 var: "PGBF_PROFILE",
                 value: crate::target::env::redact_value(s),
-                expected: "supabase-shared, supabase-dedicated, supabase-session or no-pooler \
+                expected: "supabase-shared, supabase-dedicated, supabase-session, \
+                           supabase-dedicated-legacy or no-pooler \
                            (the old names: transaction is now supabase-shared, tracking \
                            supabase-dedicated, session supabase-session; a plain PgBouncer is \
                            PGBF_POOL_MODE, PGBF_MAX_PREPARED_STATEMENTS, ...)",

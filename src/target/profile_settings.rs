@@ -53,6 +53,13 @@ impl Profile {
                 .with_max_prepared_statements(200)
                 .with_ignore_startup_parameters(["extra_float_digits"])
                 .with_track_extra_parameters(["IntervalStyle"]),
+            // PgBouncer before 1.21 tracks no prepared statement: 1.24 with
+            // tracking off behaves so (see Profile::residue).
+            Profile::SupabaseDedicatedLegacy => sized(base, SUPABASE_POOL_SIZE, 0)
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(0)
+                .with_ignore_startup_parameters(["extra_float_digits"])
+                .with_track_extra_parameters(["IntervalStyle"]),
             Profile::SupabaseSession => {
                 sized(supavisor_like(base), SUPABASE_POOL_SIZE, SUPABASE_POOL_SIZE)
                     .with_pool_mode(PoolMode::Session)

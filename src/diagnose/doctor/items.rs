@@ -31,3 +31,13 @@ pub const TOKIO_PG_PREPARED: &str = "tokio-postgres prepared Statement across tr
 /// tokio-postgres `simple_query` (feature `tokio-postgres`).
 #[cfg(feature = "tokio-postgres")]
 pub const TOKIO_PG_SIMPLE_QUERY: &str = "tokio-postgres simple_query";
+/// A tracked `SET` outside a transaction, then another client's transaction.
+pub const TRACKED_SET: &str = "SET TIME ZONE outside a transaction";
+/// `application_name` as the server sees it.
+pub const APPLICATION_NAME: &str = "application_name as the server sees it";
+/// sqlx's startup `TimeZone=UTC`.
+pub const STARTUP_TIMEZONE: &str = "startup parameters, sqlx's TimeZone=UTC";
+/// A dotted custom setting in the startup `options`.
+pub const CUSTOM_SETTING: &str = "startup parameters, options=-c app.tenant";
+/// Supabase's session pool size plus one clients at once.
+pub const SESSION_LIMIT: &str = "16 clients at once";

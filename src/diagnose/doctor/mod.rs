@@ -7,7 +7,10 @@
 //! - `server`: the server's version and the pool behaviour (answers of an
 //!   unexpected type are findings, never panics);
 //! - `statements`: the statement workloads' items;
-//! - `startup`: startup parameters and TLS.
+//! - `startup`: startup parameters and TLS;
+//! - `pooler`: what tells Supavisor from PgBouncer (a tracked `SET`,
+//!   `application_name`, startup `TimeZone` and custom settings, the
+//!   session-mode limit).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,7 @@ use crate::diagnose::probes::{run_pattern, SqlxPattern, Workload};
 use crate::target::DbUrl;
 
 pub mod items;
+mod pooler;
 mod report;
 mod server;
 mod startup;
@@ -63,6 +67,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     findings
         .extend(statement_findings(url, &base, workload, connect_timeout, pool_behaviour).await);
     findings.extend(startup::startup_findings(url, &base, connect).await);
+    findings.extend(pooler::pooler_findings(&base, pool_behaviour).await);
     report(pool_behaviour, findings)
 }
 

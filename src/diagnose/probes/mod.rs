@@ -9,11 +9,15 @@
 //!   concurrent workload ([`SqlxPattern`], [`run_pattern`]);
 //! - [`session`]: session state across transactions, and sqlx's migrator lock;
 //! - [`startup`]: startup parameters (top-level and in `options`) and TLS;
+//! - [`pooler`]: where Supavisor, PgBouncer and PostgreSQL differ in what a
+//!   client sees (a tracked `SET`, `application_name`, startup `TimeZone`
+//!   and custom settings, the session-mode limit);
 //! - `tokio_postgres` (feature `tokio-postgres`): tokio-postgres's ways of
 //!   running a parameterised query, as the same concurrent workload.
 
 use std::fmt;
 
+pub mod pooler;
 pub mod session;
 pub mod startup;
 pub mod statements;

@@ -1,0 +1,199 @@
+//! Where Supavisor and Supabase's PgBouncer differ in what a client sees
+//! (issue 25's "Why", items 1, 3, 4 and 6), through the crate's public API
+//! as a user would: each profile behaves as its endpoint, or the
+//! documented "not reproduced" verdict names the difference.
+
+mod common;
+
+use common::{assert_named_statement_collisions, run_default_workload};
+
+use pgbouncer_fixtures::probes::pooler::{
+    run_pooler_probe, tracked_set, PoolerProbe, PoolerTarget, SET_ZONE,
+};
+use pgbouncer_fixtures::probes::SqlxPattern;
+use pgbouncer_fixtures::{not_reproduced, Behaviour, Profile, TestDb};
+use rstest::rstest;
+
+async fn db(profile: Profile) -> TestDb {
+    TestDb::for_profile(profile).await.unwrap()
+}
+
+/// Item 6: a dedicated pooler on an older image (PgBouncer before 1.21)
+/// tracks no prepared statement: sqlx's default cache collides there, as
+/// behind the shared pooler, and the dedicated profile of today passes.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_cache_collides_behind_the_dedicated_pooler_before_1_21(
+    #[values(Profile::SupabaseDedicatedLegacy, Profile::SupabaseDedicated)] profile: Profile,
+) {
+    let db = db(profile).await;
+    let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
+    if profile == Profile::SupabaseDedicatedLegacy {
+        assert_named_statement_collisions(&outcome);
+        assert!(!profile.tracks_prepared_statements());
+        assert!(profile.pools_transactions());
+    } else {
+        assert!(outcome.passed(), "{profile}: {}", outcome.summary());
+    }
+    // Supabase's template: default_pool_size = 15, and PgBouncer's refusal
+    // of a startup parameter it does not know.
+    let settings = profile.apply(Default::default());
+    assert_eq!(settings.default_pool_size, 15);
+    assert_eq!(settings.ignore_startup_parameters, ["extra_float_digits"]);
+    db.close().await.unwrap();
+}
+
+/// Item 1: `SET TIME ZONE` outside a transaction. PgBouncer (every pooled
+/// profile) keeps it per client: client B, on the server connection the
+/// setter used, sees its own zone; the setter keeps New York. Supavisor
+/// leaves it on the backend: behind `SupabaseShared` that is the
+/// documented "not reproduced" verdict.
+#[rstest]
+#[tokio::test]
+async fn a_tracked_set_outside_a_transaction_is_kept_per_client(
+    #[values(
+        Profile::SupabaseShared,
+        Profile::SupabaseDedicated,
+        Profile::SupabaseSession,
+        Profile::SupabaseDedicatedLegacy,
+        Profile::NoPooler
+    )]
+    profile: Profile,
+) {
+    let db = db(profile).await;
+    let answer = tracked_set(&db.connect_options()).await.unwrap();
+    assert_eq!(answer.other_before, "UTC", "{profile}: {answer:?}");
+    assert_eq!(
+        answer.other_after, "UTC",
+        "{profile}: not leaked: {answer:?}"
+    );
+    assert_eq!(
+        answer.setter_after, SET_ZONE,
+        "{profile}: not lost: {answer:?}"
+    );
+    // Behind a transaction pooler B did run where A's SET ran: a leak
+    // could have shown.
+    assert_eq!(
+        answer.other_on_setters_backend,
+        profile.pools_transactions(),
+        "{profile}: {answer:?}"
+    );
+    let verdict = not_reproduced(Behaviour::Pooler(PoolerProbe::TrackedSet), profile);
+    if profile == Profile::SupabaseShared {
+        let why = verdict.expect("the shared profile names what Supavisor does");
+        assert!(why.contains("Supavisor passes SET through raw"), "{why}");
+    } else {
+        assert_eq!(verdict, None, "{profile}");
+    }
+    db.close().await.unwrap();
+}
+
+/// Item 4: what reaches the server at startup. PgBouncer passes the
+/// client's `application_name`, applies sqlx's `TimeZone=UTC` (the
+/// database's default being another) and refuses `app.tenant` (08P01);
+/// PostgreSQL applies all three. Supavisor sends `Supavisor`, drops the
+/// zone and the custom setting: "not reproduced" on the Supavisor-like
+/// profiles, each with its reason.
+#[rstest]
+#[tokio::test]
+async fn startup_parameters_reach_the_server_as_through_pgbouncer(
+    #[values(
+        Profile::SupabaseShared,
+        Profile::SupabaseDedicated,
+        Profile::SupabaseSession,
+        Profile::NoPooler
+    )]
+    profile: Profile,
+) {
+    let db = db(profile).await;
+    let pooled = db.connect_options();
+    let direct = db.direct_connect_options().unwrap();
+    let target = PoolerTarget {
+        pooled: &pooled,
+        direct: Some(&direct),
+    };
+    let supavisor_like = matches!(profile, Profile::SupabaseShared | Profile::SupabaseSession);
+    let name = run_pooler_probe(PoolerProbe::ApplicationName, target)
+        .await
+        .unwrap();
+    assert!(name.passed(), "{profile}: {}", name.first_problem());
+    assert_eq!(name.note.as_deref(), Some("the client's"));
+    let zone = run_pooler_probe(PoolerProbe::StartupTimeZone, target)
+        .await
+        .unwrap();
+    assert!(zone.passed(), "{profile}: {}", zone.first_problem());
+    assert_eq!(zone.note.as_deref(), Some("applied"));
+    let tenant = run_pooler_probe(PoolerProbe::OptionsCustomSetting, target)
+        .await
+        .unwrap();
+    if profile == Profile::NoPooler {
+        assert!(tenant.passed(), "{}", tenant.first_problem());
+        assert_eq!(tenant.note.as_deref(), Some("applied"));
+    } else {
+        assert!(tenant.wrong.is_empty(), "{profile}: refused, not dropped");
+        let refusal = &tenant.failures[0];
+        assert_eq!(refusal.code.as_deref(), Some("08P01"), "{refusal}");
+        assert_eq!(
+            refusal.message, "unsupported startup parameter in options: app.tenant",
+            "{profile}"
+        );
+    }
+    for (probe, words) in [
+        (PoolerProbe::ApplicationName, "Supavisor` ("),
+        (PoolerProbe::StartupTimeZone, "(Supavisor drops them"),
+        (PoolerProbe::OptionsCustomSetting, "(Supavisor drops them)"),
+        (PoolerProbe::TopLevelCustomSetting, "(Supavisor drops them)"),
+    ] {
+        let verdict = not_reproduced(Behaviour::Pooler(probe), profile);
+        assert_eq!(verdict.is_some(), supavisor_like, "{profile}: {probe}");
+        if let Some(why) = verdict {
+            assert!(why.contains(words), "{profile}: {probe}: {why}");
+            // One text per fact: the profile's residue says the same.
+            assert!(
+                profile
+                    .residue()
+                    .iter()
+                    .any(|r| r.strip_prefix("not reproduced: ") == Some(why)),
+                "{why}"
+            );
+        }
+    }
+    db.close().await.unwrap();
+}
+
+/// Item 3: the session-mode limit as a probe: 16 clients at once, 15
+/// connect and client 16 is refused at once, with PgBouncer's words (the
+/// documented "not reproduced" verdict: Supavisor's are
+/// `(EMAXCONNSESSION) max clients reached in session mode`); behind the
+/// transaction profiles all 16 connect, as behind Supavisor's transaction mode.
+#[rstest]
+#[tokio::test]
+async fn client_16_is_refused_at_once_only_in_session_mode(
+    #[values(Profile::SupabaseSession, Profile::SupabaseShared)] profile: Profile,
+) {
+    let db = db(profile).await;
+    let pooled = db.connect_options();
+    let target = PoolerTarget {
+        pooled: &pooled,
+        direct: None,
+    };
+    let o = run_pooler_probe(PoolerProbe::SessionLimit, target)
+        .await
+        .unwrap();
+    assert_eq!(o.clients, 16);
+    let verdict = not_reproduced(Behaviour::Pooler(PoolerProbe::SessionLimit), profile);
+    if profile == Profile::SupabaseSession {
+        assert_eq!(o.failures.len(), 1, "15 connected: {}", o.summary());
+        let refusal = &o.failures[0];
+        assert_eq!(refusal.code.as_deref(), Some("08P01"), "{refusal}");
+        assert_eq!(
+            refusal.message,
+            "client connections exceeded (max_db_client_connections)"
+        );
+        assert!(verdict.is_some_and(|why| why.contains("EMAXCONNSESSION")));
+    } else {
+        assert!(o.passed(), "{}", o.summary());
+        assert_eq!(verdict, None);
+    }
+    db.close().await.unwrap();
+}
