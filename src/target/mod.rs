@@ -160,6 +160,23 @@ impl DbUrl {
         }
     }
 
+    /// The same URL, another host and port (the crate's Supavisor-like stage).
+    pub(crate) fn with_host_port(&self, host: &str, port: u16) -> DbUrl {
+        let mut url = self.url.clone();
+        // A host and port that parsed once parse again.
+        let _ = url.set_host(Some(host));
+        let _ = url.set_port(Some(port));
+        DbUrl {
+            url,
+            stack_tls: self.stack_tls,
+        }
+    }
+
+    /// The host (empty for none, which `parse` refuses).
+    pub(crate) fn host(&self) -> &str {
+        self.url.host_str().unwrap_or_default()
+    }
+
     /// The database named in the path (`postgres` when empty, as libpq does with user `postgres`).
     pub fn database(&self) -> String {
         let db = self.url.path().trim_start_matches('/');

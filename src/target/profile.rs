@@ -26,6 +26,16 @@ pub enum Profile {
     /// Supabase's shared pooler in session mode (port 5432): a server
     /// connection per client for the client's lifetime, reset between clients.
     SupabaseSession,
+    /// Supabase's shared pooler in transaction mode with Supavisor's
+    /// per-tenant `named_prepared_statements` feature flag on (Supavisor
+    /// 2.7+): sqlx's default statement cache works, while SQL `PREPARE`,
+    /// `EXECUTE` and `DEALLOCATE` (`EPSSIMPLEQUERY`), a 101st named
+    /// statement on one connection (`EMAXPREPARED`), and a duplicate or
+    /// unknown statement name (`EPREPAREDDUP`, `EPREPAREDNOTFOUND`) end the
+    /// connection with Supavisor's FATAL errors. The crate's own
+    /// Supavisor-like stage (a proxy in the test process, no TLS) in front
+    /// of PgBouncer with prepared-statement tracking.
+    SupabaseSharedPrepared,
     /// No pooler: `connect()` goes straight to PostgreSQL, as an application
     /// on Supabase's direct connection (`db.<ref>.supabase.co:5432`) does.
     NoPooler,
@@ -33,10 +43,11 @@ pub enum Profile {
 
 impl Profile {
     /// Every profile, in the order of the matrix.
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
+        Profile::SupabaseSharedPrepared,
         Profile::NoPooler,
     ];
 
@@ -46,6 +57,7 @@ impl Profile {
             Profile::SupabaseShared => "supabase-shared",
             Profile::SupabaseDedicated => "supabase-dedicated",
             Profile::SupabaseSession => "supabase-session",
+            Profile::SupabaseSharedPrepared => "supabase-shared-prepared",
             Profile::NoPooler => "no-pooler",
         }
     }
@@ -60,6 +72,10 @@ impl Profile {
                 "Supabase's dedicated pooler (PgBouncer 1.24 with prepared-statement tracking, port 6543)"
             }
             Profile::SupabaseSession => "Supabase's shared pooler in session mode (port 5432)",
+            Profile::SupabaseSharedPrepared => {
+                "Supabase's shared pooler in transaction mode with the named_prepared_statements \
+                 flag on (Supavisor 2.7+, port 6543)"
+            }
             Profile::NoPooler => "a direct PostgreSQL connection (no pooler)",
         }
     }
@@ -76,6 +92,10 @@ impl Profile {
             Profile::SupabaseSession => {
                 "PgBouncer session mode, server_reset_query=DISCARD ALL, unknown startup parameters ignored"
             }
+            Profile::SupabaseSharedPrepared => {
+                "the crate's Supavisor-like stage (the flag's errors) in front of PgBouncer \
+                 transaction mode, max_prepared_statements=200, unknown startup parameters ignored"
+            }
             Profile::NoPooler => "PostgreSQL without a pooler",
         }
     }
@@ -86,6 +106,7 @@ impl Profile {
         match self {
             Profile::SupabaseShared => &SUPAVISOR_RESIDUE,
             Profile::SupabaseSession => &SESSION_RESIDUE,
+            Profile::SupabaseSharedPrepared => &SHARED_PREPARED_RESIDUE,
             Profile::SupabaseDedicated => {
                 &["no network latency between the client, the pooler and the database"]
             }
@@ -101,7 +122,16 @@ impl Profile {
     /// Whether the pooler hands a client's server connection to others
     /// between transactions (session state is lost).
     pub fn pools_transactions(self) -> bool {
-        matches!(self, Profile::SupabaseShared | Profile::SupabaseDedicated)
+        matches!(
+            self,
+            Profile::SupabaseShared | Profile::SupabaseDedicated | Profile::SupabaseSharedPrepared
+        )
+    }
+
+    /// Whether `connect()` goes through the crate's Supavisor-like stage
+    /// (in front of the stack's PgBouncer) on the crate's stacks.
+    pub(crate) fn behind_stage(self) -> bool {
+        self == Profile::SupabaseSharedPrepared
     }
 
     /// Whether named prepared statements are safe across clients.
@@ -144,6 +174,21 @@ const SESSION_RESIDUE: [&str; 7] = {
     all
 };
 
+/// [`SUPAVISOR_RESIDUE`] less what the stage reproduces (the flag's
+/// errors), and what the stage itself does otherwise.
+const SHARED_PREPARED_RESIDUE: [&str; 7] = [
+    SUPAVISOR_RESIDUE[0],
+    SUPAVISOR_RESIDUE[1],
+    SUPAVISOR_RESIDUE[2],
+    SUPAVISOR_RESIDUE[4],
+    SUPAVISOR_RESIDUE[5],
+    "not reproduced: TLS: the stage answers an SSLRequest with `N` (Supavisor serves TLS), \
+     so sslmode=prefer falls back to plain TCP and sslmode=require fails",
+    "SQL PREPARE/EXECUTE/DEALLOCATE are found by a lexer (the first word of each top-level \
+     statement), not by Supavisor's SQL parser: a simple query Supavisor cannot parse is \
+     passed on there, and refused here when one of its statements starts with those words",
+];
+
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -169,7 +214,8 @@ impl std::str::FromStr for Profile {
             .ok_or_else(|| Error::InvalidEnv {
                 var: "PGBF_PROFILE",
                 value: crate::target::env::redact_value(s),
-                expected: "supabase-shared, supabase-dedicated, supabase-session or no-pooler \
+                expected: "supabase-shared, supabase-dedicated, supabase-session, \
+                           supabase-shared-prepared or no-pooler \
                            (the old names: transaction is now supabase-shared, tracking \
                            supabase-dedicated, session supabase-session; a plain PgBouncer is \
                            PGBF_POOL_MODE, PGBF_MAX_PREPARED_STATEMENTS, ...)",
