@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::diagnose::probes::prepared::{run_prepared_probe, PreparedProbe};
 use crate::diagnose::probes::session::{run_session_probe, SessionProbe};
 use crate::diagnose::probes::startup::{run_startup_probe, StartupProbe};
 #[cfg(feature = "tokio-postgres")]
@@ -22,6 +23,9 @@ pub enum Behaviour {
     Session(SessionProbe),
     /// A startup parameter or TLS.
     Startup(StartupProbe),
+    /// Named prepared statements as Supavisor's `named_prepared_statements`
+    /// flag judges them.
+    Prepared(PreparedProbe),
     /// A tokio-postgres way of running parameterised queries, as a
     /// concurrent workload (feature `tokio-postgres`).
     #[cfg(feature = "tokio-postgres")]
@@ -36,6 +40,7 @@ impl Behaviour {
             .map(Behaviour::Statements)
             .chain(SessionProbe::ALL.into_iter().map(Behaviour::Session))
             .chain(StartupProbe::ALL.into_iter().map(Behaviour::Startup))
+            .chain(PreparedProbe::ALL.into_iter().map(Behaviour::Prepared))
             .chain(tokio_postgres_rows())
             .collect()
     }
@@ -46,6 +51,7 @@ impl Behaviour {
             Behaviour::Statements(p) => p.description(),
             Behaviour::Session(p) => p.description(),
             Behaviour::Startup(p) => p.description(),
+            Behaviour::Prepared(p) => p.description(),
             #[cfg(feature = "tokio-postgres")]
             Behaviour::TokioPostgres(p) => p.description(),
         }
@@ -70,6 +76,15 @@ impl Behaviour {
                     p.description(),
                 )
                 .await
+            }
+            Behaviour::Prepared(p) => {
+                let probe = run_prepared_probe(
+                    p,
+                    db.db_url(),
+                    &options,
+                    crate::diagnose::probes::CLIENT_TIMEOUT,
+                );
+                bounded(probe, p.description()).await
             }
             #[cfg(feature = "tokio-postgres")]
             Behaviour::TokioPostgres(p) => {
@@ -196,7 +211,10 @@ impl Matrix {
 /// Where `profile` behaves otherwise than the endpoint it mirrors for
 /// `behaviour`: why, in words (the table's cell says "not reproduced").
 pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static str> {
-    let supavisor_like = matches!(profile, Profile::SupabaseShared | Profile::SupabaseSession);
+    let supavisor_like = matches!(
+        profile,
+        Profile::SupabaseShared | Profile::SupabaseSession | Profile::SupabaseSharedPrepared
+    );
     match behaviour {
         Behaviour::Startup(StartupProbe::TopLevelSearchPath) if supavisor_like => Some(
             "Supavisor applies a startup search_path; PgBouncer accepts it and cannot apply it \
@@ -206,6 +224,10 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
             "Supavisor applies `-c search_path` from options (since 2.8.9), so the name \
              resolves in the named schema there; PgBouncer cannot carry it (PostgreSQL \
              before 18 does not report search_path to it)",
+        ),
+        Behaviour::Startup(StartupProbe::Tls) if profile.behind_stage() => Some(
+            "the crate's Supavisor-like stage serves no TLS (it answers an SSLRequest with N); \
+             Supavisor serves TLS",
         ),
         _ => None,
     }

@@ -172,9 +172,27 @@ impl DbUrl {
         }
     }
 
-    /// The host (empty for none, which `parse` refuses).
+    /// The host (empty for none, which `parse` refuses), without the
+    /// brackets of an IPv6 address.
     pub(crate) fn host(&self) -> &str {
-        self.url.host_str().unwrap_or_default()
+        self.url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// User and password, `%XX` decoded (for the probes' own client).
+    pub(crate) fn credentials(&self) -> (String, String) {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (
+            decode(self.url.username()),
+            decode(self.url.password().unwrap_or_default()),
+        )
     }
 
     /// The database named in the path (`postgres` when empty, as libpq does with user `postgres`).
