@@ -2,6 +2,7 @@
 //! for real (every probe behind every profile, answers checked) and each
 //! cell must come out as the table says.
 
+use pgbouncer_fixtures::probes::prepared::PreparedProbe;
 use pgbouncer_fixtures::probes::session::SessionProbe;
 use pgbouncer_fixtures::probes::startup::StartupProbe;
 use pgbouncer_fixtures::probes::{Outcome, SqlxPattern, Workload};
@@ -24,6 +25,8 @@ enum Expect {
     WrongSilently,
     /// Refused with this SQLSTATE and message fragment.
     Refused(&'static str, &'static str),
+    /// Failed with no SQLSTATE (a client-side error), its message holding this.
+    FailsUnanswered(&'static str),
 }
 
 use Expect::*;
@@ -31,23 +34,37 @@ use Expect::*;
 const NAMED: &[&str] = &["42P05", "26000"];
 
 /// The fidelity contract: what each behaviour does behind each profile
-/// (`supabase-shared`, `supabase-dedicated`, `supabase-session`, `direct`).
+/// (`supabase-shared`, `supabase-dedicated`, `supabase-session`,
+/// `supabase-shared-prepared`, `no-pooler`).
 fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
     use Profile::*;
-    let pooled_tx = matches!(profile, SupabaseShared | SupabaseDedicated);
+    let pooled_tx = matches!(
+        profile,
+        SupabaseShared | SupabaseDedicated | SupabaseSharedPrepared
+    );
+    // Supavisor's `named_prepared_statements` flag on: its FATAL errors.
+    let flag_on = profile == SupabaseSharedPrepared;
     match behaviour {
         Behaviour::Statements(p) => match (p, profile) {
             (SqlxPattern::PoolDefaultCache, SupabaseShared)
             | (SqlxPattern::ConnectionCacheOff, SupabaseShared)
             | (SqlxPattern::SequentialConnects, SupabaseShared) => Breaks(NAMED),
+            // With the cache off sqlx still names each statement and never
+            // closes it: a connection's 101st query is a 101st name
+            // (EMAXPREPARED), and the workload runs 200 per connection.
+            (SqlxPattern::ConnectionCacheOff, SupabaseSharedPrepared) => Breaks(&["XX000"]),
             // Unnamed statements are not tracked by any PgBouncer: Parse and
             // Bind split across server connections behind both transaction poolers.
-            (SqlxPattern::UnnamedOutsideTransaction, SupabaseShared | SupabaseDedicated) => {
+            (
+                SqlxPattern::UnnamedOutsideTransaction,
+                SupabaseShared | SupabaseDedicated | SupabaseSharedPrepared,
+            ) => {
                 Breaks(&["26000"])
             }
             _ => Pass,
         },
         Behaviour::Session(p) if pooled_tx => match p {
+            SessionProbe::SqlPrepare if flag_on => Refused("XX000", "(EPSSIMPLEQUERY)"),
             SessionProbe::SqlPrepare => Refused("26000", "does not exist"),
             SessionProbe::TempTable => Refused("42P01", "does not exist"),
             SessionProbe::Set
@@ -92,7 +109,36 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             // The residue: PostgreSQL 17 does not report search_path, so
             // PgBouncer accepts it and cannot apply it (Supavisor applies it).
             (StartupProbe::OptionsSearchPath, _) => WrongSilently,
+            // Not reproduced: the stage serves no TLS.
+            (StartupProbe::Tls, SupabaseSharedPrepared) => FailsUnanswered("TLS"),
             (StartupProbe::SqlxDefaults | StartupProbe::Tls, _) => Pass,
+        },
+        Behaviour::Prepared(p) => match (p, flag_on) {
+            (PreparedProbe::SqlPrepareInTransaction, true) => {
+                Refused("XX000", "(EPSSIMPLEQUERY) transaction mode only supports prepared statements using the Extended Query Protocol [connection closed]")
+            }
+            (PreparedProbe::ManyNamedStatements, true) => {
+                Refused("XX000", "(EMAXPREPARED) max prepared statements limit reached. Limit: 100 per connection [connection closed]")
+            }
+            (PreparedProbe::DuplicateName, true) => {
+                Refused("42P05", "(EPREPAREDDUP) prepared statement \"pgbf_probe_stmt\" already exists [FATAL, connection closed]")
+            }
+            (PreparedProbe::UnknownName, true) => {
+                Refused("26000", "(EPREPAREDNOTFOUND) prepared statement \"pgbf_probe_never_prepared\" does not exist [FATAL, connection closed]")
+            }
+            (PreparedProbe::SqlPrepareInTransaction | PreparedProbe::ManyNamedStatements, false) => Pass,
+            // PgBouncer's tracking ends the connection with errors of its own.
+            (PreparedProbe::DuplicateName, false) if profile == SupabaseDedicated => Refused(
+                "08P01",
+                "prepared statement name is already in use [FATAL, connection closed]",
+            ),
+            (PreparedProbe::UnknownName, false) if profile == SupabaseDedicated => Refused(
+                "08P01",
+                "prepared statement did not exist [FATAL, connection closed]",
+            ),
+            // PostgreSQL's ordinary errors: the connection stays.
+            (PreparedProbe::DuplicateName, false) => Refused("42P05", "already exists [ERROR, connection kept]"),
+            (PreparedProbe::UnknownName, false) => Refused("26000", "does not exist [ERROR, connection kept]"),
         },
     }
 }
@@ -129,6 +175,12 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
         WrongSilently => {
             assert!(o.failures.is_empty(), "{cell}");
             assert!(o.has_wrong_answers(), "{cell}");
+        }
+        FailsUnanswered(fragment) => {
+            assert!(o.wrong.is_empty(), "{cell}");
+            let f = o.failures.first().unwrap_or_else(|| panic!("{cell}"));
+            assert_eq!(f.code, None, "{cell}");
+            assert!(f.message.contains(fragment), "{cell}");
         }
         Refused(code, fragment) => {
             assert!(o.wrong.is_empty(), "{cell}");

@@ -228,3 +228,58 @@ async fn the_stage_leaks_no_connection() {
         "connections through the stage left open in PgBouncer"
     );
 }
+
+/// With the cache off, sqlx still names every statement and closes none:
+/// the connection's 101st query is a 101st name, and Supavisor ends it.
+#[tokio::test]
+async fn statement_cache_off_ends_a_connection_at_its_101st_query() {
+    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
+        .await
+        .unwrap();
+    let mut conn = db.connect().await.unwrap();
+    for k in 0..100_i64 {
+        let got: i64 = sqlx::query("select $1::int8 + 1")
+            .bind(k)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, k + 1);
+    }
+    let e = sqlx::query("select $1::int8 + 1")
+        .bind(0_i64)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_err();
+    let e = e.as_database_error().expect("Supavisor's error");
+    assert_eq!(e.code().as_deref(), Some("XX000"));
+    assert_eq!(
+        e.message(),
+        "(EMAXPREPARED) max prepared statements limit reached. Limit: 100 per connection"
+    );
+    assert!(conn.ping().await.is_err(), "the connection is closed");
+}
+
+/// `doctor` against the profile's URL says the flag is on; on PostgreSQL
+/// itself, that it is off.
+#[tokio::test]
+async fn doctor_says_whether_the_flag_is_on() {
+    use pgbouncer_fixtures::doctor::{diagnose, items, Verdict};
+    use pgbouncer_fixtures::probes::Workload;
+    let workload = Workload {
+        clients: 2,
+        rounds: 10,
+    };
+    for (profile, verdict, starts) in [
+        (Profile::SupabaseSharedPrepared, Verdict::Hazard, "on: "),
+        (Profile::NoPooler, Verdict::Ok, "off "),
+    ] {
+        let db = TestDb::for_profile(profile).await.unwrap();
+        let report = diagnose(db.db_url(), workload, TIMEOUT).await;
+        let f = report
+            .finding(items::NAMED_PREPARED_FLAG)
+            .unwrap_or_else(|| panic!("{}", report.to_text()));
+        assert_eq!(f.verdict, verdict, "{profile}: {}", report.to_text());
+        assert!(f.detail.starts_with(starts), "{profile}: {}", f.detail);
+    }
+}

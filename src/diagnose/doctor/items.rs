@@ -31,3 +31,6 @@ pub const TOKIO_PG_PREPARED: &str = "tokio-postgres prepared Statement across tr
 /// tokio-postgres `simple_query` (feature `tokio-postgres`).
 #[cfg(feature = "tokio-postgres")]
 pub const TOKIO_PG_SIMPLE_QUERY: &str = "tokio-postgres simple_query";
+/// Supavisor's `named_prepared_statements` feature flag: a duplicate
+/// statement name as the endpoint answers it.
+pub const NAMED_PREPARED_FLAG: &str = "Supavisor's named_prepared_statements flag";

@@ -7,7 +7,8 @@
 //! - `server`: the server's version and the pool behaviour (answers of an
 //!   unexpected type are findings, never panics);
 //! - `statements`: the statement workloads' items;
-//! - `startup`: startup parameters and TLS.
+//! - `startup`: startup parameters and TLS;
+//! - `prepared`: whether Supavisor's `named_prepared_statements` flag is on.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::diagnose::probes::{run_pattern, SqlxPattern, Workload};
 use crate::target::DbUrl;
 
 pub mod items;
+mod prepared;
 mod report;
 mod server;
 mod startup;
@@ -63,6 +65,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
     findings
         .extend(statement_findings(url, &base, workload, connect_timeout, pool_behaviour).await);
     findings.extend(startup::startup_findings(url, &base, connect).await);
+    findings.push(prepared::flag_finding(url, &base, connect_timeout).await);
     report(pool_behaviour, findings)
 }
 
