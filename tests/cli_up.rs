@@ -153,7 +153,7 @@ fn up_refuses_unknown_profiles() {
     assert!(
         stderr.contains("invalid value 'statement' for '--profile <NAME>'")
             && stderr
-                .contains("supabase-shared, supabase-dedicated, supabase-session or no-pooler")
+                .contains("supabase-shared, supabase-dedicated, supabase-session, supabase-shared-prepared or no-pooler")
             && !stderr.contains("PGBF_PROFILE"),
         "{stderr}"
     );

@@ -128,9 +128,11 @@ impl Profile {
         )
     }
 
-    /// Whether `connect()` goes through the crate's Supavisor-like stage
-    /// (in front of the stack's PgBouncer) on the crate's stacks.
-    pub(crate) fn behind_stage(self) -> bool {
+    /// Whether a [`TestDb`](crate::TestDb) of this profile connects
+    /// through the crate's Supavisor-like stage, a proxy that runs in the
+    /// test process in front of the stack's PgBouncer (so `up`, another
+    /// process, cannot hand out its URLs).
+    pub fn behind_stage(self) -> bool {
         self == Profile::SupabaseSharedPrepared
     }
 
