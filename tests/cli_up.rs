@@ -159,6 +159,24 @@ fn up_refuses_unknown_profiles() {
     );
 }
 
+/// The profile whose stage lives in the test process is refused, with
+/// why and what to use, and no stack is started.
+#[test]
+fn up_refuses_the_profile_of_the_in_process_stage() {
+    let out = Command::new(BIN)
+        .args(["up", "--profile", "supabase-shared-prepared"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("profile supabase-shared-prepared cannot be served by `up`")
+            && stderr.contains("TestDb::for_profile")
+            && !stderr.contains("starting PostgreSQL"),
+        "{stderr}"
+    );
+}
+
 /// `--help`, `--version` and each command's `--help` print on stdout and
 /// exit 0; an invalid value names its flag and exits 2 (usage) whatever the
 /// command (docs/cli.md, "Exit codes"); no command prints the help.
