@@ -283,3 +283,43 @@ async fn doctor_says_whether_the_flag_is_on() {
         assert!(f.detail.starts_with(starts), "{profile}: {}", f.detail);
     }
 }
+
+/// A CancelRequest through the stage reaches PgBouncer, which cancels the
+/// query on its server connection (tokio-postgres sends it to the host and
+/// port it connected to: the stage's).
+#[cfg(feature = "tokio-postgres")]
+#[tokio::test]
+async fn a_cancel_request_passes_through_the_stage() {
+    use pgbouncer_fixtures::tokio_postgres::NoTls;
+    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
+        .await
+        .unwrap();
+    let client = db.connect_tokio_postgres().await.unwrap();
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
+    // Cancel once PostgreSQL runs the query (a cancel that comes earlier
+    // finds nothing to cancel).
+    let mut direct = db.connect_direct().await.unwrap();
+    for _ in 0..200 {
+        let running: i64 = sqlx::raw_sql(
+            "select count(*) from pg_stat_activity \
+             where state = 'active' and query = 'select pg_sleep(60)'",
+        )
+        .fetch_one(&mut direct)
+        .await
+        .unwrap()
+        .get(0);
+        if running > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = direct.close().await;
+    token.cancel_query(NoTls).await.unwrap();
+    let e = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.code().map(|c| c.code()),
+        Some("57014"),
+        "canceled by the server: {e:?}"
+    );
+}
