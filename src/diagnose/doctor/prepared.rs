@@ -62,7 +62,7 @@ pub(super) async fn flag_finding(
         item,
         Verdict::Ok,
         format!(
-            "off (or not Supavisor): a duplicate statement name is an ordinary error ({} {})",
+            "off (or not Supavisor): a duplicate statement name got no EPREPAREDDUP ({} {})",
             failure.code.as_deref().unwrap_or_default(),
             failure.message
         ),
