@@ -58,9 +58,7 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             (
                 SqlxPattern::UnnamedOutsideTransaction,
                 SupabaseShared | SupabaseDedicated | SupabaseSharedPrepared,
-            ) => {
-                Breaks(&["26000"])
-            }
+            ) => Breaks(&["26000"]),
             _ => Pass,
         },
         Behaviour::Session(p) if pooled_tx => match p {
@@ -113,33 +111,40 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             (StartupProbe::Tls, SupabaseSharedPrepared) => FailsUnanswered("TLS"),
             (StartupProbe::SqlxDefaults | StartupProbe::Tls, _) => Pass,
         },
-        Behaviour::Prepared(p) => match (p, flag_on) {
-            (PreparedProbe::SqlPrepareInTransaction, true) => {
-                Refused("XX000", "(EPSSIMPLEQUERY) transaction mode only supports prepared statements using the Extended Query Protocol [connection closed]")
-            }
-            (PreparedProbe::ManyNamedStatements, true) => {
-                Refused("XX000", "(EMAXPREPARED) max prepared statements limit reached. Limit: 100 per connection [connection closed]")
-            }
-            (PreparedProbe::DuplicateName, true) => {
-                Refused("42P05", "(EPREPAREDDUP) prepared statement \"pgbf_probe_stmt\" already exists [FATAL, connection closed]")
-            }
-            (PreparedProbe::UnknownName, true) => {
-                Refused("26000", "(EPREPAREDNOTFOUND) prepared statement \"pgbf_probe_never_prepared\" does not exist [FATAL, connection closed]")
-            }
-            (PreparedProbe::SqlPrepareInTransaction | PreparedProbe::ManyNamedStatements, false) => Pass,
-            // PgBouncer's tracking ends the connection with errors of its own.
-            (PreparedProbe::DuplicateName, false) if profile == SupabaseDedicated => Refused(
-                "08P01",
-                "prepared statement name is already in use [FATAL, connection closed]",
-            ),
-            (PreparedProbe::UnknownName, false) if profile == SupabaseDedicated => Refused(
-                "08P01",
-                "prepared statement did not exist [FATAL, connection closed]",
-            ),
-            // PostgreSQL's ordinary errors: the connection stays.
-            (PreparedProbe::DuplicateName, false) => Refused("42P05", "already exists [ERROR, connection kept]"),
-            (PreparedProbe::UnknownName, false) => Refused("26000", "does not exist [ERROR, connection kept]"),
-        },
+        Behaviour::Prepared(p) => expected_prepared(p, profile),
+    }
+}
+
+/// The flag's rows: Supavisor's FATAL errors behind the flag-on profile,
+/// PostgreSQL's ordinary ones (and PgBouncer's own) elsewhere.
+fn expected_prepared(p: PreparedProbe, profile: Profile) -> Expect {
+    use Profile::*;
+    match (p, profile == Profile::SupabaseSharedPrepared) {
+        (PreparedProbe::SqlPrepareInTransaction, true) => {
+            Refused("XX000", "(EPSSIMPLEQUERY) transaction mode only supports prepared statements using the Extended Query Protocol [connection closed]")
+        }
+        (PreparedProbe::ManyNamedStatements, true) => {
+            Refused("XX000", "(EMAXPREPARED) max prepared statements limit reached. Limit: 100 per connection [connection closed]")
+        }
+        (PreparedProbe::DuplicateName, true) => {
+            Refused("42P05", "(EPREPAREDDUP) prepared statement \"pgbf_probe_stmt\" already exists [FATAL, connection closed]")
+        }
+        (PreparedProbe::UnknownName, true) => {
+            Refused("26000", "(EPREPAREDNOTFOUND) prepared statement \"pgbf_probe_never_prepared\" does not exist [FATAL, connection closed]")
+        }
+        (PreparedProbe::SqlPrepareInTransaction | PreparedProbe::ManyNamedStatements, false) => Pass,
+        // PgBouncer's tracking ends the connection with errors of its own.
+        (PreparedProbe::DuplicateName, false) if profile == SupabaseDedicated => Refused(
+            "08P01",
+            "prepared statement name is already in use [FATAL, connection closed]",
+        ),
+        (PreparedProbe::UnknownName, false) if profile == SupabaseDedicated => Refused(
+            "08P01",
+            "prepared statement did not exist [FATAL, connection closed]",
+        ),
+        // PostgreSQL's ordinary errors: the connection stays.
+        (PreparedProbe::DuplicateName, false) => Refused("42P05", "already exists [ERROR, connection kept]"),
+        (PreparedProbe::UnknownName, false) => Refused("26000", "does not exist [ERROR, connection kept]"),
     }
 }
 
