@@ -168,6 +168,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The crate's Supavisor-like front stage (profile
+    /// `supabase-shared-prepared`) could not start or cannot serve.
+    #[error(
+        "the Supavisor-like stage of profile supabase-shared-prepared failed: {reason}. The \
+         stage is a proxy in the test process on 127.0.0.1 in front of the stack's PgBouncer \
+         (docs/profiles.md); let the process listen on 127.0.0.1, or run behind another profile \
+         (supabase-shared, supabase-dedicated)"
+    )]
+    Stage {
+        /// What happened.
+        reason: String,
+    },
+
     /// The stack's PostgreSQL went away under the run (killed, removed, crashed).
     #[error(
         "the test stack {stack} died: {reason}. Tests of this process cannot use it any more; \

@@ -153,8 +153,26 @@ fn up_refuses_unknown_profiles() {
     assert!(
         stderr.contains("invalid value 'statement' for '--profile <NAME>'")
             && stderr
-                .contains("supabase-shared, supabase-dedicated, supabase-session, supabase-dedicated-legacy or no-pooler")
+                .contains("supabase-shared, supabase-dedicated, supabase-session, supabase-dedicated-legacy, supabase-shared-prepared or no-pooler")
             && !stderr.contains("PGBF_PROFILE"),
+        "{stderr}"
+    );
+}
+
+/// The profile whose stage lives in the test process is refused, with
+/// why and what to use, and no stack is started.
+#[test]
+fn up_refuses_the_profile_of_the_in_process_stage() {
+    let out = Command::new(BIN)
+        .args(["up", "--profile", "supabase-shared-prepared"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("profile supabase-shared-prepared cannot be served by `up`")
+            && stderr.contains("TestDb::for_profile")
+            && !stderr.contains("starting PostgreSQL"),
         "{stderr}"
     );
 }

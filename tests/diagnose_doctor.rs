@@ -113,6 +113,8 @@ async fn verdicts_match_each_profile(
             }
             assert!(!r.has_hazard(), "{text}");
         }
+        // Its doctor item: tests/target_supavisor_stage.rs.
+        Profile::SupabaseSharedPrepared => unreachable!("not among this test's values"),
     }
 }
 

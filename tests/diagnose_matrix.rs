@@ -3,6 +3,7 @@
 //! cell must come out as the table says.
 
 use pgbouncer_fixtures::probes::pooler::{PoolerProbe, KEPT, KEPT_ON_SHARED_BACKEND};
+use pgbouncer_fixtures::probes::prepared::PreparedProbe;
 use pgbouncer_fixtures::probes::session::SessionProbe;
 use pgbouncer_fixtures::probes::startup::StartupProbe;
 use pgbouncer_fixtures::probes::{Outcome, SqlxPattern, Workload};
@@ -28,6 +29,8 @@ enum Expect {
     /// Of the probe's clients, exactly one refused, with this SQLSTATE and
     /// message: the rest connected.
     OneRefused(&'static str, &'static str),
+    /// Failed with no SQLSTATE (a client-side error), its message holding this.
+    FailsUnanswered(&'static str),
 }
 
 use Expect::*;
@@ -42,8 +45,14 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
     let untracked = pooled_tx && !profile.tracks_prepared_statements();
     // Supabase's PgBouncer refuses what it does not know at startup.
     let strict = matches!(profile, SupabaseDedicated | SupabaseDedicatedLegacy);
+    // Supavisor's `named_prepared_statements` flag on: its FATAL errors.
+    let flag_on = profile == SupabaseSharedPrepared;
     match behaviour {
         Behaviour::Statements(p) => match p {
+            // With the cache off sqlx still names each statement and never
+            // closes it: a connection's 101st query is a 101st name
+            // (EMAXPREPARED), and the workload runs 200 per connection.
+            SqlxPattern::ConnectionCacheOff if flag_on => Breaks(&["XX000"]),
             SqlxPattern::PoolDefaultCache
             | SqlxPattern::ConnectionCacheOff
             | SqlxPattern::SequentialConnects
@@ -57,6 +66,7 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             _ => Pass,
         },
         Behaviour::Session(p) if pooled_tx => match p {
+            SessionProbe::SqlPrepare if flag_on => Refused("XX000", "(EPSSIMPLEQUERY)"),
             SessionProbe::SqlPrepare => Refused("26000", "does not exist"),
             SessionProbe::TempTable => Refused("42P01", "does not exist"),
             SessionProbe::Set
@@ -121,8 +131,44 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             // The residue: PostgreSQL 17 does not report search_path, so
             // PgBouncer accepts it and cannot apply it (Supavisor applies it).
             (StartupProbe::OptionsSearchPath, _) => WrongSilently,
+            // Not reproduced: the stage serves no TLS.
+            (StartupProbe::Tls, SupabaseSharedPrepared) => FailsUnanswered("TLS"),
             (StartupProbe::SqlxDefaults | StartupProbe::Tls, _) => Pass,
         },
+        Behaviour::Prepared(p) => expected_prepared(p, profile),
+    }
+}
+
+/// The flag's rows: Supavisor's FATAL errors behind the flag-on profile,
+/// PostgreSQL's ordinary ones (and PgBouncer's own) elsewhere.
+fn expected_prepared(p: PreparedProbe, profile: Profile) -> Expect {
+    use Profile::*;
+    match (p, profile == Profile::SupabaseSharedPrepared) {
+        (PreparedProbe::SqlPrepareInTransaction, true) => {
+            Refused("XX000", "(EPSSIMPLEQUERY) transaction mode only supports prepared statements using the Extended Query Protocol [connection closed]")
+        }
+        (PreparedProbe::ManyNamedStatements, true) => {
+            Refused("XX000", "(EMAXPREPARED) max prepared statements limit reached. Limit: 100 per connection [connection closed]")
+        }
+        (PreparedProbe::DuplicateName, true) => {
+            Refused("42P05", "(EPREPAREDDUP) prepared statement \"pgbf_probe_stmt\" already exists [FATAL, connection closed]")
+        }
+        (PreparedProbe::UnknownName, true) => {
+            Refused("26000", "(EPREPAREDNOTFOUND) prepared statement \"pgbf_probe_never_prepared\" does not exist [FATAL, connection closed]")
+        }
+        (PreparedProbe::SqlPrepareInTransaction | PreparedProbe::ManyNamedStatements, false) => Pass,
+        // PgBouncer's tracking ends the connection with errors of its own.
+        (PreparedProbe::DuplicateName, false) if profile == SupabaseDedicated => Refused(
+            "08P01",
+            "prepared statement name is already in use [FATAL, connection closed]",
+        ),
+        (PreparedProbe::UnknownName, false) if profile == SupabaseDedicated => Refused(
+            "08P01",
+            "prepared statement did not exist [FATAL, connection closed]",
+        ),
+        // PostgreSQL's ordinary errors: the connection stays.
+        (PreparedProbe::DuplicateName, false) => Refused("42P05", "already exists [ERROR, connection kept]"),
+        (PreparedProbe::UnknownName, false) => Refused("26000", "does not exist [ERROR, connection kept]"),
     }
 }
 
@@ -164,6 +210,11 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
             assert_eq!(o.failures.len(), 1, "{cell}");
             assert_eq!(o.failures[0].code.as_deref(), Some(code), "{cell}");
             assert_eq!(o.failures[0].message, message, "{cell}");
+        FailsUnanswered(fragment) => {
+            assert!(o.wrong.is_empty(), "{cell}");
+            let f = o.failures.first().unwrap_or_else(|| panic!("{cell}"));
+            assert_eq!(f.code, None, "{cell}");
+            assert!(f.message.contains(fragment), "{cell}");
         }
         Refused(code, fragment) => {
             assert!(o.wrong.is_empty(), "{cell}");

@@ -57,7 +57,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// The production endpoint to mirror [default: supabase-shared, Supavisor, port 6543]:
-    /// supabase-shared, supabase-dedicated, supabase-session, supabase-dedicated-legacy or no-pooler.
+    /// supabase-shared, supabase-dedicated, supabase-session, supabase-dedicated-legacy, supabase-shared-prepared or no-pooler.
     #[arg(long, value_name = "NAME", value_parser = profile)]
     pub profile: Option<Profile>,
     /// PgBouncer's pool_mode: transaction or session.
@@ -173,7 +173,7 @@ mod tests {
         assert!(text.contains("--profile"), "{text}");
         assert!(!text.contains("PGBF_PROFILE"), "{text}");
         assert!(
-            text.contains("supabase-shared, supabase-dedicated, supabase-session, supabase-dedicated-legacy or no-pooler"),
+            text.contains("supabase-shared, supabase-dedicated, supabase-session, supabase-dedicated-legacy, supabase-shared-prepared or no-pooler"),
             "{text}"
         );
     }

@@ -26,6 +26,16 @@ fn settings(args: &UpArgs) -> Result<(StackSettings, bool), String> {
         .get("PGBF_PROFILE")
         .and_then(|p| p.parse::<Profile>().ok())
         .is_some_and(Profile::bypasses_pooler);
+    let env_profile = env
+        .get("PGBF_PROFILE")
+        .and_then(|p| p.parse::<Profile>().ok());
+    if let Some(profile) = args.profile.or(env_profile).filter(|p| p.behind_stage()) {
+        return Err(format!(
+            "profile {profile} cannot be served by `up`: its Supavisor-like stage runs inside \
+             the test process (TestDb::for_profile, or PGBF_PROFILE={profile} for the tests \
+             themselves); `up` would print PgBouncer's URL without the stage"
+        ));
+    }
     if let Some(profile) = args.profile {
         settings = profile.apply(settings);
         direct = profile.bypasses_pooler();

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::diagnose::probes::pooler::{run_pooler_probe, PoolerProbe, PoolerTarget};
+use crate::diagnose::probes::prepared::{run_prepared_probe, PreparedProbe};
 use crate::diagnose::probes::session::{run_session_probe, SessionProbe};
 use crate::diagnose::probes::startup::{run_startup_probe, StartupProbe};
 #[cfg(feature = "tokio-postgres")]
@@ -27,6 +28,9 @@ pub enum Behaviour {
     /// `application_name`, startup `TimeZone` and custom settings, the
     /// session-mode limit.
     Pooler(PoolerProbe),
+    /// Named prepared statements as Supavisor's `named_prepared_statements`
+    /// flag judges them.
+    Prepared(PreparedProbe),
     /// A tokio-postgres way of running parameterised queries, as a
     /// concurrent workload (feature `tokio-postgres`).
     #[cfg(feature = "tokio-postgres")]
@@ -42,6 +46,7 @@ impl Behaviour {
             .chain(SessionProbe::ALL.into_iter().map(Behaviour::Session))
             .chain(StartupProbe::ALL.into_iter().map(Behaviour::Startup))
             .chain(PoolerProbe::ALL.into_iter().map(Behaviour::Pooler))
+            .chain(PreparedProbe::ALL.into_iter().map(Behaviour::Prepared))
             .chain(tokio_postgres_rows())
             .collect()
     }
@@ -53,6 +58,7 @@ impl Behaviour {
             Behaviour::Session(p) => p.description(),
             Behaviour::Startup(p) => p.description(),
             Behaviour::Pooler(p) => p.description(),
+            Behaviour::Prepared(p) => p.description(),
             #[cfg(feature = "tokio-postgres")]
             Behaviour::TokioPostgres(p) => p.description(),
         }
@@ -89,6 +95,14 @@ impl Behaviour {
                     PoolerProbe::SessionLimit => run_pooler_probe(p, target).await,
                     _ => bounded(run_pooler_probe(p, target), p.description()).await,
                 }
+            Behaviour::Prepared(p) => {
+                let probe = run_prepared_probe(
+                    p,
+                    db.db_url(),
+                    &options,
+                    crate::diagnose::probes::CLIENT_TIMEOUT,
+                );
+                bounded(probe, p.description()).await
             }
             #[cfg(feature = "tokio-postgres")]
             Behaviour::TokioPostgres(p) => {
@@ -217,16 +231,23 @@ impl Matrix {
 /// The words are [`Profile::residue`]'s: one text per fact.
 pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static str> {
     use crate::target::profile as residue;
-    let supavisor_like = matches!(profile, Profile::SupabaseShared | Profile::SupabaseSession);
+    let supavisor_like = matches!(
+        profile,
+        Profile::SupabaseShared | Profile::SupabaseSession | Profile::SupabaseSharedPrepared
+    );
     let line = match behaviour {
         Behaviour::Startup(StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath)
             if supavisor_like =>
         {
             residue::SEARCH_PATH_AT_STARTUP
         }
+        Behaviour::Startup(StartupProbe::Tls) if profile.behind_stage() => residue::STAGE_TLS,
         Behaviour::Pooler(p) => match (p, profile) {
             // Supavisor's session mode keeps one backend per client, as here.
-            (PoolerProbe::TrackedSet, Profile::SupabaseShared) => residue::TRACKED_SET,
+            (
+                PoolerProbe::TrackedSet,
+                Profile::SupabaseShared | Profile::SupabaseSharedPrepared,
+            ) => residue::TRACKED_SET,
             (PoolerProbe::ApplicationName, _) if supavisor_like => residue::APPLICATION_NAME,
             (PoolerProbe::StartupTimeZone, _) if supavisor_like => residue::TRACKED_AT_STARTUP,
             (PoolerProbe::OptionsCustomSetting | PoolerProbe::TopLevelCustomSetting, _)

@@ -160,6 +160,41 @@ impl DbUrl {
         }
     }
 
+    /// The same URL, another host and port (the crate's Supavisor-like stage).
+    pub(crate) fn with_host_port(&self, host: &str, port: u16) -> DbUrl {
+        let mut url = self.url.clone();
+        // A host and port that parsed once parse again.
+        let _ = url.set_host(Some(host));
+        let _ = url.set_port(Some(port));
+        DbUrl {
+            url,
+            stack_tls: self.stack_tls,
+        }
+    }
+
+    /// The host (empty for none, which `parse` refuses), without the
+    /// brackets of an IPv6 address.
+    pub(crate) fn host(&self) -> &str {
+        self.url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// User and password, `%XX` decoded (for the probes' own client).
+    pub(crate) fn credentials(&self) -> (String, String) {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (
+            decode(self.url.username()),
+            decode(self.url.password().unwrap_or_default()),
+        )
+    }
+
     /// The database named in the path (`postgres` when empty, as libpq does with user `postgres`).
     pub fn database(&self) -> String {
         let db = self.url.path().trim_start_matches('/');

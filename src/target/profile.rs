@@ -33,6 +33,16 @@ pub enum Profile {
     /// statement cache collides (42P05/26000) as on that pooler, and
     /// startup parameters refused as by [`Profile::SupabaseDedicated`].
     SupabaseDedicatedLegacy,
+    /// Supabase's shared pooler in transaction mode with Supavisor's
+    /// per-tenant `named_prepared_statements` feature flag on (Supavisor
+    /// 2.7+): sqlx's default statement cache works, while SQL `PREPARE`,
+    /// `EXECUTE` and `DEALLOCATE` (`EPSSIMPLEQUERY`), a 101st named
+    /// statement on one connection (`EMAXPREPARED`), and a duplicate or
+    /// unknown statement name (`EPREPAREDDUP`, `EPREPAREDNOTFOUND`) end the
+    /// connection with Supavisor's FATAL errors. The crate's own
+    /// Supavisor-like stage (a proxy in the test process, no TLS) in front
+    /// of PgBouncer with prepared-statement tracking.
+    SupabaseSharedPrepared,
     /// No pooler: `connect()` goes straight to PostgreSQL, as an application
     /// on Supabase's direct connection (`db.<ref>.supabase.co:5432`) does.
     NoPooler,
@@ -40,11 +50,12 @@ pub enum Profile {
 
 impl Profile {
     /// Every profile, in the order of the matrix.
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 6] = [
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
         Profile::SupabaseDedicatedLegacy,
+        Profile::SupabaseSharedPrepared,
         Profile::NoPooler,
     ];
 
@@ -55,6 +66,7 @@ impl Profile {
             Profile::SupabaseDedicated => "supabase-dedicated",
             Profile::SupabaseSession => "supabase-session",
             Profile::SupabaseDedicatedLegacy => "supabase-dedicated-legacy",
+            Profile::SupabaseSharedPrepared => "supabase-shared-prepared",
             Profile::NoPooler => "no-pooler",
         }
     }
@@ -71,6 +83,9 @@ impl Profile {
             Profile::SupabaseSession => "Supabase's shared pooler in session mode (port 5432)",
             Profile::SupabaseDedicatedLegacy => {
                 "Supabase's dedicated pooler on an older image (PgBouncer before 1.21, no prepared-statement tracking, port 6543)"
+            Profile::SupabaseSharedPrepared => {
+                "Supabase's shared pooler in transaction mode with the named_prepared_statements \
+                 flag on (Supavisor 2.7+, port 6543)"
             }
             Profile::NoPooler => "a direct PostgreSQL connection (no pooler)",
         }
@@ -90,6 +105,9 @@ impl Profile {
             }
             Profile::SupabaseDedicatedLegacy => {
                 "PgBouncer transaction mode, max_prepared_statements=0, ignore_startup_parameters=extra_float_digits"
+            Profile::SupabaseSharedPrepared => {
+                "the crate's Supavisor-like stage (the flag's errors) in front of PgBouncer \
+                 transaction mode, max_prepared_statements=200, unknown startup parameters ignored"
             }
             Profile::NoPooler => "PostgreSQL without a pooler",
         }
@@ -101,6 +119,7 @@ impl Profile {
         match self {
             Profile::SupabaseShared => &SUPAVISOR_RESIDUE,
             Profile::SupabaseSession => &SESSION_RESIDUE,
+            Profile::SupabaseSharedPrepared => &SHARED_PREPARED_RESIDUE,
             Profile::SupabaseDedicated => &[NO_LATENCY],
             Profile::SupabaseDedicatedLegacy => &[NO_LATENCY, LEGACY_VERSION],
             Profile::NoPooler => &[],
@@ -117,8 +136,19 @@ impl Profile {
     pub fn pools_transactions(self) -> bool {
         matches!(
             self,
-            Profile::SupabaseShared | Profile::SupabaseDedicated | Profile::SupabaseDedicatedLegacy
+            Profile::SupabaseShared
+                | Profile::SupabaseDedicated
+                | Profile::SupabaseDedicatedLegacy
+                | Profile::SupabaseSharedPrepared
         )
+    }
+
+    /// Whether a [`TestDb`](crate::TestDb) of this profile connects
+    /// through the crate's Supavisor-like stage, a proxy that runs in the
+    /// test process in front of the stack's PgBouncer (so `up`, another
+    /// process, cannot hand out its URLs).
+    pub fn behind_stage(self) -> bool {
+        self == Profile::SupabaseSharedPrepared
     }
 
     /// Whether named prepared statements are safe across clients.
@@ -147,10 +177,11 @@ pub(crate) const CUSTOM_AT_STARTUP: &str =
     "not reproduced: custom settings (names with a dot, e.g. app.tenant) at startup \
      are refused with 08P01 (Supavisor drops them): PgBouncer cannot ignore names it \
      cannot list";
-/// Supavisor's flag-on errors (not probed here).
+/// Supavisor's flag-on errors: only the stage's profile has them.
 const SUPAVISOR_ERRORS: &str =
     "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
-     named_prepared_statements flag, its 100-statement cap and tenant routing are not mimicked";
+     named_prepared_statements flag and its 100-statement cap are the flag-on profile's \
+     (supabase-shared-prepared); tenant routing is not mimicked";
 /// A tracked `SET` outside a transaction (probed: the tracked-`SET` row).
 pub(crate) const TRACKED_SET: &str =
     "not reproduced: a tracked SET outside a transaction (SET TIME ZONE, DateStyle, \
@@ -167,6 +198,10 @@ pub(crate) const SESSION_LIMIT_WORDS: &str =
      is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
      exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
      clients reached in session mode`";
+/// The stage serves no TLS (probed: the TLS row).
+pub(crate) const STAGE_TLS: &str =
+    "not reproduced: TLS: the crate's Supavisor-like stage answers an SSLRequest with `N` \
+     (Supavisor serves TLS), so sslmode=prefer falls back to plain TCP and sslmode=require fails";
 /// What no local stack has.
 const NO_LATENCY: &str = "no network latency between the client, the pooler and the database";
 /// The legacy profile's PgBouncer is 1.24 with tracking off, not 1.19.
@@ -197,6 +232,22 @@ const SESSION_RESIDUE: [&str; 7] = {
     all
 };
 
+/// [`SUPAVISOR_RESIDUE`] less what the stage reproduces (the flag's
+/// errors), and what the stage itself does otherwise.
+const SHARED_PREPARED_RESIDUE: [&str; 8] = [
+    SEARCH_PATH_AT_STARTUP,
+    TRACKED_AT_STARTUP,
+    CUSTOM_AT_STARTUP,
+    TRACKED_SET,
+    APPLICATION_NAME,
+    STAGE_TLS,
+    "SQL PREPARE/EXECUTE/DEALLOCATE are found by a lexer (the first word of each top-level \
+     statement), not by Supavisor's SQL parser: a simple query Supavisor cannot parse is \
+     passed on there, and refused here when one of its statements starts with those words",
+    "the stage's refusals never reach the server's logs, so `TestDb::explain` does not \
+     report them; the test's own error carries Supavisor's code and words",
+];
+
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -223,7 +274,7 @@ impl std::str::FromStr for Profile {
                 var: "PGBF_PROFILE",
                 value: crate::target::env::redact_value(s),
                 expected: "supabase-shared, supabase-dedicated, supabase-session, \
-                           supabase-dedicated-legacy or no-pooler \
+                           supabase-dedicated-legacy, supabase-shared-prepared or no-pooler \
                            (the old names: transaction is now supabase-shared, tracking \
                            supabase-dedicated, session supabase-session; a plain PgBouncer is \
                            PGBF_POOL_MODE, PGBF_MAX_PREPARED_STATEMENTS, ...)",

@@ -60,6 +60,12 @@ impl Profile {
                 .with_max_prepared_statements(0)
                 .with_ignore_startup_parameters(["extra_float_digits"])
                 .with_track_extra_parameters(["IntervalStyle"]),
+            // PgBouncer tracks the statements across its server connections,
+            // as Supavisor re-prepares them (its backend limit is 200 too);
+            // the stage in front adds the flag's errors.
+            Profile::SupabaseSharedPrepared => sized(supavisor_like(base), 20, 0)
+                .with_pool_mode(PoolMode::Transaction)
+                .with_max_prepared_statements(200),
             Profile::SupabaseSession => {
                 sized(supavisor_like(base), SUPABASE_POOL_SIZE, SUPABASE_POOL_SIZE)
                     .with_pool_mode(PoolMode::Session)

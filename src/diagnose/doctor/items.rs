@@ -41,3 +41,6 @@ pub const STARTUP_TIMEZONE: &str = "startup parameters, sqlx's TimeZone=UTC";
 pub const CUSTOM_SETTING: &str = "startup parameters, options=-c app.tenant";
 /// Supabase's session pool size plus one clients at once.
 pub const SESSION_LIMIT: &str = "16 clients at once";
+/// Supavisor's `named_prepared_statements` feature flag: a duplicate
+/// statement name as the endpoint answers it.
+pub const NAMED_PREPARED_FLAG: &str = "Supavisor's named_prepared_statements flag";

@@ -11,6 +11,7 @@
 //! - `pooler`: what tells Supavisor from PgBouncer (a tracked `SET`,
 //!   `application_name`, startup `TimeZone` and custom settings, the
 //!   session-mode limit).
+//! - `prepared`: whether Supavisor's `named_prepared_statements` flag is on.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::target::DbUrl;
 
 pub mod items;
 mod pooler;
+mod prepared;
 mod report;
 mod server;
 mod startup;
@@ -68,6 +70,7 @@ pub async fn diagnose(url: &DbUrl, workload: Workload, connect_timeout: Duration
         .extend(statement_findings(url, &base, workload, connect_timeout, pool_behaviour).await);
     findings.extend(startup::startup_findings(url, &base, connect).await);
     findings.extend(pooler::pooler_findings(&base, pool_behaviour).await);
+    findings.push(prepared::flag_finding(url, &base, connect_timeout).await);
     report(pool_behaviour, findings)
 }
 

@@ -23,10 +23,41 @@ pub(super) fn statement_finding(
             }),
             ..passed(item, &o)
         },
+        Ok(o) if supavisor_flag_error(&o) => {
+            let f = problem_finding(item, &o, Hazard::WrongAnswer);
+            Finding {
+                remedy: Some(SUPAVISOR_FLAG_REMEDY.to_string()),
+                ..f
+            }
+        }
         Ok(o) => problem_finding(item, &o, statement_hazard(&o)),
         Err(e) => Finding::new(item, Verdict::Error, e.to_string()),
     }
 }
+
+/// Whether a workload met one of the errors of Supavisor's
+/// `named_prepared_statements` flag (its messages start with the code).
+fn supavisor_flag_error(o: &Outcome) -> bool {
+    o.wrong.is_empty()
+        && !o.failures.is_empty()
+        && o.failures.iter().all(|f| {
+            [
+                "(EMAXPREPARED)",
+                "(EPSSIMPLEQUERY)",
+                "(EPREPAREDDUP)",
+                "(EPREPAREDNOTFOUND)",
+            ]
+            .iter()
+            .any(|code| f.message.starts_with(code))
+        })
+}
+
+/// What to change when Supavisor's flag ended the workload's connections.
+const SUPAVISOR_FLAG_REMEDY: &str =
+    "Supavisor's named_prepared_statements flag is on here (see its item): with the sqlx cache \
+     off, sqlx names every statement and closes none, so a connection's 101st query ends it \
+     (EMAXPREPARED); keep the default cache at 99 or below (`statement_cache_capacity(99)`), \
+     or use `.persistent(false)`";
 
 /// A workload that passed.
 fn passed(item: &'static str, o: &Outcome) -> Finding {

@@ -8,6 +8,8 @@
 //! - [`statements`]: sqlx's ways of running a parameterised query, as a
 //!   concurrent workload ([`SqlxPattern`], [`run_pattern`]);
 //! - [`session`]: session state across transactions, and sqlx's migrator lock;
+//! - [`prepared`]: named prepared statements as Supavisor's
+//!   `named_prepared_statements` flag judges them (a client of the crate's own);
 //! - [`startup`]: startup parameters (top-level and in `options`) and TLS;
 //! - [`pooler`]: where Supavisor, PgBouncer and PostgreSQL differ in what a
 //!   client sees (a tracked `SET`, `application_name`, startup `TimeZone`
@@ -18,11 +20,13 @@
 use std::fmt;
 
 pub mod pooler;
+pub mod prepared;
 pub mod session;
 pub mod startup;
 pub mod statements;
 #[cfg(feature = "tokio-postgres")]
 pub mod tokio_postgres;
+mod wire_client;
 
 pub use statements::{run_pattern, SqlxPattern};
 

@@ -129,10 +129,16 @@ async fn across(
     let mut b = PgConnection::connect_with(pooled)
         .await
         .map_err(sql_error("connecting client B"))?;
-    sqlx::raw_sql(audited(setup))
-        .execute(&mut a)
-        .await
-        .map_err(sql_error(setup))?;
+    match sqlx::raw_sql(audited(setup)).execute(&mut a).await {
+        Ok(_) => {}
+        // The pooler refusing the setup is the outcome (e.g. Supavisor's
+        // EPSSIMPLEQUERY for SQL PREPARE with its prepared-statement flag on).
+        Err(e) if e.as_database_error().is_some() => {
+            let _ = b.close().await;
+            return Ok(ClientEnd::Failed(ClientError::of(&e)));
+        }
+        Err(e) => return Err(sql_error(setup)(e)),
+    }
     sqlx::raw_sql("begin; select 1")
         .execute(&mut b)
         .await

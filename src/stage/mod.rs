@@ -1,0 +1,102 @@
+//! The crate's own Supavisor-like front stage: a small PostgreSQL-protocol
+//! proxy on `127.0.0.1` (an ephemeral port) in the test process, in front
+//! of the stack's PgBouncer, for what PgBouncer's settings cannot make it
+//! do as Supavisor does. Today: the `named_prepared_statements` feature
+//! flag's errors ([`Rules::named_prepared_statements`], the profile
+//! `supabase-shared-prepared`); its framing of both directions is the
+//! place for Supavisor's other rules (startup parameters, session mode).
+//!
+//! One stage per upstream and rules per process, on its own background
+//! runtime: it outlives every test's runtime and ends with the process (an
+//! exit hook stops its thread; its sockets close with it). It serves no
+//! TLS: an SSLRequest is answered `N` (see docs/profiles.md). It knows
+//! nothing of stacks: it is given a host and a port.
+
+mod link;
+mod prepared;
+mod simple_query;
+mod wire;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+use crate::support::registry::OnceMap;
+use crate::support::runtime::{at_exit, Background};
+
+/// Which of Supavisor's rules the stage applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Rules {
+    /// Supavisor's per-tenant `named_prepared_statements` flag, on.
+    pub named_prepared_statements: bool,
+}
+
+/// Where the stage sends its clients: the stack's PgBouncer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+/// A running stage: the address clients connect to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stage {
+    pub addr: SocketAddr,
+}
+
+/// The stage in front of `upstream` with `rules`, started by the first
+/// caller in the process.
+pub(crate) async fn shared(upstream: Upstream, rules: Rules) -> Result<Stage> {
+    static STAGES: OnceMap<Stage> = OnceMap::new();
+    let key = format!("{}:{} {rules:?}", upstream.host, upstream.port);
+    let cell = STAGES.cell(&key, |_| false);
+    cell.get_or_try_init(|| start(upstream, rules))
+        .await
+        .copied()
+}
+
+/// Binds the stage's port and runs its accept loop on a background runtime
+/// of its own, stopped at process exit.
+async fn start(upstream: Upstream, rules: Rules) -> Result<Stage> {
+    let background = Background::start(format!("pgbf-stage-{}", upstream.port))?;
+    let addr = background
+        .run_within(
+            Duration::from_secs(10),
+            "the Supavisor-like stage's port",
+            "the test process could not bind a port on 127.0.0.1",
+            move || async move {
+                let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(failed)?;
+                let addr = listener.local_addr().map_err(failed)?;
+                tokio::task::spawn_local(accept(listener, upstream, rules));
+                Ok(addr)
+            },
+        )
+        .await?;
+    at_exit(move || background.stop());
+    tracing::debug!(%addr, "Supavisor-like stage listening");
+    Ok(Stage { addr })
+}
+
+fn failed(e: std::io::Error) -> Error {
+    Error::Stage {
+        reason: format!("cannot listen on 127.0.0.1: {e}"),
+    }
+}
+
+/// Accepts clients until the runtime stops; each one is its own task.
+async fn accept(listener: TcpListener, upstream: Upstream, rules: Rules) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                tokio::task::spawn_local(link::serve(client, upstream.clone(), rules));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: wait, as a server does.
+                tracing::warn!("the Supavisor-like stage cannot accept a client: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
