@@ -210,6 +210,7 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
             assert_eq!(o.failures.len(), 1, "{cell}");
             assert_eq!(o.failures[0].code.as_deref(), Some(code), "{cell}");
             assert_eq!(o.failures[0].message, message, "{cell}");
+        }
         FailsUnanswered(fragment) => {
             assert!(o.wrong.is_empty(), "{cell}");
             let f = o.failures.first().unwrap_or_else(|| panic!("{cell}"));

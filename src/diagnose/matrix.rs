@@ -95,6 +95,7 @@ impl Behaviour {
                     PoolerProbe::SessionLimit => run_pooler_probe(p, target).await,
                     _ => bounded(run_pooler_probe(p, target), p.description()).await,
                 }
+            }
             Behaviour::Prepared(p) => {
                 let probe = run_prepared_probe(
                     p,

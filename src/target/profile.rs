@@ -83,6 +83,7 @@ impl Profile {
             Profile::SupabaseSession => "Supabase's shared pooler in session mode (port 5432)",
             Profile::SupabaseDedicatedLegacy => {
                 "Supabase's dedicated pooler on an older image (PgBouncer before 1.21, no prepared-statement tracking, port 6543)"
+            }
             Profile::SupabaseSharedPrepared => {
                 "Supabase's shared pooler in transaction mode with the named_prepared_statements \
                  flag on (Supavisor 2.7+, port 6543)"
@@ -105,6 +106,7 @@ impl Profile {
             }
             Profile::SupabaseDedicatedLegacy => {
                 "PgBouncer transaction mode, max_prepared_statements=0, ignore_startup_parameters=extra_float_digits"
+            }
             Profile::SupabaseSharedPrepared => {
                 "the crate's Supavisor-like stage (the flag's errors) in front of PgBouncer \
                  transaction mode, max_prepared_statements=200, unknown startup parameters ignored"
