@@ -162,20 +162,7 @@ struct LogEvent {
 
 /// Gathers and explains the evidence of `test`.
 pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Explanation> {
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(5),
-        PgConnection::connect_with(&crate::connect::options(
-            &source.direct,
-            "pgbouncer-fixtures explain",
-        )),
-    )
-    .await
-    .map_err(|_| Error::Timeout {
-        what: "connecting to read the server log".into(),
-        after: Duration::from_secs(5),
-        hint: "the stack is overloaded or gone".into(),
-    })?
-    .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &source.direct, e))?;
+    let mut conn = connect_for_evidence(source).await?;
     // The log collector writes asynchronously: give a fresh error a moment.
     let mut events = Vec::new();
     for attempt in 0..3 {
@@ -237,24 +224,49 @@ pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Expla
 /// At most this much of the log's end is read (a long run's log grows).
 const LOG_TAIL: i64 = 8 * 1024 * 1024;
 
-async fn postgres_events(conn: &mut PgConnection, database: &str) -> Result<Vec<LogEvent>> {
+/// A direct connection to the test's server, to read its log and catalogs.
+pub(crate) async fn connect_for_evidence(source: &EvidenceSource) -> Result<PgConnection> {
+    let options = crate::connect::options(&source.direct, "pgbouncer-fixtures explain");
+    tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "connecting to read the server log".into(),
+            after: Duration::from_secs(5),
+            hint: "the stack is overloaded or gone".into(),
+        })?
+        .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &source.direct, e))
+}
+
+/// The end of PostgreSQL's JSON log (at most [`LOG_TAIL`] bytes), empty if
+/// there is none yet.
+pub(crate) async fn log_tail(conn: &mut PgConnection) -> Result<String> {
     let file = quote_literal(contract::LOG_FILE);
     let sql = format!(
         "select pg_read_file({file}, greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
          from pg_stat_file({file}, true)"
     );
-    let row = sqlx::raw_sql(audited(&sql))
+    let rows = sqlx::raw_sql(audited(&sql))
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| Error::Sql {
             action: "reading PostgreSQL's log".into(),
             source: e,
         })?;
-    let text: Option<String> = row.first().and_then(|row| row.try_get(0).ok());
-    let field =
-        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    Ok(rows
+        .first()
+        .and_then(|row| row.try_get::<Option<String>, _>(0).ok().flatten())
+        .unwrap_or_default())
+}
+
+/// A text field of one JSON log line.
+pub(crate) fn log_field(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key).and_then(|x| x.as_str()).map(str::to_string)
+}
+
+async fn postgres_events(conn: &mut PgConnection, database: &str) -> Result<Vec<LogEvent>> {
+    let text = log_tail(conn).await?;
+    let field = log_field;
     Ok(text
-        .unwrap_or_default()
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|v| field(v, "dbname").as_deref() == Some(database))

@@ -14,14 +14,10 @@ mod words;
 
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 
-use crate::connect::quote::quote_literal;
-use crate::connect::sqlx_compat::audited;
-use crate::connect::Endpoint;
-use crate::contract;
-use crate::error::{Error, Result};
-use crate::explain::EvidenceSource;
+use crate::error::Result;
+use crate::explain::{connect_for_evidence, log_field, log_tail, EvidenceSource};
 
 use acting::Acted;
 use facts::TableFacts;
@@ -99,7 +95,7 @@ pub(crate) async fn explain_authorization(
     source: &EvidenceSource,
 ) -> Result<AuthorizationExplanation> {
     let acted = acting::of(&source.database);
-    let mut conn = connect(source).await?;
+    let mut conn = connect_for_evidence(source).await?;
     let mut lines = Vec::new();
     // The log collector writes asynchronously: give a fresh error a moment.
     for attempt in 0..3 {
@@ -166,18 +162,6 @@ pub(crate) async fn explain_authorization(
     })
 }
 
-async fn connect(source: &EvidenceSource) -> Result<PgConnection> {
-    let options = crate::connect::options(&source.direct, "pgbouncer-fixtures explain");
-    tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "connecting to read the server log".into(),
-            after: Duration::from_secs(5),
-            hint: "the stack is overloaded or gone".into(),
-        })?
-        .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &source.direct, e))
-}
-
 /// A `42501` line of PostgreSQL's JSON log.
 struct LogLine {
     message: String,
@@ -186,27 +170,10 @@ struct LogLine {
     user: String,
 }
 
-/// At most this much of the log's end is read (a long run's log grows).
-const LOG_TAIL: i64 = 8 * 1024 * 1024;
-
 async fn refusal_lines(conn: &mut PgConnection, database: &str) -> Result<Vec<LogLine>> {
-    let file = quote_literal(contract::LOG_FILE);
-    let sql = format!(
-        "select pg_read_file({file}, greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
-         from pg_stat_file({file}, true)"
-    );
-    let rows = sqlx::raw_sql(audited(&sql))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| Error::Sql {
-            action: "reading PostgreSQL's log".into(),
-            source: e,
-        })?;
-    let text: Option<String> = rows.first().and_then(|row| row.try_get(0).ok());
-    let field =
-        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let text = log_tail(conn).await?;
+    let field = log_field;
     Ok(text
-        .unwrap_or_default()
         .lines()
         .filter(|line| line.contains("\"42501\""))
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
