@@ -30,8 +30,9 @@ async fn answers(options: &PgConnectOptions) -> Result<i32, sqlx::Error> {
 }
 
 /// An application whose URL says `sslmode=require` (as Supabase's docs say)
-/// works on both ports of every profile; `verify-full` against the stack's
-/// CA too; clients without TLS keep working.
+/// works on both ports of every profile (through the Supavisor-like stage
+/// too, which serves the stack's certificate); `verify-full` against the
+/// stack's CA too; clients without TLS keep working.
 #[rstest]
 #[tokio::test]
 async fn tls_is_offered_on_both_ports_of_every_profile(
@@ -39,6 +40,7 @@ async fn tls_is_offered_on_both_ports_of_every_profile(
         Profile::SupabaseShared,
         Profile::SupabaseDedicated,
         Profile::SupabaseSession,
+        Profile::SupabaseSharedPrepared,
         Profile::NoPooler
     )]
     profile: Profile,

@@ -153,24 +153,51 @@ async fn sqlx_default_cache_meets_emaxprepared_at_its_101st_distinct_statement()
     distinct(smaller, 150).await.unwrap();
 }
 
-/// The stage serves no TLS: `sslmode=prefer` falls back to plain TCP,
-/// `require` fails (the profile's residue says so).
+/// The stage serves TLS with the stack's certificate (`verify-full` with
+/// the stack's CA, as behind PgBouncer: tests/target_profiles.rs), and on a
+/// stack that requires TLS it links a TLS client to PgBouncer over TLS,
+/// while PgBouncer itself refuses a plain client, as it does without the
+/// stage.
 #[tokio::test]
-async fn the_stage_answers_ssl_requests_with_no() {
-    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
+async fn the_stage_serves_tls_on_a_stack_that_requires_it() {
+    use pgbouncer_fixtures::{StackSettings, Target};
+    let db = TestDb::builder()
+        .profile(Profile::SupabaseSharedPrepared)
+        .target(Target::Containers(
+            StackSettings::default().with_require_tls(true),
+        ))
+        .build()
         .await
         .unwrap();
-    let prefer = db.connect_options().ssl_mode(PgSslMode::Prefer);
-    let mut conn = PgConnection::connect_with(&prefer).await.unwrap();
-    let n: i32 = sqlx::raw_sql("select 41 + 1")
-        .fetch_one(&mut conn)
+    let ca = db
+        .ca_cert_pem()
+        .expect("the stack's CA")
+        .as_bytes()
+        .to_vec();
+    let verified = db
+        .connect_options()
+        .ssl_mode(PgSslMode::VerifyFull)
+        .ssl_root_cert_from_pem(ca);
+    for options in [verified.clone(), db.connect_options()] {
+        let mut conn = PgConnection::connect_with(&options).await.unwrap();
+        let n: i32 = sqlx::raw_sql("select 41 + 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 42);
+        conn.close().await.unwrap();
+    }
+    let plain = verified.ssl_mode(PgSslMode::Disable);
+    let err = PgConnection::connect_with(&plain)
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 42);
-    conn.close().await.unwrap();
-    let require = db.connect_options().ssl_mode(PgSslMode::Require);
-    assert!(PgConnection::connect_with(&require).await.is_err());
+        .expect_err("a client without TLS is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("SSL required") || text.contains("no encryption"),
+        "{text}"
+    );
+    db.close().await.unwrap();
 }
 
 /// Clients of the stage, as PgBouncer's console lists them by name.

@@ -242,7 +242,6 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
         {
             residue::SEARCH_PATH_AT_STARTUP
         }
-        Behaviour::Startup(StartupProbe::Tls) if profile.behind_stage() => residue::STAGE_TLS,
         Behaviour::Pooler(p) => match (p, profile) {
             // Supavisor's session mode keeps one backend per client, as here.
             (

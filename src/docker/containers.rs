@@ -29,7 +29,7 @@ pub(crate) use crate::docker::pair::{
     describe, pair_problem, pair_state, pgbouncer_log_since, postgres_name, remove_pair, PairInfo,
     PairState,
 };
-pub(crate) use crate::docker::pair_env::{Secrets, TlsPems};
+pub(crate) use crate::docker::pair_env::{Secrets, ServerTls, TlsPems};
 pub(crate) use crate::docker::ports::{plan_listen, Listen};
 
 /// Seconds a fresh PostgreSQL container waits for its first lease.

@@ -7,7 +7,7 @@ use bollard::query_parameters::{LogsOptionsBuilder, RemoveContainerOptions};
 use bollard::Docker;
 
 use crate::docker::client::{call_unless, within, BollardError};
-use crate::docker::pair_env::JoinEnv;
+use crate::docker::pair_env::{JoinEnv, ServerTls};
 use crate::error::Result;
 
 /// How long reading PgBouncer's log for an explanation may take.
@@ -21,6 +21,8 @@ pub(crate) struct PairInfo {
     pub password: String,
     /// The stack's CA, for joiners (absent on images without TLS).
     pub ca_pem: Option<String>,
+    /// The server certificate and key (absent on images without TLS).
+    pub server_tls: Option<ServerTls>,
     /// The stack's memory budget in bytes, as its creator set it (absent on
     /// stacks made before budgets).
     pub memory_budget: Option<u64>,
@@ -130,6 +132,7 @@ fn info(pg: &ContainerInspectResponse) -> Option<PairInfo> {
         pooled_port,
         password: env.password,
         ca_pem: env.ca_pem,
+        server_tls: env.server_tls,
         memory_budget: env.memory_budget,
     })
 }

@@ -66,6 +66,22 @@ impl SharedEnv<'_> {
     }
 }
 
+/// The server certificate and its key, PEM-encoded, as a joiner reads them
+/// back: what the crate's Supavisor-like stage serves TLS with (the
+/// certificate the stack's ports serve, signed by the stack's CA).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
 /// What a joining process reads back from a running PostgreSQL container's
 /// environment ([`SharedEnv`] wrote it).
 #[derive(Debug, PartialEq, Eq)]
@@ -73,6 +89,8 @@ pub(crate) struct JoinEnv {
     pub password: String,
     /// The stack's CA (absent on images without TLS).
     pub ca_pem: Option<String>,
+    /// The server certificate and key (absent on images without TLS).
+    pub server_tls: Option<ServerTls>,
     /// `(direct, pooled)` on this machine's network; `None` on the bridge,
     /// where Docker says which ports it published.
     pub host_ports: Option<(u16, u16)>,
@@ -100,6 +118,9 @@ impl JoinEnv {
         Some(JoinEnv {
             password: var(ENV_PASSWORD)?,
             ca_pem: var(ENV_TLS_CA),
+            server_tls: var(ENV_TLS_CERT)
+                .zip(var(ENV_TLS_KEY))
+                .map(|(cert_pem, key_pem)| ServerTls { cert_pem, key_pem }),
             host_ports,
             memory_budget: var(ENV_MEMORY_BUDGET).and_then(|b| b.parse().ok()),
         })
@@ -141,6 +162,10 @@ mod tests {
                 Some(JoinEnv {
                     password: "pw=with=equals".into(),
                     ca_pem: Some("CA".into()),
+                    server_tls: Some(ServerTls {
+                        cert_pem: "CERT".into(),
+                        key_pem: "KEY".into(),
+                    }),
                     host_ports: host_ports.map(|p| (p.postgres, p.pgbouncer)),
                     memory_budget: Some(1 << 30),
                 })

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::docker::containers::PairInfo;
+use crate::docker::containers::{PairInfo, ServerTls};
 use crate::error::{Error, Result};
 use crate::target::DbUrl;
 
@@ -21,6 +21,7 @@ pub struct Endpoints {
     pooled: DbUrl,
     direct: DbUrl,
     ca_pem: Option<String>,
+    server_tls: Option<ServerTls>,
     require_tls: bool,
 }
 
@@ -65,6 +66,7 @@ impl Endpoints {
             pooled: url(info.pooled_port)?,
             direct: url(info.direct_port)?,
             ca_pem: info.ca_pem.clone(),
+            server_tls: info.server_tls.clone(),
             require_tls,
         })
     }
@@ -75,6 +77,12 @@ impl Endpoints {
     /// `None` on images that do not serve TLS.
     pub fn ca_cert_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()
+    }
+
+    /// The certificate (and key) both ports serve: what the crate's
+    /// Supavisor-like stage serves TLS with.
+    pub(crate) fn server_tls(&self) -> Option<&ServerTls> {
+        self.server_tls.as_ref()
     }
 
     /// Whether both ports refuse clients without TLS.
@@ -133,6 +141,7 @@ mod tests {
             pooled_port: 6432,
             password: password.into(),
             ca_pem: None,
+            server_tls: None,
             memory_budget: None,
         }
     }

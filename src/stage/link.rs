@@ -1,5 +1,6 @@
-//! One client connection through the stage: its startup (SSLRequest and
-//! GSSENCRequest answered `N`, CancelRequest passed on), then both
+//! One client connection through the stage: its startup (an SSLRequest
+//! answered `S` and TLS served with the stack's certificate, or `N` without
+//! one; a GSSENCRequest answered `N`; a CancelRequest passed on), then both
 //! directions relayed. The frontend's typed messages are framed and, for
 //! the tags the rules read, checked before they are sent on; the backend's
 //! bytes pass as they come, their message boundaries tracked so that a
@@ -8,12 +9,12 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::stage::prepared::{inspects, NamedStatements};
+use crate::stage::tls::StageTls;
 use crate::stage::wire::{
     error_response, Boundaries, Header, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_LEN,
     SSL_REQUEST,
@@ -31,14 +32,32 @@ enum First {
     Cancel(Vec<u8>),
 }
 
+/// A client's link, plain or TLS (the stage's own end of the handshake).
+enum ClientLink {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The link to PgBouncer: TLS when the client's is.
+enum ServerLink {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 /// Serves one client connection until either side closes it.
-pub(crate) async fn serve(mut client: TcpStream, upstream: Upstream, rules: Rules) {
+pub(crate) async fn serve(
+    client: TcpStream,
+    upstream: Upstream,
+    rules: Rules,
+    tls: Option<StageTls>,
+) {
     let _ = client.set_nodelay(true);
-    let first = match read_startup(&mut client).await {
-        Ok(Some(first)) => first,
+    let (mut client, first) = match open(client, tls.as_ref()).await {
+        Ok(Some(opened)) => opened,
         _ => return,
     };
-    let mut server = match connect(&upstream).await {
+    let encrypted = matches!(client, ClientLink::Tls(_));
+    let server = match connect(&upstream, tls.as_ref().filter(|_| encrypted)).await {
         Ok(server) => server,
         Err(e) => {
             let message = format!(
@@ -47,64 +66,158 @@ pub(crate) async fn serve(mut client: TcpStream, upstream: Upstream, rules: Rule
                  starts), or see `docker ps --filter label=pgbouncer-fixtures.managed`",
                 upstream.host, upstream.port
             );
-            let _ = client
-                .write_all(&error_response("FATAL", "08006", &message))
-                .await;
+            let error = error_response("FATAL", "08006", &message);
+            let _ = match &mut client {
+                ClientLink::Plain(c) => c.write_all(&error).await,
+                ClientLink::Tls(c) => c.write_all(&error).await,
+            };
             return;
         }
     };
-    match first {
+    let packet = match first {
         First::Cancel(packet) => {
-            let _ = server.write_all(&packet).await;
+            let _ = match server {
+                ServerLink::Plain(mut s) => s.write_all(&packet).await,
+                ServerLink::Tls(mut s) => s.write_all(&packet).await,
+            };
+            return;
         }
-        First::Startup(packet) => {
-            if server.write_all(&packet).await.is_ok() {
-                relay(client, server, rules).await;
-            }
+        First::Startup(packet) => packet,
+    };
+    // Plain TCP splits without a lock; a TLS stream is split by tokio's.
+    match (client, server) {
+        (ClientLink::Plain(c), ServerLink::Plain(s)) => {
+            let (cr, cw) = c.into_split();
+            let (sr, sw) = s.into_split();
+            start(packet, (cr, cw), (sr, sw), rules).await
+        }
+        (ClientLink::Tls(c), ServerLink::Tls(s)) => {
+            let (cr, cw) = tokio::io::split(c);
+            let (sr, sw) = tokio::io::split(s);
+            start(packet, (cr, cw), (sr, sw), rules).await
+        }
+        (ClientLink::Plain(c), ServerLink::Tls(s)) => {
+            let (cr, cw) = c.into_split();
+            let (sr, sw) = tokio::io::split(s);
+            start(packet, (cr, cw), (sr, sw), rules).await
+        }
+        (ClientLink::Tls(c), ServerLink::Plain(s)) => {
+            let (cr, cw) = tokio::io::split(c);
+            let (sr, sw) = s.into_split();
+            start(packet, (cr, cw), (sr, sw), rules).await
         }
     }
 }
 
-async fn connect(upstream: &Upstream) -> io::Result<TcpStream> {
-    let connecting = TcpStream::connect((upstream.host.as_str(), upstream.port));
-    let server = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 10 s"))??;
-    server.set_nodelay(true)?;
-    Ok(server)
+/// Sends the startup packet on, then relays.
+async fn start<CR, CW, SR, SW>(
+    packet: Vec<u8>,
+    client: (CR, CW),
+    mut server: (SR, SW),
+    rules: Rules,
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    if server.1.write_all(&packet).await.is_ok() {
+        relay(client, server, rules).await;
+    }
 }
 
-/// The startup packet (or a CancelRequest), after answering `N` to any
-/// SSLRequest or GSSENCRequest before it: the stage serves no TLS.
-/// `None` for a malformed packet, which ends the connection.
-async fn read_startup(client: &mut TcpStream) -> io::Result<Option<First>> {
+/// PgBouncer, over TLS when `tls` is given.
+async fn connect(upstream: &Upstream, tls: Option<&StageTls>) -> io::Result<ServerLink> {
+    let linking = async {
+        let server = TcpStream::connect((upstream.host.as_str(), upstream.port)).await?;
+        server.set_nodelay(true)?;
+        Ok(match tls {
+            None => ServerLink::Plain(server),
+            Some(tls) => ServerLink::Tls(Box::new(tls.to_upstream(server, &upstream.host).await?)),
+        })
+    };
+    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, linking)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 10 s"))?
+}
+
+/// The client's link and its startup packet (or CancelRequest): an
+/// SSLRequest is answered `S` and the rest read over TLS when the stage
+/// has a certificate, else `N`, as a GSSENCRequest always is. `None` for a
+/// malformed packet or a failed handshake, which end the connection.
+async fn open(
+    mut client: TcpStream,
+    tls: Option<&StageTls>,
+) -> io::Result<Option<(ClientLink, First)>> {
     loop {
-        let mut head = [0u8; 8];
-        client.read_exact(&mut head).await?;
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let (head, len, code) = read_head(&mut client).await?;
         if !(8..=MAX_STARTUP_LEN).contains(&len) {
             return Ok(None);
+        }
+        if len == 8 && code == SSL_REQUEST {
+            if let Some(tls) = tls {
+                client.write_all(b"S").await?;
+                let mut link = match tls.acceptor.accept(client).await {
+                    Ok(link) => link,
+                    Err(e) => {
+                        tracing::debug!("a client's TLS handshake with the stage failed: {e}");
+                        return Ok(None);
+                    }
+                };
+                let (head, len, code) = read_head(&mut link).await?;
+                // One negotiation per connection: a second request is not the protocol.
+                if !(8..=MAX_STARTUP_LEN).contains(&len) || code == SSL_REQUEST {
+                    return Ok(None);
+                }
+                let first = read_rest(&mut link, head, len, code).await?;
+                return Ok(Some((ClientLink::Tls(Box::new(link)), first)));
+            }
         }
         if len == 8 && (code == SSL_REQUEST || code == GSSENC_REQUEST) {
             client.write_all(b"N").await?;
             continue;
         }
-        let mut packet = vec![0u8; len];
-        packet[..8].copy_from_slice(&head);
-        client.read_exact(&mut packet[8..]).await?;
-        return Ok(Some(if code == CANCEL_REQUEST {
-            First::Cancel(packet)
-        } else {
-            First::Startup(packet)
-        }));
+        let first = read_rest(&mut client, head, len, code).await?;
+        return Ok(Some((ClientLink::Plain(client), first)));
     }
 }
 
+/// A startup-phase packet's 8 first bytes, its length and its code.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<([u8; 8], usize, u32)> {
+    let mut head = [0u8; 8];
+    stream.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    Ok((head, len, code))
+}
+
+/// The rest of a startup-phase packet whose head was read.
+async fn read_rest<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: [u8; 8],
+    len: usize,
+    code: u32,
+) -> io::Result<First> {
+    let mut packet = vec![0u8; len];
+    packet[..8].copy_from_slice(&head);
+    stream.read_exact(&mut packet[8..]).await?;
+    Ok(if code == CANCEL_REQUEST {
+        First::Cancel(packet)
+    } else {
+        First::Startup(packet)
+    })
+}
+
 /// Relays both directions until one ends (or a refusal has been written).
-async fn relay(client: TcpStream, server: TcpStream, rules: Rules) {
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
+async fn relay<CR, CW, SR, SW>(client: (CR, CW), server: (SR, SW), rules: Rules)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let (client_read, client_write) = client;
+    let (server_read, server_write) = server;
     let (refuse, refusal) = oneshot::channel();
     let front = frontend(client_read, server_write, rules, refuse);
     let back = backend(server_read, client_write, refusal);
@@ -119,8 +232,8 @@ async fn relay(client: TcpStream, server: TcpStream, rules: Rules) {
 /// complete message in them passed the rules; a refusal drops them (as
 /// Supavisor drops the packet it refuses) and stops reading.
 async fn frontend(
-    mut client: OwnedReadHalf,
-    mut server: OwnedWriteHalf,
+    mut client: impl AsyncRead + Unpin,
+    mut server: impl AsyncWrite + Unpin,
     rules: Rules,
     refuse: oneshot::Sender<Vec<u8>>,
 ) -> io::Result<()> {
@@ -171,8 +284,8 @@ async fn frontend(
 
 /// PgBouncer -> client, and the refusal, written at a message boundary.
 async fn backend(
-    mut server: OwnedReadHalf,
-    mut client: OwnedWriteHalf,
+    mut server: impl AsyncRead + Unpin,
+    mut client: impl AsyncWrite + Unpin,
     mut refusal: oneshot::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; READ_SIZE];
@@ -208,7 +321,7 @@ async fn backend(
     }
 }
 
-async fn refuse(client: &mut OwnedWriteHalf, error: &[u8]) -> io::Result<()> {
+async fn refuse(client: &mut (impl AsyncWrite + Unpin), error: &[u8]) -> io::Result<()> {
     client.write_all(error).await?;
     client.shutdown().await
 }

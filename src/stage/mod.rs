@@ -8,14 +8,18 @@
 //!
 //! One stage per upstream and rules per process, on its own background
 //! runtime: it outlives every test's runtime and ends with the process (an
-//! exit hook stops its thread; its sockets close with it). It serves no
-//! TLS: an SSLRequest is answered `N` (see docs/profiles.md). It knows
-//! nothing of stacks: it is given a host and a port.
+//! exit hook stops its thread; its sockets close with it). It serves TLS
+//! with the stack's own certificate (`tls`). It knows nothing of stacks: it
+//! is given a host, a port and certificates.
 
 mod link;
 mod prepared;
 mod simple_query;
+mod tls;
 mod wire;
+
+pub(crate) use tls::Certificates;
+use tls::StageTls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,19 +51,25 @@ pub(crate) struct Stage {
 }
 
 /// The stage in front of `upstream` with `rules`, started by the first
-/// caller in the process.
-pub(crate) async fn shared(upstream: Upstream, rules: Rules) -> Result<Stage> {
+/// caller in the process; it serves TLS with `certs` (the upstream's
+/// stack's: one stage per upstream), and answers `N` without.
+pub(crate) async fn shared(
+    upstream: Upstream,
+    rules: Rules,
+    certs: Option<Certificates>,
+) -> Result<Stage> {
     static STAGES: OnceMap<Stage> = OnceMap::new();
     let key = format!("{}:{} {rules:?}", upstream.host, upstream.port);
     let cell = STAGES.cell(&key, |_| false);
-    cell.get_or_try_init(|| start(upstream, rules))
+    cell.get_or_try_init(|| start(upstream, rules, certs))
         .await
         .copied()
 }
 
 /// Binds the stage's port and runs its accept loop on a background runtime
 /// of its own, stopped at process exit.
-async fn start(upstream: Upstream, rules: Rules) -> Result<Stage> {
+async fn start(upstream: Upstream, rules: Rules, certs: Option<Certificates>) -> Result<Stage> {
+    let tls = certs.as_ref().map(StageTls::new).transpose()?;
     let background = Background::start(format!("pgbf-stage-{}", upstream.port))?;
     let addr = background
         .run_within(
@@ -69,7 +79,7 @@ async fn start(upstream: Upstream, rules: Rules) -> Result<Stage> {
             move || async move {
                 let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(failed)?;
                 let addr = listener.local_addr().map_err(failed)?;
-                tokio::task::spawn_local(accept(listener, upstream, rules));
+                tokio::task::spawn_local(accept(listener, upstream, rules, tls));
                 Ok(addr)
             },
         )
@@ -86,11 +96,12 @@ fn failed(e: std::io::Error) -> Error {
 }
 
 /// Accepts clients until the runtime stops; each one is its own task.
-async fn accept(listener: TcpListener, upstream: Upstream, rules: Rules) {
+async fn accept(listener: TcpListener, upstream: Upstream, rules: Rules, tls: Option<StageTls>) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
-                tokio::task::spawn_local(link::serve(client, upstream.clone(), rules));
+                let serving = link::serve(client, upstream.clone(), rules, tls.clone());
+                tokio::task::spawn_local(serving);
             }
             Err(e) => {
                 // Out of file descriptors, most likely: wait, as a server does.

@@ -40,8 +40,9 @@ pub enum Profile {
     /// statement on one connection (`EMAXPREPARED`), and a duplicate or
     /// unknown statement name (`EPREPAREDDUP`, `EPREPAREDNOTFOUND`) end the
     /// connection with Supavisor's FATAL errors. The crate's own
-    /// Supavisor-like stage (a proxy in the test process, no TLS) in front
-    /// of PgBouncer with prepared-statement tracking.
+    /// Supavisor-like stage (a proxy in the test process, serving TLS with
+    /// the stack's certificate) in front of PgBouncer with
+    /// prepared-statement tracking.
     SupabaseSharedPrepared,
     /// No pooler: `connect()` goes straight to PostgreSQL, as an application
     /// on Supabase's direct connection (`db.<ref>.supabase.co:5432`) does.
@@ -200,10 +201,6 @@ pub(crate) const SESSION_LIMIT_WORDS: &str =
      is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
      exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
      clients reached in session mode`";
-/// The stage serves no TLS (probed: the TLS row).
-pub(crate) const STAGE_TLS: &str =
-    "not reproduced: TLS: the crate's Supavisor-like stage answers an SSLRequest with `N` \
-     (Supavisor serves TLS), so sslmode=prefer falls back to plain TCP and sslmode=require fails";
 /// What no local stack has.
 const NO_LATENCY: &str = "no network latency between the client, the pooler and the database";
 /// The legacy profile's PgBouncer is 1.24 with tracking off, not 1.19.
@@ -236,13 +233,12 @@ const SESSION_RESIDUE: [&str; 7] = {
 
 /// [`SUPAVISOR_RESIDUE`] less what the stage reproduces (the flag's
 /// errors), and what the stage itself does otherwise.
-const SHARED_PREPARED_RESIDUE: [&str; 8] = [
+const SHARED_PREPARED_RESIDUE: [&str; 7] = [
     SEARCH_PATH_AT_STARTUP,
     TRACKED_AT_STARTUP,
     CUSTOM_AT_STARTUP,
     TRACKED_SET,
     APPLICATION_NAME,
-    STAGE_TLS,
     "SQL PREPARE/EXECUTE/DEALLOCATE are found by a lexer (the first word of each top-level \
      statement), not by Supavisor's SQL parser: a simple query Supavisor cannot parse is \
      passed on there, and refused here when one of its statements starts with those words",
