@@ -24,6 +24,8 @@ enum Expect {
     MayBreak(&'static [&'static str]),
     /// A wrong answer with no error (and no error at all).
     WrongSilently,
+    /// A wrong answer with no error, this one.
+    WrongGot(&'static str),
     /// Refused with this SQLSTATE and message fragment.
     Refused(&'static str, &'static str),
     /// Of the probe's clients, exactly one refused, with this SQLSTATE and
@@ -45,6 +47,7 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
     let strict = matches!(profile, SupabaseDedicated | SupabaseDedicatedLegacy);
     // Supavisor's `named_prepared_statements` flag on: its FATAL errors.
     let flag_on = profile == SupabaseSharedPrepared;
+    let staged = profile.behind_stage();
     match behaviour {
         Behaviour::Statements(p) => match p {
             // With the cache off sqlx still names each statement and never
@@ -86,6 +89,18 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
                 _ => Pass,
             }
         }
+        // Supavisor's startup rules, applied by the stage: its own
+        // application_name, the rest dropped (the database's defaults apply).
+        Behaviour::Pooler(PoolerProbe::ApplicationName) if staged => {
+            WrongGot("Supavisor / Supavisor")
+        }
+        Behaviour::Pooler(PoolerProbe::StartupTimeZone) if staged => {
+            WrongGot("Asia/Tokyo (dropped)")
+        }
+        Behaviour::Pooler(PoolerProbe::OptionsCustomSetting) if staged => {
+            WrongGot("NULL (dropped)")
+        }
+        Behaviour::Pooler(PoolerProbe::TopLevelCustomSetting) if staged => PassNoted("accepted"),
         Behaviour::Pooler(p) => match p {
             PoolerProbe::TrackedSet if pooled_tx => PassNoted(KEPT_ON_SHARED_BACKEND),
             PoolerProbe::TrackedSet => PassNoted(KEPT),
@@ -200,6 +215,11 @@ fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
         WrongSilently => {
             assert!(o.failures.is_empty(), "{cell}");
             assert!(o.has_wrong_answers(), "{cell}");
+        }
+        WrongGot(got) => {
+            assert!(o.failures.is_empty(), "{cell}");
+            assert!(!o.wrong.is_empty(), "{cell}");
+            assert!(o.wrong.iter().all(|w| w.got == got), "{cell}");
         }
         OneRefused(code, message) => {
             assert!(o.wrong.is_empty(), "{cell}");

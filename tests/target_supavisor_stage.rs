@@ -200,8 +200,10 @@ async fn the_stage_serves_tls_on_a_stack_that_requires_it() {
     db.close().await.unwrap();
 }
 
-/// Clients of the stage, as PgBouncer's console lists them by name.
-async fn pgbouncer_clients(db: &TestDb, app: &str) -> usize {
+/// Clients of this test's database in PgBouncer's console (the stage
+/// sends every backend Supavisor's own `application_name`).
+async fn pgbouncer_clients(db: &TestDb) -> usize {
+    let database = db.connect_options().get_database().unwrap().to_string();
     let console = db.connect_options().database("pgbouncer");
     let mut conn = PgConnection::connect_with(&console).await.unwrap();
     let rows = sqlx::raw_sql("show clients")
@@ -210,8 +212,54 @@ async fn pgbouncer_clients(db: &TestDb, app: &str) -> usize {
         .unwrap();
     let _ = conn.close().await;
     rows.iter()
-        .filter(|r| r.try_get::<String, _>("application_name").ok().as_deref() == Some(app))
+        .filter(|r| r.try_get::<String, _>("database").ok().as_deref() == Some(&database))
         .count()
+}
+
+/// Supavisor's startup rules, whatever the flag: only `user`, `database`,
+/// `search_path` and `application_name = Supavisor` reach the database;
+/// sqlx's `TimeZone=UTC`, an `IntervalStyle` and a dotted custom setting
+/// in `options` are dropped (the database's own defaults apply), where
+/// PgBouncer alone applies the first two and refuses the third (08P01).
+#[tokio::test]
+async fn only_supavisors_startup_parameters_reach_the_database() {
+    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
+        .await
+        .unwrap();
+    let mut direct = db.connect_direct().await.unwrap();
+    sqlx::raw_sql(audited(
+        "do $$ begin \
+         execute format('alter database %I set timezone = ''Asia/Tokyo''', current_database()); \
+         execute format('alter database %I set intervalstyle = ''iso_8601''', current_database()); \
+         end $$",
+    ))
+    .execute(&mut direct)
+    .await
+    .unwrap();
+    let _ = direct.close().await;
+    let options = db.connect_options().application_name("my-app").options([
+        ("app.tenant", "t1"),
+        ("IntervalStyle", "postgres_verbose"),
+        ("search_path", "public"),
+    ]);
+    let mut conn = PgConnection::connect_with(&options).await.unwrap();
+    let row = sqlx::raw_sql(
+        "select current_setting('application_name'), \
+         (select application_name from pg_stat_activity where pid = pg_backend_pid()), \
+         current_setting('TimeZone'), current_setting('IntervalStyle'), \
+         coalesce(current_setting('app.tenant', true), 'NULL')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let got: Vec<String> = (0..5).map(|i| row.get(i)).collect();
+    assert_eq!(
+        got,
+        ["Supavisor", "Supavisor", "Asia/Tokyo", "iso_8601", "NULL"],
+        "application_name (setting, pg_stat_activity), TimeZone, IntervalStyle, app.tenant"
+    );
+    conn.close().await.unwrap();
+    db.close().await.unwrap();
 }
 
 /// Every connection through the stage, closed by the client or ended by a
@@ -221,13 +269,12 @@ async fn the_stage_leaks_no_connection() {
     let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
         .await
         .unwrap();
-    let app = "pgbf_stage_leak_check";
-    let options = db.connect_options().application_name(app);
+    let options = db.connect_options();
     let mut open = Vec::new();
     for _ in 0..4 {
         open.push(PgConnection::connect_with(&options).await.unwrap());
     }
-    assert_eq!(pgbouncer_clients(&db, app).await, 4);
+    assert_eq!(pgbouncer_clients(&db).await, 4);
     let mut refused = open.pop().unwrap();
     let e = sqlx::raw_sql("prepare p as select 1")
         .execute(&mut refused)
@@ -244,7 +291,7 @@ async fn the_stage_leaks_no_connection() {
     // The stage closes its side as each link ends; PgBouncer sees it soon after.
     let mut left = usize::MAX;
     for _ in 0..50 {
-        left = pgbouncer_clients(&db, app).await;
+        left = pgbouncer_clients(&db).await;
         if left == 0 {
             break;
         }

@@ -236,6 +236,8 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
         profile,
         Profile::SupabaseShared | Profile::SupabaseSession | Profile::SupabaseSharedPrepared
     );
+    // Supavisor-like, its startup parameters handled by PgBouncer alone.
+    let pgbouncer_startup = supavisor_like && !profile.behind_stage();
     let line = match behaviour {
         Behaviour::Startup(StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath)
             if supavisor_like =>
@@ -248,10 +250,11 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
                 PoolerProbe::TrackedSet,
                 Profile::SupabaseShared | Profile::SupabaseSharedPrepared,
             ) => residue::TRACKED_SET,
-            (PoolerProbe::ApplicationName, _) if supavisor_like => residue::APPLICATION_NAME,
-            (PoolerProbe::StartupTimeZone, _) if supavisor_like => residue::TRACKED_AT_STARTUP,
+            // The stage applies Supavisor's startup rules; PgBouncer alone cannot.
+            (PoolerProbe::ApplicationName, _) if pgbouncer_startup => residue::APPLICATION_NAME,
+            (PoolerProbe::StartupTimeZone, _) if pgbouncer_startup => residue::TRACKED_AT_STARTUP,
             (PoolerProbe::OptionsCustomSetting | PoolerProbe::TopLevelCustomSetting, _)
-                if supavisor_like =>
+                if pgbouncer_startup =>
             {
                 residue::CUSTOM_AT_STARTUP
             }

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::stage::prepared::{inspects, NamedStatements};
+use crate::stage::startup;
 use crate::stage::tls::StageTls;
 use crate::stage::wire::{
     error_response, Boundaries, Header, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_LEN,
@@ -82,7 +83,11 @@ pub(crate) async fn serve(
             };
             return;
         }
-        First::Startup(packet) => packet,
+        // Supavisor's rules, or as the client sent it.
+        First::Startup(packet) => rules
+            .startup
+            .and_then(|mode| startup::rewrite(&packet, mode))
+            .unwrap_or(packet),
     };
     // Plain TCP splits without a lock; a TLS stream is split by tokio's.
     match (client, server) {

@@ -1,10 +1,11 @@
 //! The crate's own Supavisor-like front stage: a small PostgreSQL-protocol
 //! proxy on `127.0.0.1` (an ephemeral port) in the test process, in front
 //! of the stack's PgBouncer, for what PgBouncer's settings cannot make it
-//! do as Supavisor does. Today: the `named_prepared_statements` feature
-//! flag's errors ([`Rules::named_prepared_statements`], the profile
-//! `supabase-shared-prepared`); its framing of both directions is the
-//! place for Supavisor's other rules (startup parameters, session mode).
+//! do as Supavisor does: the parameters a backend is opened with
+//! ([`Rules::startup`]) and the `named_prepared_statements` feature flag's
+//! errors ([`Rules::named_prepared_statements`]), for the profile
+//! `supabase-shared-prepared` today; its framing of both directions is the
+//! place for Supavisor's other rules.
 //!
 //! One stage per upstream and rules per process, on its own background
 //! runtime: it outlives every test's runtime and ends with the process (an
@@ -15,9 +16,11 @@
 mod link;
 mod prepared;
 mod simple_query;
+mod startup;
 mod tls;
 mod wire;
 
+pub(crate) use startup::PoolMode;
 pub(crate) use tls::Certificates;
 use tls::StageTls;
 
@@ -35,6 +38,10 @@ use crate::support::runtime::{at_exit, Background};
 pub(crate) struct Rules {
     /// Supavisor's per-tenant `named_prepared_statements` flag, on.
     pub named_prepared_statements: bool,
+    /// Supavisor's startup rules in this pool mode (`startup.rs`: only
+    /// `user`, `database`, `search_path` and its own `application_name`
+    /// reach the database); `None`: the StartupMessage passes as sent.
+    pub startup: Option<PoolMode>,
 }
 
 /// Where the stage sends its clients: the stack's PgBouncer.

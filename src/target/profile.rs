@@ -39,7 +39,10 @@ pub enum Profile {
     /// `EXECUTE` and `DEALLOCATE` (`EPSSIMPLEQUERY`), a 101st named
     /// statement on one connection (`EMAXPREPARED`), and a duplicate or
     /// unknown statement name (`EPREPAREDDUP`, `EPREPAREDNOTFOUND`) end the
-    /// connection with Supavisor's FATAL errors. The crate's own
+    /// connection with Supavisor's FATAL errors; only `user`, `database`,
+    /// `search_path` and `application_name = Supavisor` reach the database
+    /// (sqlx's `TimeZone`, dotted custom settings, `options` are dropped),
+    /// as on every Supavisor endpoint. The crate's own
     /// Supavisor-like stage (a proxy in the test process, serving TLS with
     /// the stack's certificate) in front of PgBouncer with
     /// prepared-statement tracking.
@@ -109,8 +112,8 @@ impl Profile {
                 "PgBouncer transaction mode, max_prepared_statements=0, ignore_startup_parameters=extra_float_digits"
             }
             Profile::SupabaseSharedPrepared => {
-                "the crate's Supavisor-like stage (the flag's errors) in front of PgBouncer \
-                 transaction mode, max_prepared_statements=200, unknown startup parameters ignored"
+                "the crate's Supavisor-like stage (Supavisor's startup parameters, the flag's \
+                 errors) in front of PgBouncer transaction mode, max_prepared_statements=200"
             }
             Profile::NoPooler => "PostgreSQL without a pooler",
         }
@@ -232,13 +235,11 @@ const SESSION_RESIDUE: [&str; 7] = {
 };
 
 /// [`SUPAVISOR_RESIDUE`] less what the stage reproduces (the flag's
-/// errors), and what the stage itself does otherwise.
-const SHARED_PREPARED_RESIDUE: [&str; 7] = [
+/// errors, the startup parameters, `application_name`), and what the stage
+/// itself does otherwise.
+const SHARED_PREPARED_RESIDUE: [&str; 4] = [
     SEARCH_PATH_AT_STARTUP,
-    TRACKED_AT_STARTUP,
-    CUSTOM_AT_STARTUP,
     TRACKED_SET,
-    APPLICATION_NAME,
     "SQL PREPARE/EXECUTE/DEALLOCATE are found by a lexer (the first word of each top-level \
      statement), not by Supavisor's SQL parser: a simple query Supavisor cannot parse is \
      passed on there, and refused here when one of its statements starts with those words",

@@ -390,8 +390,9 @@ pub async fn startup_zone(pooled: &PgConnectOptions) -> StartupZoneAnswer {
     }
 }
 
-/// Gives the database the default [`DATABASE_ZONE`], reads a fresh
-/// session's zone through `pooled`, and resets the default.
+/// Gives the database the default [`DATABASE_ZONE`], has the pooler renew
+/// its server connections, reads a fresh session's zone through `pooled`,
+/// and resets the default.
 async fn startup_zone_with_default(
     pooled: &PgConnectOptions,
     direct: &PgConnectOptions,
@@ -410,6 +411,7 @@ async fn startup_zone_with_default(
     .execute(&mut admin)
     .await
     .map_err(sql_error("setting the database's TimeZone"))?;
+    reconnect(pooled).await;
     let answer = startup_zone(pooled).await;
     let reset = sqlx::raw_sql(audited(&alter("reset timezone")))
         .execute(&mut admin)
@@ -422,6 +424,26 @@ async fn startup_zone_with_default(
         outcome.note = Some("applied".into());
     }
     Ok(outcome)
+}
+
+/// Has the pooler in front of `pooled` close its server connections to
+/// the database (PgBouncer's console `RECONNECT`), so that the next client
+/// meets a backend started after the database's new default, as a new
+/// backend is; without a console (no pooler: every session is a new
+/// backend) nothing is done.
+async fn reconnect(pooled: &PgConnectOptions) {
+    let Some(database) = pooled.get_database().filter(|d| {
+        d.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }) else {
+        return;
+    };
+    let sql = format!("RECONNECT {database}");
+    if let Ok(mut console) = PgConnection::connect_with(&pooled.clone().database("pgbouncer")).await
+    {
+        let _ = sqlx::raw_sql(audited(&sql)).execute(&mut console).await;
+        let _ = console.close().await;
+    }
 }
 
 /// Holds [`SESSION_LIMIT_CLIENTS`] clients at once, each running a query;
