@@ -3,7 +3,8 @@
 //! Supavisor-like stage in front of PgBouncer with prepared-statement
 //! tracking. Real PostgreSQL, real PgBouncer, real sqlx: sqlx's default
 //! statement cache works, and Supavisor's four flag-on errors end the
-//! connection with its SQLSTATEs, severity and words.
+//! connection with its SQLSTATEs, severity and words; and the stage's
+//! other Supavisor rules: TLS, the startup parameters, a wrong password.
 
 mod common;
 
@@ -396,4 +397,40 @@ async fn a_cancel_request_passes_through_the_stage() {
         Some("57014"),
         "canceled by the server: {e:?}"
     );
+}
+
+/// A wrong password through the stage: Supavisor's answer, FATAL `28P01`
+/// `password authentication failed for user "<user>"`, comes after its
+/// 500 ms delay (a lower bound: the stage waits before it writes); the
+/// stage serves the next client as before.
+#[tokio::test]
+async fn a_wrong_password_is_answered_as_supavisor_does() {
+    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
+        .await
+        .unwrap();
+    let wrong = db.connect_options().password("not-the-password");
+    let started = std::time::Instant::now();
+    let err = PgConnection::connect_with(&wrong).await.unwrap_err();
+    let waited = started.elapsed();
+    let e = err.as_database_error().expect("the server's answer");
+    assert_eq!(e.code().as_deref(), Some("28P01"), "{e}");
+    assert_eq!(
+        e.message(),
+        "password authentication failed for user \"postgres\""
+    );
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}"
+    );
+    let mut conn = PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let n: i32 = sqlx::raw_sql("select 41 + 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    conn.close().await.unwrap();
+    db.close().await.unwrap();
 }

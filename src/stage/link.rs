@@ -126,8 +126,10 @@ async fn start<CR, CW, SR, SW>(
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
+    // Whose wrong password Supavisor names (its rule: rules.wrong_password).
+    let user = startup::user(&packet).filter(|_| rules.wrong_password);
     if server.1.write_all(&packet).await.is_ok() {
-        relay(client, server, rules).await;
+        relay(client, server, rules, user).await;
     }
 }
 
@@ -214,8 +216,12 @@ async fn read_rest<S: AsyncRead + Unpin>(
 }
 
 /// Relays both directions until one ends (or a refusal has been written).
-async fn relay<CR, CW, SR, SW>(client: (CR, CW), server: (SR, SW), rules: Rules)
-where
+async fn relay<CR, CW, SR, SW>(
+    client: (CR, CW),
+    server: (SR, SW),
+    rules: Rules,
+    user: Option<String>,
+) where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
@@ -225,7 +231,7 @@ where
     let (server_read, server_write) = server;
     let (refuse, refusal) = oneshot::channel();
     let front = frontend(client_read, server_write, rules, refuse);
-    let back = backend(server_read, client_write, refusal);
+    let back = backend(server_read, client_write, refusal, user);
     // Either end ends the link: dropping both halves closes both sockets.
     tokio::select! {
         _ = front => {}
@@ -292,9 +298,19 @@ async fn backend(
     mut server: impl AsyncRead + Unpin,
     mut client: impl AsyncWrite + Unpin,
     mut refusal: oneshot::Receiver<Vec<u8>>,
+    user: Option<String>,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; READ_SIZE];
     let mut bounds = Boundaries::default();
+    if let Some(user) = user {
+        let Some(rest) = login(&mut server, &mut client, &user).await? else {
+            return Ok(());
+        };
+        let Some(taken) = bounds.advance(&rest, false) else {
+            return Ok(());
+        };
+        client.write_all(&rest[..taken]).await?;
+    }
+    let mut buf = vec![0u8; READ_SIZE];
     let mut listening = true;
     let mut pending: Option<Vec<u8>> = None;
     loop {
@@ -329,4 +345,83 @@ async fn backend(
 async fn refuse(client: &mut (impl AsyncWrite + Unpin), error: &[u8]) -> io::Result<()> {
     client.write_all(error).await?;
     client.shutdown().await
+}
+
+/// Supavisor's delay before it answers a wrong password.
+const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
+
+/// PgBouncer's answers up to AuthenticationOk, passed on a message at a
+/// time: the bytes read after it, or `None` when PgBouncer refused the
+/// password, which is answered as Supavisor does
+/// (`client_handler/error.ex`, `errors/wrong_password_error.ex`): after
+/// 500 ms, FATAL `28P01` `password authentication failed for user "<user>"`,
+/// and the link ends. Any other error passes as it came.
+async fn login(
+    server: &mut (impl AsyncRead + Unpin),
+    client: &mut (impl AsyncWrite + Unpin),
+    user: &str,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    loop {
+        let mut at = 0;
+        while let Some(header) = Header::read(&buf[at..]) {
+            let Some(total) = header.total() else {
+                return Ok(None); // not the protocol: end the link
+            };
+            let Some(message) = buf.get(at..at + total) else {
+                break;
+            };
+            let body = &message[5..];
+            if header.tag == b'R' && body.get(..4) == Some(&[0, 0, 0, 0]) {
+                // AuthenticationOk: the login is through.
+                client.write_all(&buf[..at + total]).await?;
+                return Ok(Some(buf.split_off(at + total)));
+            }
+            if header.tag == b'E' && wrong_password(body) {
+                client.write_all(&buf[..at]).await?;
+                tokio::time::sleep(WRONG_PASSWORD_DELAY).await;
+                let words = format!("password authentication failed for user \"{user}\"");
+                client
+                    .write_all(&error_response("FATAL", "28P01", &words))
+                    .await?;
+                client.shutdown().await?;
+                return Ok(None);
+            }
+            at += total;
+        }
+        client.write_all(&buf[..at]).await?;
+        buf.drain(..at);
+        buf.reserve(READ_SIZE);
+        if server.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Whether an ErrorResponse's body is PgBouncer's refusal of a password:
+/// `08P01 SASL authentication failed` (SCRAM, the stack's method) or
+/// `28P01 password authentication failed ...`.
+fn wrong_password(body: &[u8]) -> bool {
+    let (code, message) = (error_field(body, b'C'), error_field(body, b'M'));
+    match (code, message) {
+        (Some(b"28P01"), _) => true,
+        (Some(b"08P01"), Some(m)) => m == b"SASL authentication failed",
+        _ => false,
+    }
+}
+
+/// Field `wanted` of an ErrorResponse's body.
+fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let (value, after) = crate::stage::wire::cstr(after)?;
+        if field == wanted {
+            return Some(value);
+        }
+        rest = after;
+    }
+    None
 }

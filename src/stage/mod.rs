@@ -2,7 +2,8 @@
 //! proxy on `127.0.0.1` (an ephemeral port) in the test process, in front
 //! of the stack's PgBouncer, for what PgBouncer's settings cannot make it
 //! do as Supavisor does: the parameters a backend is opened with
-//! ([`Rules::startup`]) and the `named_prepared_statements` feature flag's
+//! ([`Rules::startup`]), its answer to a wrong password
+//! ([`Rules::wrong_password`]) and the `named_prepared_statements` flag's
 //! errors ([`Rules::named_prepared_statements`]), for the profile
 //! `supabase-shared-prepared` today; its framing of both directions is the
 //! place for Supavisor's other rules.
@@ -42,6 +43,9 @@ pub(crate) struct Rules {
     /// `user`, `database`, `search_path` and its own `application_name`
     /// reach the database); `None`: the StartupMessage passes as sent.
     pub startup: Option<PoolMode>,
+    /// Supavisor's answer to a wrong password: 500 ms, then its own FATAL
+    /// `28P01` naming the user.
+    pub wrong_password: bool,
 }
 
 /// Where the stage sends its clients: the stack's PgBouncer.

@@ -32,19 +32,7 @@ pub(crate) const SUPAVISOR_APPLICATION_NAME: &str = "Supavisor";
 /// refuse.
 pub(crate) fn rewrite(packet: &[u8], mode: PoolMode) -> Option<Vec<u8>> {
     let version = packet.get(4..8)?;
-    let mut rest = packet.get(8..)?;
-    let mut params: Vec<(&[u8], &[u8])> = Vec::new();
-    loop {
-        match rest {
-            [0] => break,
-            _ => {
-                let (name, after) = cstr(rest)?;
-                let (value, after) = cstr(after)?;
-                params.push((name, value));
-                rest = after;
-            }
-        }
-    }
+    let params = params(packet)?;
     let get = |wanted: &[u8]| {
         params
             .iter()
@@ -83,6 +71,27 @@ pub(crate) fn rewrite(packet: &[u8], mode: PoolMode) -> Option<Vec<u8>> {
     let len = out.len() as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
     Some(out)
+}
+
+/// The `(name, value)` pairs of StartupMessage `packet`; `None` when it
+/// is not a list of NUL-terminated pairs ended by a NUL.
+fn params(packet: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut rest = packet.get(8..)?;
+    let mut params = Vec::new();
+    while rest != [0] {
+        let (name, after) = cstr(rest)?;
+        let (value, after) = cstr(after)?;
+        params.push((name, value));
+        rest = after;
+    }
+    Some(params)
+}
+
+/// The `user` StartupMessage `packet` names, if it is well formed.
+pub(crate) fn user(packet: &[u8]) -> Option<String> {
+    let params = params(packet)?;
+    let (_, user) = params.iter().find(|(name, _)| *name == b"user")?;
+    Some(String::from_utf8_lossy(user).into_owned())
 }
 
 /// The value of setting `wanted` in an `options` string, as Supavisor's
@@ -172,6 +181,7 @@ mod tests {
             ("search_path", "app, public"),
         ]);
         assert_eq!(rewrite(&sqlx, PoolMode::Session), Some(session));
+        assert_eq!(user(&sqlx).as_deref(), Some("postgres"));
     }
 
     #[test]
