@@ -136,10 +136,7 @@ async fn scenario_default_cache_across_transactions() {
         .await
         .unwrap();
     // B holds the server connection where A's cached sqlx_s_1 lives.
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let _: i64 = sqlx::query_scalar("select $1::int8")
         .bind(2_i64)
         .fetch_one(&mut a)
@@ -167,10 +164,7 @@ async fn scenario_unnamed_outside_a_transaction() {
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
     let mut c = db.connect().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let a_query = tokio::spawn(async move {
         sqlx::query_scalar::<_, i64>("select $1::int8 + 1")
             .bind(1_i64)
@@ -182,7 +176,7 @@ async fn scenario_unnamed_outside_a_transaction() {
     // A query without arguments goes out as a simple Query message.
     let c_query = tokio::spawn(async move { sqlx::Executor::execute(&mut c, "select 2").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    common::release_server_connection(&mut b).await;
     c_query.await.unwrap().unwrap();
     let answer = a_query.await.unwrap().unwrap();
     assert_eq!(answer, 2);
@@ -243,12 +237,9 @@ async fn scenario_sql_execute() {
         .execute(&mut a)
         .await
         .unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let executed = sqlx::raw_sql("execute my_query").execute(&mut a).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    common::release_server_connection(&mut b).await;
     executed.unwrap();
 }
 
@@ -279,12 +270,9 @@ async fn scenario_migrator_lock() {
     let mut m = db.connect().await.unwrap();
     let mut busy = db.connect().await.unwrap();
     m.lock().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut busy)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut busy).await;
     m.unlock().await.unwrap();
-    sqlx::raw_sql("commit").execute(&mut busy).await.unwrap();
+    common::release_server_connection(&mut busy).await;
     // The next migration run waits for the lock a pooled server connection kept.
     let mut next = db.connect_direct().await.unwrap();
     tokio::time::timeout(Duration::from_secs(3), next.lock())
@@ -413,12 +401,9 @@ async fn explain_on_demand_is_empty_for_a_clean_test_and_none_for_external_targe
         .await
         .unwrap();
     let mut other = db.connect().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut other).await;
     let _ = sqlx::raw_sql("execute q").execute(&mut conn).await;
-    sqlx::raw_sql("commit").execute(&mut other).await.unwrap();
+    common::release_server_connection(&mut other).await;
     let explanation = db.explain().await.unwrap().unwrap();
     assert!(explanation.has(Hazard::SqlPrepareLost), "{explanation}");
 
