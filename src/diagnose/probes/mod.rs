@@ -125,14 +125,6 @@ impl From<Result<(), sqlx::Error>> for ClientEnd {
     }
 }
 
-/// A `map_err` that names what was being done when sqlx failed.
-pub(crate) fn sql_error(action: &str) -> impl Fn(sqlx::Error) -> crate::Error + '_ {
-    move |source| crate::Error::Sql {
-        action: action.to_string(),
-        source,
-    }
-}
-
 /// Clients A and B through `pooled`: the probes where B takes the server
 /// connection A just released.
 pub(crate) async fn clients_a_and_b(
@@ -141,10 +133,10 @@ pub(crate) async fn clients_a_and_b(
     use sqlx::Connection;
     let a = sqlx::PgConnection::connect_with(pooled)
         .await
-        .map_err(sql_error("connecting client A"))?;
+        .map_err(crate::error::sql_error("connecting client A"))?;
     let b = sqlx::PgConnection::connect_with(pooled)
         .await
-        .map_err(sql_error("connecting client B"))?;
+        .map_err(crate::error::sql_error("connecting client B"))?;
     Ok((a, b))
 }
 

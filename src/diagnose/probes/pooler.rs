@@ -14,9 +14,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::startup::{send_startup, StartupAnswer};
-use super::{clients_a_and_b, sql_error, within, ClientEnd, ClientError, Outcome, WrongAnswer};
+use super::{clients_a_and_b, within, ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::connect::sqlx_compat::audited;
-use crate::error::{Error, Result};
+use crate::error::{sql_error, Error, Result};
 
 /// A behaviour where poolers differ in what a client sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

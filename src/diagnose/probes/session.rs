@@ -12,9 +12,9 @@ use sqlx::migrate::Migrate;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{clients_a_and_b, sql_error, ClientEnd, ClientError, Outcome, WrongAnswer};
+use super::{clients_a_and_b, ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::connect::sqlx_compat::audited;
-use crate::error::Result;
+use crate::error::{sql_error, Result};
 
 /// A piece of session state an application may rely on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
