@@ -99,15 +99,23 @@ fn child() -> bool {
     std::env::var_os(CHILD).is_some()
 }
 
+/// A scenario's database in the child process; None in an ordinary run,
+/// where the scenario returns at once.
+async fn scenario_db() -> Option<TestDb> {
+    match child() {
+        true => Some(TestDb::new().await.unwrap()),
+        false => None,
+    }
+}
+
 // ---- the scenarios: each fails on purpose (when run as a child) ----
 
 #[ignore = "a scenario: run by connect_twice_* in a child process"]
 #[tokio::test]
 async fn scenario_connect_twice() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     for _ in 0..2 {
         let mut conn = db.connect().await.unwrap();
         let n: i64 = sqlx::query_scalar("select $1::int8 + 1")
@@ -122,10 +130,9 @@ async fn scenario_connect_twice() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_default_cache_across_transactions() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let mut a = PgConnection::connect_with(&db.connect_options().statement_cache_capacity(100))
         .await
         .unwrap();
@@ -185,10 +192,9 @@ async fn scenario_unnamed_outside_a_transaction() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_startup_parameter() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     PgConnection::connect_with(&db.connect_options().options([("jit", "off")]))
         .await
         .unwrap();
@@ -210,10 +216,9 @@ async fn across(db: &TestDb, setup: &str, check: &str) -> Result<Option<String>,
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_advisory_unlock() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let unlocked = across(
         &db,
         "select pg_advisory_lock(77)",
@@ -227,10 +232,9 @@ async fn scenario_advisory_unlock() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_sql_execute() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
     sqlx::raw_sql("prepare my_query as select true")
@@ -246,10 +250,9 @@ async fn scenario_sql_execute() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_temp_table() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     // The table stays on the server connection B then holds.
     across(
         &db,
@@ -263,10 +266,9 @@ async fn scenario_temp_table() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_migrator_lock() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let mut m = db.connect().await.unwrap();
     let mut busy = db.connect().await.unwrap();
     m.lock().await.unwrap();
