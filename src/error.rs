@@ -241,5 +241,14 @@ impl Error {
     }
 }
 
+/// A `map_err` that turns an sqlx error into [`Error::Sql`], saying what
+/// was being done (the text is made only on failure).
+pub(crate) fn sql_error<A: Into<String>>(action: A) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Sql {
+        action: action.into(),
+        source,
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

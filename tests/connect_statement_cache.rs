@@ -119,12 +119,9 @@ async fn reuse_after_server_change(db: &TestDb, capacity: usize) -> Result<(), S
     let mut b = db.connect().await.unwrap();
     run(&mut a).await.map_err(|e| format!("first run: {e}"))?;
     // B holds the server connection A used, so A's next transaction gets another.
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let second = run(&mut a).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    common::release_server_connection(&mut b).await;
     second.map_err(|e| {
         e.as_database_error()
             .and_then(|d: &dyn DatabaseError| d.code().map(|c| c.to_string()))

@@ -17,14 +17,15 @@ use pgbouncer_fixtures::probes::{Outcome, Workload};
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::tokio_postgres::config::SslMode;
 use pgbouncer_fixtures::tokio_postgres::types::Type;
-use pgbouncer_fixtures::tokio_postgres::{Client, SimpleQueryMessage};
+use pgbouncer_fixtures::tokio_postgres::{Client, GenericClient, SimpleQueryMessage};
 use pgbouncer_fixtures::{
     Behaviour, DbUrl, Error, ExternalTarget, Profile, StackSettings, Target, TestDb,
 };
 use rstest::rstest;
 
-/// The first value of a simple query's only row.
-async fn simple_value(client: &Client, sql: &str) -> Option<String> {
+/// The first value of a simple query's only row (on a client or in a
+/// transaction).
+async fn simple_value(client: &impl GenericClient, sql: &str) -> Option<String> {
     let messages = client
         .simple_query(sql)
         .await
@@ -384,29 +385,20 @@ async fn act_as_sets_the_role_and_claims_for_one_tokio_postgres_transaction() {
         .begin_tokio_postgres(&mut client)
         .await
         .unwrap();
-    let rows = tx
-        .simple_query("select current_user::text || ' ' || auth.uid()::text || ' ' || auth.email()")
-        .await
-        .unwrap();
-    let inside = rows
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(inside, format!("authenticated {} tp@example.com", user.id));
+    let inside = simple_value(
+        &tx,
+        "select current_user::text || ' ' || auth.uid()::text || ' ' || auth.email()",
+    )
+    .await;
+    assert_eq!(
+        inside,
+        Some(format!("authenticated {} tp@example.com", user.id))
+    );
     tx.commit().await.unwrap();
-    let rows = client
-        .simple_query("select current_user::text || ' ' || coalesce(auth.uid()::text, '-')")
-        .await
-        .unwrap();
-    let after = rows
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(after, "postgres -");
+    let after = simple_value(
+        &client,
+        "select current_user::text || ' ' || coalesce(auth.uid()::text, '-')",
+    )
+    .await;
+    assert_eq!(after.as_deref(), Some("postgres -"));
 }

@@ -99,15 +99,23 @@ fn child() -> bool {
     std::env::var_os(CHILD).is_some()
 }
 
+/// A scenario's database in the child process; None in an ordinary run,
+/// where the scenario returns at once.
+async fn scenario_db() -> Option<TestDb> {
+    match child() {
+        true => Some(TestDb::new().await.unwrap()),
+        false => None,
+    }
+}
+
 // ---- the scenarios: each fails on purpose (when run as a child) ----
 
 #[ignore = "a scenario: run by connect_twice_* in a child process"]
 #[tokio::test]
 async fn scenario_connect_twice() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     for _ in 0..2 {
         let mut conn = db.connect().await.unwrap();
         let n: i64 = sqlx::query_scalar("select $1::int8 + 1")
@@ -122,10 +130,9 @@ async fn scenario_connect_twice() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_default_cache_across_transactions() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let mut a = PgConnection::connect_with(&db.connect_options().statement_cache_capacity(100))
         .await
         .unwrap();
@@ -136,10 +143,7 @@ async fn scenario_default_cache_across_transactions() {
         .await
         .unwrap();
     // B holds the server connection where A's cached sqlx_s_1 lives.
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let _: i64 = sqlx::query_scalar("select $1::int8")
         .bind(2_i64)
         .fetch_one(&mut a)
@@ -167,10 +171,7 @@ async fn scenario_unnamed_outside_a_transaction() {
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
     let mut c = db.connect().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let a_query = tokio::spawn(async move {
         sqlx::query_scalar::<_, i64>("select $1::int8 + 1")
             .bind(1_i64)
@@ -182,7 +183,7 @@ async fn scenario_unnamed_outside_a_transaction() {
     // A query without arguments goes out as a simple Query message.
     let c_query = tokio::spawn(async move { sqlx::Executor::execute(&mut c, "select 2").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    common::release_server_connection(&mut b).await;
     c_query.await.unwrap().unwrap();
     let answer = a_query.await.unwrap().unwrap();
     assert_eq!(answer, 2);
@@ -191,10 +192,9 @@ async fn scenario_unnamed_outside_a_transaction() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_startup_parameter() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     PgConnection::connect_with(&db.connect_options().options([("jit", "off")]))
         .await
         .unwrap();
@@ -216,10 +216,9 @@ async fn across(db: &TestDb, setup: &str, check: &str) -> Result<Option<String>,
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_advisory_unlock() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let unlocked = across(
         &db,
         "select pg_advisory_lock(77)",
@@ -233,32 +232,27 @@ async fn scenario_advisory_unlock() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_sql_execute() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
     sqlx::raw_sql("prepare my_query as select true")
         .execute(&mut a)
         .await
         .unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let executed = sqlx::raw_sql("execute my_query").execute(&mut a).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
+    common::release_server_connection(&mut b).await;
     executed.unwrap();
 }
 
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_temp_table() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     // The table stays on the server connection B then holds.
     across(
         &db,
@@ -272,19 +266,15 @@ async fn scenario_temp_table() {
 #[ignore = "a scenario: run by a parent test in a child process"]
 #[tokio::test]
 async fn scenario_migrator_lock() {
-    if !child() {
+    let Some(db) = scenario_db().await else {
         return;
-    }
-    let db = TestDb::new().await.unwrap();
+    };
     let mut m = db.connect().await.unwrap();
     let mut busy = db.connect().await.unwrap();
     m.lock().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut busy)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut busy).await;
     m.unlock().await.unwrap();
-    sqlx::raw_sql("commit").execute(&mut busy).await.unwrap();
+    common::release_server_connection(&mut busy).await;
     // The next migration run waits for the lock a pooled server connection kept.
     let mut next = db.connect_direct().await.unwrap();
     tokio::time::timeout(Duration::from_secs(3), next.lock())
@@ -413,12 +403,9 @@ async fn explain_on_demand_is_empty_for_a_clean_test_and_none_for_external_targe
         .await
         .unwrap();
     let mut other = db.connect().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut other).await;
     let _ = sqlx::raw_sql("execute q").execute(&mut conn).await;
-    sqlx::raw_sql("commit").execute(&mut other).await.unwrap();
+    common::release_server_connection(&mut other).await;
     let explanation = db.explain().await.unwrap().unwrap();
     assert!(explanation.has(Hazard::SqlPrepareLost), "{explanation}");
 

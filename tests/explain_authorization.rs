@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::password_of;
+use common::{password_of, supabase_project_builder, supabase_project_template};
 use pgbouncer_fixtures::sqlx;
-use pgbouncer_fixtures::{ActAs, Profile, StackSettings, Target, Template, TestDb};
+use pgbouncer_fixtures::{ActAs, Profile, StackSettings, Target, TestDb};
 use rstest::rstest;
 use serde_json::json;
 
@@ -24,33 +23,17 @@ const CHILD: &str = "PGBF_EXPLAIN_AUTHORIZATION_CHILD";
 const REFUSED: &str = "pgbouncer-fixtures: refused for lack of authorization in";
 const CONTEXT: &str = "pgbouncer-fixtures: roles and policies in effect in";
 
-fn template() -> Template {
-    let project = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supabase-project");
-    Template::new().supabase_project(project)
-}
-
 async fn project_db(profile: Profile) -> TestDb {
-    TestDb::builder()
+    supabase_project_builder()
         .profile(profile)
-        .template(template())
         .build()
         .await
         .unwrap()
 }
 
 /// Runs `sql` ($1 bound) as `who` and returns the SQLSTATE it was refused with.
-async fn refused_as(db: &TestDb, who: &ActAs, sql: &'static str, arg: &str) -> String {
-    let mut conn = db.connect().await.unwrap();
-    let mut tx = who.begin(&mut conn).await.unwrap();
-    let err = sqlx::query(sql)
-        .bind(arg)
-        .persistent(false)
-        .execute(&mut *tx)
-        .await
-        .expect_err(sql);
-    tx.rollback().await.unwrap();
-    let code = err.as_database_error().and_then(|e| e.code());
-    code.map(|c| c.to_string()).unwrap_or_default()
+async fn refused_code(db: &TestDb, who: &ActAs, sql: &'static str, arg: &str) -> String {
+    common::refused_as(db, who, sql, arg).await.0
 }
 
 /// The texts PostgreSQL gives a policy's expressions (USING, WITH CHECK).
@@ -89,7 +72,7 @@ async fn a_forged_insert_is_explained_with_the_role_the_sub_the_policy_and_its_c
     // Bob writes a note owned by Alice.
     let forged = "insert into public.notes (owner_id, body) values ($1::uuid, 'forged')";
     assert_eq!(
-        refused_as(&db, &bob.act_as(), forged, &alice.id).await,
+        refused_code(&db, &bob.act_as(), forged, &alice.id).await,
         "42501"
     );
     // Alice acts after him: the refusal is still Bob's transaction's.
@@ -160,11 +143,11 @@ async fn a_missing_grant_is_explained_with_the_grant_to_add() {
     .await
     .unwrap();
     let read = "select * from public.secrets where $1::text is not null";
-    assert_eq!(refused_as(&db, &alice.act_as(), read, "x").await, "42501");
+    assert_eq!(refused_code(&db, &alice.act_as(), read, "x").await, "42501");
     // anon may read notes only (the project's migration revokes the rest).
     let write = "insert into public.notes (owner_id, body) values ($1::uuid, 'anon')";
     assert_eq!(
-        refused_as(&db, &ActAs::anon(), write, &alice.id).await,
+        refused_code(&db, &ActAs::anon(), write, &alice.id).await,
         "42501"
     );
     // A role set by hand, not by ActAs: the explanation says it cannot see it.
@@ -276,11 +259,7 @@ async fn scenario_anon_sees_no_private_note() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let db = TestDb::builder()
-        .template(template())
-        .build()
-        .await
-        .unwrap();
+    let db = supabase_project_builder().build().await.unwrap();
     let mut conn = db.connect().await.unwrap();
     let mut tx = ActAs::anon().begin(&mut conn).await.unwrap();
     let bodies: Vec<String> =
@@ -299,7 +278,7 @@ async fn a_failed_assertion_after_acting_prints_the_roles_claims_and_policies() 
     let settings = Profile::SupabaseShared.apply(StackSettings::default().with_run_id(&run_id));
     let parent = TestDb::builder()
         .target(Target::Containers(settings))
-        .template(template())
+        .template(supabase_project_template())
         .test_name("explain_authorization_parent")
         .build()
         .await

@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::{refused_as, supabase_project_builder};
+
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{ActAs, ApiRole, Error, Profile, Template, TestDb};
@@ -16,16 +17,8 @@ use rstest::rstest;
 use serde_json::json;
 use sqlx::{PgConnection, Row};
 
-fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supabase-project")
-}
-
 async fn project_db() -> TestDb {
-    TestDb::builder()
-        .template(Template::new().supabase_project(project()))
-        .build()
-        .await
-        .unwrap()
+    supabase_project_builder().build().await.unwrap()
 }
 
 /// One column of rows, as text.
@@ -48,24 +41,6 @@ async fn seen_as(db: &TestDb, who: &ActAs, sql: &'static str) -> Vec<String> {
     let rows = column(&mut tx, sql).await;
     tx.rollback().await.unwrap();
     rows
-}
-
-/// The SQLSTATE and message `who` gets for `sql` with `arg` bound as $1.
-async fn refused_as(db: &TestDb, who: &ActAs, sql: &'static str, arg: &str) -> (String, String) {
-    let mut conn = db.connect().await.unwrap();
-    let mut tx = who.begin(&mut conn).await.unwrap();
-    let err = sqlx::query(sql)
-        .bind(arg)
-        .persistent(false)
-        .execute(&mut *tx)
-        .await
-        .expect_err(sql);
-    tx.rollback().await.unwrap();
-    let db_err = err.as_database_error().expect("a database error");
-    (
-        db_err.code().unwrap_or_default().to_string(),
-        db_err.message().to_string(),
-    )
 }
 
 /// Rows `who` changes with `sql` ($1 bound), committed.
@@ -472,9 +447,8 @@ async fn a_supabase_project_applies_and_its_signup_trigger_makes_profiles() {
 async fn each_user_sees_their_own_notes_anon_the_public_ones_service_role_all(
     #[values(Profile::SupabaseShared, Profile::SupabaseDedicated)] profile: Profile,
 ) {
-    let db = TestDb::builder()
+    let db = supabase_project_builder()
         .profile(profile)
-        .template(Template::new().supabase_project(project()))
         .build()
         .await
         .unwrap();

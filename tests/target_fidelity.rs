@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    across_transactions, assert_named_statement_collisions, audited, run_default_workload,
+    across_transactions, assert_named_statement_collisions, audited, db_behind,
+    run_default_workload,
 };
 
 use std::time::Duration;
@@ -17,10 +18,6 @@ use rstest::rstest;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Row};
-
-async fn db(profile: Profile) -> TestDb {
-    TestDb::for_profile(profile).await.unwrap()
-}
 
 fn code_of(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()
@@ -40,7 +37,7 @@ async fn default_statement_cache_collides_only_behind_the_default_profile(
     )]
     profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
     if profile == Profile::SupabaseShared {
         assert_named_statement_collisions(&outcome);
@@ -56,7 +53,7 @@ async fn default_statement_cache_collides_only_behind_the_default_profile(
 async fn capacity_zero_still_fails_behind_the_default_profile(
     #[values(Profile::SupabaseShared, Profile::SupabaseDedicated)] profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let outcome = run_default_workload(SqlxPattern::ConnectionCacheOff, &db).await;
     if profile == Profile::SupabaseShared {
         assert!(!outcome.passed());
@@ -80,7 +77,7 @@ async fn capacity_zero_still_fails_behind_the_default_profile(
 /// unnamed statement and a wrong answer. Never silent success, run after run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_break_outside_a_transaction_only() {
-    let db = db(Profile::SupabaseShared).await;
+    let db = db_behind(Profile::SupabaseShared).await;
     for run in 0..3 {
         let outside = run_default_workload(SqlxPattern::UnnamedOutsideTransaction, &db).await;
         assert!(
@@ -118,7 +115,7 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
     )]
     profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let refused = profile == Profile::SupabaseDedicated;
     match recipe {
         Recipe::TopLevel(name, value) => {
@@ -184,7 +181,7 @@ async fn startup_search_path_resolves_names_as_postgres_does_only_where_reproduc
     )]
     profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let mut admin = db.connect_direct().await.unwrap();
     sqlx::raw_sql(
         "create schema app; \
@@ -281,7 +278,7 @@ async fn the_factory_sends_no_parameter_a_strict_pooler_refuses() {
 async fn session_state_survives_only_session_pooling(
     #[values(Profile::SupabaseShared, Profile::SupabaseSession)] profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let kept = profile == Profile::SupabaseSession;
 
     let set = across_transactions(
@@ -347,10 +344,7 @@ async fn session_state_survives_only_session_pooling(
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("pgbf_channel").await.unwrap();
     let mut b = db.connect().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut b).await;
     let mut notifier = db.connect_direct().await.unwrap();
     sqlx::raw_sql("notify pgbf_channel, 'hello'")
         .execute(&mut notifier)
@@ -391,7 +385,7 @@ fn migrations_dir() -> tempfile::TempDir {
 /// Through the direct endpoint the same sequence is safe.
 #[tokio::test]
 async fn migrations_belong_on_the_direct_endpoint() {
-    let db = db(Profile::SupabaseShared).await;
+    let db = db_behind(Profile::SupabaseShared).await;
     let dir = migrations_dir();
     let migrator = Migrator::new(dir.path()).await.unwrap();
 
@@ -399,14 +393,11 @@ async fn migrations_belong_on_the_direct_endpoint() {
     let mut m = db.connect().await.unwrap();
     let mut busy = db.connect().await.unwrap();
     m.lock().await.unwrap();
-    sqlx::raw_sql("begin; select 1")
-        .execute(&mut busy)
-        .await
-        .unwrap();
+    common::hold_server_connection(&mut busy).await;
     m.unlock()
         .await
         .expect("sqlx does not notice that the unlock missed");
-    sqlx::raw_sql("commit").execute(&mut busy).await.unwrap();
+    common::release_server_connection(&mut busy).await;
     drop((m, busy));
 
     // The lock is still held by a pooled server connection: the next run hangs.
@@ -451,7 +442,7 @@ async fn migrations_belong_on_the_direct_endpoint() {
 /// clients reached in session mode`): the words are not reproduced.
 #[tokio::test]
 async fn session_mode_refuses_the_client_after_the_pool_size_at_once() {
-    let db = db(Profile::SupabaseSession).await;
+    let db = db_behind(Profile::SupabaseSession).await;
     let mut held = Vec::new();
     for _ in 0..15 {
         held.push(db.connect().await.unwrap());

@@ -5,18 +5,14 @@
 
 mod common;
 
-use common::{assert_named_statement_collisions, run_default_workload};
+use common::{assert_named_statement_collisions, db_behind, run_default_workload};
 
 use pgbouncer_fixtures::probes::pooler::{
     run_pooler_probe, tracked_set, PoolerProbe, PoolerTarget, SET_ZONE,
 };
 use pgbouncer_fixtures::probes::SqlxPattern;
-use pgbouncer_fixtures::{not_reproduced, Behaviour, Profile, TestDb};
+use pgbouncer_fixtures::{not_reproduced, Behaviour, Profile};
 use rstest::rstest;
-
-async fn db(profile: Profile) -> TestDb {
-    TestDb::for_profile(profile).await.unwrap()
-}
 
 /// Item 6: a dedicated pooler on an older image (PgBouncer before 1.21)
 /// tracks no prepared statement: sqlx's default cache collides there, as
@@ -26,7 +22,7 @@ async fn db(profile: Profile) -> TestDb {
 async fn the_default_cache_collides_behind_the_dedicated_pooler_before_1_21(
     #[values(Profile::SupabaseDedicatedLegacy, Profile::SupabaseDedicated)] profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let outcome = run_default_workload(SqlxPattern::PoolDefaultCache, &db).await;
     if profile == Profile::SupabaseDedicatedLegacy {
         assert_named_statement_collisions(&outcome);
@@ -60,7 +56,7 @@ async fn a_tracked_set_outside_a_transaction_is_kept_per_client(
     )]
     profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let answer = tracked_set(&db.connect_options()).await.unwrap();
     assert_eq!(answer.other_before, "UTC", "{profile}: {answer:?}");
     assert_eq!(
@@ -105,7 +101,7 @@ async fn startup_parameters_reach_the_server_as_through_pgbouncer(
     )]
     profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let pooled = db.connect_options();
     let direct = db.direct_connect_options().unwrap();
     let target = PoolerTarget {
@@ -171,7 +167,7 @@ async fn startup_parameters_reach_the_server_as_through_pgbouncer(
 async fn client_16_is_refused_at_once_only_in_session_mode(
     #[values(Profile::SupabaseSession, Profile::SupabaseShared)] profile: Profile,
 ) {
-    let db = db(profile).await;
+    let db = db_behind(profile).await;
     let pooled = db.connect_options();
     let target = PoolerTarget {
         pooled: &pooled,

@@ -15,7 +15,7 @@ use crate::connect::quote::{quote_ident, quote_literal};
 use crate::connect::sqlx_compat::{audited, run_migrations, Executor};
 use crate::connect::Endpoint;
 use crate::contract::{PREPARED_TABLE, TEMPLATE_PREFIX};
-use crate::error::{Error, Result};
+use crate::error::{sql_error, Error, Result};
 use crate::provision::database::Step;
 use crate::support::digest::hex;
 use crate::support::sync::lock;
@@ -332,7 +332,7 @@ impl ResolvedTemplate {
         let lock = format!("select pg_advisory_lock({key})");
         conn.execute(lock.as_str())
             .await
-            .map_err(sql_err("locking the template".into()))?;
+            .map_err(sql_error("locking the template"))?;
         let result = self.build_locked(&mut conn, admin).await;
         let unlock = format!("select pg_advisory_unlock({key})");
         let _ = conn.execute(unlock.as_str()).await;
@@ -349,7 +349,7 @@ impl ResolvedTemplate {
                 .persistent(false)
                 .fetch_optional(&mut *conn)
                 .await
-                .map_err(sql_err("looking for the template".into()))?;
+                .map_err(sql_error("looking for the template"))?;
         if ready != Some(true) {
             let started = std::time::Instant::now();
             self.build(conn, admin).await?;
@@ -400,7 +400,7 @@ impl ResolvedTemplate {
         }
         tpl.close()
             .await
-            .map_err(sql_err("closing the template connection".into()))?;
+            .map_err(sql_error("closing the template connection"))?;
         // Nobody may connect to it any more: open sessions would block cloning.
         for sql in [
             format!("ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"),
@@ -430,7 +430,7 @@ impl ResolvedTemplate {
         .persistent(false)
         .fetch_all(&mut *conn)
         .await
-        .map_err(sql_err("looking for stale templates".into()))?;
+        .map_err(sql_error("looking for stale templates"))?;
         let delete_clones =
             format!("delete from {PREPARED_TABLE} where template = $1 returning name");
         for old_raw in stale {
@@ -463,17 +463,12 @@ impl ResolvedTemplate {
     }
 }
 
-/// Turns an sqlx error into the crate's, saying what was being done.
-fn sql_err(action: String) -> impl FnOnce(sqlx::Error) -> Error {
-    move |source| Error::Sql { action, source }
-}
-
 /// Runs one admin statement on `conn`.
 async fn run(conn: &mut PgConnection, sql: &str) -> Result<()> {
     conn.execute(sql)
         .await
         .map(|_| ())
-        .map_err(sql_err(format!("`{sql}`")))
+        .map_err(sql_error(format!("`{sql}`")))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ pub mod contract_sql;
 use std::process::Command;
 
 use pgbouncer_fixtures::sqlx;
-use pgbouncer_fixtures::TestDb;
+use pgbouncer_fixtures::{ActAs, Profile, Template, TestDb, TestDbBuilder};
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 
@@ -182,11 +182,71 @@ pub async fn across_transactions<T>(
     let mut a = db.connect().await.unwrap();
     let mut b = db.connect().await.unwrap();
     sqlx::raw_sql(audited(setup)).execute(&mut a).await.unwrap();
+    hold_server_connection(&mut b).await;
+    let result = check(&mut a).await;
+    release_server_connection(&mut b).await;
+    result
+}
+
+/// A database of its own behind `profile`, on the crate's stack.
+pub async fn db_behind(profile: Profile) -> TestDb {
+    TestDb::for_profile(profile).await.unwrap()
+}
+
+/// Opens a transaction on `client`: behind a transaction pooler it keeps
+/// the server connection it got (the one another client released last:
+/// PgBouncer hands out the most recent first) until
+/// [`release_server_connection`], so that other client's next transaction
+/// runs elsewhere (or waits, with a pool of one).
+pub async fn hold_server_connection(client: &mut PgConnection) {
     sqlx::raw_sql("begin; select 1")
-        .execute(&mut b)
+        .execute(client)
         .await
         .unwrap();
-    let result = check(&mut a).await;
-    sqlx::raw_sql("commit").execute(&mut b).await.unwrap();
-    result
+}
+
+/// Commits the transaction [`hold_server_connection`] opened.
+pub async fn release_server_connection(client: &mut PgConnection) {
+    sqlx::raw_sql("commit").execute(client).await.unwrap();
+}
+
+/// The tests' Supabase project folder (tests/fixtures/supabase-project).
+pub fn supabase_project_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supabase-project")
+}
+
+/// A template that applies the tests' Supabase project.
+pub fn supabase_project_template() -> Template {
+    Template::new().supabase_project(supabase_project_dir())
+}
+
+/// A builder of databases with the tests' Supabase project applied.
+pub fn supabase_project_builder() -> TestDbBuilder {
+    TestDb::builder().template(supabase_project_template())
+}
+
+/// Runs `sql` ($1 = `arg`) through the pooler as `who`, in a transaction
+/// that is rolled back, and returns the SQLSTATE and message it was
+/// refused with (a statement that succeeds, or fails without a database
+/// error, fails the test).
+pub async fn refused_as(
+    db: &TestDb,
+    who: &ActAs,
+    sql: &'static str,
+    arg: &str,
+) -> (String, String) {
+    let mut conn = db.connect().await.unwrap();
+    let mut tx = who.begin(&mut conn).await.unwrap();
+    let err = sqlx::query(sql)
+        .bind(arg)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .expect_err(sql);
+    tx.rollback().await.unwrap();
+    let db_err = err.as_database_error().expect("a database error");
+    (
+        db_err.code().unwrap_or_default().to_string(),
+        db_err.message().to_string(),
+    )
 }

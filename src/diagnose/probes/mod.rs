@@ -125,6 +125,21 @@ impl From<Result<(), sqlx::Error>> for ClientEnd {
     }
 }
 
+/// Clients A and B through `pooled`: the probes where B takes the server
+/// connection A just released.
+pub(crate) async fn clients_a_and_b(
+    pooled: &sqlx::postgres::PgConnectOptions,
+) -> crate::error::Result<(sqlx::PgConnection, sqlx::PgConnection)> {
+    use sqlx::Connection;
+    let a = sqlx::PgConnection::connect_with(pooled)
+        .await
+        .map_err(crate::error::sql_error("connecting client A"))?;
+    let b = sqlx::PgConnection::connect_with(pooled)
+        .await
+        .map_err(crate::error::sql_error("connecting client B"))?;
+    Ok((a, b))
+}
+
 /// Distinct SQL texts per client in the statement workloads.
 pub(crate) const TEXTS: usize = 7;
 

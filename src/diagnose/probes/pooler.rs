@@ -14,9 +14,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::startup::{send_startup, StartupAnswer};
-use super::{within, ClientEnd, ClientError, Outcome, WrongAnswer};
+use super::{clients_a_and_b, within, ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::connect::sqlx_compat::audited;
-use crate::error::{Error, Result};
+use crate::error::{sql_error, Error, Result};
 
 /// A behaviour where poolers differ in what a client sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -140,13 +140,6 @@ pub async fn run_pooler_probe(probe: PoolerProbe, target: PoolerTarget<'_>) -> R
     })
 }
 
-fn sql_error(action: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
-    move |e| Error::Sql {
-        action: action.to_string(),
-        source: e,
-    }
-}
-
 /// Connects with `options` and reads `sql`'s one text value.
 async fn read(
     options: &PgConnectOptions,
@@ -243,12 +236,7 @@ async fn zone_in_transaction(conn: &mut PgConnection, who: &str) -> Result<(Stri
 /// B reads its zone, A sets one outside a transaction, then B's and A's
 /// next transactions read theirs.
 pub async fn tracked_set(pooled: &PgConnectOptions) -> Result<TrackedSetAnswer> {
-    let mut a = PgConnection::connect_with(pooled)
-        .await
-        .map_err(sql_error("connecting client A"))?;
-    let mut b = PgConnection::connect_with(pooled)
-        .await
-        .map_err(sql_error("connecting client B"))?;
+    let (mut a, mut b) = clients_a_and_b(pooled).await?;
     let (other_before, _) = zone_in_transaction(&mut b, "client B's first transaction").await?;
     let set = format!("set time zone '{SET_ZONE}'; select pg_backend_pid()");
     let setters_backend: i32 = sqlx::raw_sql(audited(&set))

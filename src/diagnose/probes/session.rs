@@ -12,9 +12,9 @@ use sqlx::migrate::Migrate;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{ClientEnd, ClientError, Outcome, WrongAnswer};
+use super::{clients_a_and_b, ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::connect::sqlx_compat::audited;
-use crate::error::{Error, Result};
+use crate::error::{sql_error, Result};
 
 /// A piece of session state an application may rely on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,13 +61,6 @@ impl SessionProbe {
 impl fmt::Display for SessionProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.description())
-    }
-}
-
-fn sql_error(action: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
-    move |e| Error::Sql {
-        action: action.to_string(),
-        source: e,
     }
 }
 
@@ -123,12 +116,7 @@ async fn across(
     check: &str,
     expected: String,
 ) -> Result<ClientEnd> {
-    let mut a = PgConnection::connect_with(pooled)
-        .await
-        .map_err(sql_error("connecting client A"))?;
-    let mut b = PgConnection::connect_with(pooled)
-        .await
-        .map_err(sql_error("connecting client B"))?;
+    let (mut a, mut b) = clients_a_and_b(pooled).await?;
     match sqlx::raw_sql(audited(setup)).execute(&mut a).await {
         Ok(_) => {}
         // The pooler refusing the setup is the outcome (e.g. Supavisor's

@@ -4,7 +4,7 @@
 
 use sqlx::{PgConnection, Row};
 
-use crate::error::{Error, Result};
+use crate::error::{sql_error, Result};
 
 /// One policy of a table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub(crate) async fn tables(
     .persistent(false)
     .fetch_all(&mut *conn)
     .await
-    .map_err(sql_err("reading the tables' row-level security"))?;
+    .map_err(sql_error("reading the tables' row-level security"))?;
     let mut tables = Vec::new();
     for row in rows {
         let get = |i: usize| row.try_get::<bool, _>(i).unwrap_or(false);
@@ -145,7 +145,7 @@ async fn policies(
     .persistent(false)
     .fetch_all(&mut *conn)
     .await
-    .map_err(sql_err("reading the table's policies"))?;
+    .map_err(sql_error("reading the table's policies"))?;
     Ok(rows
         .iter()
         .map(|row| Policy {
@@ -158,11 +158,4 @@ async fn policies(
             applies: row.try_get(6).unwrap_or(false),
         })
         .collect())
-}
-
-fn sql_err(action: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |source| Error::Sql {
-        action: action.to_string(),
-        source,
-    }
 }
