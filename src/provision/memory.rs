@@ -149,6 +149,14 @@ impl Memory {
         Ok(bytes)
     }
 
+    /// The templates measured so far and their sizes in bytes.
+    pub(crate) fn measured(&self) -> Vec<(String, u64)> {
+        lock(&self.sizes)
+            .iter()
+            .map(|(t, b)| (t.clone(), *b))
+            .collect()
+    }
+
     /// Fails when the budget cannot hold `template` (`bytes`) and one clone
     /// per test running at once (`tests`), with the sizes and the ways out.
     pub(crate) fn check_fits(&self, template: &str, bytes: u64, tests: usize) -> Result<()> {

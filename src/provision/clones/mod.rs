@@ -50,6 +50,9 @@ pub(crate) trait Store: Send + Sync {
     fn put<'a>(&'a self, template: &'a str, name: String) -> BoxFuture<'a, Result<()>>;
     /// A test got a clone made on demand (the pool was empty).
     fn cloned_on_demand<'a>(&'a self, template: &'a str) -> BoxFuture<'a, ()>;
+    /// Caps what is prepared between runs per template (`caps`: template,
+    /// clones at most), where someone prepares clones between runs.
+    fn cap_demand(&self, caps: Vec<(String, usize)>) -> BoxFuture<'_, ()>;
     /// Hands queued drops to whoever drops them after the process; returns
     /// those it did not take (the caller runs them).
     fn hand_over(&self, queued: Vec<Vec<Step>>) -> BoxFuture<'_, Vec<Vec<Step>>>;
@@ -239,7 +242,25 @@ impl Clones {
 
     /// Gives queued drops to the store's keeper (the stack's janitor) if it
     /// takes them; returns those it did not take: the caller runs them.
+    /// First caps the keeper's warm clones between runs to the memory
+    /// budget: of the templates this process measured, each may keep its
+    /// share of what [`Memory::pool_cap`] allows one template.
+    ///
+    /// [`Memory::pool_cap`]: crate::provision::memory::Memory::pool_cap
     pub(crate) async fn hand_over(&self, queued: Vec<Vec<Step>>) -> Vec<Vec<Step>> {
+        let memory = self.admin.memory();
+        let sizes = memory.measured();
+        let templates = sizes.len().max(1);
+        let caps: Vec<(String, usize)> = sizes
+            .into_iter()
+            .filter_map(|(template, bytes)| {
+                let cap = memory.pool_cap(Some(bytes))?;
+                Some((template, cap / templates))
+            })
+            .collect();
+        if !caps.is_empty() {
+            self.store.cap_demand(caps).await;
+        }
         self.store.hand_over(queued).await
     }
 
