@@ -108,7 +108,11 @@ impl Memory {
     /// without a budget or a measured size.
     pub(crate) fn pool_cap(&self, bytes: Option<u64>) -> Option<usize> {
         let (share, bytes) = (self.share()?, bytes.filter(|&b| b > 0)?);
-        Some(usize::try_from(share / 2 / bytes).unwrap_or(usize::MAX).max(1))
+        Some(
+            usize::try_from(share / 2 / bytes)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        )
     }
 
     /// Whether a clone is waiting for room: drops go first, at once.

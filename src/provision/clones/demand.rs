@@ -34,7 +34,7 @@ struct DemandState {
     making: HashMap<String, usize>,
     /// Clones being made for tests waiting in line, per template.
     feeding: HashMap<String, usize>,
-    /// One clone's time (copy and warm-up), running mean, per template.
+    /// One clone's time (its copy), running mean, per template.
     clone_secs: HashMap<String, f64>,
     /// Claims of the last second.
     recent: VecDeque<Instant>,
@@ -88,7 +88,7 @@ impl Demand {
         demand.max(base).min(cap.max(base))
     }
 
-    /// One clone of `template` took `took` (copy and warm-up).
+    /// One clone of `template` took `took` (its copy).
     pub(super) fn clone_took(&self, template: &str, took: Duration) {
         self.with(|s| {
             let secs = took.as_secs_f64();

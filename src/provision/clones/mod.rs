@@ -219,9 +219,7 @@ impl Clones {
             .await
             .ok()
             .flatten();
-        memory
-            .pool_cap(bytes)
-            .unwrap_or(demand::MAX_PREPARED)
+        memory.pool_cap(bytes).unwrap_or(demand::MAX_PREPARED)
     }
 
     /// A test released its clone (counted in the demand).
