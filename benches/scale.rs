@@ -11,13 +11,19 @@
 //! recorded it (`memory.max_usage_in_bytes`, cgroup v1; `memory.peak` on
 //! v2), read through `pg_read_file`.
 //!
-//! Uses only the API every version of the crate has, so the same file can
-//! measure an older checkout side by side (see docs/benchmarks.md).
+//! Uses only the API every version of the crate has, so the same file
+//! measures another checkout side by side: with `PGBF_SCALE_BEFORE=<path>`
+//! it builds a copy of itself against that checkout's crate (a crate of its
+//! own under `target/scale-before/`, with that checkout's `Cargo.lock`) and
+//! runs each row with both, one after the other.
 //!
 //! `cargo bench --bench scale` (env: PGBF_SCALE_ROWS, rows per template,
-//! default `1000,300000,1300000`; PGBF_SCALE_THREADS, default `2,4`;
-//! PGBF_SCALE_N tests per row, default 40; PGBF_MEMORY_BUDGET as for any
-//! run; PGBF_SCALE_LABEL, a word printed in each row).
+//! default `1000,300000,1300000,7000000` (~1 MB, ~50 MB, ~200 MB, ~1 GB);
+//! PGBF_SCALE_THREADS, default `2,4`; PGBF_SCALE_N tests per row, default
+//! 40; PGBF_SCALE_BUDGETS, memory budgets each row runs under, default
+//! `default` (the stack's own), e.g. `default,1G`; PGBF_SCALE_BEFORE, a
+//! checkout to measure side by side; PGBF_SCALE_LABEL, this code's word in
+//! each row, default `this`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -134,9 +140,10 @@ fn run(target: &Target, template: &Template, threads: usize, n: usize) -> (Vec<S
     (samples, started.elapsed())
 }
 
-/// The template's size, one clone's time per strategy (median of three)
+/// The template's size, one clone's time per strategy (median of three;
+/// 0 unless `clones`: a template the budget refused may not fit once more)
 /// and the container's peak memory, straight on PostgreSQL.
-async fn measure_stack(direct: &str) -> (u64, f64, f64, u64) {
+async fn measure_stack(direct: &str, clones: bool) -> (u64, f64, f64, u64) {
     let mut conn = sqlx::PgConnection::connect(direct)
         .await
         .expect("the stack");
@@ -148,8 +155,8 @@ async fn measure_stack(direct: &str) -> (u64, f64, f64, u64) {
     .await
     .expect("the template");
     let (template, bytes): (String, i64) = (row.get(0), row.get(1));
-    let mut strategy_ms = Vec::new();
-    for strategy in ["FILE_COPY", "WAL_LOG"] {
+    let mut strategy_ms = [0.0, 0.0];
+    for strategy in ["FILE_COPY", "WAL_LOG"].into_iter().filter(|_| clones) {
         let mut times = Vec::new();
         for i in 0..3 {
             let name = format!("pgbf_scale_clone_{i}");
@@ -167,7 +174,8 @@ async fn measure_stack(direct: &str) -> (u64, f64, f64, u64) {
                 .await
                 .expect("its drop");
         }
-        strategy_ms.push(percentile(&sorted(times), 0.5));
+        let at = usize::from(strategy == "WAL_LOG");
+        strategy_ms[at] = percentile(&sorted(times), 0.5);
     }
     let peak = peak_memory(&mut conn).await;
     let _ = conn.close().await;
@@ -209,9 +217,37 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
 }
 
+/// The budget a row runs under: its name (`default`, `1G`) and bytes.
+struct RowBudget {
+    name: String,
+    bytes: u64,
+}
+
+impl RowBudget {
+    /// From the harness's environment (set by [`main`] for each row).
+    fn from_env() -> RowBudget {
+        RowBudget {
+            name: std::env::var(BUDGET_NAME).unwrap_or_else(|_| "default".into()),
+            bytes: std::env::var(BUDGET_BYTES)
+                .ok()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The part of a `RESULT` key that names it (none for the default).
+    fn key(&self) -> String {
+        match self.name.as_str() {
+            "default" => String::new(),
+            name => format!("_b{name}"),
+        }
+    }
+}
+
 /// One row (`rows`, `c` threads) in this process, on a stack of its own;
 /// prints its table line and `RESULT-ROW`.
 fn row(r: usize, c: usize, n: usize, label: &str) {
+    let budget = RowBudget::from_env();
     let seeds = tempfile::tempdir().expect("a directory for the seed");
     let seed = write_seed(seeds.path(), r);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -219,15 +255,36 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
         .enable_all()
         .build()
         .expect("runtime");
-    let run_id = format!("scale-{label}-{r}-{c}-{}", std::process::id());
+    let run_id = format!(
+        "scale-{label}-{r}-{c}-{}-{}",
+        budget.name,
+        std::process::id()
+    );
     let settings = StackSettings::from_env(&pgbouncer_fixtures::Env::load().expect("env"))
         .expect("settings")
         .with_run_id(run_id);
     let target = Target::Containers(settings.clone());
     let template = Template::new().seed_file(&seed);
-    // The template is built (and the stack started) before the clock.
-    rt.block_on(one_test(&target, &template, "scale_warm".into()));
-    let (samples, wall) = run(&target, &template, c, n);
+    // The template is built (and the stack started) before the clock. A
+    // budget too small for the template refuses it here: a row that says so.
+    let warm = rt.block_on(async {
+        TestDb::builder()
+            .target(target.clone())
+            .template(template.clone())
+            .test_name("scale_warm")
+            .build()
+            .await
+    });
+    let (samples, wall) = match warm {
+        Ok(db) => {
+            drop(db);
+            run(&target, &template, c, n)
+        }
+        Err(e) => {
+            eprintln!("scale: the row's template was refused: {e}");
+            (Vec::new(), Duration::ZERO)
+        }
+    };
     let direct = rt.block_on(async {
         let stack = Stack::shared(&settings).await.expect("the row's stack");
         stack
@@ -236,21 +293,45 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
             .expose()
             .to_string()
     });
-    let (bytes, file_copy, wal_log, peak) = rt.block_on(measure_stack(&direct));
+    let (bytes, file_copy, wal_log, peak) =
+        rt.block_on(measure_stack(&direct, !samples.is_empty()));
+    let within = match budget.bytes {
+        0 => "?",
+        b if peak <= b => "yes",
+        _ => "NO",
+    };
+    let b = budget.key();
+    if samples.is_empty() {
+        println!(
+            "| {label} | {r} | {:.1} | {c} | refused: the budget cannot hold the template | | | | | | {} ({:.0}) | {:.0} | {within} | |",
+            mb(bytes),
+            budget.name,
+            mb(budget.bytes),
+            mb(peak),
+        );
+        let _ = (file_copy, wal_log);
+        println!(
+            "RESULT-ROW {label}_r{r}_c{c}{b}_refused=1 {label}_r{r}_c{c}{b}_peak_mb={:.0}",
+            mb(peak)
+        );
+        return;
+    }
     let claims = sorted(samples.iter().map(|s| ms(s.claim)).collect());
     let prepared = samples.iter().filter(|s| s.prepared).count();
     let (p50, p95) = (percentile(&claims, 0.5), percentile(&claims, 0.95));
     let clone = file_copy.min(wal_log);
     println!(
-        "| {label} | {r} | {:.1} | {c} | {p50:.1} | {p95:.1} | {prepared}/{n} | {file_copy:.1} / {wal_log:.1} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        "| {label} | {r} | {:.1} | {c} | {p50:.1} | {p95:.1} | {prepared}/{n} | {file_copy:.1} / {wal_log:.1} | {:.2} | {:.2} | {} ({:.0}) | {:.0} | {within} | {:.1} |",
         mb(bytes),
         p50 / clone,
         p95 / clone,
+        budget.name,
+        mb(budget.bytes),
         mb(peak),
         wall.as_secs_f64()
     );
     println!(
-        "RESULT-ROW {label}_r{r}_c{c}_p50_ms={p50:.1} {label}_r{r}_c{c}_p95_ms={p95:.1} {label}_r{r}_c{c}_clone_ms={clone:.1} {label}_r{r}_c{c}_file_copy_ms={file_copy:.1} {label}_r{r}_c{c}_wal_log_ms={wal_log:.1} {label}_r{r}_c{c}_peak_mb={:.0} {label}_r{r}_c{c}_wall_s={:.1}",
+        "RESULT-ROW {label}_r{r}_c{c}{b}_p50_ms={p50:.1} {label}_r{r}_c{c}{b}_p95_ms={p95:.1} {label}_r{r}_c{c}{b}_clone_ms={clone:.1} {label}_r{r}_c{c}{b}_file_copy_ms={file_copy:.1} {label}_r{r}_c{c}{b}_wal_log_ms={wal_log:.1} {label}_r{r}_c{c}{b}_peak_mb={:.0} {label}_r{r}_c{c}{b}_wall_s={:.1}",
         mb(peak),
         wall.as_secs_f64()
     );
@@ -258,6 +339,102 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
 
 /// The harness, run as one row: `ROWS,THREADS`.
 const ROW: &str = "PGBF_SCALE_ROW";
+/// The row's budget, by name and in bytes (the harness's environment).
+const BUDGET_NAME: &str = "PGBF_SCALE_BUDGET_NAME";
+const BUDGET_BYTES: &str = "PGBF_SCALE_BUDGET_BYTES";
+
+/// A size as `PGBF_MEMORY_BUDGET` writes it (`1G`, `512M`, bytes).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// The stack's default budget, as the crate sets it: a quarter of the
+/// Docker engine's memory, between 1 and 8 GiB.
+fn default_budget() -> u64 {
+    let engine = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.MemTotal}}"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|&m| m > 0);
+    engine.map_or(1 << 30, |m| m / 4).clamp(1 << 30, 8 << 30)
+}
+
+/// The harness of another checkout's crate (`PGBF_SCALE_BEFORE`): this
+/// file, built against that crate in a crate of its own.
+fn build_before(checkout: &Path) -> std::path::PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = here.join("target/scale-before");
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("report")).expect("target/scale-before");
+    std::fs::copy(here.join("benches/scale.rs"), src.join("scale.rs")).expect("scale.rs");
+    std::fs::copy(
+        here.join("benches/report/mod.rs"),
+        src.join("report/mod.rs"),
+    )
+    .expect("report/mod.rs");
+    let checkout = checkout
+        .canonicalize()
+        .expect("PGBF_SCALE_BEFORE: a checkout");
+    let sqlx_major = if cfg!(feature = "sqlx-0-8") {
+        "sqlx-0-8"
+    } else {
+        "sqlx-0-9"
+    };
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"scale-before\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
+             [[bin]]\nname = \"scale\"\npath = \"src/scale.rs\"\n\n\
+             [dependencies]\npgbouncer-fixtures = {{ path = {:?}, default-features = false, features = [{sqlx_major:?}] }}\n\
+             rand = \"0.8\"\ntempfile = \"3\"\ntokio = {{ version = \"1\", features = [\"rt\", \"rt-multi-thread\", \"macros\", \"time\"] }}\n\n\
+             [features]\nsqlx-0-8 = []\n\n[workspace]\n",
+            checkout.display().to_string()
+        ),
+    )
+    .expect("Cargo.toml");
+    // That checkout's versions of every dependency (and its build reused).
+    let _ = std::fs::copy(checkout.join("Cargo.lock"), dir.join("Cargo.lock"));
+    let mut cargo =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "--release", "--bin", "scale", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", dir.join("target"));
+    if sqlx_major == "sqlx-0-8" {
+        cargo.args(["--features", "sqlx-0-8"]);
+    }
+    let built = cargo
+        .status()
+        .expect("cargo builds the other checkout's harness");
+    assert!(
+        built.success(),
+        "the harness against {} did not build",
+        checkout.display()
+    );
+    dir.join("target/release/scale")
+}
 
 fn main() {
     let n = list("PGBF_SCALE_N", "40").first().copied().unwrap_or(40);
@@ -267,28 +444,67 @@ fn main() {
         row(v[0], v[1], n, &label);
         return;
     }
-    let rows = list("PGBF_SCALE_ROWS", "1000,300000,1300000");
+    let rows = list("PGBF_SCALE_ROWS", "1000,300000,1300000,7000000");
     let threads = list("PGBF_SCALE_THREADS", "2,4");
-    let budget = std::env::var("PGBF_MEMORY_BUDGET").unwrap_or_else(|_| "default".into());
+    // Without PGBF_SCALE_BUDGETS, the budget of any run: PGBF_MEMORY_BUDGET
+    // if set, else the stack's default.
+    let budgets: Vec<String> = std::env::var("PGBF_SCALE_BUDGETS")
+        .or_else(|_| std::env::var("PGBF_MEMORY_BUDGET"))
+        .unwrap_or_else(|_| "default".into())
+        .split(',')
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty())
+        .collect();
+    for b in &budgets {
+        assert!(
+            b == "default" || parse_size(b).is_some(),
+            "PGBF_SCALE_BUDGETS: {b:?} is neither `default` nor a size (1G, 512M, bytes)"
+        );
+    }
+    // The code measured: this checkout, after the other one if asked.
+    let mut codes = Vec::new();
+    if let Some(before) = std::env::var_os("PGBF_SCALE_BEFORE") {
+        codes.push(("before".to_string(), build_before(Path::new(&before))));
+    }
+    codes.push((label, std::env::current_exe().expect("the harness")));
     let mut report = report::Report::default();
     report.line(format!(
-        "scale: {n} tests per row (claim + connect + a query on the seed + 0-2 ms body + drop), each row a process and a stack of its own, memory budget {budget}"
+        "scale: {n} tests per row (claim + connect + a query on the seed + 0-2 ms body + drop), each row a process and a stack of its own, memory budgets {}",
+        budgets.join(", ")
     ));
-    report.line("| code | rows | template MB | threads | claim p50 ms | claim p95 ms | prepared | one clone FILE_COPY / WAL_LOG ms | p50 / clone | p95 / clone | peak memory MB | wall s |");
-    report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    report.line("| code | rows | template MB | threads | claim p50 ms | claim p95 ms | prepared | one clone FILE_COPY / WAL_LOG ms | p50 / clone | p95 / clone | budget (MB) | peak memory MB | peak <= budget | wall s |");
+    report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|");
     let mut result = String::from("RESULT");
     for &r in &rows {
         for &c in &threads {
-            let out = std::process::Command::new(std::env::current_exe().expect("the harness"))
-                .env(ROW, format!("{r},{c}"))
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("the harness runs");
-            assert!(out.status.success(), "the row {r} rows, {c} threads failed");
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                match line.strip_prefix("RESULT-ROW") {
-                    Some(r) => result.push_str(r),
-                    None => report.line(line),
+            for budget in &budgets {
+                let bytes = match budget.as_str() {
+                    "default" => default_budget(),
+                    size => parse_size(size).expect("checked above"),
+                };
+                for (code, exe) in &codes {
+                    let mut child = std::process::Command::new(exe);
+                    child
+                        .env(ROW, format!("{r},{c}"))
+                        .env("PGBF_SCALE_LABEL", code)
+                        .env(BUDGET_NAME, budget)
+                        .env(BUDGET_BYTES, bytes.to_string())
+                        .stderr(std::process::Stdio::inherit());
+                    match budget.as_str() {
+                        "default" => child.env_remove("PGBF_MEMORY_BUDGET"),
+                        size => child.env("PGBF_MEMORY_BUDGET", size),
+                    };
+                    let out = child.output().expect("the harness runs");
+                    assert!(
+                        out.status.success(),
+                        "the row {r} rows, {c} threads, budget {budget} ({code}) failed"
+                    );
+                    for line in String::from_utf8_lossy(&out.stdout).lines() {
+                        match line.strip_prefix("RESULT-ROW") {
+                            Some(r) => result.push_str(r),
+                            None => report.line(line),
+                        }
+                    }
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! claimed N clones and exited, the janitor drops the databases the process
 //! handed over, and prepares N clones for the next run (at most
 //! `PGBF_MAX_WARM_CLONES`); once settled, an idle stack runs nothing but its
-//! once-a-second lease count.
+//! once-a-second lease count. With a memory budget, what it prepares of a
+//! large template is capped to what the budget holds.
 
 mod common;
 
@@ -61,10 +62,21 @@ struct Run {
 }
 
 fn child_run(run_id: &str, migrations: &std::path::Path, n: usize) -> Run {
+    child_run_with(run_id, migrations, n, &[])
+}
+
+/// [`child_run`] with more of the child's environment.
+fn child_run_with(
+    run_id: &str,
+    migrations: &std::path::Path,
+    n: usize,
+    env: &[(&str, &str)],
+) -> Run {
     let out = tempfile::NamedTempFile::new().unwrap();
     let started = Instant::now();
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "janitor_child_run", "--test-threads=1"])
+        .envs(env.iter().copied())
         .env(CHILD, out.path())
         .env("PGBF_JANITOR_TEST_N", n.to_string())
         .env("PGBF_JANITOR_TEST_MIGRATIONS", migrations)
@@ -206,6 +218,50 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     }
     drop(conn);
     for id in stack_containers(&first.stack) {
+        docker(&["rm", "-f", &id]);
+    }
+}
+
+#[tokio::test]
+async fn the_janitor_prepares_no_more_clones_of_a_large_template_than_the_budget_holds() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // ~37 MB on disk (20 MB of rows on pages filled to 10%, the key, the
+    // base): a 512 MiB budget leaves the databases 192 MiB, of which the
+    // pool may take half: 2 clones of it.
+    std::fs::write(
+        dir.path().join("0001_pad.sql"),
+        "create table pad (id int primary key, filler char(200) not null) with (fillfactor = 10);\n\
+         insert into pad select g, 'x' from generate_series(1, 10240) g;",
+    )
+    .unwrap();
+    let run_id = unique_run_id("janitor-budget");
+    // 3 claims (the run's own pool off: no clone of the process is left
+    // in the pool): the demand is 3, the budget's cap 2.
+    let env = [
+        ("PGBF_MEMORY_BUDGET", "512M"),
+        ("PGBF_PREPARED_CLONES", "0"),
+    ];
+    let run = child_run_with(&run_id, dir.path(), 3, &env);
+    let mut conn = run.admin.connect().await.unwrap();
+    let took = settled(&mut conn, &run, 2).await;
+    eprintln!("settled {:.2} s after the run", took.as_secs_f64());
+    let demand = scalar(
+        &mut conn,
+        "select coalesce(max(claims), 0)::bigint from pgbf_demand",
+    )
+    .await;
+    assert_eq!(demand, 2, "the run's demand, capped by the budget");
+    // Stays at 2: nothing more is made once settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        scalar(&mut conn, "select count(*) from pgbf_prepared").await,
+        2
+    );
+    drop(conn);
+    for id in stack_containers(&run.stack) {
         docker(&["rm", "-f", &id]);
     }
 }

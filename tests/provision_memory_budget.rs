@@ -2,7 +2,9 @@
 //! (512 MiB: 192 MiB for databases): a template the budget cannot hold
 //! fails at once with the typed error, and tests that need more room than
 //! is free wait for a drop instead of the server running out, with nothing
-//! killed.
+//! killed. And the clone pool within it: tests that find no prepared clone
+//! wait in line, one clone made for each test no clone on its way covers;
+//! a full pool serves claims with no clone made for them.
 
 mod common;
 
@@ -37,6 +39,40 @@ fn seed(dir: &Path, mb: u64) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+/// The stack's test databases (not templates) and its prepared clones.
+async fn clones_on(settings: &StackSettings) -> (i64, i64) {
+    let stack = Stack::shared(settings).await.unwrap();
+    let mut direct = sqlx::PgConnection::connect(stack.endpoints().direct_url("postgres").expose())
+        .await
+        .unwrap();
+    let clones: i64 = sqlx::query_scalar(
+        "select count(*) from pg_database where datname like 'pgbf\\_c%' and not datistemplate",
+    )
+    .fetch_one(&mut direct)
+    .await
+    .unwrap();
+    let prepared: i64 = sqlx::query_scalar("select count(*) from pgbf_prepared")
+        .fetch_one(&mut direct)
+        .await
+        .unwrap();
+    (clones, prepared)
+}
+
+/// `n` tests claiming a clone of `template` at once.
+async fn claim_at_once(settings: &StackSettings, template: &Template, n: usize) -> Vec<TestDb> {
+    let claims: Vec<_> = (0..n)
+        .map(|i| {
+            let (settings, template) = (settings.clone(), template.clone());
+            tokio::spawn(async move { build(&settings, &template, &format!("line_{i}")).await })
+        })
+        .collect();
+    let mut dbs = Vec::new();
+    for claim in claims {
+        dbs.push(claim.await.unwrap().expect("a clone for each test"));
+    }
+    dbs
 }
 
 async fn build(
@@ -180,4 +216,57 @@ async fn tests_at_the_budgets_edge_wait_for_a_drop_and_nothing_is_killed() {
         peak <= BUDGET,
         "peak memory {peak} within the budget {BUDGET}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tests_without_a_prepared_clone_wait_in_line_and_get_one_clone_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings("clone-line");
+    // No pool: every test waits in line for a clone made for it.
+    let template = Template::new()
+        .seed_file(seed(dir.path(), 1))
+        .prepared_clones(0);
+    let dbs = claim_at_once(&settings, &template, 4).await;
+    for db in &dbs {
+        let t = db.acquire_timings();
+        assert!(!t.prepared && t.on_demand, "{t:?}");
+    }
+    let names: std::collections::HashSet<String> = dbs.iter().map(|d| d.database_name()).collect();
+    assert_eq!(names.len(), 4, "one clone per test: {names:?}");
+    // One clone made per test in line: none to spare in the pool.
+    assert_eq!(clones_on(&settings).await, (4, 0));
+    for db in &dbs {
+        let mut conn = db.connect().await.unwrap();
+        let rows: i64 = sqlx::query_scalar("select count(*) from pad")
+            .persistent(false)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1024 * 1024 / 8192 * 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_serves_as_many_tests_at_once_with_no_clone_made_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings("clone-pool");
+    let template = Template::new()
+        .seed_file(seed(dir.path(), 1))
+        .prepared_clones(3);
+    // The first claim builds the template and starts the pool.
+    drop(build(&settings, &template, "first").await.unwrap());
+    let mut ready = 0;
+    for _ in 0..600 {
+        ready = clones_on(&settings).await.1;
+        if ready >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready >= 3, "the pool holds the 3 asked for: {ready}");
+    let dbs = claim_at_once(&settings, &template, 3).await;
+    for db in &dbs {
+        let t = db.acquire_timings();
+        assert!(t.prepared && !t.on_demand, "{t:?}");
+    }
 }

@@ -80,7 +80,6 @@ pub(crate) const GARBAGE_TABLE: &str = "pgbf_garbage";
 /// One row per claim of the current run: `template`, `at`.
 pub(crate) const CLAIMS_TABLE: &str = "pgbf_claims";
 /// The last run's claims per template: `template`, `claims`, `rolled_at`.
-#[cfg(test)]
 pub(crate) const DEMAND_TABLE: &str = "pgbf_demand";
 /// A template database's name: this prefix and the digest of its migrations.
 pub(crate) const TEMPLATE_PREFIX: &str = "pgbf_tpl_";

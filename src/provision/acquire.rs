@@ -27,8 +27,12 @@ pub struct AcquireTimings {
     /// Taking a prepared clone (one round trip), or cloning on demand, or
     /// creating an empty database or schema.
     pub claim: Duration,
-    /// Whether the test got a clone prepared ahead of time.
+    /// Whether the test got a clone prepared ahead of time (ready at its
+    /// claim). When false, the test waited in line for the next clone made.
     pub prepared: bool,
+    /// Whether the test waited in line and its clone was made for the line
+    /// (no prepared one was on its way), rather than by the pool's refill.
+    pub on_demand: bool,
     /// The template's size in bytes (`pg_database_size`, on the crate's
     /// stacks; 0 without a template, or on an external server).
     pub template_bytes: u64,
@@ -136,6 +140,7 @@ async fn clone_of(
         }
     };
     timings.prepared = claimed.prepared;
+    timings.on_demand = claimed.on_demand;
     timings.memory_wait = claimed.memory_wait;
     timings.queued = claimed.queued;
     // The worker's share; the rest of `started.elapsed()` is the template

@@ -87,6 +87,9 @@ pub(crate) struct Admin {
     activity: Mutex<Instant>,
     /// Server-heavy statements (clones, drops) and who goes first.
     budget: Budget,
+    /// One of the budget's slots for drops, unless room is needed: a
+    /// clone for a waiting test never queues behind two drops.
+    drop_lane: tokio::sync::Semaphore,
     /// The stack's memory budget: databases counted in bytes.
     memory: Memory,
     /// How many queued drops wait for the stop ([`DEFERRED_DROPS`] on a
@@ -125,6 +128,7 @@ impl Admin {
             stopped: tokio::sync::Notify::new(),
             activity: Mutex::new(Instant::now()),
             budget: Budget::new(),
+            drop_lane: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -346,6 +350,11 @@ impl Admin {
             }
             let Some(steps) = lock(&self.drops).queue.pop_front() else {
                 continue;
+            };
+            let urgent = self.stopping() || self.memory.pressed();
+            let _lane = match urgent {
+                true => None,
+                false => self.drop_lane.acquire().await.ok(),
             };
             let slot = self
                 .budget

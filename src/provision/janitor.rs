@@ -8,12 +8,14 @@
 //! (`pgbf_demand`), and prepares clones (`pgbf_prepared`) up to that demand,
 //! at most `StackSettings::max_warm_clones` (`PGBF_MAX_WARM_CLONES`) in all. The
 //! processes' side is here: claiming a prepared clone records the claim in
-//! the same statement, and a process hands its queued drops over at exit
-//! instead of waiting for them. Never used on an external server: the crate
+//! the same statement, a process hands its queued drops over at exit
+//! instead of waiting for them, and it caps the demand per template to what
+//! the memory budget holds (the janitor's warm clones are full copies of
+//! their template, counted in the budget as every clone is). Never used on an external server: the crate
 //! leaves nothing on a user's server.
 
 use crate::connect::quote::quote_literal;
-use crate::contract::{self, CLAIMS_TABLE, GARBAGE_TABLE, PREPARED_TABLE};
+use crate::contract::{self, CLAIMS_TABLE, DEMAND_TABLE, GARBAGE_TABLE, PREPARED_TABLE};
 use crate::provision::database::Step;
 
 /// Databases waiting for the janitor's drop, at most: each costs tmpfs
@@ -59,6 +61,18 @@ pub(crate) fn claimed_sql(template: &str) -> String {
     format!(
         "insert into {CLAIMS_TABLE} (template) values ({})",
         quote_literal(template)
+    )
+}
+
+/// Caps what the janitor prepares of `template` between runs at `keep`
+/// clones: the claims of the run beyond the newest `keep` are struck off,
+/// and a demand rolled from an earlier run is lowered to `keep`.
+pub(crate) fn cap_demand_sql(template: &str, keep: usize) -> String {
+    let t = quote_literal(template);
+    format!(
+        "with trimmed as (delete from {CLAIMS_TABLE} where ctid in (select ctid from {CLAIMS_TABLE} \
+         where template = {t} order by at desc offset {keep})) \
+         update {DEMAND_TABLE} set claims = {keep} where template = {t} and claims > {keep}"
     )
 }
 
@@ -113,5 +127,6 @@ mod tests {
         assert_eq!(quote_literal("a'b"), "'a''b'");
         assert!(claim_sql("x'y").contains("'x''y'"));
         assert!(hand_over_sql(&["a".into(), "b'c".into()], 5).contains("'a', 'b''c'"));
+        assert!(cap_demand_sql("x'y", 3).contains("'x''y'"));
     }
 }

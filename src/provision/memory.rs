@@ -102,6 +102,19 @@ impl Memory {
         self.budget.map(databases_share)
     }
 
+    /// Prepared clones of a template of `bytes` the pool may keep: half the
+    /// databases' share (the other half for the templates, the tests'
+    /// databases and those waiting to be dropped), at least one; `None`
+    /// without a budget or a measured size.
+    pub(crate) fn pool_cap(&self, bytes: Option<u64>) -> Option<usize> {
+        let (share, bytes) = (self.share()?, bytes.filter(|&b| b > 0)?);
+        Some(
+            usize::try_from(share / 2 / bytes)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        )
+    }
+
     /// Whether a clone is waiting for room: drops go first, at once.
     pub(crate) fn pressed(&self) -> bool {
         self.pressed.load(Ordering::SeqCst)
@@ -138,6 +151,14 @@ impl Memory {
             lock(&self.sizes).insert(template.to_string(), bytes);
         }
         Ok(bytes)
+    }
+
+    /// The templates measured so far and their sizes in bytes.
+    pub(crate) fn measured(&self) -> Vec<(String, u64)> {
+        lock(&self.sizes)
+            .iter()
+            .map(|(t, b)| (t.clone(), *b))
+            .collect()
     }
 
     /// Fails when the budget cannot hold `template` (`bytes`) and one clone

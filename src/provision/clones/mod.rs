@@ -14,11 +14,13 @@ mod demand;
 pub(crate) mod in_process;
 pub(crate) mod on_stack;
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use sqlx::Connection;
+use tokio::sync::oneshot;
 
 use crate::connect::sqlx_compat::Executor;
 use crate::connect::Endpoint;
@@ -27,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::provision::admin::Admin;
 use crate::provision::clones::demand::Demand;
 use crate::provision::database::{unique_name, Isolation, Step};
+use crate::support::sync::lock;
 
 /// A prepared clone taken out of a [`Store`].
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +50,9 @@ pub(crate) trait Store: Send + Sync {
     fn put<'a>(&'a self, template: &'a str, name: String) -> BoxFuture<'a, Result<()>>;
     /// A test got a clone made on demand (the pool was empty).
     fn cloned_on_demand<'a>(&'a self, template: &'a str) -> BoxFuture<'a, ()>;
+    /// Caps what is prepared between runs per template (`caps`: template,
+    /// clones at most), where someone prepares clones between runs.
+    fn cap_demand(&self, caps: Vec<(String, usize)>) -> BoxFuture<'_, ()>;
     /// Hands queued drops to whoever drops them after the process; returns
     /// those it did not take (the caller runs them).
     fn hand_over(&self, queued: Vec<Vec<Step>>) -> BoxFuture<'_, Vec<Vec<Step>>>;
@@ -62,22 +68,44 @@ pub(crate) struct Claimed {
     pub name: String,
     /// From the request until the background runtime took it up.
     pub queued: Duration,
-    /// Taking a prepared clone (one round trip) or cloning on demand.
+    /// Taking a prepared clone (one round trip), or waiting in line for one.
     pub took: Duration,
-    /// Whether it was a prepared clone.
+    /// Whether it was a prepared clone, ready at the claim.
     pub prepared: bool,
+    /// Whether its clone was made for a test waiting in line (no prepared
+    /// one was on its way for it).
+    pub on_demand: bool,
     /// How long its clone waited for room in the memory budget (zero: it
     /// did not wait).
     pub memory_wait: Duration,
 }
 
-/// The clone pool of one server: the demand policy over a [`Store`].
+/// A clone handed to a test waiting in line, or why none could be made.
+type Handed = Result<Fresh>;
+
+/// A clone made while tests wait: by a refill, or for a waiting test.
+struct Fresh {
+    name: String,
+    on_demand: bool,
+    memory_wait: Duration,
+}
+
+/// The tests of one template waiting in line, oldest first.
+type Line = VecDeque<oneshot::Sender<Handed>>;
+
+/// The longest a test waits in line: room in the memory budget, then one
+/// clone (each bounded on its own), with a margin.
+const LINE_WAIT: Duration = Duration::from_secs(120);
+
+/// The clone pool of one server: the demand policy over a [`Store`], and
+/// the tests waiting in line for a clone.
 pub(crate) struct Clones {
     admin: Arc<Admin>,
     demand: Demand,
     store: Box<dyn Store>,
-    /// Told each time a prepared clone is ready.
-    made: tokio::sync::Notify,
+    /// Per template, the tests waiting for a clone, in arrival order: each
+    /// clone made while they wait goes to the first of them.
+    waiting: Mutex<HashMap<String, Line>>,
 }
 
 impl Clones {
@@ -87,7 +115,7 @@ impl Clones {
             admin,
             demand: Demand::default(),
             store,
-            made: tokio::sync::Notify::new(),
+            waiting: Mutex::default(),
         }
     }
 
@@ -109,13 +137,15 @@ impl Clones {
             // Without a clone the template may not exist yet: no refill.
             return Ok(None);
         };
-        self.after_claim(template, base, left);
-        Ok(Some(claimed(name, queued, started, true)))
+        self.after_claim(template, base, left).await;
+        Ok(Some(claimed(name, queued, started)))
     }
 
     /// A clone of the built `template` for the test whose
-    /// [`Clones::take_prepared`] found none: one prepared meanwhile (here
-    /// or by the refills in flight), else cloned now.
+    /// [`Clones::take_prepared`] found none: the test waits in line, and
+    /// gets the next clone made (a refill's, or one made for the tests in
+    /// line); a clone is made for it only when fewer are on their way than
+    /// tests wait, so it waits about one clone's time at most.
     pub(crate) async fn clone_for_test(
         self: &Arc<Self>,
         template: &str,
@@ -125,29 +155,71 @@ impl Clones {
         // Deferred drops wait while tests claim (the clone may take a while).
         self.admin.active();
         let started = Instant::now();
-        let (claimed, left) = match self.store.take(template).await? {
-            Some(Taken { name, left }) => (claimed(name, queued, started, true), left),
-            None => match self.wait_for_refill(template).await? {
-                Some(name) => (claimed(name, queued, started, true), None),
-                None => {
-                    let (name, waited) = self.clone_on_demand(template).await?;
-                    let mut made = claimed(name, queued, started, false);
-                    made.memory_wait = waited;
-                    (made, None)
-                }
-            },
+        if let Some(Taken { name, left }) = self.store.take(template).await? {
+            self.after_claim(template, base, left).await;
+            return Ok(claimed(name, queued, started));
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting)
+            .entry(template.to_string())
+            .or_default()
+            .push_back(tx);
+        // The pool is short: a refill (its clones go to the line first), and
+        // a clone for this test unless enough are on their way.
+        self.after_claim(template, base, None).await;
+        self.feed_the_line(template);
+        // Refills waiting for a slot go ahead of drops now (see make_clone).
+        self.admin.budget().nudge();
+        let handed = match tokio::time::timeout(LINE_WAIT, rx).await {
+            Ok(Ok(handed)) => handed?,
+            Ok(Err(_)) => {
+                return Err(Error::Timeout {
+                    what: format!("a clone of {template}"),
+                    after: started.elapsed(),
+                    hint: "the worker stopped while the test waited".into(),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: format!("a clone of {template}"),
+                    after: LINE_WAIT,
+                    hint: "the server is overloaded or gone; see its logs".into(),
+                })
+            }
         };
-        self.after_claim(template, base, left);
-        Ok(claimed)
+        // Counted for the stack's janitor, as a claim of a prepared clone is.
+        let clones = self.clone();
+        let counted = template.to_string();
+        self.admin
+            .spawn(async move { clones.store.cloned_on_demand(&counted).await });
+        let mut made = claimed(handed.name, queued, started);
+        made.prepared = false;
+        made.on_demand = handed.on_demand;
+        made.memory_wait = handed.memory_wait;
+        Ok(made)
     }
 
     /// After a claim: a refill, unless the pool still holds what the demand
     /// asks for (`left`, when the store said; the janitor's, between runs).
-    fn after_claim(self: &Arc<Self>, template: &str, base: usize, left: Option<usize>) {
-        let enough = left.is_some_and(|n| !self.demand.short(template, n, base));
+    async fn after_claim(self: &Arc<Self>, template: &str, base: usize, left: Option<usize>) {
+        let cap = self.pool_cap(template).await;
+        let enough = left.is_some_and(|n| !self.demand.short(template, n, base, cap));
         if base > 0 && !enough {
             self.refill(template, base);
         }
+    }
+
+    /// Prepared clones of `template` the pool may keep: what the memory
+    /// budget holds, else [`demand::MAX_PREPARED`].
+    async fn pool_cap(&self, template: &str) -> usize {
+        let memory = self.admin.memory();
+        // Measured once per template: no query after the first.
+        let bytes = memory
+            .template_bytes(&self.admin, template)
+            .await
+            .ok()
+            .flatten();
+        memory.pool_cap(bytes).unwrap_or(demand::MAX_PREPARED)
     }
 
     /// A test released its clone (counted in the demand).
@@ -168,48 +240,113 @@ impl Clones {
 
     /// Gives queued drops to the store's keeper (the stack's janitor) if it
     /// takes them; returns those it did not take: the caller runs them.
+    /// First caps the keeper's warm clones between runs to the memory
+    /// budget: of the templates this process measured, each may keep its
+    /// share of what [`Memory::pool_cap`] allows one template.
+    ///
+    /// [`Memory::pool_cap`]: crate::provision::memory::Memory::pool_cap
     pub(crate) async fn hand_over(&self, queued: Vec<Vec<Step>>) -> Vec<Vec<Step>> {
+        let memory = self.admin.memory();
+        let sizes = memory.measured();
+        let templates = sizes.len().max(1);
+        let caps: Vec<(String, usize)> = sizes
+            .into_iter()
+            .filter_map(|(template, bytes)| {
+                let cap = memory.pool_cap(Some(bytes))?;
+                Some((template, cap / templates))
+            })
+            .collect();
+        if !caps.is_empty() {
+            self.store.cap_demand(caps).await;
+        }
         self.store.hand_over(queued).await
     }
 
-    /// A clone this process is making now is nearer than a new one: waits
-    /// for the refills in flight (twice at most), then takes one.
-    async fn wait_for_refill(&self, template: &str) -> Result<Option<String>> {
-        for _ in 0..2 {
-            let made = self.made.notified();
-            tokio::pin!(made);
-            made.as_mut().enable();
-            if !self.demand.making(template) {
-                return Ok(None);
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(200), made).await;
-            if let Some(taken) = self.store.take(template).await? {
-                return Ok(Some(taken.name));
-            }
-        }
-        Ok(None)
+    /// Whether a test waits in line for a clone of `template`.
+    fn line_waits(&self, template: &str) -> bool {
+        lock(&self.waiting)
+            .get(template)
+            .is_some_and(|line| line.iter().any(|tx| !tx.is_closed()))
     }
 
-    /// Clones now, for a test waiting on it: background work steps aside.
-    /// With a memory budget it first waits for room (drops run first
+    /// Starts a clone for each test in line that no clone on its way
+    /// covers (refills and clones made for the line).
+    fn feed_the_line(self: &Arc<Self>, template: &str) {
+        let short = {
+            let mut waiting = lock(&self.waiting);
+            let Some(line) = waiting.get_mut(template) else {
+                return;
+            };
+            // Tests that gave up (their future dropped) wait no more.
+            line.retain(|tx| !tx.is_closed());
+            let short = line.len().saturating_sub(self.demand.in_flight(template));
+            // Counted under the line's lock: two tests joining at once start
+            // one clone each, not two each.
+            self.demand.start_feeding(template, short);
+            short
+        };
+        for _ in 0..short {
+            let clones = self.clone();
+            let template = template.to_string();
+            self.admin.spawn(async move {
+                let made = clones.clone_on_demand(&template).await;
+                clones.demand.end_feeding(&template);
+                let handed = made.map(|(name, memory_wait)| Fresh {
+                    name,
+                    on_demand: true,
+                    memory_wait,
+                });
+                clones.hand_to_the_line(&template, handed).await;
+            });
+        }
+    }
+
+    /// Gives a clone just made (or the error that stopped it) to the first
+    /// test in line; with nobody in line, a clone joins the pool. A failure
+    /// reaches one test only: the line is fed again for the others.
+    async fn hand_to_the_line(self: &Arc<Self>, template: &str, mut handed: Handed) {
+        loop {
+            let first = lock(&self.waiting)
+                .get_mut(template)
+                .and_then(VecDeque::pop_front);
+            let Some(tx) = first else { break };
+            match tx.send(handed) {
+                Ok(()) => {
+                    self.feed_the_line(template);
+                    return;
+                }
+                // That test gave up: the next one.
+                Err(back) => handed = back,
+            }
+        }
+        match handed {
+            Ok(clone) => {
+                if let Err(e) = self.store.put(template, clone.name).await {
+                    tracing::warn!(template, error = %e, "could not keep a prepared clone");
+                }
+            }
+            Err(e) => tracing::warn!(template, error = %e, "could not prepare a clone"),
+        }
+    }
+
+    /// Clones now, for a test waiting in line: background work steps
+    /// aside. With a memory budget it first waits for room (drops run first
     /// meanwhile); returns the clone and that wait.
     async fn clone_on_demand(&self, template: &str) -> Result<(String, Duration)> {
         let name = clone_name(template);
         let memory = self.admin.memory();
         let bytes = memory.template_bytes(&self.admin, template).await?;
-        let waited = {
-            let admitted = match bytes {
-                Some(bytes) => Some(memory.for_test(&self.admin, template, bytes).await?),
-                None => None,
-            };
-            let _slot = self.admin.budget().urgent().await;
-            self.admin
-                .run_bounded(&[clone_step(template, &name)])
-                .await?;
-            admitted.map_or(Duration::ZERO, |a| a.waited)
+        let admitted = match bytes {
+            Some(bytes) => Some(memory.for_test(&self.admin, template, bytes).await?),
+            None => None,
         };
-        self.store.cloned_on_demand(template).await;
-        Ok((name, waited))
+        let _slot = self.admin.budget().urgent().await;
+        let started = Instant::now();
+        self.admin
+            .run_bounded(&[clone_step(template, &name)])
+            .await?;
+        self.demand.clone_took(template, started.elapsed());
+        Ok((name, admitted.map_or(Duration::ZERO, |a| a.waited)))
     }
 
     /// Starts a refill task for `template` unless enough already run.
@@ -224,17 +361,22 @@ impl Clones {
                 tracing::warn!(template, error = %e, "could not prepare clones; tests clone on demand");
             }
             clones.demand.end_refill(&template);
+            // A refill that ends without its clone leaves a test in line
+            // uncovered: clones are made for it instead.
+            clones.feed_the_line(&template);
         });
     }
 
     /// Clones until the pool holds what the demand asks for, or the memory
-    /// budget keeps no room for a test's clone besides, then ends.
-    async fn refill_loop(&self, template: &str, base: usize) -> Result<()> {
+    /// budget keeps no room for a test's clone besides, then ends. Each
+    /// clone goes to the first test in line, if one waits.
+    async fn refill_loop(self: &Arc<Self>, template: &str, base: usize) -> Result<()> {
         let memory = self.admin.memory();
         let bytes = memory.template_bytes(&self.admin, template).await?;
+        let cap = memory.pool_cap(bytes).unwrap_or(demand::MAX_PREPARED);
         while !self.admin.stopping() {
             let ready = self.store.ready(template).await?;
-            if !self.demand.reserve(template, ready, base) {
+            if !self.demand.reserve(template, ready, base, cap) {
                 break;
             }
             let room = match bytes {
@@ -254,7 +396,13 @@ impl Clones {
                 }
             };
             self.demand.unreserve(template);
-            made?;
+            let name = made?;
+            let handed = Ok(Fresh {
+                name,
+                on_demand: false,
+                memory_wait: Duration::ZERO,
+            });
+            self.hand_to_the_line(template, handed).await;
         }
         Ok(())
     }
@@ -264,14 +412,21 @@ impl Clones {
     /// which also warms that backend's caches between runs, this runs while
     /// tests do: a `select 1` only, the cache warm-up (~15 ms of the
     /// server's CPU) would cost the run more than it saves a test (~2 ms).
-    async fn make_clone(&self, template: &str) -> Result<()> {
+    /// A test waiting in line makes it as urgent as the test's own clone.
+    async fn make_clone(&self, template: &str) -> Result<String> {
         let started = Instant::now();
         let name = clone_name(template);
         {
-            let _slot = self.admin.budget().background(false, || false).await;
+            let _slot = self
+                .admin
+                .budget()
+                .background(false, || self.line_waits(template))
+                .await;
+            let copying = Instant::now();
             self.admin
                 .run_bounded(&[clone_step(template, &name)])
                 .await?;
+            self.demand.clone_took(template, copying.elapsed());
         }
         let urls = &self.admin.urls;
         let url = urls.pooled_url.with_database(&name);
@@ -284,23 +439,23 @@ impl Clones {
             source: e,
         })?;
         let _ = warm.close().await;
-        self.store.put(template, name).await?;
-        self.made.notify_waiters();
         tracing::debug!(
             template,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "prepared a clone"
         );
-        Ok(())
+        Ok(name)
     }
 }
 
-fn claimed(name: String, queued: Duration, started: Instant, prepared: bool) -> Claimed {
+/// A prepared clone taken at the claim.
+fn claimed(name: String, queued: Duration, started: Instant) -> Claimed {
     Claimed {
         name,
         queued,
         took: started.elapsed(),
-        prepared,
+        prepared: true,
+        on_demand: false,
         memory_wait: Duration::ZERO,
     }
 }

@@ -128,6 +128,19 @@ impl Store for OnStack {
         })
     }
 
+    /// The janitor's warm clones per template between runs, capped: they
+    /// are copies of the template on the stack's tmpfs too.
+    fn cap_demand(&self, caps: Vec<(String, usize)>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for (template, keep) in caps {
+                let sql = janitor::cap_demand_sql(&template, keep);
+                if let Err(e) = self.on_tables(&sql).await {
+                    tracing::debug!(error = %e, "could not cap the janitor's demand");
+                }
+            }
+        })
+    }
+
     /// Gives queued drops to the stack's janitor, which runs them once the
     /// stack is idle, instead of making the process's exit wait for them
     /// (bounded: [`janitor::MAX_GARBAGE`] wait at most).
