@@ -172,7 +172,7 @@ pub enum Error {
     /// `supabase-shared-prepared`) could not start or cannot serve.
     #[error(
         "the Supavisor-like stage of profile supabase-shared-prepared failed: {reason}. The \
-         stage is a proxy in the test process on 127.0.0.1 in front of the stack's PgBouncer \
+         stage is a proxy in this process on 127.0.0.1 in front of the stack's PgBouncer \
          (docs/profiles.md); let the process listen on 127.0.0.1, or run behind another profile \
          (supabase-shared, supabase-dedicated)"
     )]

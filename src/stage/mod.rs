@@ -1,9 +1,9 @@
 //! The crate's own Supavisor-like front stage: a small PostgreSQL-protocol
-//! proxy on `127.0.0.1` (an ephemeral port) in the test process, in front
-//! of the stack's PgBouncer, for what PgBouncer's settings cannot make it
-//! do as Supavisor does: the parameters a backend is opened with
-//! ([`Rules::startup`]), its answer to a wrong password
-//! ([`Rules::wrong_password`]) and the `named_prepared_statements` flag's
+//! proxy on `127.0.0.1` (an ephemeral port) in the process that asks for
+//! it (a test's, or `up`'s), in front of the stack's PgBouncer, for what
+//! PgBouncer's settings cannot make it do as Supavisor does: the
+//! parameters a backend is opened with ([`Rules::startup`]), its answer
+//! to a wrong password ([`Rules::wrong_password`]) and the `named_prepared_statements` flag's
 //! errors ([`Rules::named_prepared_statements`]), for the profile
 //! `supabase-shared-prepared` today; its framing of both directions is the
 //! place for Supavisor's other rules.
@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use crate::error::{Error, Result};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::{at_exit, Background};
+use crate::target::profile::Profile;
 
 /// Which of Supavisor's rules the stage applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +47,23 @@ pub(crate) struct Rules {
     /// Supavisor's answer to a wrong password: 500 ms, then its own FATAL
     /// `28P01` naming the user.
     pub wrong_password: bool,
+}
+
+impl Rules {
+    /// The rules of `profile`'s Supavisor (its startup rules and login
+    /// answers whatever the flag), `None` for a profile served without the
+    /// stage.
+    pub(crate) fn of(profile: Profile) -> Option<Rules> {
+        profile.behind_stage().then(|| Rules {
+            named_prepared_statements: profile == Profile::SupabaseSharedPrepared,
+            startup: Some(if profile.pools_transactions() {
+                PoolMode::Transaction
+            } else {
+                PoolMode::Session
+            }),
+            wrong_password: true,
+        })
+    }
 }
 
 /// Where the stage sends its clients: the stack's PgBouncer.

@@ -43,7 +43,7 @@ pub enum Profile {
     /// `search_path` and `application_name = Supavisor` reach the database
     /// (sqlx's `TimeZone`, dotted custom settings, `options` are dropped),
     /// as on every Supavisor endpoint. The crate's own
-    /// Supavisor-like stage (a proxy in the test process, serving TLS with
+    /// Supavisor-like stage (a proxy in the test's or `up`'s process, serving TLS with
     /// the stack's certificate) in front of PgBouncer with
     /// prepared-statement tracking.
     SupabaseSharedPrepared,
@@ -151,8 +151,9 @@ impl Profile {
 
     /// Whether a [`TestDb`](crate::TestDb) of this profile connects
     /// through the crate's Supavisor-like stage, a proxy that runs in the
-    /// test process in front of the stack's PgBouncer (so `up`, another
-    /// process, cannot hand out its URLs).
+    /// process that asks for the URL (the test's, or `up`'s:
+    /// [`Stack::url_for_profile`](crate::Stack::url_for_profile)) in front
+    /// of the stack's PgBouncer.
     pub fn behind_stage(self) -> bool {
         self == Profile::SupabaseSharedPrepared
     }
