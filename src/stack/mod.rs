@@ -177,7 +177,7 @@ impl Stack {
             return Ok(e.direct_url(database));
         }
         let pooled = e.pooled_url(database);
-        let Some(rules) = Rules::of(profile) else {
+        let Some(rules) = Rules::of(profile, self.settings.default_pool_size) else {
             return Ok(pooled);
         };
         let upstream = Upstream {

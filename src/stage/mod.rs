@@ -47,21 +47,27 @@ pub(crate) struct Rules {
     /// Supavisor's answer to a wrong password: 500 ms, then its own FATAL
     /// `28P01` naming the user.
     pub wrong_password: bool,
+    /// Supavisor's session mode over its pool of this size: PgBouncer's
+    /// `max_db_client_connections` refusal at login answered with
+    /// Supavisor's FATAL `XX000 (EMAXCONNSESSION)`.
+    pub session_pool_size: Option<u32>,
 }
 
 impl Rules {
     /// The rules of `profile`'s Supavisor (its startup rules and login
-    /// answers whatever the flag), `None` for a profile served without the
-    /// stage.
-    pub(crate) fn of(profile: Profile) -> Option<Rules> {
+    /// answers whatever the flag) in front of a pool of `pool_size`, `None`
+    /// for a profile served without the stage.
+    pub(crate) fn of(profile: Profile, pool_size: u32) -> Option<Rules> {
+        let session = !profile.pools_transactions();
         profile.behind_stage().then(|| Rules {
             named_prepared_statements: profile == Profile::SupabaseSharedPrepared,
-            startup: Some(if profile.pools_transactions() {
-                PoolMode::Transaction
-            } else {
+            startup: Some(if session {
                 PoolMode::Session
+            } else {
+                PoolMode::Transaction
             }),
             wrong_password: true,
+            session_pool_size: session.then_some(pool_size),
         })
     }
 }
