@@ -168,11 +168,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// The crate's Supavisor-like front stage (profile
-    /// `supabase-shared-prepared`) could not start or cannot serve.
+    /// The crate's Supavisor-like front stage (profiles
+    /// `supabase-shared-prepared`, `supabase-session`) could not start or
+    /// cannot serve.
     #[error(
-        "the Supavisor-like stage of profile supabase-shared-prepared failed: {reason}. The \
-         stage is a proxy in the test process on 127.0.0.1 in front of the stack's PgBouncer \
+        "the Supavisor-like stage (profiles supabase-shared-prepared, supabase-session) failed: \
+         {reason}. The \
+         stage is a proxy in this process on 127.0.0.1 in front of the stack's PgBouncer \
          (docs/profiles.md); let the process listen on 127.0.0.1, or run behind another profile \
          (supabase-shared, supabase-dedicated)"
     )]

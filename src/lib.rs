@@ -55,7 +55,7 @@
 //! | `stack/` | the run's PostgreSQL + PgBouncer pair: joined or created, leased, ready, its [`Endpoints`] and secrets, reaped |
 //! | `docker/` | the Docker engine, every engine call behind one time limit, the pair's containers, the images |
 //! | `provision/` | a test's database: acquired (prepared clone, clone, empty), the worker, clone pool, templates, drops |
-//! | `stage/` | the crate's own Supavisor-like front stage: a protocol proxy in the test process for what PgBouncer cannot mimic; knows nothing of stacks |
+//! | `stage/` | the crate's own Supavisor-like front stage: a protocol proxy in the test's (or `up`'s) process for what PgBouncer cannot mimic; knows nothing of stacks |
 //! | `connect/` | connection options and opening connections (sqlx, tokio-postgres), errors that name the fix |
 //! | `target/` | the environment and `.env`, [`DbUrl`], [`Target`], [`Profile`]s and their [`StackSettings`] |
 //! | `contract/` | every name, table, path and variable the crate shares with its images; their SQL |

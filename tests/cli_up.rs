@@ -159,22 +159,46 @@ fn up_refuses_unknown_profiles() {
     );
 }
 
-/// The profile whose stage lives in the test process is refused, with
-/// why and what to use, and no stack is started.
-#[test]
-fn up_refuses_the_profile_of_the_in_process_stage() {
-    let out = Command::new(BIN)
-        .args(["up", "--profile", "supabase-shared-prepared"])
-        .output()
+/// `up --profile supabase-shared-prepared` serves the profile's
+/// Supavisor-like stage from its own process: another process connects
+/// through the printed URL (with TLS required) and meets the flag on (SQL
+/// `PREPARE` refused with Supavisor's `EPSSIMPLEQUERY`), while a plain
+/// query works.
+#[tokio::test]
+async fn up_serves_the_stage_of_supabase_shared_prepared() {
+    let up = tokio::task::spawn_blocking(|| start_up(&["--profile", "supabase-shared-prepared"]))
+        .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "failed");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pooled = DbUrl::parse("up", &up.pooled).unwrap();
+    let direct = DbUrl::parse("up", &up.direct).unwrap();
     assert!(
-        stderr.contains("profile supabase-shared-prepared cannot be served by `up`")
-            && stderr.contains("TestDb::for_profile")
-            && !stderr.contains("starting PostgreSQL"),
-        "{stderr}"
+        pooled.host_port().starts_with("127.0.0.1:"),
+        "{}",
+        pooled.host_port()
     );
+    assert_ne!(pooled.port(), direct.port(), "the stage, not PostgreSQL");
+    let options: sqlx::postgres::PgConnectOptions = up.pooled.parse().unwrap();
+    let options = options.ssl_mode(sqlx::postgres::PgSslMode::Require);
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let refused = sqlx::raw_sql("PREPARE pgbf_up_stmt AS SELECT 1")
+        .execute(&mut conn)
+        .await
+        .expect_err("SQL PREPARE is refused with the flag on");
+    let db_error = refused.as_database_error().expect("a server error");
+    assert_eq!(db_error.code().as_deref(), Some("XX000"), "{refused}");
+    assert!(
+        db_error.message().starts_with("(EPSSIMPLEQUERY) "),
+        "{refused}"
+    );
+    drop(conn);
+    tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
+        .await
+        .unwrap();
 }
 
 /// `--help`, `--version` and each command's `--help` print on stdout and

@@ -91,6 +91,9 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
         }
         // Supavisor's startup rules, applied by the stage: its own
         // application_name, the rest dropped (the database's defaults apply).
+        Behaviour::Pooler(PoolerProbe::ApplicationName) if profile == SupabaseSession => {
+            WrongGot("Supavisor - <the client's> / Supavisor - <the client's>")
+        }
         Behaviour::Pooler(PoolerProbe::ApplicationName) if staged => {
             WrongGot("Supavisor / Supavisor")
         }
@@ -115,9 +118,11 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             PoolerProbe::TopLevelCustomSetting => {
                 Refused("08P01", "unsupported startup parameter: app.tenant")
             }
+            // Supavisor's words, from the stage, for PgBouncer's client cap.
             PoolerProbe::SessionLimit if profile == SupabaseSession => OneRefused(
-                "08P01",
-                "client connections exceeded (max_db_client_connections)",
+                "XX000",
+                "(EMAXCONNSESSION) max clients reached in session mode - max clients are \
+                 limited to pool_size: 15",
             ),
             PoolerProbe::SessionLimit => Pass,
         },

@@ -437,9 +437,8 @@ async fn migrations_belong_on_the_direct_endpoint() {
 /// Supavisor's session mode refuses client `pool_size + 1` at once (default
 /// pool 15): a `PgPool` of 20 that passes against a plain session pooler
 /// fails on Supabase. The session profile refuses client 16 at once too,
-/// with PgBouncer's words (`client connections exceeded
-/// (max_db_client_connections)`), not Supavisor's (`(EMAXCONNSESSION) max
-/// clients reached in session mode`): the words are not reproduced.
+/// in Supavisor's words (the stage's, for PgBouncer's client cap): FATAL
+/// `XX000 (EMAXCONNSESSION) max clients reached in session mode`.
 #[tokio::test]
 async fn session_mode_refuses_the_client_after_the_pool_size_at_once() {
     let db = db_behind(Profile::SupabaseSession).await;
@@ -455,10 +454,12 @@ async fn session_mode_refuses_the_client_after_the_pool_size_at_once() {
     match &err {
         pgbouncer_fixtures::Error::ConnectRefused { reason, code, .. } => {
             assert_eq!(
-                reason, "client connections exceeded (max_db_client_connections)",
+                reason,
+                "(EMAXCONNSESSION) max clients reached in session mode - max clients are \
+                 limited to pool_size: 15",
                 "{err}"
             );
-            assert_eq!(code.as_deref(), Some("08P01"), "{err}");
+            assert_eq!(code.as_deref(), Some("XX000"), "{err}");
         }
         other => panic!("expected the pooler's refusal, got {other}"),
     }

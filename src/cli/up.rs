@@ -16,30 +16,20 @@ fn list(v: &str) -> Vec<String> {
         .collect()
 }
 
-/// The stack settings `up` asks for, and whether its `TEST_DATABASE_URL`
-/// bypasses the pooler (`--profile no-pooler`): the environment's settings,
-/// then the profile's, then the PgBouncer flags on top.
-fn settings(args: &UpArgs) -> Result<(StackSettings, bool), String> {
+/// The stack settings `up` asks for, and the profile its
+/// `TEST_DATABASE_URL` serves (`None`: PgBouncer's pooled endpoint): the
+/// environment's settings, then the profile's, then the PgBouncer flags on
+/// top.
+fn settings(args: &UpArgs) -> Result<(StackSettings, Option<Profile>), String> {
     let env = Env::load().map_err(|e| e.to_string())?;
     let mut settings = StackSettings::from_env(&env).map_err(|e| e.to_string())?;
-    let mut direct = env
-        .get("PGBF_PROFILE")
-        .and_then(|p| p.parse::<Profile>().ok())
-        .is_some_and(Profile::bypasses_pooler);
     let env_profile = env
         .get("PGBF_PROFILE")
         .and_then(|p| p.parse::<Profile>().ok());
-    if let Some(profile) = args.profile.or(env_profile).filter(|p| p.behind_stage()) {
-        return Err(format!(
-            "profile {profile} cannot be served by `up`: its Supavisor-like stage runs inside \
-             the test process (TestDb::for_profile, or PGBF_PROFILE={profile} for the tests \
-             themselves); `up` would print PgBouncer's URL without the stage"
-        ));
-    }
     if let Some(profile) = args.profile {
         settings = profile.apply(settings);
-        direct = profile.bypasses_pooler();
     }
+    let profile = args.profile.or(env_profile);
     if let Some(mode) = args.pool_mode {
         settings = settings.with_pool_mode(mode);
     }
@@ -64,12 +54,12 @@ fn settings(args: &UpArgs) -> Result<(StackSettings, bool), String> {
     if let Some(id) = &args.run_id {
         settings = settings.with_run_id(id.clone());
     }
-    Ok((settings, direct))
+    Ok((settings, profile))
 }
 
 /// Runs `up` until a signal (`Ok`) or the stack's death (`Err`, its message).
 pub fn up(args: &UpArgs) -> Result<(), String> {
-    let (settings, direct) = settings(args)?;
+    let (settings, profile) = settings(args)?;
     crate::runtime()?.block_on(async {
         let started = Instant::now();
         let engine = pgbouncer_fixtures::docker_engine()
@@ -83,7 +73,7 @@ pub fn up(args: &UpArgs) -> Result<(), String> {
         );
         if settings.run_id.is_some() {
             let stack = Stack::shared(&settings).await.map_err(|e| e.to_string())?;
-            print_urls(stack, direct);
+            print_urls(stack, profile).await?;
             say_memory(stack).await;
             say!(
                 "pgbouncer-fixtures: {} shared stack {} in {:.2} s; it stays while any process holds a lease, and is reaped {} s after the last one. Ctrl-C to leave it.",
@@ -99,7 +89,7 @@ pub fn up(args: &UpArgs) -> Result<(), String> {
             return Ok(());
         }
         let stack = Stack::start(settings).await.map_err(|e| e.to_string())?;
-        print_urls(&stack, direct);
+        print_urls(&stack, profile).await?;
         say_memory(&stack).await;
         say!(
             "pgbouncer-fixtures: stack {} ready in {:.2} s; add PGBF_EXTERNAL_CREATE_DATABASES=1 to give each test its own database. Ctrl-C to stop.",
@@ -185,17 +175,29 @@ async fn say_memory(stack: &Stack) {
     );
 }
 
-fn print_urls(stack: &Stack, direct: bool) {
+/// Prints the stack's URLs; behind a profile with a Supavisor-like stage
+/// (`Profile::behind_stage`), `TEST_DATABASE_URL` is the stage's, which this
+/// process serves until it exits.
+async fn print_urls(stack: &Stack, profile: Option<Profile>) -> Result<(), String> {
     let e = stack.endpoints();
+    let app = match profile {
+        Some(profile) => stack
+            .url_for_profile(profile, "postgres")
+            .await
+            .map_err(|e| e.to_string())?,
+        None => e.pooled_url("postgres"),
+    };
+    if let Some(profile) = profile.filter(|p| p.behind_stage()) {
+        say!(
+            "pgbouncer-fixtures: {profile}'s Supavisor-like stage listens on 127.0.0.1:{} (in this process, in front of PgBouncer)",
+            app.port()
+        );
+    }
     // These lines are the command's product: a throw-away stack's URLs,
     // password included, for a .env file.
-    let app = if direct {
-        e.direct_url("postgres")
-    } else {
-        e.pooled_url("postgres")
-    };
     println!("TEST_DATABASE_URL={}", app.expose());
     println!("TEST_DIRECT_URL={}", e.direct_url("postgres").expose());
+    Ok(())
 }
 
 async fn wait_for_signal() -> Result<(), String> {

@@ -258,7 +258,6 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
             {
                 residue::CUSTOM_AT_STARTUP
             }
-            (PoolerProbe::SessionLimit, Profile::SupabaseSession) => residue::SESSION_LIMIT_WORDS,
             _ => return None,
         },
         _ => return None,

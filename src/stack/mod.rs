@@ -25,9 +25,12 @@ use crate::error::{Error, Result};
 use crate::provision::worker::Worker;
 use crate::stack::lease::Lease;
 use crate::stack::run_key::RunKey;
+use crate::stage::{Certificates, Rules, Upstream};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::Background;
+use crate::target::profile::Profile;
 use crate::target::settings::StackSettings;
+use crate::target::DbUrl;
 
 pub use crate::stack::endpoints::Endpoints;
 
@@ -158,6 +161,38 @@ impl Stack {
     /// How to reach it.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    /// The URL of `database` a client of `profile` connects to on this
+    /// stack: PgBouncer's ([`Endpoints::pooled_url`]), PostgreSQL's for
+    /// [`Profile::NoPooler`], or for a profile
+    /// [behind the stage](Profile::behind_stage) the crate's Supavisor-like
+    /// stage in front of PgBouncer, with the profile's rules. The stage is
+    /// started in this process on the first call (on `127.0.0.1`, serving
+    /// TLS with the stack's certificate) and serves until the process
+    /// exits. `Err(Error::Stage)` when it cannot bind its port.
+    pub async fn url_for_profile(&self, profile: Profile, database: &str) -> Result<DbUrl> {
+        let e = &self.endpoints;
+        if profile.bypasses_pooler() {
+            return Ok(e.direct_url(database));
+        }
+        let pooled = e.pooled_url(database);
+        let Some(rules) = Rules::of(profile, self.settings.default_pool_size) else {
+            return Ok(pooled);
+        };
+        let upstream = Upstream {
+            host: pooled.host().to_string(),
+            port: pooled.port(),
+        };
+        let certs = match (e.server_tls(), e.ca_cert_pem()) {
+            (Some(server), Some(ca_pem)) => Some(Certificates {
+                server: server.clone(),
+                ca_pem: ca_pem.to_string(),
+            }),
+            _ => None,
+        };
+        let stage = crate::stage::shared(upstream, rules, certs).await?;
+        Ok(pooled.with_host_port("127.0.0.1", stage.addr.port()))
     }
 
     /// The settings it was started with.

@@ -1,10 +1,13 @@
 //! One client connection through the stage: its startup (an SSLRequest
 //! answered `S` and TLS served with the stack's certificate, or `N` without
 //! one; a GSSENCRequest answered `N`; a CancelRequest passed on), then both
-//! directions relayed. The frontend's typed messages are framed and, for
+//! directions relayed. The login's answers are read a message at a time
+//! (Supavisor's words for a wrong password or its session limit). With a
+//! per-message rule on, the frontend's typed messages are framed and, for
 //! the tags the rules read, checked before they are sent on; the backend's
 //! bytes pass as they come, their message boundaries tracked so that a
-//! refusal is written between two messages, never inside one.
+//! refusal is written between two messages, never inside one. Without one,
+//! both directions are copied unframed after the login.
 
 use std::io;
 use std::time::Duration;
@@ -126,10 +129,48 @@ async fn start<CR, CW, SR, SW>(
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    // Whose wrong password Supavisor names (its rule: rules.wrong_password).
-    let user = startup::user(&packet).filter(|_| rules.wrong_password);
+    let login = Login {
+        // Whose wrong password Supavisor names (its rule: rules.wrong_password).
+        user: startup::user(&packet).filter(|_| rules.wrong_password),
+        session_pool_size: rules.session_pool_size,
+    };
     if server.1.write_all(&packet).await.is_ok() {
-        relay(client, server, rules, user).await;
+        relay(client, server, rules, login).await;
+    }
+}
+
+/// What the stage answers in PgBouncer's stead during the login.
+struct Login {
+    /// Supavisor's answer to a wrong password, naming this user.
+    user: Option<String>,
+    /// Supavisor's session-mode refusal, naming this pool size.
+    session_pool_size: Option<u32>,
+}
+
+impl Login {
+    fn watched(&self) -> bool {
+        self.user.is_some() || self.session_pool_size.is_some()
+    }
+
+    /// Supavisor's answer (its delay, SQLSTATE and words) in place of
+    /// PgBouncer's message `tag` with `body`, if it is a refusal the rules
+    /// translate.
+    fn refusal(&self, tag: u8, body: &[u8]) -> Option<(Duration, &'static str, String)> {
+        if tag != b'E' {
+            return None;
+        }
+        if let Some(pool_size) = self.session_pool_size {
+            if error_field(body, b'M') == Some(CLIENT_CAP_WORDS) {
+                let words = format!(
+                    "(EMAXCONNSESSION) max clients reached in session mode - max clients \
+                     are limited to pool_size: {pool_size}"
+                );
+                return Some((Duration::ZERO, "XX000", words));
+            }
+        }
+        let user = self.user.as_ref().filter(|_| wrong_password(body))?;
+        let words = format!("password authentication failed for user \"{user}\"");
+        Some((WRONG_PASSWORD_DELAY, "28P01", words))
     }
 }
 
@@ -216,12 +257,8 @@ async fn read_rest<S: AsyncRead + Unpin>(
 }
 
 /// Relays both directions until one ends (or a refusal has been written).
-async fn relay<CR, CW, SR, SW>(
-    client: (CR, CW),
-    server: (SR, SW),
-    rules: Rules,
-    user: Option<String>,
-) where
+async fn relay<CR, CW, SR, SW>(client: (CR, CW), server: (SR, SW), rules: Rules, login: Login)
+where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
@@ -229,14 +266,47 @@ async fn relay<CR, CW, SR, SW>(
 {
     let (client_read, client_write) = client;
     let (server_read, server_write) = server;
+    if !rules.named_prepared_statements {
+        // No per-message rule: after the login, bytes as they come.
+        let front = copy(client_read, server_write);
+        let back = copy_after_login(server_read, client_write, login);
+        tokio::select! {
+            _ = front => {}
+            _ = back => {}
+        }
+        return;
+    }
     let (refuse, refusal) = oneshot::channel();
     let front = frontend(client_read, server_write, rules, refuse);
-    let back = backend(server_read, client_write, refusal, user);
+    let back = backend(server_read, client_write, refusal, login);
     // Either end ends the link: dropping both halves closes both sockets.
     tokio::select! {
         _ = front => {}
         _ = back => {}
     }
+}
+
+/// One direction, unframed, until its end closes.
+async fn copy(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+) -> io::Result<u64> {
+    tokio::io::copy(&mut from, &mut to).await
+}
+
+/// PgBouncer -> client unframed, after the login's answers.
+async fn copy_after_login(
+    mut server: impl AsyncRead + Unpin,
+    mut client: impl AsyncWrite + Unpin,
+    login: Login,
+) -> io::Result<u64> {
+    if login.watched() {
+        let Some(rest) = answer_login(&mut server, &mut client, &login).await? else {
+            return Ok(0);
+        };
+        client.write_all(&rest).await?;
+    }
+    tokio::io::copy(&mut server, &mut client).await
 }
 
 /// Client -> PgBouncer. Bytes of a read are sent on only once every
@@ -298,11 +368,11 @@ async fn backend(
     mut server: impl AsyncRead + Unpin,
     mut client: impl AsyncWrite + Unpin,
     mut refusal: oneshot::Receiver<Vec<u8>>,
-    user: Option<String>,
+    login: Login,
 ) -> io::Result<()> {
     let mut bounds = Boundaries::default();
-    if let Some(user) = user {
-        let Some(rest) = login(&mut server, &mut client, &user).await? else {
+    if login.watched() {
+        let Some(rest) = answer_login(&mut server, &mut client, &login).await? else {
             return Ok(());
         };
         let Some(taken) = bounds.advance(&rest, false) else {
@@ -350,16 +420,22 @@ async fn refuse(client: &mut (impl AsyncWrite + Unpin), error: &[u8]) -> io::Res
 /// Supavisor's delay before it answers a wrong password.
 const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 
-/// PgBouncer's answers up to AuthenticationOk, passed on a message at a
+/// PgBouncer's `max_db_client_connections` refusal, at login.
+const CLIENT_CAP_WORDS: &[u8] = b"client connections exceeded (max_db_client_connections)";
+
+/// PgBouncer's answers up to ReadyForQuery, passed on a message at a
 /// time: the bytes read after it, or `None` when PgBouncer refused the
-/// password, which is answered as Supavisor does
-/// (`client_handler/error.ex`, `errors/wrong_password_error.ex`): after
-/// 500 ms, FATAL `28P01` `password authentication failed for user "<user>"`,
-/// and the link ends. Any other error passes as it came.
-async fn login(
+/// client, which is answered as Supavisor does when the rules say so
+/// (`client_handler/error.ex`): a wrong password
+/// (`errors/wrong_password_error.ex`) after 500 ms with FATAL `28P01`
+/// `password authentication failed for user "<user>"`, the session cap with
+/// FATAL `XX000 (EMAXCONNSESSION) max clients reached in session mode - max
+/// clients are limited to pool_size: <n>`; the link ends. Any other error
+/// passes as it came.
+async fn answer_login(
     server: &mut (impl AsyncRead + Unpin),
     client: &mut (impl AsyncWrite + Unpin),
-    user: &str,
+    login: &Login,
 ) -> io::Result<Option<Vec<u8>>> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     loop {
@@ -372,17 +448,16 @@ async fn login(
                 break;
             };
             let body = &message[5..];
-            if header.tag == b'R' && body.get(..4) == Some(&[0, 0, 0, 0]) {
-                // AuthenticationOk: the login is through.
+            if header.tag == b'Z' {
+                // ReadyForQuery: the login is through.
                 client.write_all(&buf[..at + total]).await?;
                 return Ok(Some(buf.split_off(at + total)));
             }
-            if header.tag == b'E' && wrong_password(body) {
+            if let Some((delay, sqlstate, words)) = login.refusal(header.tag, body) {
                 client.write_all(&buf[..at]).await?;
-                tokio::time::sleep(WRONG_PASSWORD_DELAY).await;
-                let words = format!("password authentication failed for user \"{user}\"");
+                tokio::time::sleep(delay).await;
                 client
-                    .write_all(&error_response("FATAL", "28P01", &words))
+                    .write_all(&error_response("FATAL", sqlstate, &words))
                     .await?;
                 client.shutdown().await?;
                 return Ok(None);

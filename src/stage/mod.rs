@@ -1,12 +1,14 @@
 //! The crate's own Supavisor-like front stage: a small PostgreSQL-protocol
-//! proxy on `127.0.0.1` (an ephemeral port) in the test process, in front
-//! of the stack's PgBouncer, for what PgBouncer's settings cannot make it
-//! do as Supavisor does: the parameters a backend is opened with
-//! ([`Rules::startup`]), its answer to a wrong password
-//! ([`Rules::wrong_password`]) and the `named_prepared_statements` flag's
-//! errors ([`Rules::named_prepared_statements`]), for the profile
-//! `supabase-shared-prepared` today; its framing of both directions is the
-//! place for Supavisor's other rules.
+//! proxy on `127.0.0.1` (an ephemeral port) in the process that asks for
+//! it (a test's, or `up`'s), in front of the stack's PgBouncer, for what
+//! PgBouncer's settings cannot make it do as Supavisor does: the
+//! parameters a backend is opened with ([`Rules::startup`]), its answer
+//! to a wrong password ([`Rules::wrong_password`]), the
+//! `named_prepared_statements` flag's errors
+//! ([`Rules::named_prepared_statements`]) and its session-mode limit
+//! ([`Rules::session_pool_size`]), for the profiles
+//! `supabase-shared-prepared` and `supabase-session`; its framing of both
+//! directions is the place for Supavisor's other rules.
 //!
 //! One stage per upstream and rules per process, on its own background
 //! runtime: it outlives every test's runtime and ends with the process (an
@@ -33,6 +35,7 @@ use tokio::net::TcpListener;
 use crate::error::{Error, Result};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::{at_exit, Background};
+use crate::target::profile::Profile;
 
 /// Which of Supavisor's rules the stage applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +49,29 @@ pub(crate) struct Rules {
     /// Supavisor's answer to a wrong password: 500 ms, then its own FATAL
     /// `28P01` naming the user.
     pub wrong_password: bool,
+    /// Supavisor's session mode over its pool of this size: PgBouncer's
+    /// `max_db_client_connections` refusal at login answered with
+    /// Supavisor's FATAL `XX000 (EMAXCONNSESSION)`.
+    pub session_pool_size: Option<u32>,
+}
+
+impl Rules {
+    /// The rules of `profile`'s Supavisor (its startup rules and login
+    /// answers whatever the flag) in front of a pool of `pool_size`, `None`
+    /// for a profile served without the stage.
+    pub(crate) fn of(profile: Profile, pool_size: u32) -> Option<Rules> {
+        let session = !profile.pools_transactions();
+        profile.behind_stage().then(|| Rules {
+            named_prepared_statements: profile == Profile::SupabaseSharedPrepared,
+            startup: Some(if session {
+                PoolMode::Session
+            } else {
+                PoolMode::Transaction
+            }),
+            wrong_password: true,
+            session_pool_size: session.then_some(pool_size),
+        })
+    }
 }
 
 /// Where the stage sends its clients: the stack's PgBouncer.

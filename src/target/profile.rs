@@ -25,6 +25,9 @@ pub enum Profile {
     SupabaseDedicated,
     /// Supabase's shared pooler in session mode (port 5432): a server
     /// connection per client for the client's lifetime, reset between clients.
+    /// Through the crate's Supavisor-like stage in session mode: Supavisor's
+    /// startup parameters (`application_name = Supavisor - <the client's>`)
+    /// and, past the pool, its FATAL `XX000 (EMAXCONNSESSION)`.
     SupabaseSession,
     /// Supabase's dedicated pooler on a project whose image predates
     /// PgBouncer 1.21 (Supabase's image variables pin 1.19: a project not
@@ -43,8 +46,8 @@ pub enum Profile {
     /// `search_path` and `application_name = Supavisor` reach the database
     /// (sqlx's `TimeZone`, dotted custom settings, `options` are dropped),
     /// as on every Supavisor endpoint. The crate's own
-    /// Supavisor-like stage (a proxy in the test process, serving TLS with
-    /// the stack's certificate) in front of PgBouncer with
+    /// Supavisor-like stage (a proxy in the test's or `up`'s process,
+    /// serving TLS with the stack's certificate) in front of PgBouncer with
     /// prepared-statement tracking.
     SupabaseSharedPrepared,
     /// No pooler: `connect()` goes straight to PostgreSQL, as an application
@@ -106,7 +109,8 @@ impl Profile {
                 "PgBouncer transaction mode, max_prepared_statements=200, ignore_startup_parameters=extra_float_digits"
             }
             Profile::SupabaseSession => {
-                "PgBouncer session mode, server_reset_query=DISCARD ALL, unknown startup parameters ignored"
+                "the crate's Supavisor-like stage (Supavisor's startup parameters, its session \
+                 limit's words) in front of PgBouncer session mode, server_reset_query=DISCARD ALL"
             }
             Profile::SupabaseDedicatedLegacy => {
                 "PgBouncer transaction mode, max_prepared_statements=0, ignore_startup_parameters=extra_float_digits"
@@ -151,10 +155,14 @@ impl Profile {
 
     /// Whether a [`TestDb`](crate::TestDb) of this profile connects
     /// through the crate's Supavisor-like stage, a proxy that runs in the
-    /// test process in front of the stack's PgBouncer (so `up`, another
-    /// process, cannot hand out its URLs).
+    /// process that asks for the URL (the test's, or `up`'s:
+    /// [`Stack::url_for_profile`](crate::Stack::url_for_profile)) in front
+    /// of the stack's PgBouncer.
     pub fn behind_stage(self) -> bool {
-        self == Profile::SupabaseSharedPrepared
+        matches!(
+            self,
+            Profile::SupabaseSharedPrepared | Profile::SupabaseSession
+        )
     }
 
     /// Whether named prepared statements are safe across clients.
@@ -198,12 +206,6 @@ pub(crate) const TRACKED_SET: &str =
 pub(crate) const APPLICATION_NAME: &str =
     "not reproduced: application_name reaches the server as the client's; Supavisor \
      sends `Supavisor` (`Supavisor - <name>` in session mode)";
-/// The session-mode limit's words (probed: the session-limit row).
-pub(crate) const SESSION_LIMIT_WORDS: &str =
-    "not reproduced: the words of the session-mode limit: client 16 of a pool of 15 \
-     is refused at once, as by Supavisor, with PgBouncer's 08P01 `client connections \
-     exceeded (max_db_client_connections)`, not Supavisor's `(EMAXCONNSESSION) max \
-     clients reached in session mode`";
 /// What no local stack has.
 const NO_LATENCY: &str = "no network latency between the client, the pooler and the database";
 /// The legacy profile's PgBouncer is 1.24 with tracking off, not 1.19.
@@ -222,17 +224,10 @@ const SUPAVISOR_RESIDUE: [&str; 6] = [
     APPLICATION_NAME,
 ];
 
-/// [`SUPAVISOR_RESIDUE`], and what session mode adds.
-const SESSION_RESIDUE: [&str; 7] = {
-    let mut all = [""; 7];
-    let mut i = 0;
-    while i < SUPAVISOR_RESIDUE.len() {
-        all[i] = SUPAVISOR_RESIDUE[i];
-        i += 1;
-    }
-    all[6] = SESSION_LIMIT_WORDS;
-    all
-};
+/// [`SUPAVISOR_RESIDUE`] less what the stage reproduces in session mode
+/// (the startup parameters, `application_name`, the session limit's words)
+/// and what only transaction mode loses (a tracked `SET`).
+const SESSION_RESIDUE: [&str; 2] = [SEARCH_PATH_AT_STARTUP, SUPAVISOR_ERRORS];
 
 /// [`SUPAVISOR_RESIDUE`] less what the stage reproduces (the flag's
 /// errors, the startup parameters, `application_name`), and what the stage
