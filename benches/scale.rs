@@ -9,7 +9,16 @@
 //! `CREATE DATABASE` strategy (FILE_COPY, WAL_LOG; three of each, median),
 //! and the stack's peak memory as its PostgreSQL container's cgroup
 //! recorded it (`memory.max_usage_in_bytes`, cgroup v1; `memory.peak` on
-//! v2), read through `pg_read_file`.
+//! v2), read through `pg_read_file`: the row's "first run", on a cold
+//! pool.
+//!
+//! Then the row's rerun: once the first process has ended (its drops and
+//! demand handed to the stack's janitor) and the janitor is done
+//! (`common::janitor_done`), a second process joins the same stack (same
+//! run id; the stack outlives its last lease long enough for its janitor to
+//! prepare clones) and runs the same tests; its claim p50/p95, prepared
+//! count and the peak so far are extra columns (`_rerun_*` in `RESULT`).
+//! The row's stack is removed at its end (`gc` of that stack).
 //!
 //! Uses only the API every version of the crate has, so the same file
 //! measures another checkout side by side: with `PGBF_SCALE_BEFORE=<path>`
@@ -35,6 +44,8 @@ use pgbouncer_fixtures::{Stack, StackSettings, Target, Template, TestDb};
 use rand::Rng;
 use sqlx::{Connection, Row};
 
+#[allow(dead_code)]
+mod common;
 mod report;
 
 fn ms(d: Duration) -> f64 {
@@ -244,25 +255,18 @@ impl RowBudget {
     }
 }
 
-/// One row (`rows`, `c` threads) in this process, on a stack of its own;
-/// prints its table line and `RESULT-ROW`.
+/// One row's first run (`rows`, `c` threads) in this process, on a stack of
+/// its own; prints its table line, `RESULT-ROW` and `STACK <id> <direct
+/// URL>` (for [`main`]: the janitor's wait, the rerun, the removal).
 fn row(r: usize, c: usize, n: usize, label: &str) {
     let budget = RowBudget::from_env();
-    let seeds = tempfile::tempdir().expect("a directory for the seed");
-    let seed = write_seed(seeds.path(), r);
+    let (_seeds, seed) = row_seed(r);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let run_id = format!(
-        "scale-{label}-{r}-{c}-{}-{}",
-        budget.name,
-        std::process::id()
-    );
-    let settings = StackSettings::from_env(&pgbouncer_fixtures::Env::load().expect("env"))
-        .expect("settings")
-        .with_run_id(run_id);
+    let settings = row_settings(r, c, label, &budget);
     let target = Target::Containers(settings.clone());
     let template = Template::new().seed_file(&seed);
     // The template is built (and the stack started) before the clock. A
@@ -285,14 +289,12 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
             (Vec::new(), Duration::ZERO)
         }
     };
-    let direct = rt.block_on(async {
+    let (stack_id, direct) = rt.block_on(async {
         let stack = Stack::shared(&settings).await.expect("the row's stack");
-        stack
-            .endpoints()
-            .direct_url("postgres")
-            .expose()
-            .to_string()
+        let url = stack.endpoints().direct_url("postgres");
+        (stack.id().to_string(), url.expose().to_string())
     });
+    println!("STACK {stack_id} {direct}");
     let (bytes, file_copy, wal_log, peak) =
         rt.block_on(measure_stack(&direct, !samples.is_empty()));
     let within = match budget.bytes {
@@ -337,8 +339,88 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
     );
 }
 
+/// The seed file of a row: in `PGBF_SCALE_SEED_DIR` (one directory for both
+/// runs of a row, set by [`main`]) or else a directory of its own (returned
+/// with it, removed when dropped).
+fn row_seed(r: usize) -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    match std::env::var_os(SEED_DIR) {
+        Some(dir) => (None, write_seed(Path::new(&dir), r)),
+        None => {
+            let dir = tempfile::tempdir().expect("a directory for the seed");
+            let seed = write_seed(dir.path(), r);
+            (Some(dir), seed)
+        }
+    }
+}
+
+/// The row's stack settings, the same in both its runs (so the rerun joins
+/// the first run's stack): the run id [`main`] gives the row, and a stack
+/// that outlives its last lease long enough for its janitor to prepare
+/// clones (a pinned run id takes no keep-warm; [`main`] removes the stack
+/// at the row's end).
+fn row_settings(r: usize, c: usize, label: &str, budget: &RowBudget) -> StackSettings {
+    let run_id = std::env::var(RUN_ID).unwrap_or_else(|_| {
+        format!(
+            "scale-{label}-{r}-{c}-{}-{}",
+            budget.name,
+            std::process::id()
+        )
+    });
+    StackSettings::from_env(&pgbouncer_fixtures::Env::load().expect("env"))
+        .expect("settings")
+        .with_run_id(run_id)
+        .with_reap_after(ROW_REAP_AFTER)
+}
+
+/// How long a row's stack outlives its last lease: the janitor's work
+/// between the two runs and the rerun's start fit well within it.
+const ROW_REAP_AFTER: Duration = Duration::from_secs(300);
+
+/// The row's rerun in this process: joins the first run's stack (its
+/// janitor done, [`main`] waited for it), the same `n` tests; prints
+/// `RERUN-CELLS` (its table cells) and `RESULT-ROW`.
+fn rerun(r: usize, c: usize, n: usize, label: &str) {
+    let budget = RowBudget::from_env();
+    let (_seeds, seed) = row_seed(r);
+    let settings = row_settings(r, c, label, &budget);
+    let target = Target::Containers(settings.clone());
+    let template = Template::new().seed_file(&seed);
+    let (samples, _) = run(&target, &template, c, n);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let peak = rt.block_on(async {
+        let stack = Stack::shared(&settings).await.expect("the row's stack");
+        let url = stack.endpoints().direct_url("postgres");
+        let mut conn = sqlx::PgConnection::connect(url.expose())
+            .await
+            .expect("the stack");
+        let peak = peak_memory(&mut conn).await;
+        let _ = conn.close().await;
+        peak
+    });
+    let claims = sorted(samples.iter().map(|s| ms(s.claim)).collect());
+    let prepared = samples.iter().filter(|s| s.prepared).count();
+    let (p50, p95) = (percentile(&claims, 0.5), percentile(&claims, 0.95));
+    let b = budget.key();
+    println!(
+        "RERUN-CELLS {p50:.1} | {p95:.1} | {prepared}/{n} | {:.0} |",
+        mb(peak)
+    );
+    println!(
+        "RESULT-ROW {label}_r{r}_c{c}{b}_rerun_p50_ms={p50:.1} {label}_r{r}_c{c}{b}_rerun_p95_ms={p95:.1} {label}_r{r}_c{c}{b}_rerun_prepared={prepared} {label}_r{r}_c{c}{b}_rerun_peak_mb={:.0}",
+        mb(peak)
+    );
+}
+
 /// The harness, run as one row: `ROWS,THREADS`.
 const ROW: &str = "PGBF_SCALE_ROW";
+/// Set: the harness runs the row's rerun, not its first run.
+const RERUN: &str = "PGBF_SCALE_RERUN";
+/// The row's run id and seed directory, the same for both its runs.
+const RUN_ID: &str = "PGBF_SCALE_RUN_ID";
+const SEED_DIR: &str = "PGBF_SCALE_SEED_DIR";
 /// The row's budget, by name and in bytes (the harness's environment).
 const BUDGET_NAME: &str = "PGBF_SCALE_BUDGET_NAME";
 const BUDGET_BYTES: &str = "PGBF_SCALE_BUDGET_BYTES";
@@ -388,6 +470,12 @@ fn build_before(checkout: &Path) -> std::path::PathBuf {
     let dir = here.join("target/scale-before");
     let src = dir.join("src");
     std::fs::create_dir_all(src.join("report")).expect("target/scale-before");
+    std::fs::create_dir_all(src.join("common")).expect("target/scale-before");
+    std::fs::copy(
+        here.join("benches/common/mod.rs"),
+        src.join("common/mod.rs"),
+    )
+    .expect("common/mod.rs");
     std::fs::copy(here.join("benches/scale.rs"), src.join("scale.rs")).expect("scale.rs");
     std::fs::copy(
         here.join("benches/report/mod.rs"),
@@ -436,12 +524,41 @@ fn build_before(checkout: &Path) -> std::path::PathBuf {
     dir.join("target/release/scale")
 }
 
+/// [`janitor_done`](common::janitor_done) from synchronous code, through
+/// a plain connection (no lease, so the janitor works meanwhile).
+fn janitor_done(url: &str) -> Duration {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(common::janitor_done(url))
+}
+
+/// Removes the row's stack (its last lease is gone): nothing lingers into
+/// the next row.
+fn remove_stack(id: &str) {
+    let removed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(pgbouncer_fixtures::gc(pgbouncer_fixtures::GcScope::Stack(
+            id,
+        )));
+    if let Err(e) = removed {
+        eprintln!("scale: removing the row's stack {id}: {e}");
+    }
+}
+
 fn main() {
     let n = list("PGBF_SCALE_N", "40").first().copied().unwrap_or(40);
     let label = std::env::var("PGBF_SCALE_LABEL").unwrap_or_else(|_| "this".into());
     if let Ok(spec) = std::env::var(ROW) {
         let v: Vec<usize> = spec.split(',').filter_map(|x| x.parse().ok()).collect();
-        row(v[0], v[1], n, &label);
+        if std::env::var_os(RERUN).is_some() {
+            rerun(v[0], v[1], n, &label);
+        } else {
+            row(v[0], v[1], n, &label);
+        }
         return;
     }
     let rows = list("PGBF_SCALE_ROWS", "1000,300000,1300000,7000000");
@@ -472,8 +589,8 @@ fn main() {
         "scale: {n} tests per row (claim + connect + a query on the seed + 0-2 ms body + drop), each row a process and a stack of its own, memory budgets {}",
         budgets.join(", ")
     ));
-    report.line("| code | rows | template MB | threads | claim p50 ms | claim p95 ms | prepared | one clone FILE_COPY / WAL_LOG ms | p50 / clone | p95 / clone | budget (MB) | peak memory MB | peak <= budget | wall s |");
-    report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|");
+    report.line("| code | rows | template MB | threads | first run: claim p50 ms | first run: claim p95 ms | first run: prepared | one clone FILE_COPY / WAL_LOG ms | p50 / clone | p95 / clone | budget (MB) | peak memory MB | peak <= budget | wall s | janitor wait s | rerun claim p50 ms | rerun claim p95 ms | rerun prepared | rerun peak memory MB |");
+    report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut result = String::from("RESULT");
     for &r in &rows {
         for &c in &threads {
@@ -483,28 +600,68 @@ fn main() {
                     size => parse_size(size).expect("checked above"),
                 };
                 for (code, exe) in &codes {
-                    let mut child = std::process::Command::new(exe);
-                    child
-                        .env(ROW, format!("{r},{c}"))
-                        .env("PGBF_SCALE_LABEL", code)
-                        .env(BUDGET_NAME, budget)
-                        .env(BUDGET_BYTES, bytes.to_string())
-                        .stderr(std::process::Stdio::inherit());
-                    match budget.as_str() {
-                        "default" => child.env_remove("PGBF_MEMORY_BUDGET"),
-                        size => child.env("PGBF_MEMORY_BUDGET", size),
+                    let seeds = tempfile::tempdir().expect("a directory for the row's seed");
+                    let run_id = format!("scale-{code}-{r}-{c}-{budget}-{}", std::process::id());
+                    let child = |rerun: bool| {
+                        let mut child = std::process::Command::new(exe);
+                        child
+                            .env(ROW, format!("{r},{c}"))
+                            .env("PGBF_SCALE_LABEL", code)
+                            .env(BUDGET_NAME, budget)
+                            .env(BUDGET_BYTES, bytes.to_string())
+                            .env(RUN_ID, &run_id)
+                            .env(SEED_DIR, seeds.path())
+                            .stderr(std::process::Stdio::inherit());
+                        match budget.as_str() {
+                            "default" => child.env_remove("PGBF_MEMORY_BUDGET"),
+                            size => child.env("PGBF_MEMORY_BUDGET", size),
+                        };
+                        if rerun {
+                            child.env(RERUN, "1");
+                        } else {
+                            child.env_remove(RERUN);
+                        }
+                        let out = child.output().expect("the harness runs");
+                        assert!(
+                            out.status.success(),
+                            "the row {r} rows, {c} threads, budget {budget} ({code}, rerun: {rerun}) failed"
+                        );
+                        String::from_utf8_lossy(&out.stdout).into_owned()
                     };
-                    let out = child.output().expect("the harness runs");
-                    assert!(
-                        out.status.success(),
-                        "the row {r} rows, {c} threads, budget {budget} ({code}) failed"
-                    );
-                    for line in String::from_utf8_lossy(&out.stdout).lines() {
-                        match line.strip_prefix("RESULT-ROW") {
-                            Some(r) => result.push_str(r),
-                            None => report.line(line),
+                    let first = child(false);
+                    let mut line = String::new();
+                    let mut stack = None;
+                    for l in first.lines() {
+                        if let Some(r) = l.strip_prefix("RESULT-ROW") {
+                            result.push_str(r);
+                        } else if let Some(s) = l.strip_prefix("STACK ") {
+                            stack = s
+                                .split_once(' ')
+                                .map(|(id, url)| (id.to_string(), url.to_string()));
+                        } else if l.starts_with('|') {
+                            line = l.to_string();
+                        } else {
+                            report.line(l);
                         }
                     }
+                    let (stack_id, url) = stack.expect("the row's stack id and URL");
+                    // A refused template: no rerun (nothing to claim).
+                    if !line.contains("refused") {
+                        let waited = janitor_done(&url);
+                        for l in child(true).lines() {
+                            if let Some(r) = l.strip_prefix("RESULT-ROW") {
+                                result.push_str(r);
+                            } else if let Some(cells) = l.strip_prefix("RERUN-CELLS") {
+                                line.push_str(&format!(" {:.1} |{cells}", waited.as_secs_f64()));
+                            } else {
+                                report.line(l);
+                            }
+                        }
+                    } else {
+                        line.push_str(" | | | | |");
+                    }
+                    report.line(line);
+                    remove_stack(&stack_id);
                 }
             }
         }
