@@ -41,22 +41,23 @@ fn seed(dir: &Path, mb: u64) -> PathBuf {
     path
 }
 
+/// A direct connection to the `postgres` database of the stack.
+async fn direct_to(settings: &StackSettings) -> sqlx::PgConnection {
+    let stack = Stack::shared(settings).await.unwrap();
+    sqlx::PgConnection::connect(stack.endpoints().direct_url("postgres").expose())
+        .await
+        .unwrap()
+}
+
 /// The stack's test databases (not templates) and its prepared clones.
 async fn clones_on(settings: &StackSettings) -> (i64, i64) {
-    let stack = Stack::shared(settings).await.unwrap();
-    let mut direct = sqlx::PgConnection::connect(stack.endpoints().direct_url("postgres").expose())
-        .await
-        .unwrap();
-    let clones: i64 = sqlx::query_scalar(
+    let mut direct = direct_to(settings).await;
+    let clones = common::int(
+        &mut direct,
         "select count(*) from pg_database where datname like 'pgbf\\_c%' and not datistemplate",
     )
-    .fetch_one(&mut direct)
-    .await
-    .unwrap();
-    let prepared: i64 = sqlx::query_scalar("select count(*) from pgbf_prepared")
-        .fetch_one(&mut direct)
-        .await
-        .unwrap();
+    .await;
+    let prepared = common::int(&mut direct, "select count(*) from pgbf_prepared").await;
     (clones, prepared)
 }
 
@@ -114,16 +115,12 @@ async fn a_template_the_budget_cannot_hold_fails_with_the_sizes_and_the_ways_out
         assert!(text.contains(part), "{part:?} missing from: {text}");
     }
     // No clone was made: only the template is on the stack.
-    let stack = Stack::shared(&settings).await.unwrap();
-    let mut direct = sqlx::PgConnection::connect(stack.endpoints().direct_url("postgres").expose())
-        .await
-        .unwrap();
-    let clones: i64 = sqlx::query_scalar(
+    let mut direct = direct_to(&settings).await;
+    let clones = common::int(
+        &mut direct,
         "select count(*) from pg_database where datname like 'pgbf\\_%' and not datistemplate",
     )
-    .fetch_one(&mut direct)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         clones, 0,
         "a template too big for the budget is never cloned"

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{assert_named_statement_collisions, run_default_workload};
+use common::{answers, assert_named_statement_collisions, run_default_workload};
 use pgbouncer_fixtures::probes::SqlxPattern;
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{
@@ -18,16 +18,6 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, Row};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
-
-async fn answers(options: &PgConnectOptions) -> Result<i32, sqlx::Error> {
-    let mut conn = PgConnection::connect_with(options).await?;
-    let n = sqlx::raw_sql("select 41 + 1")
-        .fetch_one(&mut conn)
-        .await?
-        .get(0);
-    conn.close().await?;
-    Ok(n)
-}
 
 /// An application whose URL says `sslmode=require` (as Supabase's docs say)
 /// works on both ports of every profile (through the Supavisor-like stage

@@ -180,14 +180,7 @@ async fn the_stage_serves_tls_on_a_stack_that_requires_it() {
         .ssl_mode(PgSslMode::VerifyFull)
         .ssl_root_cert_from_pem(ca);
     for options in [verified.clone(), db.connect_options()] {
-        let mut conn = PgConnection::connect_with(&options).await.unwrap();
-        let n: i32 = sqlx::raw_sql("select 41 + 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 42);
-        conn.close().await.unwrap();
+        assert_eq!(common::answers(&options).await.unwrap(), 42);
     }
     let plain = verified.ssl_mode(PgSslMode::Disable);
     let err = PgConnection::connect_with(&plain)
@@ -422,15 +415,6 @@ async fn a_wrong_password_is_answered_as_supavisor_does() {
         waited >= Duration::from_millis(500),
         "answered after {waited:?}"
     );
-    let mut conn = PgConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
-    let n: i32 = sqlx::raw_sql("select 41 + 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 42);
-    conn.close().await.unwrap();
+    assert_eq!(common::answers(&db.connect_options()).await.unwrap(), 42);
     db.close().await.unwrap();
 }

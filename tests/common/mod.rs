@@ -91,6 +91,18 @@ pub async fn int(conn: &mut PgConnection, sql: &str) -> i64 {
     one(conn, sql).await.get::<i64, _>(0)
 }
 
+/// Connects with `options`, asks `select 41 + 1` and closes: the answer, or
+/// the first error (a refused login included).
+pub async fn answers(options: &sqlx::postgres::PgConnectOptions) -> Result<i32, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let n = sqlx::raw_sql("select 41 + 1")
+        .fetch_one(&mut conn)
+        .await?
+        .get(0);
+    conn.close().await?;
+    Ok(n)
+}
+
 /// A direct connection to the `postgres` database of the test's server.
 pub async fn server_admin(db: &TestDb) -> PgConnection {
     let url = db
