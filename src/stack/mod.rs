@@ -186,7 +186,8 @@ impl Stack {
         };
         let certs = match (e.server_tls(), e.ca_cert_pem()) {
             (Some(server), Some(ca_pem)) => Some(Certificates {
-                server: server.clone(),
+                cert_pem: server.cert_pem.clone(),
+                key_pem: server.key_pem.clone(),
                 ca_pem: ca_pem.to_string(),
             }),
             _ => None,

@@ -15,17 +15,26 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::docker::containers::ServerTls;
 use crate::error::{Error, Result};
 use crate::stage::wire::SSL_REQUEST;
 
-/// The stack's certificate material, as the stage is given it.
-#[derive(Clone, Debug)]
+/// The stack's certificate material, as the stage is given it (PEM text;
+/// the stage knows nothing of where a stack keeps it).
+#[derive(Clone)]
 pub(crate) struct Certificates {
-    /// The certificate and key the stack's ports serve.
-    pub server: ServerTls,
+    /// The certificate the stack's ports serve.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
     /// The stack's CA, which signed it.
     pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("Certificates").finish_non_exhaustive()
+    }
 }
 
 /// What the stage serves and checks TLS with (cheap to clone).
@@ -48,10 +57,10 @@ impl StageTls {
                  remove the stack with `pgbouncer-fixtures gc` so that a new one is made"
             ),
         };
-        let chain = CertificateDer::pem_slice_iter(certs.server.cert_pem.as_bytes())
+        let chain = CertificateDer::pem_slice_iter(certs.cert_pem.as_bytes())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| failed("its certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(certs.server.key_pem.as_bytes())
+        let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes())
             .map_err(|e| failed("its key", &e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = ServerConfig::builder_with_provider(provider.clone())
