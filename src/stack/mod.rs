@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::provision::worker::Worker;
 use crate::stack::lease::Lease;
 use crate::stack::run_key::RunKey;
-use crate::stage::{Certificates, Rules, Upstream};
+use crate::stage::{Certificates, Rules};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::Background;
 use crate::target::profile::Profile;
@@ -180,20 +180,12 @@ impl Stack {
         let Some(rules) = Rules::of(profile, self.settings.default_pool_size) else {
             return Ok(pooled);
         };
-        let upstream = Upstream {
-            host: pooled.host().to_string(),
-            port: pooled.port(),
-        };
-        let certs = match (e.server_tls(), e.ca_cert_pem()) {
-            (Some(server), Some(ca_pem)) => Some(Certificates {
-                cert_pem: server.cert_pem.clone(),
-                key_pem: server.key_pem.clone(),
-                ca_pem: ca_pem.to_string(),
-            }),
-            _ => None,
-        };
-        let stage = crate::stage::shared(upstream, rules, certs).await?;
-        Ok(pooled.with_host_port("127.0.0.1", stage.addr.port()))
+        let certs = Certificates::of(
+            e.server_tls()
+                .map(|t| (t.cert_pem.as_str(), t.key_pem.as_str())),
+            e.ca_cert_pem(),
+        );
+        crate::stage::in_front_of(pooled, rules, certs).await
     }
 
     /// The settings it was started with.

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::support::registry::OnceMap;
 use crate::support::runtime::{at_exit, Background};
 use crate::target::profile::Profile;
+use crate::target::DbUrl;
 
 /// Which of Supavisor's rules the stage applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +86,21 @@ pub(crate) struct Upstream {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Stage {
     pub addr: SocketAddr,
+}
+
+/// `pooled` (PgBouncer's URL) turned to the stage in front of it, with
+/// `rules`: the one way the fixture and `up` put a client behind the stage.
+pub(crate) async fn in_front_of(
+    pooled: DbUrl,
+    rules: Rules,
+    certs: Option<Certificates>,
+) -> Result<DbUrl> {
+    let upstream = Upstream {
+        host: pooled.host().to_string(),
+        port: pooled.port(),
+    };
+    let stage = shared(upstream, rules, certs).await?;
+    Ok(pooled.with_host_port("127.0.0.1", stage.addr.port()))
 }
 
 /// The stage in front of `upstream` with `rules`, started by the first

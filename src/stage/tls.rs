@@ -30,6 +30,19 @@ pub(crate) struct Certificates {
     pub ca_pem: String,
 }
 
+impl Certificates {
+    /// The stack's server certificate and key (PEM) with its CA, when it
+    /// has both; the stage answers `N` to TLS without them.
+    pub(crate) fn of(server: Option<(&str, &str)>, ca_pem: Option<&str>) -> Option<Certificates> {
+        let ((cert_pem, key_pem), ca_pem) = (server?, ca_pem?);
+        Some(Certificates {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            ca_pem: ca_pem.to_string(),
+        })
+    }
+}
+
 impl std::fmt::Debug for Certificates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the private key.
