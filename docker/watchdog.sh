@@ -91,14 +91,21 @@ tick_at() {
 
 # Ticks until the server is gone or the tick says to stop it.
 watch() {
-  local now
+  local now answered=$started unanswered=0
   while kill -0 "$pg" 2>/dev/null; do
     # After a janitor batch the next tick comes at once, with its answer.
     [ "$action" = janitor ] || read -r -t 1 -u "$pause" _ || true
     now=$EPOCHSECONDS
-    tick_at "$now" || action='wait'
+    if tick_at "$now"; then
+      answered=$now
+    else
+      action='wait' unanswered=$((unanswered + 1))
+    fi
     if [ "$action" = reap ] || [ "$now" -ge "$reap_at" ]; then
-      echo "pgbf-postgres: no lease for ${reap_after} s: stopping (the stack is reaped)" >&2
+      # Why, in the container's log: a stack stopped early is then explained.
+      echo "pgbf-postgres: no lease for ${reap_after} s: stopping (the stack is reaped;" \
+        "last lease counted $((now - last_lease)) s ago, lease seen: $seen, last tick answered" \
+        "$((now - answered)) s ago, $unanswered ticks unanswered, up $((now - started)) s)" >&2
       kill -INT "$pg" 2>/dev/null || true
       return 0
     fi

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{audited, docker, stack_containers, unique_run_id};
+use common::{audited, docker, stack_containers, unique_run_id, FollowedLog};
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Stack, StackSettings, Template, TestDb};
 use sqlx::postgres::PgConnectOptions;
@@ -61,6 +61,43 @@ struct Run {
     databases: Vec<String>,
 }
 
+/// A direct connection to a stack's `postgres` database, and the stack's
+/// PostgreSQL log: a query that fails shows why the server went away (the
+/// watchdog says why it stopped it).
+struct Admin {
+    conn: PgConnection,
+    log: FollowedLog,
+}
+
+impl Admin {
+    async fn of(run: &Run) -> Admin {
+        let log = FollowedLog::of(&format!("pgbf-{}-postgres", run.stack));
+        let conn = run.admin.connect().await.unwrap();
+        Admin { conn, log }
+    }
+
+    fn failed(&self, sql: &str, e: sqlx::Error) -> ! {
+        panic!(
+            "{sql}: {e}\nthe stack's PostgreSQL container said, last:\n{}",
+            self.log.tail(20)
+        )
+    }
+
+    async fn scalar(&mut self, sql: &str) -> i64 {
+        match sqlx::raw_sql(audited(sql)).fetch_one(&mut self.conn).await {
+            Ok(row) => row.get::<i64, _>(0),
+            Err(e) => self.failed(sql, e),
+        }
+    }
+
+    async fn texts(&mut self, sql: &str) -> Vec<String> {
+        match sqlx::raw_sql(audited(sql)).fetch_all(&mut self.conn).await {
+            Ok(rows) => rows.iter().map(|r| r.get::<String, _>(0)).collect(),
+            Err(e) => self.failed(sql, e),
+        }
+    }
+}
+
 fn child_run(run_id: &str, migrations: &std::path::Path, n: usize) -> Run {
     child_run_with(run_id, migrations, n, &[])
 }
@@ -106,17 +143,9 @@ fn child_run_with(
     }
 }
 
-async fn scalar(conn: &mut PgConnection, sql: &str) -> i64 {
-    sqlx::raw_sql(audited(sql))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap()
-        .get::<i64, _>(0)
-}
-
 /// Waits until none of `run`'s databases exists, no garbage is queued and
 /// `prepared` clones are ready; returns how long that took.
-async fn settled(conn: &mut PgConnection, run: &Run, prepared: i64) -> Duration {
+async fn settled(admin: &mut Admin, run: &Run, prepared: i64) -> Duration {
     let started = Instant::now();
     let names = run
         .databases
@@ -125,13 +154,13 @@ async fn settled(conn: &mut PgConnection, run: &Run, prepared: i64) -> Duration 
         .collect::<Vec<_>>()
         .join(",");
     loop {
-        let left = scalar(
-            conn,
-            &format!("select count(*) from pg_database where datname in ({names})"),
-        )
-        .await;
-        let garbage = scalar(conn, "select count(*) from pgbf_garbage").await;
-        let ready = scalar(conn, "select count(*) from pgbf_prepared").await;
+        let left = admin
+            .scalar(&format!(
+                "select count(*) from pg_database where datname in ({names})"
+            ))
+            .await;
+        let garbage = admin.scalar("select count(*) from pgbf_garbage").await;
+        let ready = admin.scalar("select count(*) from pgbf_prepared").await;
         if left == 0 && garbage == 0 && ready == prepared {
             return started.elapsed();
         }
@@ -158,23 +187,23 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
 
     // A run of 3 claims: the janitor makes the pool 3.
     let first = child_run(&run_id, dir.path(), 3);
-    let mut conn = first.admin.connect().await.unwrap();
-    let took = settled(&mut conn, &first, 3).await;
+    let mut admin = Admin::of(&first).await;
+    let took = settled(&mut admin, &first, 3).await;
     eprintln!("settled {:.2} s after the first run", took.as_secs_f64());
 
     // A run of 6 claims: the pool stops at the cap (4).
     let second = child_run(&run_id, dir.path(), 6);
     assert_eq!(second.stack, first.stack, "the run id shares the stack");
-    let took = settled(&mut conn, &second, CAP).await;
+    let took = settled(&mut admin, &second, CAP).await;
     eprintln!("settled {:.2} s after the second run", took.as_secs_f64());
     // Warm: PgBouncer holds an idle server connection to each prepared
     // clone (the test claiming it pays no backend start).
-    let warm = scalar(
-        &mut conn,
-        "select count(*) from pgbf_prepared p where exists \
+    let warm = admin
+        .scalar(
+            "select count(*) from pgbf_prepared p where exists \
          (select from pg_stat_activity a where a.datname = p.name and a.state = 'idle')",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(warm, CAP, "prepared clones with a server connection");
     // The janitor's clones (the others were made by the run's processes,
     // which warm them with `select 1` only) had their caches warmed on that
@@ -182,9 +211,8 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     // sorts and prefix LIKE planned).
     let by_janitor = "select count(*) from pgbf_prepared p join pg_stat_activity a \
          on a.datname = p.name where a.application_name = 'pgbf-janitor'";
-    let janitors = scalar(&mut conn, by_janitor).await;
-    let warmed = scalar(
-        &mut conn,
+    let janitors = admin.scalar(by_janitor).await;
+    let warmed = admin.scalar(
         &format!(
             "{by_janitor} and a.query like 'do $d$%explain insert into %where %2$I like %3$L order by %; select 1'"
         ),
@@ -196,27 +224,23 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     // Settled and idle: the janitor's psql runs nothing but the lease
     // count, and no database comes or goes.
     let databases = "select count(*) from pg_database";
-    let before = scalar(&mut conn, databases).await;
+    let before = admin.scalar(databases).await;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let last: Vec<String> = sqlx::raw_sql(
-            "select query from pg_stat_activity where application_name = 'psql' and backend_type = 'client backend'",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>(0))
-        .collect();
+        let last = admin
+            .texts(
+                "select query from pg_stat_activity where application_name = 'psql' and backend_type = 'client backend'",
+            )
+            .await;
         assert_eq!(last.len(), 1, "one janitor psql: {last:?}");
         assert!(
             last[0].contains("pgbf_leases()") && last[0].starts_with("select"),
             "an idle, settled janitor ran {:?}",
             last[0]
         );
-        assert_eq!(scalar(&mut conn, databases).await, before);
+        assert_eq!(admin.scalar(databases).await, before);
     }
-    drop(conn);
+    drop(admin);
     for id in stack_containers(&first.stack) {
         docker(&["rm", "-f", &id]);
     }
@@ -245,22 +269,17 @@ async fn the_janitor_prepares_no_more_clones_of_a_large_template_than_the_budget
         ("PGBF_PREPARED_CLONES", "0"),
     ];
     let run = child_run_with(&run_id, dir.path(), 3, &env);
-    let mut conn = run.admin.connect().await.unwrap();
-    let took = settled(&mut conn, &run, 2).await;
+    let mut admin = Admin::of(&run).await;
+    let took = settled(&mut admin, &run, 2).await;
     eprintln!("settled {:.2} s after the run", took.as_secs_f64());
-    let demand = scalar(
-        &mut conn,
-        "select coalesce(max(claims), 0)::bigint from pgbf_demand",
-    )
-    .await;
+    let demand = admin
+        .scalar("select coalesce(max(claims), 0)::bigint from pgbf_demand")
+        .await;
     assert_eq!(demand, 2, "the run's demand, capped by the budget");
     // Stays at 2: nothing more is made once settled.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        scalar(&mut conn, "select count(*) from pgbf_prepared").await,
-        2
-    );
-    drop(conn);
+    assert_eq!(admin.scalar("select count(*) from pgbf_prepared").await, 2);
+    drop(admin);
     for id in stack_containers(&run.stack) {
         docker(&["rm", "-f", &id]);
     }

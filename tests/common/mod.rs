@@ -33,6 +33,44 @@ pub fn containers_with(label: &str) -> Vec<String> {
         .collect()
 }
 
+/// A container's log (stdout and stderr) followed into a file from now
+/// until dropped: what a container said survives its removal (the stack's
+/// containers remove themselves once stopped), for a failing test to show.
+pub struct FollowedLog {
+    child: std::process::Child,
+    file: tempfile::NamedTempFile,
+}
+
+impl FollowedLog {
+    /// Follows the log of container `name` (its whole log so far too).
+    pub fn of(name: &str) -> FollowedLog {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let out = file.reopen().unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new("docker")
+            .args(["logs", "-f", "-t", name])
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("docker CLI runs");
+        FollowedLog { child, file }
+    }
+
+    /// The last `n` lines the container wrote.
+    pub fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.file.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for FollowedLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Ids of the containers of stack `id`.
 pub fn stack_containers(id: &str) -> Vec<String> {
     containers_with(&format!("pgbouncer-fixtures.stack={id}"))
