@@ -135,7 +135,7 @@ impl Memory {
         if self.budget.is_none() {
             return Ok(None);
         }
-        if let Some(&bytes) = lock(&self.sizes).get(template) {
+        if let Some(bytes) = self.measured_bytes(template) {
             return Ok(Some(bytes));
         }
         let sql = format!(
@@ -151,6 +151,11 @@ impl Memory {
             lock(&self.sizes).insert(template.to_string(), bytes);
         }
         Ok(bytes)
+    }
+
+    /// `template`'s size in bytes, if measured already.
+    pub(crate) fn measured_bytes(&self, template: &str) -> Option<u64> {
+        lock(&self.sizes).get(template).copied()
     }
 
     /// The templates measured so far and their sizes in bytes.
