@@ -220,7 +220,7 @@ impl Worker {
     pub(crate) async fn template_bytes(&self, template: String) -> Result<Option<u64>> {
         self.live_lease()?;
         // Measured once per template: later claims need no hop to the
-        // worker's thread (one per claim, ~0.2 ms of a 2 ms claim).
+        // worker's thread (it was one round trip per claim).
         let memory = self.inner.admin.memory();
         if memory.budget().is_none() {
             return Ok(None);
