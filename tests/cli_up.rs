@@ -201,6 +201,45 @@ async fn up_serves_the_stage_of_supabase_shared_prepared() {
         .unwrap();
 }
 
+/// `up --profile supabase-session` serves the profile's Supavisor-like
+/// stage in session mode from its own process: through the printed URL,
+/// the server sees `application_name` as Supavisor sets it in session mode
+/// (`Supavisor - <the client's>`), and a dotted custom setting at startup
+/// is dropped (PgBouncer alone refuses it with 08P01).
+#[tokio::test]
+async fn up_serves_the_stage_of_supabase_session() {
+    let up = tokio::task::spawn_blocking(|| start_up(&["--profile", "supabase-session"]))
+        .await
+        .unwrap();
+    let pooled = DbUrl::parse("up", &up.pooled).unwrap();
+    let direct = DbUrl::parse("up", &up.direct).unwrap();
+    assert!(
+        pooled.host_port().starts_with("127.0.0.1:"),
+        "{}",
+        pooled.host_port()
+    );
+    assert_ne!(pooled.port(), direct.port(), "the stage, not PostgreSQL");
+    let options: sqlx::postgres::PgConnectOptions = up.pooled.parse().unwrap();
+    let options = options
+        .application_name("pgbf-up-session")
+        .options([("app.tenant", "acme")]);
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .expect("a dotted startup setting is dropped, not refused");
+    let (name, tenant): (String, Option<String>) = sqlx::query_as(
+        "SELECT current_setting('application_name'), current_setting('app.tenant', true)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(name, "Supavisor - pgbf-up-session", "as the server sees it");
+    assert_eq!(tenant.filter(|t| !t.is_empty()), None, "app.tenant dropped");
+    drop(conn);
+    tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
+        .await
+        .unwrap();
+}
+
 /// `--help`, `--version` and each command's `--help` print on stdout and
 /// exit 0; an invalid value names its flag and exits 2 (usage) whatever the
 /// command (docs/cli.md, "Exit codes"); no command prints the help.
