@@ -1,12 +1,12 @@
 //! What the Supavisor-like stage adds, behind a profile served through it
 //! (`PGBF_BENCH_PROFILE`, default `supabase-shared-prepared`), against the
 //! same stack's PgBouncer directly (a `TestDb` of the profile's settings
-//! without the profile: no stage), in alternating rounds so that both meet
-//! the same machine:
+//! without the profile: no stage), each side's samples interleaved with the
+//! other's so that both meet the same machine:
 //!
-//! - a round trip: `N` `SELECT 1` on one connection, each one timed;
-//! - a connect: `C` fresh connections as `TestDb::connect` opens them, each
-//!   timed up to the answer of its first `SELECT 1`.
+//! - a round trip: `N` `SELECT 1` on one connection per side, each timed;
+//! - a connect: `C` fresh connections per side as `TestDb::connect` opens
+//!   them, each timed up to the answer of its first `SELECT 1`.
 //!
 //! Prints p50 and p95 of every sample of each side, and the ratios.
 //!
@@ -20,31 +20,44 @@ use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Profile, StackSettings, Target, TestDb};
 use sqlx::{Connection, PgConnection};
 
-/// `n` timed `select 1` round trips on one connection.
-async fn round_trips(db: &TestDb, n: usize, into: &mut Vec<Duration>) {
-    let mut conn = db.connect().await.expect("connect");
-    for _ in 0..n {
-        let started = Instant::now();
-        sqlx::raw_sql("select 1")
-            .execute(&mut conn)
-            .await
-            .expect("select 1");
-        into.push(started.elapsed());
-    }
-    conn.close().await.expect("close");
+async fn select_one(conn: &mut PgConnection) {
+    sqlx::raw_sql("select 1")
+        .execute(conn)
+        .await
+        .expect("select 1");
 }
 
-/// `n` fresh connections, each timed from its connect to its first answer.
-async fn connects(db: &TestDb, n: usize, into: &mut Vec<Duration>) {
-    for _ in 0..n {
-        let started = Instant::now();
-        let mut conn: PgConnection = db.connect().await.expect("connect");
-        sqlx::raw_sql("select 1")
-            .execute(&mut conn)
-            .await
-            .expect("select 1");
-        into.push(started.elapsed());
+/// One connection on each side, then `n` timed `select 1` round trips on
+/// each, interleaved (the side that goes first alternates), so that every
+/// pair of samples meets the same machine.
+async fn round_trips(sides: [&TestDb; 2], n: usize, into: &mut [Vec<Duration>; 2]) {
+    let mut conns = [
+        sides[0].connect().await.expect("connect"),
+        sides[1].connect().await.expect("connect"),
+    ];
+    for i in 0..n {
+        for side in [i % 2, 1 - i % 2] {
+            let started = Instant::now();
+            select_one(&mut conns[side]).await;
+            into[side].push(started.elapsed());
+        }
+    }
+    for conn in conns {
         conn.close().await.expect("close");
+    }
+}
+
+/// `n` fresh connections on each side, interleaved as [`round_trips`],
+/// each timed from its connect to its first answer.
+async fn connects(sides: [&TestDb; 2], n: usize, into: &mut [Vec<Duration>; 2]) {
+    for i in 0..n {
+        for side in [i % 2, 1 - i % 2] {
+            let started = Instant::now();
+            let mut conn = sides[side].connect().await.expect("connect");
+            select_one(&mut conn).await;
+            into[side].push(started.elapsed());
+            conn.close().await.expect("close");
+        }
     }
 }
 
@@ -103,41 +116,39 @@ async fn main() {
         .build()
         .await
         .expect("a TestDb on the same stack's PgBouncer");
+    let sides = [&staged, &direct];
     // Warm both paths (connection set-up, server connections in the pool).
-    let mut warm = Vec::new();
-    for db in [&staged, &direct] {
-        round_trips(db, n / 10, &mut warm).await;
-        connects(db, c / 5 + 1, &mut warm).await;
+    let mut warm = [Vec::new(), Vec::new()];
+    round_trips(sides, n / 10, &mut warm).await;
+    connects(sides, c / 5 + 1, &mut warm).await;
+    let (mut trips, mut opened) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut per_round = Vec::new();
+    for _ in 0..rounds {
+        let mut round = [Vec::new(), Vec::new()];
+        round_trips(sides, n, &mut round).await;
+        let [mut t, mut p] = round;
+        let ratio = quantile(&mut t, 0.5).as_secs_f64() / quantile(&mut p, 0.5).as_secs_f64();
+        per_round.push(format!("{ratio:.2}"));
+        trips[0].extend(t);
+        trips[1].extend(p);
+        connects(sides, c, &mut opened).await;
     }
-    let (mut trips_through, mut trips_plain) = (Vec::new(), Vec::new());
-    let (mut connects_through, mut connects_plain) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
-        // Alternate which side goes first.
-        let order = if i % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for through in order {
-            let (db, trips, opened) = if through {
-                (&staged, &mut trips_through, &mut connects_through)
-            } else {
-                (&direct, &mut trips_plain, &mut connects_plain)
-            };
-            round_trips(db, n, trips).await;
-            connects(db, c, opened).await;
-        }
-    }
-    println!("{profile}, {rounds} alternating rounds:");
+    println!(
+        "{profile}, {rounds} rounds, each side's samples interleaved (round trip p50 ratio \
+         per round: {}):",
+        per_round.join(" ")
+    );
+    let [trips_through, trips_plain] = &mut trips;
     line(
         &format!("round trip (`select 1`, {n} per round on one connection)"),
-        &mut trips_through,
-        &mut trips_plain,
+        trips_through,
+        trips_plain,
     );
+    let [connects_through, connects_plain] = &mut opened;
     line(
         &format!("connect + first `select 1` ({c} fresh connections per round)"),
-        &mut connects_through,
-        &mut connects_plain,
+        connects_through,
+        connects_plain,
     );
     staged.close().await.expect("drop");
     direct.close().await.expect("drop");
