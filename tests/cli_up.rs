@@ -159,14 +159,11 @@ fn up_refuses_unknown_profiles() {
     );
 }
 
-/// `up --profile supabase-shared-prepared` serves the profile's
-/// Supavisor-like stage from its own process: another process connects
-/// through the printed URL (with TLS required) and meets the flag on (SQL
-/// `PREPARE` refused with Supavisor's `EPSSIMPLEQUERY`), while a plain
-/// query works.
-#[tokio::test]
-async fn up_serves_the_stage_of_supabase_shared_prepared() {
-    let up = tokio::task::spawn_blocking(|| start_up(&["--profile", "supabase-shared-prepared"]))
+/// `up --profile <profile>` for a profile behind the stage, and the options
+/// of its printed URL, checked to be the stage's (on 127.0.0.1, not
+/// PostgreSQL's port).
+async fn up_behind_stage(profile: &'static str) -> (Up, sqlx::postgres::PgConnectOptions) {
+    let up = tokio::task::spawn_blocking(move || start_up(&["--profile", profile]))
         .await
         .unwrap();
     let pooled = DbUrl::parse("up", &up.pooled).unwrap();
@@ -177,7 +174,18 @@ async fn up_serves_the_stage_of_supabase_shared_prepared() {
         pooled.host_port()
     );
     assert_ne!(pooled.port(), direct.port(), "the stage, not PostgreSQL");
-    let options: sqlx::postgres::PgConnectOptions = up.pooled.parse().unwrap();
+    let options = up.pooled.parse().unwrap();
+    (up, options)
+}
+
+/// `up --profile supabase-shared-prepared` serves the profile's
+/// Supavisor-like stage from its own process: another process connects
+/// through the printed URL (with TLS required) and meets the flag on (SQL
+/// `PREPARE` refused with Supavisor's `EPSSIMPLEQUERY`), while a plain
+/// query works.
+#[tokio::test]
+async fn up_serves_the_stage_of_supabase_shared_prepared() {
+    let (up, options) = up_behind_stage("supabase-shared-prepared").await;
     let options = options.ssl_mode(sqlx::postgres::PgSslMode::Require);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
     let one: i32 = sqlx::query_scalar("SELECT 1")
@@ -195,6 +203,34 @@ async fn up_serves_the_stage_of_supabase_shared_prepared() {
         db_error.message().starts_with("(EPSSIMPLEQUERY) "),
         "{refused}"
     );
+    drop(conn);
+    tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
+        .await
+        .unwrap();
+}
+
+/// `up --profile supabase-session` serves the profile's Supavisor-like
+/// stage in session mode from its own process: through the printed URL,
+/// the server sees `application_name` as Supavisor sets it in session mode
+/// (`Supavisor - <the client's>`), and a dotted custom setting at startup
+/// is dropped (PgBouncer alone refuses it with 08P01).
+#[tokio::test]
+async fn up_serves_the_stage_of_supabase_session() {
+    let (up, options) = up_behind_stage("supabase-session").await;
+    let options = options
+        .application_name("pgbf-up-session")
+        .options([("app.tenant", "acme")]);
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .expect("a dotted startup setting is dropped, not refused");
+    let (name, tenant): (String, Option<String>) = sqlx::query_as(
+        "SELECT current_setting('application_name'), current_setting('app.tenant', true)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(name, "Supavisor - pgbf-up-session", "as the server sees it");
+    assert_eq!(tenant.filter(|t| !t.is_empty()), None, "app.tenant dropped");
     drop(conn);
     tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
         .await
