@@ -371,7 +371,7 @@ impl ResolvedTemplate {
     /// Builds the template afresh: a database, the migrations and seeds,
     /// then marked a template nobody may connect to. A failed build leaves
     /// no database behind; one that filled the databases' tmpfs on a stack
-    /// with a `budget` is [`Error::MemoryBudget`], with the size it reached.
+    /// with a `budget` is [`Error::MemoryBudget`], with a lower bound of its size.
     async fn build(
         &self,
         conn: &mut PgConnection,
