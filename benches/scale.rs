@@ -162,9 +162,17 @@ async fn measure_stack(direct: &str, clones: bool) -> (u64, f64, f64, u64) {
         "select datname::text, pg_database_size(oid) from pg_database \
          where datistemplate and datname like 'pgbf\\_tpl\\_%' order by pg_database_size(oid) desc limit 1",
     )
-    .fetch_one(&mut conn)
+    .fetch_all(&mut conn)
     .await
-    .expect("the template");
+    .expect("the stack's databases")
+    .into_iter()
+    .next();
+    // None: its build was refused (and the failed template dropped).
+    let Some(row) = row else {
+        let peak = peak_memory(&mut conn).await;
+        let _ = conn.close().await;
+        return (0, 0.0, 0.0, peak);
+    };
     let (template, bytes): (String, i64) = (row.get(0), row.get(1));
     let mut strategy_ms = [0.0, 0.0];
     for strategy in ["FILE_COPY", "WAL_LOG"].into_iter().filter(|_| clones) {
@@ -191,6 +199,23 @@ async fn measure_stack(direct: &str, clones: bool) -> (u64, f64, f64, u64) {
     let peak = peak_memory(&mut conn).await;
     let _ = conn.close().await;
     (bytes as u64, strategy_ms[0], strategy_ms[1], peak)
+}
+
+/// When the server (postmaster) started, and whether its log has a PANIC:
+/// a server that crash-restarted keeps its start time, so both are asked.
+async fn server_state(direct: &str) -> (String, bool) {
+    let mut conn = sqlx::PgConnection::connect(direct)
+        .await
+        .expect("the stack");
+    let row = sqlx::raw_sql(
+        "select pg_postmaster_start_time()::text, \
+         coalesce(pg_read_file('/pgdata/log/postgresql.json', true), '') like '%\"PANIC\"%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("the server's state");
+    let _ = conn.close().await;
+    (row.get(0), row.get(1))
 }
 
 /// The PostgreSQL container's peak memory, as its cgroup recorded it.
@@ -269,8 +294,14 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
     let settings = row_settings(r, c, label, &budget);
     let target = Target::Containers(settings.clone());
     let template = Template::new().seed_file(&seed);
+    let before = rt.block_on(async {
+        let stack = Stack::shared(&settings).await.expect("the row's stack");
+        server_state(stack.endpoints().direct_url("postgres").expose()).await
+    });
     // The template is built (and the stack started) before the clock. A
-    // budget too small for the template refuses it here: a row that says so.
+    // budget too small for the template refuses it here with the typed
+    // error (before its build, or when the build fills the databases'
+    // tmpfs): a row that says so. Any other error fails the row.
     let warm = rt.block_on(async {
         TestDb::builder()
             .target(target.clone())
@@ -279,15 +310,20 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
             .build()
             .await
     });
+    let mut refused_bytes = 0;
     let (samples, wall) = match warm {
         Ok(db) => {
             drop(db);
             run(&target, &template, c, n)
         }
-        Err(e) => {
+        Err(e @ pgbouncer_fixtures::Error::MemoryBudget { .. }) => {
+            if let pgbouncer_fixtures::Error::MemoryBudget { template_bytes, .. } = &e {
+                refused_bytes = *template_bytes;
+            }
             eprintln!("scale: the row's template was refused: {e}");
             (Vec::new(), Duration::ZERO)
         }
+        Err(e) => panic!("the row's template failed: {e}"),
     };
     let (stack_id, direct) = rt.block_on(async {
         let stack = Stack::shared(&settings).await.expect("the row's stack");
@@ -295,6 +331,13 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
         (stack.id().to_string(), url.expose().to_string())
     });
     println!("STACK {stack_id} {direct}");
+    let after = rt.block_on(server_state(&direct));
+    // Nothing killed: the same server, no PANIC (a crash restart).
+    let kept = if after == (before.0.clone(), false) {
+        "yes"
+    } else {
+        "NO"
+    };
     let (bytes, file_copy, wal_log, peak) =
         rt.block_on(measure_stack(&direct, !samples.is_empty()));
     let within = match budget.bytes {
@@ -305,15 +348,16 @@ fn row(r: usize, c: usize, n: usize, label: &str) {
     let b = budget.key();
     if samples.is_empty() {
         println!(
-            "| {label} | {r} | {:.1} | {c} | refused: the budget cannot hold the template | | | | | | {} ({:.0}) | {:.0} | {within} | |",
-            mb(bytes),
+            "| {label} | {r} | >= {:.1} | {c} | refused: template too big for the budget (typed error); server kept running: {kept} | | | | | | {} ({:.0}) | {:.0} | {within} | |",
+            mb(bytes.max(refused_bytes)),
             budget.name,
             mb(budget.bytes),
             mb(peak),
         );
         let _ = (file_copy, wal_log);
         println!(
-            "RESULT-ROW {label}_r{r}_c{c}{b}_refused=1 {label}_r{r}_c{c}{b}_peak_mb={:.0}",
+            "RESULT-ROW {label}_r{r}_c{c}{b}_refused=1 {label}_r{r}_c{c}{b}_server_kept={} {label}_r{r}_c{c}{b}_peak_mb={:.0}",
+            u8::from(kept == "yes"),
             mb(peak)
         );
         return;

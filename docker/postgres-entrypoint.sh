@@ -1,6 +1,7 @@
 #!/bin/bash
 # Start a throw-away PostgreSQL: unpack the build-time cluster onto /pgdata
-# (tmpfs), set the stack's password, run with durability off, and watch it.
+# (tmpfs; its databases onto /pgdatabases when mounted), set the stack's
+# password, run with durability off, and watch it.
 # POSTGRES_PASSWORD is the plain password (joining processes read it back);
 # POSTGRES_PASSWORD_SCRAM, when set, is its SCRAM-SHA-256 verifier, which is
 # what the role gets (PgBouncer holds the same one).
@@ -37,8 +38,19 @@ export PGPORT="$port"
 bin="/usr/lib/postgresql/${PGBF_PG_MAJOR:-17}/bin"
 sql=/usr/share/pgbf/sql
 data=/pgdata/data
-mkdir -m 700 "$data"
-tar -C "$data" -xpf /var/lib/pgbf/cluster.tar
+# The databases (base/) on a tmpfs of their own when the crate mounts one:
+# a copy or a seed that fills it fails only its statement ("could not
+# extend file", 53100). Everything else the server writes (WAL, commit
+# status, the checkpoint's files) has /pgdata's room, so a full
+# databases' tmpfs never PANICs the server. tar keeps the symlink.
+databases=/pgdatabases
+if [ -d "$databases" ] && [ -w "$databases" ]; then
+  mkdir -m 700 "$data" "$databases/base"
+  ln -s "$databases/base" "$data/base"
+else
+  mkdir -m 700 "$data"
+fi
+tar -C "$data" --keep-directory-symlink -xpf /var/lib/pgbf/cluster.tar
 # TLS with the stack's own certificate (made by the crate per stack), as
 # Supabase serves it: offered to all, required only with PGBF_REQUIRE_TLS=1
 # (then PgBouncer reaches this server over TLS too; the socket stays open).

@@ -140,8 +140,10 @@ pub enum Error {
     },
 
     /// The stack's memory budget cannot hold what the tests need: a template
-    /// too large for it (itself and one clone per test running at once), or
-    /// a test that found no room for its clone within 30 s.
+    /// too large for it (itself and one clone per test running at once), a
+    /// template build or clone that filled the stack's databases' tmpfs
+    /// (sized from the budget), or a test that found no room for its clone
+    /// within 30 s.
     #[error(
         "the stack's memory budget is too small: {reason}. Raise PGBF_MEMORY_BUDGET (or \
          StackSettings::with_memory_budget) to at least {needed_mb} MB plus ~320 MB for the \

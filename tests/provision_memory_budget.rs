@@ -41,6 +41,16 @@ fn seed(dir: &Path, mb: u64) -> PathBuf {
     path
 }
 
+/// The rows of the seed's table in a test's database.
+async fn pad_rows(db: &TestDb) -> i64 {
+    let mut conn = db.connect().await.unwrap();
+    sqlx::query_scalar("select count(*) from pad")
+        .persistent(false)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// A direct connection to the `postgres` database of the stack.
 async fn direct_to(settings: &StackSettings) -> sqlx::PgConnection {
     let stack = Stack::shared(settings).await.unwrap();
@@ -89,6 +99,29 @@ async fn build(
         .await
 }
 
+/// `err` is the budget's typed error for a template of at least
+/// `template_bytes`, with the sizes, the ways out and `words`.
+fn assert_refused(err: &Error, template_bytes: u64, words: &[&str]) {
+    match err {
+        Error::MemoryBudget {
+            template_bytes: bytes,
+            needed_bytes,
+            budget_bytes,
+            ..
+        } => {
+            assert!(*bytes >= template_bytes, "{err}");
+            assert!(*needed_bytes >= 2 * *bytes, "{err}");
+            assert_eq!(*budget_bytes, BUDGET);
+        }
+        other => panic!("expected Error::MemoryBudget, got {other:?}"),
+    }
+    let text = err.to_string();
+    let ways = ["PGBF_MEMORY_BUDGET", "with_memory_budget", "seed", "512 MB"];
+    for part in ways.iter().chain(words) {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_the_budget_cannot_hold_fails_with_the_sizes_and_the_ways_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,23 +130,7 @@ async fn a_template_the_budget_cannot_hold_fails_with_the_sizes_and_the_ways_out
     // databases, however many test threads run.
     let template = Template::new().seed_file(seed(dir.path(), 100));
     let err = build(&settings, &template, "too_big").await.unwrap_err();
-    match &err {
-        Error::MemoryBudget {
-            template_bytes,
-            needed_bytes,
-            budget_bytes,
-            ..
-        } => {
-            assert!(*template_bytes >= 100 << 20, "{err}");
-            assert!(*needed_bytes >= 2 * *template_bytes, "{err}");
-            assert_eq!(*budget_bytes, BUDGET);
-        }
-        other => panic!("expected Error::MemoryBudget, got {other:?}"),
-    }
-    let text = err.to_string();
-    for part in ["PGBF_MEMORY_BUDGET", "with_memory_budget", "seed", "512 MB"] {
-        assert!(text.contains(part), "{part:?} missing from: {text}");
-    }
+    assert_refused(&err, 100 << 20, &[]);
     // No clone was made: only the template is on the stack.
     let mut direct = direct_to(&settings).await;
     let clones = common::int(
@@ -125,6 +142,49 @@ async fn a_template_the_budget_cannot_hold_fails_with_the_sizes_and_the_ways_out
         clones, 0,
         "a template too big for the budget is never cloned"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_that_fills_the_databases_tmpfs_fails_typed_and_the_server_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings("budget-full");
+    let mut direct = direct_to(&settings).await;
+    let started = common::text(&mut direct, "select pg_postmaster_start_time()::text").await;
+    // ~600 MB of seed: the databases' tmpfs (224 MiB at this budget) is
+    // full long before the template exists to be measured.
+    let template = Template::new().seed_file(seed(dir.path(), 600));
+    let err = build(&settings, &template, "fills").await.unwrap_err();
+    // What it reached before the tmpfs was full: at least most of the
+    // databases' share the budget leaves.
+    assert_refused(&err, 150 << 20, &["tmpfs"]);
+    // The server never restarted (no PANIC, no crash restart of its
+    // processes), and the failed template left no database behind.
+    let mut direct = direct_to(&settings).await;
+    let now = common::text(&mut direct, "select pg_postmaster_start_time()::text").await;
+    assert_eq!(now, started, "the server was not restarted");
+    let log = common::text(
+        &mut direct,
+        "select pg_read_file('/pgdata/log/postgresql.json')",
+    )
+    .await
+    .unwrap();
+    assert!(log.contains("could not extend file"), "the seed filled it");
+    assert!(!log.contains("\"PANIC\""), "no PANIC in the server's log");
+    let left = common::int(
+        &mut direct,
+        "select count(*) from pg_database where datname like 'pgbf\\_tpl\\_%'",
+    )
+    .await;
+    assert_eq!(left, 0, "the failed template's database is gone");
+    // The same stack still serves a small template.
+    let small = Template::new().seed_file(seed(dir.path(), 1));
+    let db = build(&settings, &small, "after").await.unwrap();
+    assert_eq!(pad_rows(&db).await, 1024 * 1024 / 8192 * 4);
+    let stack = Stack::shared(&settings).await.unwrap();
+    stack.check().await.expect("no StackDied");
+    let name = format!("pgbf-{}-postgres", stack.id());
+    let restarts = common::docker(&["inspect", "-f", "{{.RestartCount}}", &name]);
+    assert_eq!(restarts.trim(), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,13 +228,7 @@ async fn tests_at_the_budgets_edge_wait_for_a_drop_and_nothing_is_killed() {
     held.push(fourth);
     // Every test has its data; the stack is the one it was, alive.
     for db in &held {
-        let mut conn = db.connect().await.unwrap();
-        let rows: i64 = sqlx::query_scalar("select count(*) from pad")
-            .persistent(false)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(rows, 27 * 1024 * 1024 / 8192 * 4);
+        assert_eq!(pad_rows(db).await, 27 * 1024 * 1024 / 8192 * 4);
     }
     let stack = Stack::shared(&settings).await.unwrap();
     stack.check().await.expect("no StackDied");
@@ -233,13 +287,7 @@ async fn tests_without_a_prepared_clone_wait_in_line_and_get_one_clone_each() {
     // One clone made per test in line: none to spare in the pool.
     assert_eq!(clones_on(&settings).await, (4, 0));
     for db in &dbs {
-        let mut conn = db.connect().await.unwrap();
-        let rows: i64 = sqlx::query_scalar("select count(*) from pad")
-            .persistent(false)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(rows, 1024 * 1024 / 8192 * 4);
+        assert_eq!(pad_rows(db).await, 1024 * 1024 / 8192 * 4);
     }
 }
 

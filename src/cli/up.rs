@@ -170,7 +170,7 @@ async fn say_memory(stack: &Stack) {
         Err(e) => format!("unknown ({e})"),
     };
     say!(
-        "pgbouncer-fixtures: memory budget {} MB (its data directory's tmpfs is sized from it; PGBF_MEMORY_BUDGET sets it), test databases take {used} of it",
+        "pgbouncer-fixtures: memory budget {} MB (its databases' tmpfs is sized from it; PGBF_MEMORY_BUDGET sets it), test databases take {used} of it",
         mb(stack.memory_budget())
     );
 }

@@ -95,10 +95,18 @@ pub(crate) fn clone_stem(template: &str) -> String {
 
 /// PostgreSQL's JSON log, read with `pg_read_file` to explain a failed test.
 pub(crate) const LOG_FILE: &str = "/pgdata/log/postgresql.json";
-/// The PostgreSQL container's tmpfs mounts: the data directory and /tmp.
-pub(crate) const POSTGRES_TMPFS: [&str; 2] = [POSTGRES_DATA_TMPFS, "/tmp"];
-/// The PostgreSQL container's data directory mount, sized from the budget.
+/// The PostgreSQL container's tmpfs mounts: the data directory, its
+/// databases and /tmp.
+pub(crate) const POSTGRES_TMPFS: [&str; 3] =
+    [POSTGRES_DATA_TMPFS, POSTGRES_DATABASES_TMPFS, "/tmp"];
+/// The PostgreSQL container's data directory mount: the server's own files
+/// (WAL, commit status, logs), a fixed size within the budget.
 pub(crate) const POSTGRES_DATA_TMPFS: &str = "/pgdata";
+/// The mount of the data directory's `base/` (every database), sized from
+/// the budget: the entrypoint links `base` there when it is mounted. When
+/// it is full, the statement that filled it fails (53100, `disk_full`) and
+/// the server's own files still have room: no PANIC.
+pub(crate) const POSTGRES_DATABASES_TMPFS: &str = "/pgdatabases";
 /// The PgBouncer container's tmpfs mount.
 pub(crate) const PGBOUNCER_TMPFS: [&str; 1] = ["/tmp"];
 /// Where the PgBouncer container writes `pgbouncer.ini` and the files it names.

@@ -129,6 +129,9 @@ fn the_image_spells_the_shared_names_as_the_crate_does() {
     assert!(watchdog.contains(&format!("lease_mark={LEASE_MARK}\n")));
     assert!(watchdog.contains(&format!("janitor_mark={JANITOR_MARK}\n")));
     assert!(entrypoint.contains(&format!("sql={IMAGE_SQL_DIR}\n")));
+    assert!(entrypoint.contains(&format!("data={POSTGRES_DATA_TMPFS}/data\n")));
+    assert!(entrypoint.contains(&format!("databases={POSTGRES_DATABASES_TMPFS}\n")));
+    assert!(entrypoint.contains("ln -s \"$databases/base\" \"$data/base\"\n"));
     let log = LOG_FILE.rsplit_once('/').unwrap();
     assert!(entrypoint.contains(&format!("log_directory={}", log.0)));
     assert!(entrypoint.contains("-c log_filename=postgresql ") && log.1 == "postgresql.json");

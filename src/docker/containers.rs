@@ -14,7 +14,8 @@ use bollard::Docker;
 
 use crate::contract::{
     ENV_LEASE_GRACE_SECS, ENV_MAX_WARM_CLONES, ENV_PGBOUNCER_INI, ENV_REAP_AFTER_SECS,
-    ENV_REQUIRE_TLS, PGBOUNCER_TMPFS, POSTGRES_DATA_TMPFS, POSTGRES_TMPFS,
+    ENV_REQUIRE_TLS, PGBOUNCER_TMPFS, POSTGRES_DATABASES_TMPFS, POSTGRES_DATA_TMPFS,
+    POSTGRES_TMPFS,
 };
 use crate::docker::client::{call, failed, status, within, CALL_TIMEOUT};
 use crate::docker::images::ResolvedImages;
@@ -118,18 +119,23 @@ fn postgres_body(
     }
 }
 
-/// PostgreSQL's tmpfs mounts: the data directory sized from the stack's
-/// memory budget (a copy that would not fit fails with "no space left on
-/// device", the host keeps its memory), the rest as [`private_tmpfs`].
+/// PostgreSQL's tmpfs mounts: the databases' sized from the stack's memory
+/// budget (a copy or seed that would not fit fails with "no space left on
+/// device", the host keeps its memory), the server's own files' of a fixed
+/// size besides (WAL keeps room when the databases' is full), the rest as
+/// [`private_tmpfs`].
 fn postgres_tmpfs(memory_budget: u64) -> HashMap<String, String> {
+    use crate::target::memory::{databases_tmpfs_bytes, SERVER_FILES};
     let mut mounts = private_tmpfs(&POSTGRES_TMPFS);
-    mounts.insert(
-        POSTGRES_DATA_TMPFS.to_string(),
-        format!(
-            "mode=1777,size={}",
-            crate::target::memory::data_tmpfs_bytes(memory_budget)
+    for (path, bytes) in [
+        (POSTGRES_DATA_TMPFS, SERVER_FILES),
+        (
+            POSTGRES_DATABASES_TMPFS,
+            databases_tmpfs_bytes(memory_budget),
         ),
-    );
+    ] {
+        mounts.insert(path.to_string(), format!("mode=1777,size={bytes}"));
+    }
     mounts
 }
 

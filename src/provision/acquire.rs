@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::provision::database::{unique_name, Isolation};
+use crate::provision::memory;
 use crate::provision::template::{ResolvedTemplate, Template};
 use crate::provision::worker::Worker;
 use crate::target::DbUrl;
@@ -136,7 +137,10 @@ async fn clone_of(
             let checking = Instant::now();
             ensure_template_once(worker, &resolved, admin).await?;
             timings.template = checking.elapsed();
-            worker.clone_for_test(name, base).await?
+            match worker.clone_for_test(name.clone(), base).await {
+                Ok(claimed) => claimed,
+                Err(e) => return Err(clone_filled(worker, &name, bytes, e)),
+            }
         }
     };
     timings.prepared = claimed.prepared;
@@ -172,6 +176,21 @@ fn no_base_or(base: Option<&str>, error: Error) -> Error {
             ),
         },
         false => error,
+    }
+}
+
+/// [`Error::MemoryBudget`] when a clone of `template` (`bytes`) found the
+/// stack's databases' tmpfs full (`disk_full`), else the error as it was.
+fn clone_filled(worker: &Worker, template: &str, bytes: Option<u64>, error: Error) -> Error {
+    match (worker.memory_budget(), bytes) {
+        (Some(budget), Some(bytes)) if memory::disk_full(&error) => memory::filled(
+            template,
+            bytes,
+            budget,
+            concurrent_tests(),
+            memory::Filling::Clone,
+        ),
+        _ => error,
     }
 }
 
@@ -212,7 +231,8 @@ async fn ensure_template_once(
     admin: &DbUrl,
 ) -> Result<()> {
     let cell = worker.templates().cell(&template.name, |_| false);
-    cell.get_or_try_init(|| template.ensure(admin))
+    let budget = worker.memory_budget().map(|b| (b, concurrent_tests()));
+    cell.get_or_try_init(|| template.ensure(admin, budget))
         .await
         .map(|_| ())
 }

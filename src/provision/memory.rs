@@ -25,6 +25,10 @@ use crate::provision::admin::Admin;
 use crate::support::sync::lock;
 use crate::target::memory::{databases_share, human_bytes};
 
+/// SQLSTATE `disk_full`: "could not extend file ...: No space left on
+/// device" when a statement fills the databases' tmpfs.
+const DISK_FULL: &str = "53100";
+
 /// An empty database's size on the stack (PostgreSQL 17: ~7.5 MB).
 const EMPTY_DATABASE: u64 = 8 << 20;
 /// How long a test waits for room before its error.
@@ -32,6 +36,70 @@ const ROOM_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting test counts again (drops of other processes, or of
 /// the janitor, tell nobody here).
 const ROOM_POLL: Duration = Duration::from_millis(100);
+
+/// Whether `error`, or what caused it, is the server's `disk_full`
+/// (SQLSTATE 53100): a statement filled the databases' tmpfs.
+pub(crate) fn disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            if db.code().as_deref() == Some(DISK_FULL) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// What filled the databases' tmpfs: building the template, or cloning it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Filling {
+    /// Its migrations or seeds (its size then is a lower bound).
+    Build,
+    /// A clone of it.
+    Clone,
+}
+
+/// The typed error for a template build or clone that filled the stack's
+/// databases' tmpfs (sized from `budget`): `bytes` of the template (a
+/// lower bound while building), with one clone per test running at once
+/// (`tests`) what the budget would need to hold, and the ways out.
+pub(crate) fn filled(
+    template: &str,
+    bytes: u64,
+    budget: u64,
+    tests: usize,
+    filling: Filling,
+) -> Error {
+    let needed = bytes.saturating_mul(1 + tests as u64);
+    let what = match filling {
+        Filling::Build => format!(
+            "building the template {template} filled the stack's databases' tmpfs (sized from \
+             the budget): the template is at least {}, the room the other databases left it",
+            human_bytes(bytes)
+        ),
+        Filling::Clone => format!(
+            "a clone of the template {template} ({}) found the stack's databases' tmpfs (sized \
+             from the budget) full",
+            human_bytes(bytes)
+        ),
+    };
+    Error::MemoryBudget {
+        template: template.to_string(),
+        template_bytes: bytes,
+        needed_bytes: needed,
+        budget_bytes: budget,
+        reason: format!(
+            "{what}; {tests} tests at once need it and one clone each: at least {} of \
+             databases, and the budget of {} holds {} of them (the rest is the server's own \
+             share; the server keeps running)",
+            human_bytes(needed),
+            human_bytes(budget),
+            human_bytes(databases_share(budget))
+        ),
+    }
+}
 
 /// What the budget knows, per server.
 pub(crate) struct Memory {

@@ -14,11 +14,13 @@ use sqlx::{Connection, PgConnection};
 use crate::connect::quote::{quote_ident, quote_literal};
 use crate::connect::sqlx_compat::{audited, run_migrations, Executor};
 use crate::connect::Endpoint;
-use crate::contract::{PREPARED_TABLE, TEMPLATE_PREFIX};
+use crate::contract::{PREPARED_TABLE, SUPABASE_BASE, TEMPLATE_PREFIX};
 use crate::error::{sql_error, Error, Result};
 use crate::provision::database::Step;
+use crate::provision::memory;
 use crate::support::digest::hex;
 use crate::support::sync::lock;
+use crate::target::memory::databases_share;
 use crate::target::DbUrl;
 
 /// Bumped when the way templates are built changes.
@@ -320,7 +322,10 @@ impl ResolvedTemplate {
     /// templates of the same source. Safe against concurrent callers in any
     /// number of processes: they serialise on an advisory lock of a direct
     /// session, and only a finished template is marked `IS_TEMPLATE`.
-    pub(crate) async fn ensure(&self, admin: &DbUrl) -> Result<()> {
+    /// `budget`: the stack's memory budget, if any, and the tests running
+    /// at once: a build that fills the databases' tmpfs fails with
+    /// [`Error::MemoryBudget`].
+    pub(crate) async fn ensure(&self, admin: &DbUrl, budget: Option<(u64, usize)>) -> Result<()> {
         let options = crate::connect::options(admin, "pgbouncer-fixtures template");
         let mut conn = PgConnection::connect_with(&options)
             .await
@@ -333,7 +338,7 @@ impl ResolvedTemplate {
         conn.execute(lock.as_str())
             .await
             .map_err(sql_error("locking the template"))?;
-        let result = self.build_locked(&mut conn, admin).await;
+        let result = self.build_locked(&mut conn, admin, budget).await;
         let unlock = format!("select pg_advisory_unlock({key})");
         let _ = conn.execute(unlock.as_str()).await;
         let _ = conn.close().await;
@@ -342,7 +347,12 @@ impl ResolvedTemplate {
 
     /// Under the template's lock: builds it unless a finished one is there,
     /// then removes stale ones.
-    async fn build_locked(&self, conn: &mut PgConnection, admin: &DbUrl) -> Result<()> {
+    async fn build_locked(
+        &self,
+        conn: &mut PgConnection,
+        admin: &DbUrl,
+        budget: Option<(u64, usize)>,
+    ) -> Result<()> {
         let ready: Option<bool> =
             sqlx::query_scalar("select datistemplate from pg_database where datname = $1")
                 .bind(&self.name)
@@ -352,15 +362,64 @@ impl ResolvedTemplate {
                 .map_err(sql_error("looking for the template"))?;
         if ready != Some(true) {
             let started = std::time::Instant::now();
-            self.build(conn, admin).await?;
+            self.build(conn, admin, budget).await?;
             tracing::info!(template = %self.name, elapsed_ms = started.elapsed().as_millis() as u64, "template built");
         }
         self.remove_stale(conn).await
     }
 
     /// Builds the template afresh: a database, the migrations and seeds,
-    /// then marked a template nobody may connect to.
-    async fn build(&self, conn: &mut PgConnection, admin: &DbUrl) -> Result<()> {
+    /// then marked a template nobody may connect to. A failed build leaves
+    /// no database behind; one that filled the databases' tmpfs on a stack
+    /// with a `budget` is [`Error::MemoryBudget`], with a lower bound of its size.
+    async fn build(
+        &self,
+        conn: &mut PgConnection,
+        admin: &DbUrl,
+        budget: Option<(u64, usize)>,
+    ) -> Result<()> {
+        let mut full = false;
+        let Err(error) = self.fill(conn, admin, &mut full).await else {
+            return Ok(());
+        };
+        let full = full || memory::disk_full(&error);
+        if let Err(e) = conn
+            .execute(Step::DropDatabase(self.name.clone()).sql().as_str())
+            .await
+        {
+            tracing::warn!(template = %self.name, error = %e, "could not drop a failed template");
+        }
+        match (budget, full) {
+            (Some((budget, tests)), true) => {
+                tracing::debug!(template = %self.name, error = %error, "the template filled the databases' tmpfs");
+                // A lower bound of its size: the room the other databases
+                // left it (an aborted seed's rows are gone from its size).
+                let others: Option<i64> = sqlx::query_scalar(
+                    "select sum(pg_database_size(oid))::int8 from pg_database \
+                     where datname like 'pgbf\\_%' and datname <> $1",
+                )
+                .bind(SUPABASE_BASE)
+                .persistent(false)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap_or_default();
+                let others = others.and_then(|b| u64::try_from(b).ok()).unwrap_or(0);
+                let bytes = databases_share(budget).saturating_sub(others);
+                Err(memory::filled(
+                    &self.name,
+                    bytes,
+                    budget,
+                    tests,
+                    memory::Filling::Build,
+                ))
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// The build's statements; `full`: set when one failed for want of
+    /// space (the error then says it in words only).
+    async fn fill(&self, conn: &mut PgConnection, admin: &DbUrl, full: &mut bool) -> Result<()> {
         let name = quote_ident(&self.name);
         // A template that is not marked ready is the leftover of a crashed build.
         // FILE_COPY, as for its clones (`Step::CloneDatabase`): the default
@@ -381,22 +440,25 @@ impl ResolvedTemplate {
             .await
             .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &target, e))?;
         if let Some(migrator) = &self.migrator {
-            run_migrations(migrator, &mut tpl)
-                .await
-                .map_err(|e| failed("migrations failed on the template".into(), &e))?;
+            run_migrations(migrator, &mut tpl).await.map_err(|e| {
+                *full |= memory::disk_full(&e);
+                failed("migrations failed on the template".into(), &e)
+            })?;
         }
         // A Supabase project's migration: one script (the simple protocol
         // runs its statements as one implicit transaction, as the CLI
         // applies a file).
         for (path, sql) in &self.scripts {
-            tpl.execute(sql.as_str())
-                .await
-                .map_err(|e| failed(format!("migration {} failed", path.display()), &e))?;
+            tpl.execute(sql.as_str()).await.map_err(|e| {
+                *full |= memory::disk_full(&e);
+                failed(format!("migration {} failed", path.display()), &e)
+            })?;
         }
         for (path, sql) in &self.seeds {
-            tpl.execute(sql.as_str())
-                .await
-                .map_err(|e| failed(format!("seed file {} failed", path.display()), &e))?;
+            tpl.execute(sql.as_str()).await.map_err(|e| {
+                *full |= memory::disk_full(&e);
+                failed(format!("seed file {} failed", path.display()), &e)
+            })?;
         }
         tpl.close()
             .await

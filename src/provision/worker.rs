@@ -245,7 +245,12 @@ impl Worker {
 
     /// Whether the server has a memory budget (a crate stack).
     pub(crate) fn has_memory_budget(&self) -> bool {
-        self.inner.admin.memory().budget().is_some()
+        self.memory_budget().is_some()
+    }
+
+    /// The server's memory budget in bytes, if it has one (a crate stack).
+    pub(crate) fn memory_budget(&self) -> Option<u64> {
+        self.inner.admin.memory().budget()
     }
 
     /// The bytes the server's test databases take now, as the budget counts

@@ -6,9 +6,10 @@
 //! Why a budget: every template, prepared clone, database in use and
 //! database waiting to be dropped is a full copy on the stack's tmpfs. The
 //! budget is enforced twice: the worker counts databases in bytes before
-//! each clone (`provision::memory`), and the tmpfs is sized from it, so a
-//! copy that would not fit fails with "no space left" instead of the host
-//! running out.
+//! each clone (`provision::memory`), and the databases' tmpfs is sized from
+//! it, so a copy or a seed that would not fit fails with "no space left"
+//! (only that statement: the server's own files have a tmpfs of their own)
+//! instead of the host running out.
 
 use crate::error::{Error, Result};
 use crate::target::env::{redact_value, Env};
@@ -87,11 +88,25 @@ pub(crate) fn databases_share(budget: u64) -> u64 {
     budget.saturating_sub(SERVER_SHARE)
 }
 
-/// The size of the data directory's tmpfs for a budget: the databases'
-/// share plus WAL and the initial cluster (the rest of the server's share
-/// is process memory, not files).
-pub(crate) fn data_tmpfs_bytes(budget: u64) -> u64 {
-    databases_share(budget) + (192 << 20)
+/// Of the server's share, the room of its own files (the data directory's
+/// tmpfs but for `base/`): WAL (`max_wal_size` 64 MB, up to twice that
+/// while a checkpoint catches up), commit status, the checkpoint's files
+/// and the logs. Apart from the databases' room, so that databases filling
+/// theirs never leave the server unable to write WAL (a PANIC).
+pub(crate) const SERVER_FILES: u64 = 160 << 20;
+/// Of the server's share, the initial cluster's databases (`template1`,
+/// `postgres`, the Supabase-shaped base: ~19 MB) and sorts' temporary
+/// files, on the databases' tmpfs besides the databases' share.
+const INITIAL_DATABASES: u64 = 32 << 20;
+// Both are files within the server's share.
+const _: () = assert!(INITIAL_DATABASES + SERVER_FILES < SERVER_SHARE);
+
+/// The size of the databases' tmpfs (`base/`) for a budget: the
+/// databases' share plus the initial cluster's databases. With
+/// [`SERVER_FILES`], the files' part of the server's share (the rest is
+/// process memory, not files).
+pub(crate) fn databases_tmpfs_bytes(budget: u64) -> u64 {
+    databases_share(budget) + INITIAL_DATABASES
 }
 
 /// `bytes` for people: `512 MB`, `1.5 GB`.
@@ -143,7 +158,7 @@ mod tests {
         assert_eq!(default_budget(Some(2 << 30)), 1 << 30);
         assert_eq!(default_budget(Some(256 << 30)), 8 << 30);
         assert_eq!(default_budget(None), 1 << 30);
-        assert!(data_tmpfs_bytes(1 << 30) < 1 << 30);
+        assert!(databases_tmpfs_bytes(1 << 30) + SERVER_FILES < 1 << 30);
         assert_eq!(human_bytes(512 << 20), "512 MB");
         assert_eq!(human_bytes(3 << 29), "1.5 GB");
     }
