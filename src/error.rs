@@ -146,7 +146,7 @@ pub enum Error {
     /// within 30 s.
     #[error(
         "the stack's memory budget is too small: {reason}. Raise PGBF_MEMORY_BUDGET (or \
-         StackSettings::with_memory_budget) to at least {needed_mb} MB plus ~320 MB for the \
+         StackSettings::with_memory_budget) to at least {needed_mb} MB plus ~448 MB for the \
          server, or shrink the template's seed data",
         needed_mb = *needed_bytes >> 20
     )]

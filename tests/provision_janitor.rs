@@ -253,7 +253,7 @@ async fn the_janitor_prepares_no_more_clones_of_a_large_template_than_the_budget
     }
     let dir = tempfile::tempdir().unwrap();
     // ~37 MB on disk (20 MB of rows on pages filled to 10%, the key, the
-    // base): a 512 MiB budget leaves the databases 192 MiB, of which the
+    // base): a 640 MiB budget leaves the databases 192 MiB, of which the
     // pool may take half: 2 clones of it.
     std::fs::write(
         dir.path().join("0001_pad.sql"),
@@ -265,7 +265,7 @@ async fn the_janitor_prepares_no_more_clones_of_a_large_template_than_the_budget
     // 3 claims (the run's own pool off: no clone of the process is left
     // in the pool): the demand is 3, the budget's cap 2.
     let env = [
-        ("PGBF_MEMORY_BUDGET", "512M"),
+        ("PGBF_MEMORY_BUDGET", "640M"),
         ("PGBF_PREPARED_CLONES", "0"),
     ];
     let run = child_run_with(&run_id, dir.path(), 3, &env);

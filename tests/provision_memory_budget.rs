@@ -1,5 +1,5 @@
 //! The stack's memory budget, on real stacks with a small explicit budget
-//! (512 MiB: 192 MiB for databases): a template the budget cannot hold
+//! (640 MiB: 192 MiB for databases): a template the budget cannot hold
 //! fails at once with the typed error, and tests that need more room than
 //! is free wait for a drop instead of the server running out, with nothing
 //! killed. And the clone pool within it: tests that find no prepared clone
@@ -15,7 +15,7 @@ use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{Env, Error, Stack, StackSettings, Target, Template, TestDb};
 use sqlx::{Connection, Row};
 
-const BUDGET: u64 = 512 << 20;
+const BUDGET: u64 = 640 << 20;
 
 /// A stack of its own with the small budget.
 fn settings(what: &str) -> StackSettings {
@@ -116,7 +116,13 @@ fn assert_refused(err: &Error, template_bytes: u64, words: &[&str]) {
         other => panic!("expected Error::MemoryBudget, got {other:?}"),
     }
     let text = err.to_string();
-    let ways = ["PGBF_MEMORY_BUDGET", "with_memory_budget", "seed", "512 MB"];
+    let budget_mb = format!("{} MB", BUDGET >> 20);
+    let ways = [
+        "PGBF_MEMORY_BUDGET",
+        "with_memory_budget",
+        "seed",
+        budget_mb.as_str(),
+    ];
     for part in ways.iter().chain(words) {
         assert!(text.contains(part), "{part:?} missing from: {text}");
     }
@@ -236,7 +242,7 @@ async fn tests_at_the_budgets_edge_wait_for_a_drop_and_nothing_is_killed() {
     assert_eq!(stack.memory_budget(), BUDGET);
     let used = stack.memory_used().await.unwrap();
     assert!(
-        used <= BUDGET - (320 << 20),
+        used <= BUDGET - (448 << 20),
         "databases within the budget: {used}"
     );
     // The container was never restarted, and its peak memory stayed within

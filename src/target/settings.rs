@@ -137,7 +137,7 @@ pub struct StackSettings {
     /// `None`: a quarter of the Docker engine's memory, between 1 and 8
     /// GiB). It covers the templates, prepared clones, databases in use and
     /// databases waiting to be dropped (each a full copy on the stack's
-    /// tmpfs) plus the server's own ~320 MB; the databases' tmpfs is
+    /// tmpfs) plus the server's own ~448 MB; the databases' tmpfs is
     /// sized from it. Read by the process that starts the stack; joiners
     /// use the stack's.
     pub memory_budget: Option<u64>,
