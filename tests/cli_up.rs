@@ -28,6 +28,20 @@ struct Up {
     stack_id: String,
 }
 
+impl Drop for Up {
+    /// A test that failed before stopping `up` still ends it: on SIGTERM
+    /// `up` removes its stack, so nothing outlives the test.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start_up(args: &[&str]) -> Up {
     start_up_with_env(args, &[])
 }
