@@ -103,7 +103,8 @@ pub(crate) const POSTGRES_TMPFS: [&str; 3] =
 /// (WAL, commit status, logs), a fixed size within the budget.
 pub(crate) const POSTGRES_DATA_TMPFS: &str = "/pgdata";
 /// The mount of the data directory's `base/` (every database), sized from
-/// the budget: the entrypoint links `base` there when it is mounted. When
+/// the budget, on a stack whose budget the user set: the entrypoint links
+/// `base` there when it is mounted. When
 /// it is full, the statement that filled it fails (53100, `disk_full`) and
 /// the server's own files still have room: no PANIC.
 pub(crate) const POSTGRES_DATABASES_TMPFS: &str = "/pgdatabases";

@@ -105,7 +105,10 @@ fn postgres_body(
             auto_remove: Some(true),
             network_mode: network.mode,
             port_bindings: network.port_bindings,
-            tmpfs: Some(postgres_tmpfs(env.memory_budget)),
+            tmpfs: Some(postgres_tmpfs(
+                env.memory_budget,
+                settings.memory_budget.is_some(),
+            )),
             ..Default::default()
         }),
         // Passed on to `postgres` by the entrypoint: WAL stays a small,
@@ -119,21 +122,30 @@ fn postgres_body(
     }
 }
 
-/// PostgreSQL's tmpfs mounts: the databases' sized from the stack's memory
-/// budget (a copy or seed that would not fit fails with "no space left on
-/// device", the host keeps its memory), the server's own files' of a fixed
-/// size besides (WAL keeps room when the databases' is full), the rest as
-/// [`private_tmpfs`].
-fn postgres_tmpfs(memory_budget: u64) -> HashMap<String, String> {
+/// PostgreSQL's tmpfs mounts, sized from the stack's memory budget (a copy
+/// or seed that would not fit fails with "no space left on device", the
+/// host keeps its memory), the rest as [`private_tmpfs`]. With a budget
+/// the user set (`own_databases`), the databases get a tmpfs of their own
+/// beside the server's files (fixed size): a full one fails only its
+/// statement, WAL keeps its room. Without, one tmpfs holds both: a clone
+/// there costs ~40 % less (two tmpfs made each `CREATE DATABASE` ~8 -> ~13
+/// ms, and ~4x under concurrent clones), and a seed larger than the
+/// default budget, a quarter of the engine's memory, is rare.
+fn postgres_tmpfs(memory_budget: u64, own_databases: bool) -> HashMap<String, String> {
     use crate::target::memory::{databases_tmpfs_bytes, SERVER_FILES};
     let mut mounts = private_tmpfs(&POSTGRES_TMPFS);
-    for (path, bytes) in [
-        (POSTGRES_DATA_TMPFS, SERVER_FILES),
-        (
-            POSTGRES_DATABASES_TMPFS,
-            databases_tmpfs_bytes(memory_budget),
-        ),
-    ] {
+    let databases = databases_tmpfs_bytes(memory_budget);
+    let sizes: &[(&str, u64)] = if own_databases {
+        &[
+            (POSTGRES_DATA_TMPFS, SERVER_FILES),
+            (POSTGRES_DATABASES_TMPFS, databases),
+        ]
+    } else {
+        // No databases' mount: the entrypoint keeps `base/` in the data directory.
+        mounts.remove(POSTGRES_DATABASES_TMPFS);
+        &[(POSTGRES_DATA_TMPFS, SERVER_FILES + databases)]
+    };
+    for (path, bytes) in sizes {
         mounts.insert(path.to_string(), format!("mode=1777,size={bytes}"));
     }
     mounts
