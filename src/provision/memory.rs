@@ -93,7 +93,7 @@ pub(crate) fn filled(
         reason: format!(
             "{what}; {tests} tests at once need it and one clone each: at least {} of \
              databases, and the budget of {} holds {} of them (the rest is the server's own \
-             share; the server keeps running)",
+             share)",
             human_bytes(needed),
             human_bytes(budget),
             human_bytes(databases_share(budget))
