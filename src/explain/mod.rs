@@ -21,7 +21,8 @@ pub mod hazard;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::{Connection, PgConnection, Row};
 
@@ -163,15 +164,7 @@ struct LogEvent {
 /// Gathers and explains the evidence of `test`.
 pub(crate) async fn explain(test: &str, source: &EvidenceSource) -> Result<Explanation> {
     let mut conn = connect_for_evidence(source).await?;
-    // The log collector writes asynchronously: give a fresh error a moment.
-    let mut events = Vec::new();
-    for attempt in 0..3 {
-        events = postgres_events(&mut conn, &source.database).await?;
-        if !events.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
-    }
+    let events = postgres_events(&mut conn, &source.database).await?;
     let mut seen: BTreeMap<Hazard, Seen> = BTreeMap::new();
     let mut note = |hazard: Hazard, example: String| {
         seen.entry(hazard)
@@ -237,9 +230,56 @@ pub(crate) async fn connect_for_evidence(source: &EvidenceSource) -> Result<PgCo
         .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &source.direct, e))
 }
 
+/// How long the log collector may take to write what the servers reported
+/// before the gathering began.
+const LOG_SETTLE_LIMIT: Duration = Duration::from_secs(3);
+
+/// The end of PostgreSQL's JSON log (at most [`LOG_TAIL`] bytes), holding
+/// every line the servers wrote before this call.
+///
+/// Why a barrier: backends hand their lines to the log collector, which
+/// writes them asynchronously; a refusal the test has already seen may not
+/// be in the file yet. A backend writes its log line before it answers the
+/// client, and the collector writes its pipe in order, so once a marker
+/// raised here is in the file, so is everything reported before it. The
+/// marker's own lines are left out.
+pub(crate) async fn log_settled(conn: &mut PgConnection) -> Result<String> {
+    static MARKERS: AtomicU64 = AtomicU64::new(0);
+    let marker = format!(
+        "pgbouncer-fixtures log barrier {}-{}",
+        std::process::id(),
+        MARKERS.fetch_add(1, Ordering::Relaxed)
+    );
+    // Logged (log_min_messages = warning), not sent to this client.
+    let raise = format!(
+        "do $$ begin perform set_config('client_min_messages', 'error', true); \
+         raise warning {}; end $$",
+        quote_literal(&marker)
+    );
+    sqlx::raw_sql(audited(&raise))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::Sql {
+            action: "marking PostgreSQL's log".into(),
+            source: e,
+        })?;
+    let started = Instant::now();
+    loop {
+        let text = log_tail(conn).await?;
+        if text.contains(&marker) || started.elapsed() > LOG_SETTLE_LIMIT {
+            return Ok(text
+                .lines()
+                .filter(|line| !line.contains(&marker))
+                .map(|line| format!("{line}\n"))
+                .collect());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The end of PostgreSQL's JSON log (at most [`LOG_TAIL`] bytes), empty if
 /// there is none yet.
-pub(crate) async fn log_tail(conn: &mut PgConnection) -> Result<String> {
+async fn log_tail(conn: &mut PgConnection) -> Result<String> {
     let file = quote_literal(contract::LOG_FILE);
     let sql = format!(
         "select pg_read_file({file}, greatest(0, size - {LOG_TAIL}), {LOG_TAIL}, true) \
@@ -264,7 +304,7 @@ pub(crate) fn log_field(v: &serde_json::Value, key: &str) -> Option<String> {
 }
 
 async fn postgres_events(conn: &mut PgConnection, database: &str) -> Result<Vec<LogEvent>> {
-    let text = log_tail(conn).await?;
+    let text = log_settled(conn).await?;
     let field = log_field;
     Ok(text
         .lines()

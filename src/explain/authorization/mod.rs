@@ -12,12 +12,10 @@ pub(crate) mod acting;
 mod facts;
 mod words;
 
-use std::time::Duration;
-
 use sqlx::{Connection, PgConnection};
 
 use crate::error::Result;
-use crate::explain::{connect_for_evidence, log_field, log_tail, EvidenceSource};
+use crate::explain::{connect_for_evidence, log_field, log_settled, EvidenceSource};
 
 use acting::Acted;
 use facts::TableFacts;
@@ -96,15 +94,7 @@ pub(crate) async fn explain_authorization(
 ) -> Result<AuthorizationExplanation> {
     let acted = acting::of(&source.database);
     let mut conn = connect_for_evidence(source).await?;
-    let mut lines = Vec::new();
-    // The log collector writes asynchronously: give a fresh error a moment.
-    for attempt in 0..3 {
-        lines = refusal_lines(&mut conn, &source.database).await?;
-        if !lines.is_empty() || acted.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
-    }
+    let lines = refusal_lines(&mut conn, &source.database).await?;
     let mut refusals: Vec<Refusal> = Vec::new();
     let mut unread = None;
     for line in lines {
@@ -171,7 +161,7 @@ struct LogLine {
 }
 
 async fn refusal_lines(conn: &mut PgConnection, database: &str) -> Result<Vec<LogLine>> {
-    let text = log_tail(conn).await?;
+    let text = log_settled(conn).await?;
     let field = log_field;
     Ok(text
         .lines()
