@@ -183,6 +183,20 @@ impl Memory {
         )
     }
 
+    /// Databases waiting to be dropped the budget lets wait: a quarter of
+    /// the databases' share in copies of the largest template measured
+    /// (the pool may take half, [`Memory::pool_cap`]); `None` without a
+    /// budget or a measured size.
+    pub(crate) fn deferrable_drops(&self) -> Option<usize> {
+        let share = self.share()?;
+        let largest = lock(&self.sizes)
+            .values()
+            .copied()
+            .max()
+            .filter(|&b| b > 0)?;
+        Some(usize::try_from(share / 4 / largest).unwrap_or(usize::MAX))
+    }
+
     /// Whether a clone is waiting for room: drops go first, at once.
     pub(crate) fn pressed(&self) -> bool {
         self.pressed.load(Ordering::SeqCst)
@@ -420,5 +434,30 @@ impl Memory {
             memory: self,
             bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_wait_in_a_quarter_of_the_databases_share() {
+        let memory = Memory::new(Some(6026 << 20));
+        assert_eq!(memory.deferrable_drops(), None, "no template measured yet");
+        let share = databases_share(6026 << 20);
+        lock(&memory.sizes).insert("pgbf_tpl_small".into(), 8 << 20);
+        assert_eq!(
+            memory.deferrable_drops(),
+            Some((share / 4 / (8 << 20)) as usize)
+        );
+        // The largest template sets the count: a 200 MB one leaves 6.
+        lock(&memory.sizes).insert("pgbf_tpl_large".into(), 200 << 20);
+        assert_eq!(
+            memory.deferrable_drops(),
+            Some((share / 4 / (200 << 20)) as usize)
+        );
+        assert!(memory.deferrable_drops().unwrap() < 10);
+        assert_eq!(Memory::new(None).deferrable_drops(), None, "no budget");
     }
 }
