@@ -30,7 +30,7 @@ use crate::connect::quote::quote_literal;
 use crate::connect::sqlx_compat::audited;
 use crate::connect::Endpoint;
 use crate::contract;
-use crate::error::{Error, Result};
+use crate::error::{sql_error, Error, Result};
 use crate::explain::hazard::{Hazard, Pooler};
 use crate::target::DbUrl;
 
@@ -259,10 +259,7 @@ pub(crate) async fn log_settled(conn: &mut PgConnection) -> Result<String> {
     sqlx::raw_sql(audited(&raise))
         .execute(&mut *conn)
         .await
-        .map_err(|e| Error::Sql {
-            action: "marking PostgreSQL's log".into(),
-            source: e,
-        })?;
+        .map_err(sql_error("marking PostgreSQL's log"))?;
     let started = Instant::now();
     loop {
         let text = log_tail(conn).await?;
@@ -288,10 +285,7 @@ async fn log_tail(conn: &mut PgConnection) -> Result<String> {
     let rows = sqlx::raw_sql(audited(&sql))
         .fetch_all(&mut *conn)
         .await
-        .map_err(|e| Error::Sql {
-            action: "reading PostgreSQL's log".into(),
-            source: e,
-        })?;
+        .map_err(sql_error("reading PostgreSQL's log"))?;
     Ok(rows
         .first()
         .and_then(|row| row.try_get::<Option<String>, _>(0).ok().flatten())
