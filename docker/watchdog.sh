@@ -76,7 +76,7 @@ tick_at() {
   if [ -z "$psql_pid" ] || ! kill -0 "$psql_pid" 2>/dev/null; then
     start_psql
   fi
-  ask 5 "select 'tick', * from pgbf_tick($1, $started, $last_lease, '$seen', '$dirty', $budget, pgbf_leases(), '$leased', '$fresh', $batch);" tick || return 1
+  ask 5 "select 'tick', * from pgbf_tick($1, $started, $last_lease, '$seen', '$dirty', $budget, pgbf_leases(), '$leased', '$fresh', $batch, extract(epoch from (pg_stat_file('$lease_mark', true)).modification)::bigint);" tick || return 1
   IFS='|' read -r -a new <<<"$answer"
   # An answer whose numbers are not numbers is none: the last deadline holds.
   for n in "${new[1]:-}" "${new[4]:-}" "${new[6]:-}"; do

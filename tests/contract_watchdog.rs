@@ -58,6 +58,8 @@ struct Seen {
     leased: bool,
     fresh: bool,
     batch: Option<i32>,
+    /// When the lease mark was last written.
+    mark_at: Option<i64>,
 }
 
 const NOTHING: Seen = Seen {
@@ -65,6 +67,7 @@ const NOTHING: Seen = Seen {
     leased: false,
     fresh: false,
     batch: None,
+    mark_at: None,
 };
 
 #[derive(Debug)]
@@ -76,7 +79,7 @@ struct Answer {
 }
 
 async fn tick(conn: &mut PgConnection, at: i64, state: State, seen: Seen) -> Answer {
-    let row = sqlx::query("select * from pgbf_tick($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+    let row = sqlx::query("select * from pgbf_tick($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
         .bind(at)
         .bind(STARTED)
         .bind(state.last_lease)
@@ -87,6 +90,7 @@ async fn tick(conn: &mut PgConnection, at: i64, state: State, seen: Seen) -> Ans
         .bind(seen.leased)
         .bind(seen.fresh)
         .bind(seen.batch)
+        .bind(seen.mark_at)
         .fetch_one(conn)
         .await
         .unwrap();
@@ -210,6 +214,58 @@ async fn a_lease_too_short_to_count_leaves_its_mark(#[future(awt)] test_db: Test
     };
     let answer = tick(&mut conn, STARTED + 3, done, old).await;
     assert_eq!((answer.action.as_str(), answer.state), ("wait", done));
+}
+
+#[rstest]
+#[tokio::test]
+async fn leases_too_short_to_count_keep_the_stack_from_their_marks_time(
+    #[future(awt)] test_db: TestDb,
+) {
+    let mut conn = watchdog(&test_db).await;
+    // One lease counted at +1, then only processes that lived between two
+    // ticks (a warm pool's test binaries), each leaving its mark.
+    let counted = Seen {
+        leases: 1,
+        leased: true,
+        ..NOTHING
+    };
+    let mut state = tick(&mut conn, STARTED + 1, START, counted).await.state;
+    for mark in [STARTED + 8, STARTED + 16, STARTED + 24] {
+        let marked = Seen {
+            leased: true,
+            fresh: true,
+            mark_at: Some(mark),
+            ..NOTHING
+        };
+        let answer = tick(&mut conn, mark + 1, state, marked).await;
+        assert_ne!(answer.action, "reap", "a mark at {mark} keeps the stack");
+        assert_eq!(answer.state.last_lease, mark);
+        assert_eq!(answer.reap_at, mark + 10);
+        state = answer.state;
+    }
+    // An older mark does not move the last lease back; a mark ahead of the
+    // tick's clock counts as now.
+    let old = Seen {
+        leased: true,
+        mark_at: Some(STARTED + 20),
+        ..NOTHING
+    };
+    let answer = tick(&mut conn, STARTED + 26, state, old).await;
+    assert_eq!(answer.state.last_lease, STARTED + 24);
+    let ahead = Seen {
+        leased: true,
+        mark_at: Some(STARTED + 40),
+        ..NOTHING
+    };
+    let answer = tick(&mut conn, STARTED + 27, state, ahead).await;
+    assert_eq!(answer.state.last_lease, STARTED + 27);
+    // Then idle (the janitor done): reaped 10 s after the last mark.
+    let done = State {
+        dirty: false,
+        ..state
+    };
+    let (at, reap) = idle_until(&mut conn, STARTED + 25, STARTED + 60, done).await;
+    assert_eq!((at, reap.action.as_str()), (STARTED + 34, "reap"));
 }
 
 #[rstest]

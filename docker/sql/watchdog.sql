@@ -29,7 +29,8 @@
 -- `leases` (pgbf_leases()), `leased` (the lease mark exists), `fresh` (it
 -- is newer than the janitor's mark, or that one does not exist yet),
 -- `batch` (null: no batch ran since the last tick; else its answer, -1 for
--- none). Answers the new state, `mark` (touch the janitor's mark now),
+-- none), `lease_mark_at` (when the lease mark was last written, seconds;
+-- null: no mark). Answers the new state, `mark` (touch the janitor's mark now),
 -- `reap_at` (the time from which, with no lease counted meanwhile, the
 -- stack is reaped: the entrypoint holds to it when no tick answers) and
 -- the action: `reap` (stop the server), `janitor` (run one batch, then
@@ -37,6 +38,7 @@
 create or replace function pgbf_tick(
   at_secs bigint, started bigint, prev_lease bigint, prev_seen boolean, prev_dirty boolean,
   prev_budget int, leases int, leased boolean, fresh boolean, batch int,
+  lease_mark_at bigint,
   out action text, out last_lease bigint, out seen boolean, out dirty boolean,
   out budget int, out mark boolean, out reap_at bigint)
 language plpgsql stable as $$
@@ -51,6 +53,13 @@ begin
   mark := false;
   if leased then
     seen := true;
+    -- A lease that began and ended between two ticks (a test process of
+    -- a warm pool lives a fraction of a second) counts from its mark:
+    -- else a stack used only by such processes is reaped mid-run, the
+    -- bound counted from the last lease a tick happened to see.
+    if lease_mark_at > last_lease then
+      last_lease := least(lease_mark_at, at_secs);
+    end if;
     if not dirty and fresh then
       dirty := true;
       budget := full_budget;
