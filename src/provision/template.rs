@@ -439,26 +439,28 @@ impl ResolvedTemplate {
         let mut tpl = PgConnection::connect_with(&options)
             .await
             .map_err(|e| crate::connect::connect_error(Endpoint::Direct, &target, e))?;
+        // A failed step in words, noting whether it ran out of space.
+        let mut step_failed = |what: String, e: &(dyn std::error::Error + 'static)| {
+            *full |= memory::disk_full(e);
+            failed(what, e)
+        };
         if let Some(migrator) = &self.migrator {
-            run_migrations(migrator, &mut tpl).await.map_err(|e| {
-                *full |= memory::disk_full(&e);
-                failed("migrations failed on the template".into(), &e)
-            })?;
+            run_migrations(migrator, &mut tpl)
+                .await
+                .map_err(|e| step_failed("migrations failed on the template".into(), &e))?;
         }
         // A Supabase project's migration: one script (the simple protocol
         // runs its statements as one implicit transaction, as the CLI
         // applies a file).
         for (path, sql) in &self.scripts {
-            tpl.execute(sql.as_str()).await.map_err(|e| {
-                *full |= memory::disk_full(&e);
-                failed(format!("migration {} failed", path.display()), &e)
-            })?;
+            tpl.execute(sql.as_str())
+                .await
+                .map_err(|e| step_failed(format!("migration {} failed", path.display()), &e))?;
         }
         for (path, sql) in &self.seeds {
-            tpl.execute(sql.as_str()).await.map_err(|e| {
-                *full |= memory::disk_full(&e);
-                failed(format!("seed file {} failed", path.display()), &e)
-            })?;
+            tpl.execute(sql.as_str())
+                .await
+                .map_err(|e| step_failed(format!("seed file {} failed", path.display()), &e))?;
         }
         tpl.close()
             .await
