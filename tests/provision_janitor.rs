@@ -242,7 +242,7 @@ async fn the_janitor_drops_what_a_run_handed_over_and_prepares_the_next_runs_clo
     }
     drop(admin);
     for id in stack_containers(&first.stack) {
-        docker(&["rm", "-f", &id]);
+        docker(&["rm", "-f", "-v", &id]);
     }
 }
 
@@ -281,6 +281,6 @@ async fn the_janitor_prepares_no_more_clones_of_a_large_template_than_the_budget
     assert_eq!(admin.scalar("select count(*) from pgbf_prepared").await, 2);
     drop(admin);
     for id in stack_containers(&run.stack) {
-        docker(&["rm", "-f", &id]);
+        docker(&["rm", "-f", "-v", &id]);
     }
 }

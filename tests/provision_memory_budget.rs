@@ -321,3 +321,86 @@ async fn a_full_pool_serves_as_many_tests_at_once_with_no_clone_made_for_them() 
         assert!(t.prepared && !t.on_demand, "{t:?}");
     }
 }
+
+/// The databases live on tmpfs volumes that ask for large folios
+/// (`huge=within_size`, sized by the budget); a labelled volume no container
+/// uses any more goes with `gc` of its stack, and one of another stack stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_databases_tmpfs_asks_for_large_folios_and_gc_removes_a_volume_left_behind() {
+    let settings = settings("large-folios");
+    let mut direct = direct_to(&settings).await;
+    let mounts = common::text(&mut direct, "select pg_read_file('/proc/self/mounts')")
+        .await
+        .expect("the server's mounts");
+    for path in ["/pgdata", "/pgdatabases"] {
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(path))
+            .unwrap_or_else(|| panic!("{path} is not a mount of its own:\n{mounts}"));
+        let fields: Vec<&str> = line.split(' ').collect();
+        let options: Vec<&str> = fields[3].split(',').collect();
+        assert_eq!(fields[2], "tmpfs", "{line}");
+        for wanted in ["huge=within_size", "nosuid", "nodev", "noexec"] {
+            assert!(options.contains(&wanted), "{wanted} missing: {line}");
+        }
+        assert!(options.iter().any(|o| o.starts_with("size=")), "{line}");
+    }
+    let _ = direct.close().await;
+    let id = Stack::shared(&settings).await.unwrap().id().to_string();
+    let of_stack = |id: &str| {
+        common::docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=pgbouncer-fixtures.stack={id}"),
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of_stack(&id).len(),
+        2,
+        "the data directory and the databases' mount"
+    );
+    // Leftovers as a container removed without `-v` leaves them.
+    let other = format!("{id}-other");
+    let left: Vec<String> = [&id, &other]
+        .map(|stack| {
+            common::docker(&[
+                "volume",
+                "create",
+                "--label",
+                "pgbouncer-fixtures.managed=true",
+                "--label",
+                &format!("pgbouncer-fixtures.stack={stack}"),
+            ])
+            .trim()
+            .to_string()
+        })
+        .into();
+    let gc = std::process::Command::new(env!("CARGO_BIN_EXE_pgbouncer-fixtures"))
+        .args(["gc", "--stack", &id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&gc.stdout);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert_eq!(
+        of_stack(&id),
+        Vec::<String>::new(),
+        "gc left the stack's volumes"
+    );
+    assert!(
+        stdout.contains(&format!("removed volume {}", left[0])),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 volume(s)"), "{stdout}");
+    let kept = of_stack(&other);
+    assert_eq!(kept.len(), 1, "gc of one stack removed another's volume");
+    common::docker(&["volume", "rm", &kept[0]]);
+}

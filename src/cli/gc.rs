@@ -26,12 +26,16 @@ pub fn gc(args: &GcArgs) -> Result<(), String> {
     for c in &report.containers {
         println!("removed container {c}");
     }
+    for v in &report.volumes {
+        println!("removed volume {v}");
+    }
     for f in &report.lock_files {
         println!("removed lock file {}", f.display());
     }
     println!(
-        "gc: removed {} container(s), {} stale lock file(s)",
+        "gc: removed {} container(s), {} volume(s), {} stale lock file(s)",
         report.containers.len(),
+        report.volumes.len(),
         report.lock_files.len()
     );
     Ok(())

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions, RemoveVolumeOptions};
 use bollard::Docker;
 
 use crate::docker::call;
@@ -68,6 +68,43 @@ pub(crate) async fn remove_in_scope(docker: &Docker, scope: GcScope<'_>) -> Resu
         containers.push(name);
     }
     Ok(containers)
+}
+
+/// Removes the data volumes within `scope` no container uses any more
+/// (their container went without `-v`, e.g. a `docker rm` by hand; a
+/// volume in use is never listed as dangling); returns their names.
+pub(crate) async fn remove_dangling_volumes(docker: &Docker, scope: GcScope<'_>) -> Vec<String> {
+    let mut filters = label_filter(scope);
+    filters.insert("dangling".to_string(), vec!["true".to_string()]);
+    let listed = call(
+        "list the crate's volumes",
+        docker.list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        })),
+    )
+    .await;
+    let volumes = match listed {
+        Ok(list) => list.volumes.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the crate's volumes");
+            return Vec::new();
+        }
+    };
+    let mut removed_names = Vec::new();
+    for volume in volumes {
+        let removed = call(
+            &format!("remove volume {}", volume.name),
+            docker.remove_volume(&volume.name, Some(RemoveVolumeOptions { force: false })),
+        )
+        .await;
+        match removed {
+            Ok(()) => removed_names.push(volume.name),
+            Err(e) => {
+                tracing::warn!(volume = %volume.name, error = %e, "could not remove a volume")
+            }
+        }
+    }
+    removed_names
 }
 
 /// Best-effort removal of leftovers older than [`SWEEP_MIN_AGE`]: stopped

@@ -13,6 +13,10 @@ use crate::error::Result;
 pub struct GcReport {
     /// Names of the removed containers.
     pub containers: Vec<String>,
+    /// Names of the removed data volumes no container used any more (a
+    /// stack's container removed without its volumes, e.g. `docker rm`
+    /// without `-v`).
+    pub volumes: Vec<String>,
     /// Always empty: the crate makes no Docker networks (its stacks run on
     /// the host network or Docker's default bridge).
     #[deprecated(
@@ -27,14 +31,16 @@ pub struct GcReport {
 }
 
 /// Removes the containers the crate created on this Docker host within
-/// `scope`, running or not, and this user's lock files that no
-/// process holds, and says which.
+/// `scope`, running or not, the data volumes in `scope` no container uses,
+/// and this user's lock files that no process holds, and says which.
 pub async fn gc(scope: GcScope<'_>) -> Result<GcReport> {
     let docker = crate::docker::connect().await?;
     let lock_files = crate::stack::lock::remove_stale_locks();
     let containers = crate::docker::reap::remove_in_scope(&docker, scope).await?;
+    let volumes = crate::docker::reap::remove_dangling_volumes(&docker, scope).await;
     Ok(GcReport {
         containers,
+        volumes,
         lock_files,
         ..GcReport::default()
     })
