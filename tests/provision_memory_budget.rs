@@ -380,16 +380,7 @@ async fn the_databases_tmpfs_asks_for_large_folios_and_gc_removes_a_volume_left_
             .to_string()
         })
         .into();
-    let gc = std::process::Command::new(env!("CARGO_BIN_EXE_pgbouncer-fixtures"))
-        .args(["gc", "--stack", &id])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&gc.stdout);
-    assert!(
-        gc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    let stdout = common::gc_stack(&id);
     assert_eq!(
         of_stack(&id),
         Vec::<String>::new(),

@@ -435,16 +435,7 @@ async fn gc_removes_a_stack_and_says_what_it_removed() {
     let stack = Stack::start(StackSettings::default()).await.unwrap();
     let id = stack.id().to_string();
     assert_eq!(stack_containers(&id).len(), 2);
-    let out = Command::new(BIN)
-        .args(["gc", "--stack", &id])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::gc_stack(&id);
     assert!(
         stdout.contains(&format!("removed container pgbf-{id}-postgres")),
         "{stdout}"
@@ -589,16 +580,7 @@ fn gc_removes_stale_lock_files_and_keeps_held_ones() {
         0
     );
 
-    let out = Command::new(BIN)
-        .args(["gc", "--stack", &tag])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::gc_stack(&tag);
     assert!(!stale.exists(), "the stale lock file is removed");
     assert!(
         stdout.contains(&format!("removed lock file {}", stale.display())),

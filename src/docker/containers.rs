@@ -47,8 +47,8 @@ const NAME_CONFLICT_RETRIES: u32 = 40;
 /// file copy, which made a 180 MB `CREATE DATABASE` ~110 -> ~65 ms (one
 /// 4 KB page allocated per 4 KB was most of it). `within_size`, not
 /// `always`: no huge page past a file's end, so the ~300 small files of a
-/// database take no more room than before. Kernels that ignore it (older
-/// ones back appends with 4 KB pages) lose nothing.
+/// database take no more room than before. A kernel whose tmpfs backs
+/// appending writes with 4 KB pages only copies as before.
 const LARGE_FOLIOS: &str = "huge=within_size";
 /// Whether PostgreSQL's data mounts ask for [`LARGE_FOLIOS`]: cleared for
 /// the process once an engine refused such a mount.
@@ -272,70 +272,32 @@ pub(crate) async fn create_pair(
     secrets: &Secrets<'_>,
     memory_budget: u64,
 ) -> Result<()> {
-    let pair = Pair {
-        docker,
-        id,
-        shared,
-        settings,
-        listen,
-        images,
-        secrets,
-        memory_budget,
-    };
-    let large_folios = ASK_LARGE_FOLIOS.load(Ordering::Relaxed);
-    match pair.create(large_folios).await {
-        Err(e) if large_folios && refused_data_volumes(&e) => {
-            ASK_LARGE_FOLIOS.store(false, Ordering::Relaxed);
-            tracing::info!(
-                error = %e,
-                "the engine refused tmpfs volumes with large folios; the data directory is on plain tmpfs"
-            );
-            pair.create(false).await
-        }
-        made => made,
-    }
-}
-
-/// What [`create_pair`] makes a pair from.
-struct Pair<'a> {
-    docker: &'a Docker,
-    id: &'a str,
-    shared: bool,
-    settings: &'a StackSettings,
-    listen: Listen,
-    images: &'a ResolvedImages,
-    secrets: &'a Secrets<'a>,
-    memory_budget: u64,
-}
-
-impl Pair<'_> {
-    /// Creates and starts both containers; removes what it made if that fails.
-    async fn create(&self, large_folios: bool) -> Result<()> {
-        let (docker, id) = (self.docker, self.id);
-        let ports = match self.listen {
+    // Both attempts build the pair from the same arguments.
+    let make = async |large_folios: bool| -> Result<()> {
+        let ports = match listen {
             Listen::Host(ports) => ports,
             Listen::Bridge(_) => Ports::BRIDGE,
         };
         let env = SharedEnv {
-            secrets: self.secrets,
-            host_ports: matches!(self.listen, Listen::Host(_)).then_some(ports),
-            memory_budget: self.memory_budget,
+            secrets,
+            host_ports: matches!(listen, Listen::Host(_)).then_some(ports),
+            memory_budget,
         };
         let postgres = postgres_body(
             id,
-            self.shared,
-            self.settings,
-            self.listen,
-            self.images.postgres.to_string(),
+            shared,
+            settings,
+            listen,
+            images.postgres.to_string(),
             &env,
             large_folios,
         );
         let pgbouncer = pgbouncer_body(
             id,
-            self.shared,
-            self.settings,
+            shared,
+            settings,
             &ports,
-            self.images.pgbouncer.to_string(),
+            images.pgbouncer.to_string(),
             &env,
         );
         let (pg, pgb) = (postgres_name(id), pgbouncer_name(id));
@@ -351,6 +313,18 @@ impl Pair<'_> {
             return Err(e);
         }
         Ok(())
+    };
+    let large_folios = ASK_LARGE_FOLIOS.load(Ordering::Relaxed);
+    match make(large_folios).await {
+        Err(e) if large_folios && refused_data_volumes(&e) => {
+            ASK_LARGE_FOLIOS.store(false, Ordering::Relaxed);
+            tracing::info!(
+                error = %e,
+                "the engine refused tmpfs volumes with large folios; the data directory is on plain tmpfs"
+            );
+            make(false).await
+        }
+        made => made,
     }
 }
 

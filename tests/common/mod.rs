@@ -24,6 +24,21 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the crate's `gc --stack <id>`, asserts it succeeded, returns its stdout.
+pub fn gc_stack(id: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbouncer-fixtures"))
+        .args(["gc", "--stack", id])
+        .output()
+        .expect("the crate's binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Ids of the containers (running or not) carrying `label` (`key` or `key=value`).
 /// Never count containers globally: another run may share the Docker host.
 pub fn containers_with(label: &str) -> Vec<String> {
