@@ -236,32 +236,20 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
         profile,
         Profile::SupabaseShared | Profile::SupabaseSession | Profile::SupabaseSharedPrepared
     );
-    // Supavisor-like, its startup parameters handled by PgBouncer alone.
-    let pgbouncer_startup = supavisor_like && !profile.behind_stage();
-    let line = match behaviour {
-        Behaviour::Startup(StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath)
-            if supavisor_like =>
-        {
-            residue::SEARCH_PATH_AT_STARTUP
-        }
-        Behaviour::Pooler(p) => match (p, profile) {
-            // Supavisor's session mode keeps one backend per client, as here.
-            (
-                PoolerProbe::TrackedSet,
-                Profile::SupabaseShared | Profile::SupabaseSharedPrepared,
-            ) => residue::TRACKED_SET,
-            // The stage applies Supavisor's startup rules; PgBouncer alone cannot.
-            (PoolerProbe::ApplicationName, _) if pgbouncer_startup => residue::APPLICATION_NAME,
-            (PoolerProbe::StartupTimeZone, _) if pgbouncer_startup => residue::TRACKED_AT_STARTUP,
-            (PoolerProbe::OptionsCustomSetting | PoolerProbe::TopLevelCustomSetting, _)
-                if pgbouncer_startup =>
-            {
-                residue::CUSTOM_AT_STARTUP
-            }
+    let line =
+        match behaviour {
+            Behaviour::Startup(
+                StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath,
+            ) if supavisor_like => residue::SEARCH_PATH_AT_STARTUP,
+            Behaviour::Pooler(p) => match (p, profile) {
+                // The flag-on stage keeps a client on one link (its named
+                // statements are tracked per link); Supavisor's session mode
+                // keeps one backend per client, as here.
+                (PoolerProbe::TrackedSet, Profile::SupabaseSharedPrepared) => residue::TRACKED_SET,
+                _ => return None,
+            },
             _ => return None,
-        },
-        _ => return None,
-    };
+        };
     Some(line.strip_prefix("not reproduced: ").unwrap_or(line))
 }
 

@@ -9,7 +9,9 @@
 //! refusal is written between two messages, never inside one. Without one,
 //! both directions are copied unframed after the login.
 
+use std::cell::Cell;
 use std::io;
+use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::stage::prepared::{inspects, NamedStatements};
 use crate::stage::startup;
 use crate::stage::tls::StageTls;
+use crate::stage::transactions::{self, Link, Pools, Reader, Writer};
 use crate::stage::wire::{
     error_response, Boundaries, Header, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_LEN,
     SSL_REQUEST,
@@ -42,6 +45,21 @@ enum ClientLink {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+impl ClientLink {
+    fn boxed(self) -> (Reader, Writer) {
+        match self {
+            ClientLink::Plain(c) => {
+                let (r, w) = c.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            ClientLink::Tls(c) => {
+                let (r, w) = tokio::io::split(c);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
 /// The link to PgBouncer: TLS when the client's is.
 enum ServerLink {
     Plain(TcpStream),
@@ -54,6 +72,7 @@ pub(crate) async fn serve(
     upstream: Upstream,
     rules: Rules,
     tls: Option<StageTls>,
+    pools: Rc<Pools>,
 ) {
     let _ = client.set_nodelay(true);
     let (mut client, first) = match open(client, tls.as_ref()).await {
@@ -79,7 +98,14 @@ pub(crate) async fn serve(
         }
     };
     let packet = match first {
-        First::Cancel(packet) => {
+        First::Cancel(mut packet) => {
+            if rules.pools_transactions {
+                // The stage's key: to PgBouncer's for the link the client holds.
+                match pools.cancel_target(&packet[8..]) {
+                    Some(key) if packet.len() == 16 => packet[8..].copy_from_slice(&key),
+                    _ => return,
+                }
+            }
             let _ = match server {
                 ServerLink::Plain(mut s) => s.write_all(&packet).await,
                 ServerLink::Tls(mut s) => s.write_all(&packet).await,
@@ -92,6 +118,11 @@ pub(crate) async fn serve(
             .and_then(|mode| startup::rewrite(&packet, mode))
             .unwrap_or(packet),
     };
+    if rules.pools_transactions {
+        let pool = [&[u8::from(encrypted)][..], &packet].concat();
+        let (client, server) = (client.boxed(), server.boxed());
+        return start_pooled(packet, pool, client, server, rules, pools).await;
+    }
     // Plain TCP splits without a lock; a TLS stream is split by tokio's.
     match (client, server) {
         (ClientLink::Plain(c), ServerLink::Plain(s)) => {
@@ -133,10 +164,70 @@ async fn start<CR, CW, SR, SW>(
         // Whose wrong password Supavisor names (its rule: rules.wrong_password).
         user: startup::user(&packet).filter(|_| rules.wrong_password),
         session_pool_size: rules.session_pool_size,
+        stage_key: None,
+        backend_key: Cell::new(None),
     };
     if server.1.write_all(&packet).await.is_ok() {
         relay(client, server, rules, login).await;
     }
+}
+
+/// Sends the startup packet on; once the login is through, the client's
+/// link joins `pool` and the client's transactions run on its idle links.
+async fn start_pooled(
+    packet: Vec<u8>,
+    pool: Vec<u8>,
+    mut client: (Reader, Writer),
+    mut server: (Reader, Writer),
+    rules: Rules,
+    pools: Rc<Pools>,
+) {
+    let (key, holding) = pools.register();
+    let login = Login {
+        user: startup::user(&packet).filter(|_| rules.wrong_password),
+        session_pool_size: rules.session_pool_size,
+        stage_key: Some(key),
+        backend_key: Cell::new(None),
+    };
+    if server.1.write_all(&packet).await.is_err() {
+        return pools.forget(&key);
+    }
+    // The client's answers (SCRAM) go on as they come until the login is
+    // through; nothing after it can come before the client has the
+    // ReadyForQuery, which ends the login's future first.
+    let (mut to_server, mut from_client) = (Vec::new(), Vec::new());
+    let logged_in = {
+        let answering = answer_login(&mut server.0, &mut client.1, &login);
+        tokio::pin!(answering);
+        loop {
+            tokio::select! {
+                answered = &mut answering => break answered,
+                read = client.0.read_buf(&mut from_client) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break Ok(None);
+                    }
+                    std::mem::swap(&mut to_server, &mut from_client);
+                    if server.1.write_all(&to_server).await.is_err() {
+                        break Ok(None);
+                    }
+                    to_server.clear();
+                }
+            }
+        }
+    };
+    let rest = match logged_in {
+        Ok(Some(rest)) => rest,
+        _ => return pools.forget(&key),
+    };
+    if !rest.is_empty() && client.1.write_all(&rest).await.is_err() {
+        return pools.forget(&key);
+    }
+    let link = Link {
+        read: server.0,
+        write: server.1,
+        key: login.backend_key.get().unwrap_or_default(),
+    };
+    transactions::serve(pools, pool, link, key, holding, client, from_client).await;
 }
 
 /// What the stage answers in PgBouncer's stead during the login.
@@ -145,11 +236,16 @@ struct Login {
     user: Option<String>,
     /// Supavisor's session-mode refusal, naming this pool size.
     session_pool_size: Option<u32>,
+    /// The cancel key the client gets in place of PgBouncer's, which is
+    /// kept in `backend_key` (transaction pooling: the stage's links move
+    /// between clients).
+    stage_key: Option<[u8; 8]>,
+    backend_key: Cell<Option<[u8; 8]>>,
 }
 
 impl Login {
     fn watched(&self) -> bool {
-        self.user.is_some() || self.session_pool_size.is_some()
+        self.user.is_some() || self.session_pool_size.is_some() || self.stage_key.is_some()
     }
 
     /// Supavisor's answer (its delay, SQLSTATE and words) in place of
@@ -171,6 +267,21 @@ impl Login {
         let user = self.user.as_ref().filter(|_| wrong_password(body))?;
         let words = format!("password authentication failed for user \"{user}\"");
         Some((WRONG_PASSWORD_DELAY, "28P01", words))
+    }
+}
+
+impl ServerLink {
+    fn boxed(self) -> (Reader, Writer) {
+        match self {
+            ServerLink::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            ServerLink::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+        }
     }
 }
 
@@ -444,10 +555,19 @@ async fn answer_login(
             let Some(total) = header.total() else {
                 return Ok(None); // not the protocol: end the link
             };
-            let Some(message) = buf.get(at..at + total) else {
+            if buf.len() < at + total {
                 break;
-            };
-            let body = &message[5..];
+            }
+            if let (b'K', 13, Some(stage_key)) = (header.tag, total, login.stage_key) {
+                // BackendKeyData: the client gets the stage's key.
+                let mut backend = [0u8; 8];
+                backend.copy_from_slice(&buf[at + 5..at + 13]);
+                login.backend_key.set(Some(backend));
+                buf[at + 5..at + 13].copy_from_slice(&stage_key);
+                at += total;
+                continue;
+            }
+            let body = &buf[at + 5..at + total];
             if header.tag == b'Z' {
                 // ReadyForQuery: the login is through.
                 client.write_all(&buf[..at + total]).await?;

@@ -21,13 +21,16 @@ mod prepared;
 mod simple_query;
 mod startup;
 mod tls;
+mod transactions;
 mod wire;
 
 pub(crate) use startup::PoolMode;
 pub(crate) use tls::Certificates;
 use tls::StageTls;
+use transactions::Pools;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -54,6 +57,10 @@ pub(crate) struct Rules {
     /// `max_db_client_connections` refusal at login answered with
     /// Supavisor's FATAL `XX000 (EMAXCONNSESSION)`.
     pub session_pool_size: Option<u32>,
+    /// Supavisor's transaction pooling (`transactions.rs`): a client's
+    /// transactions run on any idle link of its pool, so what a client
+    /// leaves on a link outside a transaction stays with the link.
+    pub pools_transactions: bool,
 }
 
 impl Rules {
@@ -71,6 +78,9 @@ impl Rules {
             }),
             wrong_password: true,
             session_pool_size: session.then_some(pool_size),
+            // With the flag on, PgBouncer's tracking per link stands for
+            // Supavisor's per client: a client keeps one link.
+            pools_transactions: profile == Profile::SupabaseShared,
         })
     }
 }
@@ -132,7 +142,8 @@ async fn start(upstream: Upstream, rules: Rules, certs: Option<Certificates>) ->
             move || async move {
                 let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(failed)?;
                 let addr = listener.local_addr().map_err(failed)?;
-                tokio::task::spawn_local(accept(listener, upstream, rules, tls));
+                let pools = Rc::new(Pools::default());
+                tokio::task::spawn_local(accept(listener, upstream, rules, tls, pools));
                 Ok(addr)
             },
         )
@@ -149,11 +160,18 @@ fn failed(e: std::io::Error) -> Error {
 }
 
 /// Accepts clients until the runtime stops; each one is its own task.
-async fn accept(listener: TcpListener, upstream: Upstream, rules: Rules, tls: Option<StageTls>) {
+async fn accept(
+    listener: TcpListener,
+    upstream: Upstream,
+    rules: Rules,
+    tls: Option<StageTls>,
+    pools: Rc<Pools>,
+) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
-                let serving = link::serve(client, upstream.clone(), rules, tls.clone());
+                let serving =
+                    link::serve(client, upstream.clone(), rules, tls.clone(), pools.clone());
                 tokio::task::spawn_local(serving);
             }
             Err(e) => {

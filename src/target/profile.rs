@@ -14,8 +14,13 @@ pub enum Profile {
     /// Supabase's shared pooler in transaction mode (port 6543 of
     /// `*.pooler.supabase.com`: Supavisor, named prepared statements off, its
     /// default): transaction pooling, no prepared-statement tracking, and
-    /// startup parameters accepted and dropped instead of refused. The
-    /// default: the connection string most projects copy.
+    /// startup parameters accepted and dropped instead of refused. Through
+    /// the crate's Supavisor-like stage, which pools its clients'
+    /// transactions as Supavisor does (a `SET TIME ZONE` outside a
+    /// transaction stays where it ran, for the next client there) and sends
+    /// only `user`, `database`, `search_path` and `application_name =
+    /// Supavisor` on, in front of PgBouncer without tracking. The default:
+    /// the connection string most projects copy.
     #[default]
     SupabaseShared,
     /// Supabase's dedicated pooler (`db.<ref>.supabase.co:6543`): PgBouncer
@@ -103,7 +108,8 @@ impl Profile {
     pub fn description(self) -> &'static str {
         match self {
             Profile::SupabaseShared => {
-                "PgBouncer transaction mode, max_prepared_statements=0, unknown startup parameters ignored"
+                "the crate's Supavisor-like stage (Supavisor's transaction pooling and startup \
+                 parameters) in front of PgBouncer transaction mode, max_prepared_statements=0"
             }
             Profile::SupabaseDedicated => {
                 "PgBouncer transaction mode, max_prepared_statements=200, ignore_startup_parameters=extra_float_digits"
@@ -161,7 +167,7 @@ impl Profile {
     pub fn behind_stage(self) -> bool {
         matches!(
             self,
-            Profile::SupabaseSharedPrepared | Profile::SupabaseSession
+            Profile::SupabaseShared | Profile::SupabaseSharedPrepared | Profile::SupabaseSession
         )
     }
 
@@ -180,17 +186,6 @@ pub(crate) const SEARCH_PATH_AT_STARTUP: &str =
      and not applied, so unqualified names resolve in public; Supavisor applies it \
      (since 2.8.9, and keys its pools by it). PostgreSQL before 18 does not report \
      search_path, so PgBouncer cannot carry it";
-/// The five parameters PgBouncer always keeps, applied at startup (probed:
-/// the startup `TimeZone` row).
-pub(crate) const TRACKED_AT_STARTUP: &str =
-    "not reproduced: client_encoding, DateStyle, TimeZone, IntervalStyle and \
-     standard_conforming_strings at startup are applied (Supavisor drops them; sqlx \
-     sends TimeZone=UTC at every login, so there the database's default applies)";
-/// Dotted custom settings at startup (probed: the `app.tenant` rows).
-pub(crate) const CUSTOM_AT_STARTUP: &str =
-    "not reproduced: custom settings (names with a dot, e.g. app.tenant) at startup \
-     are refused with 08P01 (Supavisor drops them): PgBouncer cannot ignore names it \
-     cannot list";
 /// Supavisor's flag-on errors: only the stage's profile has them.
 const SUPAVISOR_ERRORS: &str =
     "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
@@ -202,10 +197,6 @@ pub(crate) const TRACKED_SET: &str =
      IntervalStyle, application_name) is kept per client and re-applied on every \
      server connection; Supavisor passes SET through raw and resets nothing, so the \
      value stays on that backend (another client may get it, the setter may lose it)";
-/// `application_name` as the server sees it (probed).
-pub(crate) const APPLICATION_NAME: &str =
-    "not reproduced: application_name reaches the server as the client's; Supavisor \
-     sends `Supavisor` (`Supavisor - <name>` in session mode)";
 /// What no local stack has.
 const NO_LATENCY: &str = "no network latency between the client, the pooler and the database";
 /// The legacy profile's PgBouncer is 1.24 with tracking off, not 1.19.
@@ -214,24 +205,24 @@ const LEGACY_VERSION: &str =
      behave alike (neither tracks them); what 1.20-1.24 added for clients (track_extra_parameters, \
      their error texts) is not probed against a real 1.19";
 
-/// What the Supavisor-like profiles do differently from Supavisor.
-const SUPAVISOR_RESIDUE: [&str; 6] = [
-    SEARCH_PATH_AT_STARTUP,
-    TRACKED_AT_STARTUP,
-    CUSTOM_AT_STARTUP,
-    SUPAVISOR_ERRORS,
-    TRACKED_SET,
-    APPLICATION_NAME,
-];
+/// How the stage's transaction pooling differs from Supavisor's.
+const LINKS_NOT_BACKENDS: &str =
+    "the stage pools its logins to PgBouncer, not backends: a tracked setting (SET TIME ZONE, \
+     DateStyle, application_name) stays with the link it was set on, other session state \
+     (custom settings, temporary tables, named prepared statements) with PgBouncer's backend; \
+     both reach other clients and go missing for the setter as on Supavisor, not always in \
+     the same transactions";
 
-/// [`SUPAVISOR_RESIDUE`] less what the stage reproduces in session mode
-/// (the startup parameters, `application_name`, the session limit's words)
-/// and what only transaction mode loses (a tracked `SET`).
+/// What the shared pooler's profile does differently from Supavisor.
+const SUPAVISOR_RESIDUE: [&str; 3] = [SEARCH_PATH_AT_STARTUP, SUPAVISOR_ERRORS, LINKS_NOT_BACKENDS];
+
+/// What the session pooler's profile does differently: Supavisor's
+/// session mode keeps one backend per client, as here.
 const SESSION_RESIDUE: [&str; 2] = [SEARCH_PATH_AT_STARTUP, SUPAVISOR_ERRORS];
 
-/// [`SUPAVISOR_RESIDUE`] less what the stage reproduces (the flag's
-/// errors, the startup parameters, `application_name`), and what the stage
-/// itself does otherwise.
+/// What the flag-on profile does differently: a client keeps one link
+/// (PgBouncer tracks named statements per link, as Supavisor per client),
+/// so a tracked `SET` is kept per client.
 const SHARED_PREPARED_RESIDUE: [&str; 4] = [
     SEARCH_PATH_AT_STARTUP,
     TRACKED_SET,

@@ -1,0 +1,365 @@
+//! Supavisor's transaction pooling (port 6543, the flag off): a client's
+//! transactions run on whichever of its pool's links is idle, the one
+//! released last first (Supavisor's pools are LIFO), so state a client
+//! leaves on a link outside a transaction stays there: a tracked `SET TIME
+//! ZONE` reaches the next client of that link and is missing on the
+//! setter's other links, as on Supavisor, where PgBouncer alone keeps it per
+//! client and re-applies it.
+//!
+//! A link is a login of the stage to PgBouncer: each client's own login
+//! (its authentication relayed, so the stage needs no password) joins the
+//! pool of its startup parameters, and a client leaving takes one idle link
+//! out, so a pool holds as many links as it has clients and a client
+//! without a link always finds one idle. PgBouncer keeps each link's
+//! tracked parameters and hands it backends per transaction beneath.
+//! Clients get keys of the stage's own for CancelRequests, which reach
+//! the link the client holds at that moment.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::stage::wire::Header;
+
+/// One direction of a link, boxed: plain and TLS links share a pool.
+pub(crate) type Reader = Box<dyn AsyncRead + Unpin>;
+/// The other direction.
+pub(crate) type Writer = Box<dyn AsyncWrite + Unpin>;
+
+/// A login of the stage to PgBouncer, and PgBouncer's cancel key for it.
+pub(crate) struct Link {
+    pub read: Reader,
+    pub write: Writer,
+    pub key: [u8; 8],
+}
+
+/// What a CancelRequest with a client's stage key reaches: the key of the
+/// link it holds, if it holds one.
+type Holding = Rc<Cell<Option<[u8; 8]>>>;
+
+/// The stage's pools (by startup parameters as sent on, and TLS) and the
+/// clients' cancel keys.
+#[derive(Default)]
+pub(crate) struct Pools {
+    idle: RefCell<HashMap<Vec<u8>, Vec<Link>>>,
+    cancels: RefCell<HashMap<[u8; 8], Holding>>,
+}
+
+impl Pools {
+    /// A new client's cancel key: random, unique among the stage's clients.
+    pub(crate) fn register(&self) -> ([u8; 8], Holding) {
+        let holding: Holding = Rc::default();
+        let mut cancels = self.cancels.borrow_mut();
+        loop {
+            let key: [u8; 8] = rand::random();
+            if !cancels.contains_key(&key) {
+                cancels.insert(key, holding.clone());
+                return (key, holding);
+            }
+        }
+    }
+
+    /// Forgets a client whose login failed.
+    pub(crate) fn forget(&self, key: &[u8; 8]) {
+        self.cancels.borrow_mut().remove(key);
+    }
+
+    /// PgBouncer's key for what the client with stage key `key` runs now.
+    pub(crate) fn cancel_target(&self, key: &[u8]) -> Option<[u8; 8]> {
+        let key: [u8; 8] = key.try_into().ok()?;
+        self.cancels.borrow().get(&key)?.get()
+    }
+
+    fn give_back(&self, pool: &[u8], link: Link) {
+        self.idle
+            .borrow_mut()
+            .entry(pool.to_vec())
+            .or_default()
+            .push(link);
+    }
+
+    fn take(&self, pool: &[u8]) -> Option<Link> {
+        self.idle.borrow_mut().get_mut(pool)?.pop()
+    }
+
+    /// A leaving client's share: the pool's longest idle link, closed.
+    fn retire(&self, pool: &[u8]) -> Option<Link> {
+        let mut idle = self.idle.borrow_mut();
+        let links = idle.get_mut(pool)?;
+        let link = (!links.is_empty()).then(|| links.remove(0));
+        if links.is_empty() {
+            idle.remove(pool);
+        }
+        link
+    }
+}
+
+/// Bytes read at a time from a client or a link.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Serves a logged-in client whose login made `link`, in pool `pool`,
+/// until it leaves; its cancel key was registered as `key`, and `buf`
+/// holds what it sent after its login.
+pub(crate) async fn serve(
+    pools: Rc<Pools>,
+    pool: Vec<u8>,
+    link: Link,
+    key: [u8; 8],
+    holding: Holding,
+    mut client: (Reader, Writer),
+    mut buf: Vec<u8>,
+) {
+    pools.give_back(&pool, link);
+    let held = loop {
+        // Idle: wait for the client's next message, then take a link.
+        while Header::read(&buf).is_none() {
+            buf.reserve(READ_SIZE);
+            match client.0.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        match Header::read(&buf) {
+            Some(h) if h.tag != b'X' => {}
+            _ => break None, // gone, or Terminate
+        }
+        let Some(mut link) = pools.take(&pool) else {
+            break None; // cannot happen: a client without a link finds one idle
+        };
+        holding.set(Some(link.key));
+        let outcome = transaction(&mut buf, &mut client, &mut link).await;
+        holding.set(None);
+        match outcome {
+            Ok(Released::Idle) => pools.give_back(&pool, link),
+            Ok(Released::Leaving) => break Some(link),
+            Err(_) => break None,
+        }
+    };
+    pools.forget(&key);
+    // A link left mid-transaction is closed (PgBouncer rolls it back); else
+    // the client takes its share of idle links with it.
+    let closing = match held {
+        Some(link) => Some(link),
+        None => pools.retire(&pool),
+    };
+    if let Some(mut link) = closing {
+        let _ = link.write.write_all(&[b'X', 0, 0, 0, 4]).await;
+        let _ = link.write.shutdown().await;
+    }
+}
+
+/// How a transaction on a link ended.
+enum Released {
+    /// The link is idle (ReadyForQuery `I`, nothing unanswered): back to the pool.
+    Idle,
+    /// The client ended (Terminate, or closed) while holding the link.
+    Leaving,
+}
+
+/// What a client's messages still wait for on its link.
+#[derive(Default)]
+struct Owed {
+    /// ReadyForQuery messages still to come (one per Query, Sync, FunctionCall).
+    readies: usize,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// The last ReadyForQuery's transaction status.
+    status: u8,
+    /// Bytes of the client's current message still to pass on.
+    passing: usize,
+}
+
+impl Owed {
+    fn idle(&self) -> bool {
+        self.readies == 0
+            && !self.unsynced
+            && self.passing == 0
+            && self.status != b'T'
+            && self.status != b'E'
+    }
+}
+
+/// Relays between the client and `link` from the message at the head of
+/// `buf` until the link is idle again or the client leaves.
+async fn transaction(
+    buf: &mut Vec<u8>,
+    client: &mut (Reader, Writer),
+    link: &mut Link,
+) -> io::Result<Released> {
+    let mut owed = Owed {
+        status: b'I',
+        ..Owed::default()
+    };
+    let mut back = ReadyTracker::default();
+    let mut from_link = vec![0u8; READ_SIZE];
+    loop {
+        // Pass on every complete header's message (and what there is of
+        // the current one's body).
+        let (ready, leaving) = frame_client(buf, &mut owed);
+        if ready > 0 {
+            link.write.write_all(&buf[..ready]).await?;
+            buf.drain(..ready);
+        }
+        if leaving {
+            return Ok(Released::Leaving);
+        }
+        tokio::select! {
+            read = client.0.read_buf(buf) => {
+                if read? == 0 {
+                    return Ok(Released::Leaving);
+                }
+            }
+            read = link.read.read(&mut from_link) => {
+                let n = read?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                let (readies, status) = back
+                    .advance(&from_link[..n])
+                    .ok_or(io::ErrorKind::InvalidData)?;
+                client.1.write_all(&from_link[..n]).await?;
+                if readies > 0 {
+                    owed.readies = owed.readies.saturating_sub(readies);
+                    owed.status = status;
+                    if owed.idle() && back.at_boundary() {
+                        return Ok(Released::Idle);
+                    }
+                }
+            }
+        }
+        buf.reserve(READ_SIZE);
+    }
+}
+
+/// How many bytes at the head of `buf` can go to the link, counting what
+/// they owe in `owed`, and whether the client sent Terminate (which is not
+/// passed on: the link stays PgBouncer's).
+fn frame_client(buf: &[u8], owed: &mut Owed) -> (usize, bool) {
+    let mut ready = 0;
+    loop {
+        if owed.passing > 0 {
+            let take = owed.passing.min(buf.len() - ready);
+            owed.passing -= take;
+            ready += take;
+            if owed.passing > 0 {
+                return (ready, false);
+            }
+        }
+        let Some(header) = Header::read(&buf[ready..]) else {
+            return (ready, false);
+        };
+        let Some(total) = header.total() else {
+            return (ready, true); // not the protocol: end the client
+        };
+        match header.tag {
+            b'X' => return (ready, true),
+            b'Q' | b'F' => owed.readies += 1,
+            b'S' => {
+                owed.readies += 1;
+                owed.unsynced = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => owed.unsynced = true,
+            _ => {}
+        }
+        ready += 5;
+        owed.passing = total - 5;
+    }
+}
+
+/// Finds the ReadyForQuery messages in a link's stream and their status.
+#[derive(Default)]
+struct ReadyTracker {
+    header: [u8; 5],
+    seen: usize,
+    tag: u8,
+    left: usize,
+}
+
+impl ReadyTracker {
+    fn at_boundary(&self) -> bool {
+        self.seen == 0 && self.left == 0
+    }
+
+    /// Consumes `chunk`: how many ReadyForQuery messages ended in it and the
+    /// last one's status; `None` when the stream is not framed.
+    fn advance(&mut self, chunk: &[u8]) -> Option<(usize, u8)> {
+        let (mut readies, mut status) = (0, 0);
+        let mut at = 0;
+        while at < chunk.len() {
+            if self.left > 0 {
+                let take = self.left.min(chunk.len() - at);
+                self.left -= take;
+                at += take;
+                // ReadyForQuery's body is its one status byte.
+                if self.tag == b'Z' && self.left == 0 {
+                    readies += 1;
+                    status = chunk[at - 1];
+                }
+                continue;
+            }
+            let take = (5 - self.seen).min(chunk.len() - at);
+            self.header[self.seen..self.seen + take].copy_from_slice(&chunk[at..at + take]);
+            self.seen += take;
+            at += take;
+            if self.seen == 5 {
+                let header = Header::read(&self.header)?;
+                self.tag = header.tag;
+                self.left = header.total()? - 5;
+                self.seen = 0;
+            }
+        }
+        Some((readies, status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn ready_for_query_is_found_across_split_chunks() {
+        let mut stream = message(b'C', b"SELECT 1\0");
+        stream.extend(message(b'Z', b"I"));
+        stream.extend(message(b'Z', b"T"));
+        for split in 0..stream.len() {
+            let mut t = ReadyTracker::default();
+            let (a, b) = stream.split_at(split);
+            let (r1, _) = t.advance(a).unwrap();
+            let (r2, s2) = t.advance(b).unwrap();
+            assert_eq!(r1 + r2, 2, "split {split}");
+            assert_eq!(s2, b'T', "split {split}");
+            assert!(t.at_boundary());
+        }
+    }
+
+    #[test]
+    fn a_client_owes_a_ready_per_query_and_sync_and_holds_its_link_until_synced() {
+        let mut owed = Owed::default();
+        let mut stream = message(b'P', b"\0select 1\0\0\0");
+        stream.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        let (ready, leaving) = frame_client(&stream, &mut owed);
+        assert_eq!((ready, leaving), (stream.len(), false));
+        assert!(owed.unsynced && owed.readies == 0 && !owed.idle());
+        let sync = message(b'S', b"");
+        frame_client(&sync, &mut owed);
+        assert!(!owed.unsynced && owed.readies == 1);
+        // A Query split mid-body: what came passes on, the rest is owed.
+        let query = message(b'Q', b"select 1\0");
+        let mut owed = Owed::default();
+        assert_eq!(frame_client(&query[..7], &mut owed), (7, false));
+        assert_eq!(owed.passing, query.len() - 7);
+        // Terminate is kept from the link.
+        let mut owed = Owed::default();
+        assert_eq!(frame_client(&message(b'X', b""), &mut owed), (0, true));
+    }
+}
