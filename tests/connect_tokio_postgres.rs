@@ -86,9 +86,14 @@ async fn a_connected_client_behind_every_profile(
     assert_eq!(row.get::<_, i64>(0), 42);
     assert_eq!(row.get::<_, String>(1), db.database_name());
     let app: String = row.get(2);
-    // Supavisor's session mode names the backend after itself and the client.
+    // Supavisor names its backends after itself, and in session mode after
+    // the client too.
     let client_name = match profile {
         Profile::SupabaseSession => app.strip_prefix("Supavisor - ").unwrap_or_default(),
+        p if p.behind_stage() => {
+            assert_eq!(app, "Supavisor", "behind {profile}");
+            db.test_name()
+        }
         _ => app.as_str(),
     };
     assert!(

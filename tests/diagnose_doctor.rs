@@ -267,23 +267,37 @@ async fn unexpected_types_give_a_verdict_not_a_panic(#[case] shadowed: &str) {
 fn assert_pooler_items(profile: Profile, r: &Report) {
     let text = r.to_text();
     let detail = |item: &str| r.finding(item).unwrap().detail.clone();
-    // PgBouncer re-applies the client's TimeZone on the server connection B took.
-    assert_eq!(verdict(r, items::TRACKED_SET), Verdict::Ok, "{text}");
-    let kept = if profile.pools_transactions() {
-        "keeps per client: B's transaction ran on the setter's server connection"
-    } else {
-        "keeps per client: separate server connections"
-    };
-    assert!(detail(items::TRACKED_SET).starts_with(kept), "{text}");
-    // Behind the session profile the stage answers as Supavisor does.
-    let supavisor = profile == Profile::SupabaseSession;
-    if supavisor {
-        assert_eq!(verdict(r, items::APPLICATION_NAME), Verdict::Info, "{text}");
-        assert!(
-            detail(items::APPLICATION_NAME)
-                .starts_with("Supavisor-like: the server sees `Supavisor - <the client's>"),
+    if profile == Profile::SupabaseShared {
+        // The stage's transaction pooling leaves the zone where it ran.
+        assert_eq!(
+            verdict(r, items::TRACKED_SET),
+            Verdict::WrongResults,
             "{text}"
         );
+        assert!(
+            detail(items::TRACKED_SET).starts_with("leaks: Supavisor-like"),
+            "{text}"
+        );
+    } else {
+        // PgBouncer re-applies the client's TimeZone on the server connection B took.
+        assert_eq!(verdict(r, items::TRACKED_SET), Verdict::Ok, "{text}");
+        let kept = if profile.pools_transactions() {
+            "keeps per client: B's transaction ran on the setter's server connection"
+        } else {
+            "keeps per client: separate server connections"
+        };
+        assert!(detail(items::TRACKED_SET).starts_with(kept), "{text}");
+    }
+    // Behind the stage the startup is answered as Supavisor does.
+    let supavisor = profile.behind_stage();
+    if supavisor {
+        let named = if profile == Profile::SupabaseSession {
+            "Supavisor-like: the server sees `Supavisor - <the client's>"
+        } else {
+            "Supavisor-like: the server sees `Supavisor / Supavisor`"
+        };
+        assert_eq!(verdict(r, items::APPLICATION_NAME), Verdict::Info, "{text}");
+        assert!(detail(items::APPLICATION_NAME).starts_with(named), "{text}");
     } else {
         assert_eq!(verdict(r, items::APPLICATION_NAME), Verdict::Ok, "{text}");
     }
@@ -334,11 +348,17 @@ fn assert_pooler_items(profile: Profile, r: &Report) {
 fn each_profiles_not_reproduced_verdicts_are_the_matrixs() {
     use pgbouncer_fixtures::not_reproduced_under;
     // The verdicts it prints are the matrix's.
+    // Behind the stage the shared profile's tracked SET and startup are
+    // Supavisor's; the flag-on profile keeps a client on one link.
     let shared = not_reproduced_under(Profile::SupabaseShared);
-    assert!(shared
+    assert!(shared.iter().any(|(_, why)| why.contains("search_path")));
+    assert!(!shared.iter().any(|(_, why)| why.contains("SET")
+        || why.contains("Supavisor drops")
+        || why.contains("application_name")));
+    let prepared = not_reproduced_under(Profile::SupabaseSharedPrepared);
+    assert!(prepared
         .iter()
         .any(|(_, why)| why.contains("Supavisor passes SET through raw")));
-    assert!(shared.iter().any(|(_, why)| why.contains("search_path")));
     // Behind the stage, the session profile's startup and limit are Supavisor's.
     let session = not_reproduced_under(Profile::SupabaseSession);
     assert!(session.iter().any(|(_, why)| why.contains("search_path")));

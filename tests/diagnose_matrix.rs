@@ -105,6 +105,11 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
         }
         Behaviour::Pooler(PoolerProbe::TopLevelCustomSetting) if staged => PassNoted("accepted"),
         Behaviour::Pooler(p) => match p {
+            // Supavisor's transaction pooling, by the stage: the zone stays
+            // where it ran, and client B's next transaction runs there.
+            PoolerProbe::TrackedSet if profile == SupabaseShared => {
+                WrongGot("America/New_York (leaked to another client)")
+            }
             PoolerProbe::TrackedSet if pooled_tx => PassNoted(KEPT_ON_SHARED_BACKEND),
             PoolerProbe::TrackedSet => PassNoted(KEPT),
             PoolerProbe::ApplicationName => PassNoted("the client's"),

@@ -354,15 +354,19 @@ async fn doctor_says_whether_the_flag_is_on() {
 
 /// A CancelRequest through the stage reaches PgBouncer, which cancels the
 /// query on its server connection (tokio-postgres sends it to the host and
-/// port it connected to: the stage's).
+/// port it connected to: the stage's). Behind `supabase-shared` the query
+/// runs on another client's login (the link released last: B's), so the
+/// stage's key must reach that link, not the one the client logged in on.
 #[cfg(feature = "tokio-postgres")]
+#[rstest::rstest]
 #[tokio::test]
-async fn a_cancel_request_passes_through_the_stage() {
+async fn a_cancel_request_passes_through_the_stage(
+    #[values(Profile::SupabaseSharedPrepared, Profile::SupabaseShared)] profile: Profile,
+) {
     use pgbouncer_fixtures::tokio_postgres::NoTls;
-    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
-        .await
-        .unwrap();
+    let db = TestDb::for_profile(profile).await.unwrap();
     let client = db.connect_tokio_postgres().await.unwrap();
+    let other = db.connect_tokio_postgres().await.unwrap();
     let token = client.cancel_token();
     let sleeping = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
     // Cancel once PostgreSQL runs the query (a cancel that comes earlier
@@ -390,6 +394,12 @@ async fn a_cancel_request_passes_through_the_stage() {
         Some("57014"),
         "canceled by the server: {e:?}"
     );
+    // The other client is served as before.
+    let rows = other.simple_query("select 1").await.unwrap();
+    assert!(rows.iter().any(|m| matches!(
+        m,
+        pgbouncer_fixtures::tokio_postgres::SimpleQueryMessage::Row(_)
+    )));
 }
 
 /// A wrong password through the stage: Supavisor's answer, FATAL `28P01`

@@ -5,10 +5,11 @@
 //! parameters a backend is opened with ([`Rules::startup`]), its answer
 //! to a wrong password ([`Rules::wrong_password`]), the
 //! `named_prepared_statements` flag's errors
-//! ([`Rules::named_prepared_statements`]) and its session-mode limit
-//! ([`Rules::session_pool_size`]), for the profiles
-//! `supabase-shared-prepared` and `supabase-session`; its framing of both
-//! directions is the place for Supavisor's other rules.
+//! ([`Rules::named_prepared_statements`]), its session-mode limit
+//! ([`Rules::session_pool_size`]) and its transaction pooling
+//! ([`Rules::pools_transactions`], `transactions.rs`), for the profiles
+//! `supabase-shared`, `supabase-shared-prepared` and `supabase-session`;
+//! its framing of both directions is the place for Supavisor's other rules.
 //!
 //! One stage per upstream and rules per process, on its own background
 //! runtime: it outlives every test's runtime and ends with the process (an

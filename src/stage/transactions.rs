@@ -55,8 +55,8 @@ impl Pools {
         let mut cancels = self.cancels.borrow_mut();
         loop {
             let key: [u8; 8] = rand::random();
-            if !cancels.contains_key(&key) {
-                cancels.insert(key, holding.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = cancels.entry(key) {
+                slot.insert(holding.clone());
                 return (key, holding);
             }
         }
