@@ -22,7 +22,7 @@ use std::rc::Rc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::stage::wire::Header;
+use crate::stage::wire::{Boundaries, Header};
 
 /// One direction of a link, boxed: plain and TLS links share a pool.
 pub(crate) type Reader = Box<dyn AsyncRead + Unpin>;
@@ -272,15 +272,12 @@ fn frame_client(buf: &[u8], owed: &mut Owed) -> (usize, bool) {
 /// Finds the ReadyForQuery messages in a link's stream and their status.
 #[derive(Default)]
 struct ReadyTracker {
-    header: [u8; 5],
-    seen: usize,
-    tag: u8,
-    left: usize,
+    bounds: Boundaries,
 }
 
 impl ReadyTracker {
     fn at_boundary(&self) -> bool {
-        self.seen == 0 && self.left == 0
+        self.bounds.at_boundary()
     }
 
     /// Consumes `chunk`: how many ReadyForQuery messages ended in it and the
@@ -289,26 +286,11 @@ impl ReadyTracker {
         let (mut readies, mut status) = (0, 0);
         let mut at = 0;
         while at < chunk.len() {
-            if self.left > 0 {
-                let take = self.left.min(chunk.len() - at);
-                self.left -= take;
-                at += take;
-                // ReadyForQuery's body is its one status byte.
-                if self.tag == b'Z' && self.left == 0 {
-                    readies += 1;
-                    status = chunk[at - 1];
-                }
-                continue;
-            }
-            let take = (5 - self.seen).min(chunk.len() - at);
-            self.header[self.seen..self.seen + take].copy_from_slice(&chunk[at..at + take]);
-            self.seen += take;
-            at += take;
-            if self.seen == 5 {
-                let header = Header::read(&self.header)?;
-                self.tag = header.tag;
-                self.left = header.total()? - 5;
-                self.seen = 0;
+            at += self.bounds.advance(&chunk[at..], true)?;
+            // ReadyForQuery's body is its one status byte, the last consumed.
+            if self.bounds.at_boundary() && self.bounds.tag() == b'Z' {
+                readies += 1;
+                status = chunk[at - 1];
             }
         }
         Some((readies, status))

@@ -77,6 +77,12 @@ impl Boundaries {
         self.header_seen == 0 && self.body_left == 0
     }
 
+    /// The tag of the message being read, or, at a boundary, of the one
+    /// that just ended.
+    pub(crate) fn tag(&self) -> u8 {
+        self.header[0]
+    }
+
     /// Consumes `chunk`, stopping at the first boundary it reaches when
     /// `stop_at_boundary`: how many bytes were consumed. `None` when the
     /// stream is not framed (a length below 4).
