@@ -75,12 +75,20 @@ pub(crate) async fn serve(
     pools: Rc<Pools>,
 ) {
     let _ = client.set_nodelay(true);
-    let (mut client, first) = match open(client, tls.as_ref()).await {
+    // PgBouncer's TCP handshake goes on while the client sends its first
+    // packet: a login waits for one of the two, not both.
+    let (opened, dialed) = tokio::join!(open(client, tls.as_ref()), dial(&upstream));
+    let (mut client, first) = match opened {
         Ok(Some(opened)) => opened,
         _ => return,
     };
     let encrypted = matches!(client, ClientLink::Tls(_));
-    let server = match connect(&upstream, tls.as_ref().filter(|_| encrypted)).await {
+    let tls_upstream = tls.as_ref().filter(|_| encrypted);
+    let linked = match dialed {
+        Ok(server) => secure(server, &upstream, tls_upstream).await,
+        Err(e) => Err(e),
+    };
+    let server = match linked {
         Ok(server) => server,
         Err(e) => {
             let message = format!(
@@ -285,19 +293,34 @@ impl ServerLink {
     }
 }
 
-/// PgBouncer, over TLS when `tls` is given.
-async fn connect(upstream: &Upstream, tls: Option<&StageTls>) -> io::Result<ServerLink> {
-    let linking = async {
-        let server = TcpStream::connect((upstream.host.as_str(), upstream.port)).await?;
-        server.set_nodelay(true)?;
-        Ok(match tls {
-            None => ServerLink::Plain(server),
-            Some(tls) => ServerLink::Tls(Box::new(tls.to_upstream(server, &upstream.host).await?)),
-        })
-    };
-    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, linking)
+/// A TCP connection to PgBouncer.
+async fn dial(upstream: &Upstream) -> io::Result<TcpStream> {
+    let dialing = TcpStream::connect((upstream.host.as_str(), upstream.port));
+    let server = within_timeout(dialing).await??;
+    server.set_nodelay(true)?;
+    Ok(server)
+}
+
+/// The link to PgBouncer over `server`, TLS when `tls` is given.
+async fn secure(
+    server: TcpStream,
+    upstream: &Upstream,
+    tls: Option<&StageTls>,
+) -> io::Result<ServerLink> {
+    Ok(match tls {
+        None => ServerLink::Plain(server),
+        Some(tls) => {
+            let handshake = tls.to_upstream(server, &upstream.host);
+            ServerLink::Tls(Box::new(within_timeout(handshake).await??))
+        }
+    })
+}
+
+/// `step`, or a timeout error after [`UPSTREAM_CONNECT_TIMEOUT`].
+async fn within_timeout<T>(step: impl std::future::Future<Output = T>) -> io::Result<T> {
+    tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, step)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 10 s"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 10 s"))
 }
 
 /// The client's link and its startup packet (or CancelRequest): an

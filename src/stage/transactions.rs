@@ -134,13 +134,14 @@ pub(crate) async fn serve(
         holding.set(None);
         match outcome {
             Ok(Released::Idle) => pools.give_back(&pool, link),
-            Ok(Released::Leaving) => break Some(link),
-            Err(_) => break None,
+            // A link that failed is closed in place of an idle one.
+            Ok(Released::Leaving) | Err(_) => break Some(link),
         }
     };
     pools.forget(&key);
-    // A link left mid-transaction is closed (PgBouncer rolls it back); else
-    // the client takes its share of idle links with it.
+    // A link left mid-transaction is closed (PgBouncer rolls it back), as
+    // is one that failed; else the client takes its share of idle links
+    // with it.
     let closing = match held {
         Some(link) => Some(link),
         None => pools.retire(&pool),
