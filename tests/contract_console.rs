@@ -8,7 +8,7 @@ use common::contract_sql;
 
 use common::audited;
 use pgbouncer_fixtures::sqlx;
-use pgbouncer_fixtures::{test_db, TestDb};
+use pgbouncer_fixtures::{test_db, Env, Stack, StackSettings, TestDb};
 use rstest::rstest;
 use sqlx::{Column, Connection, PgConnection, Row};
 
@@ -70,9 +70,14 @@ async fn the_written_down_layout_is_the_consoles_and_pooled_leases_count(
     // is counted, and one more pooled lease adds one.
     let before = leases(&mut direct).await;
     assert!(before >= 1, "this process holds a pooled lease");
-    let lease_options = test_db
+    // Straight to the stack's PgBouncer: the Supavisor-like stage in front
+    // of it names every client `Supavisor`, as Supavisor does.
+    let settings = StackSettings::from_env(&Env::load().unwrap()).unwrap();
+    let stack = Stack::shared(&settings).await.unwrap();
+    let lease_options = stack
+        .endpoints()
+        .pooled_url("postgres")
         .connect_options()
-        .database("postgres")
         .application_name("pgbf-pooled-lease pid 4000000");
     let lease = PgConnection::connect_with(&lease_options).await.unwrap();
     let mut counted = leases(&mut direct).await;
