@@ -110,8 +110,8 @@ pub(crate) async fn serve(
             if rules.pools_transactions {
                 // The stage's key: to PgBouncer's for the link the client holds.
                 match pools.cancel_target(&packet[8..]) {
-                    Some(key) if packet.len() == 16 => packet[8..].copy_from_slice(&key),
-                    _ => return,
+                    Some(key) => packet[8..].copy_from_slice(&key),
+                    None => return,
                 }
             }
             let _ = match server {
@@ -168,13 +168,7 @@ async fn start<CR, CW, SR, SW>(
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    let login = Login {
-        // Whose wrong password Supavisor names (its rule: rules.wrong_password).
-        user: startup::user(&packet).filter(|_| rules.wrong_password),
-        session_pool_size: rules.session_pool_size,
-        stage_key: None,
-        backend_key: Cell::new(None),
-    };
+    let login = Login::new(&packet, rules, None);
     if server.1.write_all(&packet).await.is_ok() {
         relay(client, server, rules, login).await;
     }
@@ -191,19 +185,14 @@ async fn start_pooled(
     pools: Rc<Pools>,
 ) {
     let (key, holding) = pools.register();
-    let login = Login {
-        user: startup::user(&packet).filter(|_| rules.wrong_password),
-        session_pool_size: rules.session_pool_size,
-        stage_key: Some(key),
-        backend_key: Cell::new(None),
-    };
+    let login = Login::new(&packet, rules, Some(key));
     if server.1.write_all(&packet).await.is_err() {
         return pools.forget(&key);
     }
     // The client's answers (SCRAM) go on as they come until the login is
     // through; nothing after it can come before the client has the
     // ReadyForQuery, which ends the login's future first.
-    let (mut to_server, mut from_client) = (Vec::new(), Vec::new());
+    let mut from_client = Vec::new();
     let logged_in = {
         let answering = answer_login(&mut server.0, &mut client.1, &login);
         tokio::pin!(answering);
@@ -214,11 +203,10 @@ async fn start_pooled(
                     if !matches!(read, Ok(n) if n > 0) {
                         break Ok(None);
                     }
-                    std::mem::swap(&mut to_server, &mut from_client);
-                    if server.1.write_all(&to_server).await.is_err() {
+                    if server.1.write_all(&from_client).await.is_err() {
                         break Ok(None);
                     }
-                    to_server.clear();
+                    from_client.clear();
                 }
             }
         }
@@ -235,7 +223,7 @@ async fn start_pooled(
         write: server.1,
         key: login.backend_key.get().unwrap_or_default(),
     };
-    transactions::serve(pools, pool, link, key, holding, client, from_client).await;
+    transactions::serve(pools, pool, link, key, holding, client).await;
 }
 
 /// What the stage answers in PgBouncer's stead during the login.
@@ -252,6 +240,18 @@ struct Login {
 }
 
 impl Login {
+    /// The login of StartupMessage `packet` under `rules`; `stage_key`, the
+    /// cancel key the client gets instead of PgBouncer's, when pooled.
+    fn new(packet: &[u8], rules: Rules, stage_key: Option<[u8; 8]>) -> Login {
+        Login {
+            // Whose wrong password Supavisor names (its rule: rules.wrong_password).
+            user: startup::user(packet).filter(|_| rules.wrong_password),
+            session_pool_size: rules.session_pool_size,
+            stage_key,
+            backend_key: Cell::new(None),
+        }
+    }
+
     fn watched(&self) -> bool {
         self.user.is_some() || self.session_pool_size.is_some() || self.stage_key.is_some()
     }

@@ -81,15 +81,26 @@ impl Pools {
             .push(link);
     }
 
+    /// The idle link released last: the next transaction's.
     fn take(&self, pool: &[u8]) -> Option<Link> {
-        self.idle.borrow_mut().get_mut(pool)?.pop()
+        self.take_with(pool, Vec::pop)
     }
 
     /// A leaving client's share: the pool's longest idle link, closed.
     fn retire(&self, pool: &[u8]) -> Option<Link> {
+        self.take_with(pool, |links| (!links.is_empty()).then(|| links.remove(0)))
+    }
+
+    /// A link of `pool`'s idle ones, chosen by `pick`; a pool left with none
+    /// is forgotten (its key names a test's database: they come and go).
+    fn take_with(
+        &self,
+        pool: &[u8],
+        pick: impl FnOnce(&mut Vec<Link>) -> Option<Link>,
+    ) -> Option<Link> {
         let mut idle = self.idle.borrow_mut();
         let links = idle.get_mut(pool)?;
-        let link = (!links.is_empty()).then(|| links.remove(0));
+        let link = pick(links);
         if links.is_empty() {
             idle.remove(pool);
         }
@@ -101,8 +112,7 @@ impl Pools {
 const READ_SIZE: usize = 16 * 1024;
 
 /// Serves a logged-in client whose login made `link`, in pool `pool`,
-/// until it leaves; its cancel key was registered as `key`, and `buf`
-/// holds what it sent after its login.
+/// until it leaves; its cancel key was registered as `key`.
 pub(crate) async fn serve(
     pools: Rc<Pools>,
     pool: Vec<u8>,
@@ -110,9 +120,11 @@ pub(crate) async fn serve(
     key: [u8; 8],
     holding: Holding,
     mut client: (Reader, Writer),
-    mut buf: Vec<u8>,
 ) {
     pools.give_back(&pool, link);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    // What links answer, read into one buffer for the client's whole life.
+    let mut from_link = vec![0u8; READ_SIZE];
     let held = loop {
         // Idle: wait for the client's next message, then take a link.
         while Header::read(&buf).is_none() {
@@ -130,7 +142,7 @@ pub(crate) async fn serve(
             break None; // cannot happen: a client without a link finds one idle
         };
         holding.set(Some(link.key));
-        let outcome = transaction(&mut buf, &mut client, &mut link).await;
+        let outcome = transaction(&mut buf, &mut from_link, &mut client, &mut link).await;
         holding.set(None);
         match outcome {
             Ok(Released::Idle) => pools.give_back(&pool, link),
@@ -184,9 +196,11 @@ impl Owed {
 }
 
 /// Relays between the client and `link` from the message at the head of
-/// `buf` until the link is idle again or the client leaves.
+/// `buf` (the client's bytes; `from_link` is the link's read buffer) until
+/// the link is idle again or the client leaves.
 async fn transaction(
     buf: &mut Vec<u8>,
+    from_link: &mut [u8],
     client: &mut (Reader, Writer),
     link: &mut Link,
 ) -> io::Result<Released> {
@@ -195,7 +209,6 @@ async fn transaction(
         ..Owed::default()
     };
     let mut back = ReadyTracker::default();
-    let mut from_link = vec![0u8; READ_SIZE];
     loop {
         // Pass on every complete header's message (and what there is of
         // the current one's body).
@@ -213,7 +226,7 @@ async fn transaction(
                     return Ok(Released::Leaving);
                 }
             }
-            read = link.read.read(&mut from_link) => {
+            read = link.read.read(from_link) => {
                 let n = read?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
