@@ -150,10 +150,12 @@ fn expected(behaviour: Behaviour, profile: Profile) -> Expect {
             }
             (StartupProbe::OptionsJit, NoPooler) => PassNoted("applied"),
             (StartupProbe::OptionsJit, _) => PassNoted("accepted, dropped"),
-            (StartupProbe::OptionsSearchPath, NoPooler) => PassNoted("applied"),
-            // The residue: PostgreSQL 17 does not report search_path, so
-            // PgBouncer accepts it and cannot apply it (Supavisor applies it).
-            (StartupProbe::OptionsSearchPath, _) => WrongSilently,
+            // The residue: the flag-on profile's clients stay on PgBouncer,
+            // which accepts it and cannot apply it (PostgreSQL 17 does not
+            // report search_path); Supavisor applies it, as the stage's
+            // links straight to PostgreSQL do behind the other two.
+            (StartupProbe::OptionsSearchPath, SupabaseSharedPrepared) => WrongSilently,
+            (StartupProbe::OptionsSearchPath, _) => PassNoted("applied"),
             (StartupProbe::SqlxDefaults | StartupProbe::Tls, _) => Pass,
         },
         Behaviour::Prepared(p) => expected_prepared(p, profile),

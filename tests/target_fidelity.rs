@@ -165,17 +165,20 @@ async fn the_seeds_startup_parameters_behave_as_on_each_endpoint(
 /// `server_settings`), checked by what an unqualified name resolves to: the
 /// same table name in `app` and `public`, each with its own row. PostgreSQL
 /// resolves it in `app`, and so does Supavisor (it applies a startup
-/// search_path since 2.8.9). Behind the Supavisor-like profiles it resolves
-/// in `public`: **not reproduced** (PostgreSQL before 18 does not report
-/// search_path, so PgBouncer cannot carry it), and each says so in its
-/// residue and in the fidelity table. The dedicated pooler refuses it, as
-/// Supabase's PgBouncer (`ignore_startup_parameters = extra_float_digits`).
+/// search_path since 2.8.9, in pools keyed by it): behind the shared and
+/// session profiles the stage links such a login straight to PostgreSQL.
+/// Behind the flag-on profile it resolves in `public`: **not reproduced**
+/// (its clients stay on PgBouncer, and PostgreSQL before 18 does not
+/// report search_path, so PgBouncer cannot carry it), and it says so in
+/// its residue and in the fidelity table. The dedicated pooler refuses it,
+/// as Supabase's PgBouncer (`ignore_startup_parameters = extra_float_digits`).
 #[rstest]
 #[tokio::test]
-async fn startup_search_path_resolves_names_as_postgres_does_only_where_reproduced(
+async fn startup_search_path_resolves_names_as_on_each_endpoint(
     #[values(
         Profile::SupabaseShared,
         Profile::SupabaseSession,
+        Profile::SupabaseSharedPrepared,
         Profile::SupabaseDedicated,
         Profile::NoPooler
     )]
@@ -194,22 +197,22 @@ async fn startup_search_path_resolves_names_as_postgres_does_only_where_reproduc
     let options = db
         .connect_options()
         .options([("search_path", "app,public")]);
+    let not_reproduced = pgbouncer_fixtures::not_reproduced(
+        pgbouncer_fixtures::Behaviour::Startup(
+            pgbouncer_fixtures::probes::startup::StartupProbe::OptionsSearchPath,
+        ),
+        profile,
+    );
     match PgConnection::connect_with(&options).await {
         Ok(mut conn) => {
-            let origin: String = sqlx::raw_sql("select origin from notes")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-                .get(0);
-            let not_reproduced = pgbouncer_fixtures::not_reproduced(
-                pgbouncer_fixtures::Behaviour::Startup(
-                    pgbouncer_fixtures::probes::startup::StartupProbe::OptionsSearchPath,
-                ),
-                profile,
-            );
-            match profile {
-                Profile::NoPooler => assert_eq!(origin, "app"),
-                _ => {
+            // Twice: the second transaction may run on another link.
+            for _ in 0..2 {
+                let origin: String = sqlx::raw_sql("select origin from notes")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+                    .get(0);
+                if profile == Profile::SupabaseSharedPrepared {
                     // Supavisor answers "app"; this profile does not.
                     assert_eq!(origin, "public", "{profile}");
                     assert!(not_reproduced.is_some_and(|r| r.contains("search_path")));
@@ -220,8 +223,12 @@ async fn startup_search_path_resolves_names_as_postgres_does_only_where_reproduc
                             .any(|r| r.starts_with("not reproduced: search_path at startup")),
                         "{profile}"
                     );
+                } else {
+                    assert_eq!(origin, "app", "{profile}");
+                    assert_eq!(not_reproduced, None, "{profile}");
                 }
             }
+            conn.close().await.unwrap();
         }
         Err(err) => {
             assert_eq!(profile, Profile::SupabaseDedicated, "{err}");

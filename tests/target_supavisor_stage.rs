@@ -211,15 +211,25 @@ async fn pgbouncer_clients(db: &TestDb) -> usize {
 }
 
 /// Supavisor's startup rules, whatever the flag: only `user`, `database`,
-/// `search_path` and `application_name = Supavisor` reach the database;
-/// sqlx's `TimeZone=UTC`, an `IntervalStyle` and a dotted custom setting
-/// in `options` are dropped (the database's own defaults apply), where
-/// PgBouncer alone applies the first two and refuses the third (08P01).
+/// `search_path` and `application_name = Supavisor` (`Supavisor - <the
+/// client's>` in session mode) reach the database; sqlx's `TimeZone=UTC`,
+/// an `IntervalStyle` and a dotted custom setting in `options` are dropped
+/// (the database's own defaults apply), where PgBouncer alone applies the
+/// first two and refuses the third (08P01). The `search_path` is applied
+/// behind the shared and session profiles (the stage links the login
+/// straight to PostgreSQL); the flag-on profile's clients stay on
+/// PgBouncer, which cannot carry it (its residue says so).
+#[rstest::rstest]
 #[tokio::test]
-async fn only_supavisors_startup_parameters_reach_the_database() {
-    let db = TestDb::for_profile(Profile::SupabaseSharedPrepared)
-        .await
-        .unwrap();
+async fn only_supavisors_startup_parameters_reach_the_database(
+    #[values(
+        Profile::SupabaseSharedPrepared,
+        Profile::SupabaseShared,
+        Profile::SupabaseSession
+    )]
+    profile: Profile,
+) {
+    let db = TestDb::for_profile(profile).await.unwrap();
     let mut direct = db.connect_direct().await.unwrap();
     sqlx::raw_sql(audited(
         "do $$ begin \
@@ -230,29 +240,74 @@ async fn only_supavisors_startup_parameters_reach_the_database() {
     .execute(&mut direct)
     .await
     .unwrap();
+    let default_path: String = sqlx::raw_sql("show search_path")
+        .fetch_one(&mut direct)
+        .await
+        .unwrap()
+        .get(0);
     let _ = direct.close().await;
     let options = db.connect_options().application_name("my-app").options([
         ("app.tenant", "t1"),
         ("IntervalStyle", "postgres_verbose"),
-        ("search_path", "public"),
+        ("search_path", "pg_catalog"),
     ]);
     let mut conn = PgConnection::connect_with(&options).await.unwrap();
     let row = sqlx::raw_sql(
         "select current_setting('application_name'), \
          (select application_name from pg_stat_activity where pid = pg_backend_pid()), \
          current_setting('TimeZone'), current_setting('IntervalStyle'), \
-         coalesce(current_setting('app.tenant', true), 'NULL')",
+         coalesce(current_setting('app.tenant', true), 'NULL'), \
+         current_setting('search_path')",
     )
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    let got: Vec<String> = (0..5).map(|i| row.get(i)).collect();
+    let got: Vec<String> = (0..6).map(|i| row.get(i)).collect();
+    let name = match profile {
+        Profile::SupabaseSession => "Supavisor - my-app",
+        _ => "Supavisor",
+    };
+    let path = match profile {
+        Profile::SupabaseSharedPrepared => default_path.as_str(),
+        _ => "pg_catalog",
+    };
     assert_eq!(
         got,
-        ["Supavisor", "Supavisor", "Asia/Tokyo", "iso_8601", "NULL"],
-        "application_name (setting, pg_stat_activity), TimeZone, IntervalStyle, app.tenant"
+        [name, name, "Asia/Tokyo", "iso_8601", "NULL", path],
+        "application_name (setting, pg_stat_activity), TimeZone, IntervalStyle, app.tenant, \
+         search_path behind {profile}"
     );
     conn.close().await.unwrap();
+    db.close().await.unwrap();
+}
+
+/// Supavisor keys its pools by the startup `search_path`, and its session
+/// mode refuses client `pool_size + 1` of a pool at once: behind
+/// `supabase-session` (pool 15) the sixteenth client naming the same
+/// search_path gets FATAL `XX000 (EMAXCONNSESSION)`, while a client of the
+/// pool without one still connects, and a seat given up is taken again.
+#[tokio::test]
+async fn the_session_limit_counts_each_search_path_pool() {
+    let db = TestDb::for_profile(Profile::SupabaseSession).await.unwrap();
+    let named = db.connect_options().options([("search_path", "public")]);
+    let mut open = Vec::new();
+    for _ in 0..15 {
+        open.push(PgConnection::connect_with(&named).await.unwrap());
+    }
+    let err = PgConnection::connect_with(&named).await.unwrap_err();
+    let e = err.as_database_error().expect("the stage's answer");
+    assert_eq!(e.code().as_deref(), Some("XX000"), "{e}");
+    assert_eq!(
+        e.message(),
+        "(EMAXCONNSESSION) max clients reached in session mode - max clients are limited \
+         to pool_size: 15"
+    );
+    assert_eq!(common::answers(&db.connect_options()).await.unwrap(), 42);
+    open.pop().unwrap().close().await.unwrap();
+    assert_eq!(common::answers(&named).await.unwrap(), 42);
+    for conn in open {
+        conn.close().await.unwrap();
+    }
     db.close().await.unwrap();
 }
 
@@ -357,16 +412,34 @@ async fn doctor_says_whether_the_flag_is_on() {
 /// port it connected to: the stage's). Behind `supabase-shared` the query
 /// runs on another client's login (the link released last: B's), so the
 /// stage's key must reach that link, not the one the client logged in on.
+///
+/// A client naming a `search_path` runs on a link straight to PostgreSQL
+/// (behind `supabase-shared` and `supabase-session`): its cancel goes there.
 #[cfg(feature = "tokio-postgres")]
 #[rstest::rstest]
 #[tokio::test]
 async fn a_cancel_request_passes_through_the_stage(
-    #[values(Profile::SupabaseSharedPrepared, Profile::SupabaseShared)] profile: Profile,
+    #[values(
+        Profile::SupabaseSharedPrepared,
+        Profile::SupabaseShared,
+        Profile::SupabaseSession
+    )]
+    profile: Profile,
+    #[values(false, true)] search_path: bool,
 ) {
-    use pgbouncer_fixtures::tokio_postgres::NoTls;
+    use pgbouncer_fixtures::tokio_postgres::{Config, NoTls};
     let db = TestDb::for_profile(profile).await.unwrap();
-    let client = db.connect_tokio_postgres().await.unwrap();
-    let other = db.connect_tokio_postgres().await.unwrap();
+    let connect = || async {
+        let mut config: Config = db.url().parse().unwrap();
+        if search_path {
+            config.options("-c search_path=public");
+        }
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let client = connect().await;
+    let other = connect().await;
     let token = client.cancel_token();
     let sleeping = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
     // Cancel once PostgreSQL runs the query (a cancel that comes earlier

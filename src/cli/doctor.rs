@@ -152,9 +152,10 @@ mod tests {
 
     #[test]
     fn the_text_names_each_not_reproduced_verdict_of_the_profile() {
-        let text = not_reproduced_text(Profile::SupabaseShared);
-        assert!(text.contains(Profile::SupabaseShared.mirrors()), "{text}");
-        let verdicts = not_reproduced_under(Profile::SupabaseShared);
+        let profile = Profile::SupabaseSharedPrepared;
+        let text = not_reproduced_text(profile);
+        assert!(text.contains(profile.mirrors()), "{text}");
+        let verdicts = not_reproduced_under(profile);
         assert!(verdicts.len() >= 2, "{verdicts:?}");
         for (behaviour, why) in verdicts {
             assert!(text.contains(&format!("- {behaviour}: {why}")), "{text}");

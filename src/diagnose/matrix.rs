@@ -232,15 +232,13 @@ impl Matrix {
 /// The words are [`Profile::residue`]'s: one text per fact.
 pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static str> {
     use crate::target::profile as residue;
-    let supavisor_like = matches!(
-        profile,
-        Profile::SupabaseShared | Profile::SupabaseSession | Profile::SupabaseSharedPrepared
-    );
     let line =
         match behaviour {
+            // The other Supavisor-like profiles link such a login straight
+            // to PostgreSQL; the flag-on one keeps PgBouncer's tracking.
             Behaviour::Startup(
                 StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath,
-            ) if supavisor_like => residue::SEARCH_PATH_AT_STARTUP,
+            ) if profile == Profile::SupabaseSharedPrepared => residue::SEARCH_PATH_AT_STARTUP,
             Behaviour::Pooler(p) => match (p, profile) {
                 // The flag-on stage keeps a client on one link (its named
                 // statements are tracked per link); Supavisor's session mode

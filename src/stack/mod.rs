@@ -185,7 +185,8 @@ impl Stack {
                 .map(|t| (t.cert_pem.as_str(), t.key_pem.as_str())),
             e.ca_cert_pem(),
         );
-        crate::stage::in_front_of(pooled, rules, certs).await
+        let direct = e.direct_url(database);
+        crate::stage::in_front_of(pooled, Some(&direct), rules, certs).await
     }
 
     /// The settings it was started with.

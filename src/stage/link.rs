@@ -21,12 +21,12 @@ use tokio::sync::oneshot;
 use crate::stage::prepared::{inspects, NamedStatements};
 use crate::stage::startup;
 use crate::stage::tls::StageTls;
-use crate::stage::transactions::{self, Link, Pools, Reader, Writer};
+use crate::stage::transactions::{self, BackendKey, Holding, Link, Pools, Reader, Writer};
 use crate::stage::wire::{
     error_response, Boundaries, Header, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_LEN,
     SSL_REQUEST,
 };
-use crate::stage::{Rules, Upstream};
+use crate::stage::{Address, Rules, Upstream};
 
 /// How long the stage waits for PgBouncer to accept a connection.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +46,14 @@ enum ClientLink {
 }
 
 impl ClientLink {
+    /// Writes `bytes` to the client (the stage's refusals, before any relay).
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            ClientLink::Plain(c) => c.write_all(bytes).await,
+            ClientLink::Tls(c) => c.write_all(bytes).await,
+        }
+    }
+
     fn boxed(self) -> (Reader, Writer) {
         match self {
             ClientLink::Plain(c) => {
@@ -77,48 +85,16 @@ pub(crate) async fn serve(
     let _ = client.set_nodelay(true);
     // PgBouncer's TCP handshake goes on while the client sends its first
     // packet: a login waits for one of the two, not both.
-    let (opened, dialed) = tokio::join!(open(client, tls.as_ref()), dial(&upstream));
+    let (opened, dialed) = tokio::join!(open(client, tls.as_ref()), dial(&upstream.pooler));
     let (mut client, first) = match opened {
         Ok(Some(opened)) => opened,
         _ => return,
     };
     let encrypted = matches!(client, ClientLink::Tls(_));
     let tls_upstream = tls.as_ref().filter(|_| encrypted);
-    let linked = match dialed {
-        Ok(server) => secure(server, &upstream, tls_upstream).await,
-        Err(e) => Err(e),
-    };
-    let server = match linked {
-        Ok(server) => server,
-        Err(e) => {
-            let message = format!(
-                "pgbouncer-fixtures' Supavisor-like stage cannot reach the stack's PgBouncer \
-                 at {}:{}: {e}. The stack may have stopped: rerun the test (a fresh stack \
-                 starts), or see `docker ps --filter label=pgbouncer-fixtures.managed`",
-                upstream.host, upstream.port
-            );
-            let error = error_response("FATAL", "08006", &message);
-            let _ = match &mut client {
-                ClientLink::Plain(c) => c.write_all(&error).await,
-                ClientLink::Tls(c) => c.write_all(&error).await,
-            };
-            return;
-        }
-    };
     let packet = match first {
-        First::Cancel(mut packet) => {
-            if rules.pools_transactions {
-                // The stage's key: to PgBouncer's for the link the client holds.
-                match pools.cancel_target(&packet[8..]) {
-                    Some(key) => packet[8..].copy_from_slice(&key),
-                    None => return,
-                }
-            }
-            let _ = match server {
-                ServerLink::Plain(mut s) => s.write_all(&packet).await,
-                ServerLink::Tls(mut s) => s.write_all(&packet).await,
-            };
-            return;
+        First::Cancel(packet) => {
+            return cancel(packet, dialed, &upstream, rules, &pools, tls_upstream).await;
         }
         // Supavisor's rules, or as the client sent it.
         First::Startup(packet) => rules
@@ -126,34 +102,124 @@ pub(crate) async fn serve(
             .and_then(|mode| startup::rewrite(&packet, mode))
             .unwrap_or(packet),
     };
+    // A login naming a search_path gets a backend of its own pool, opened
+    // with it (the PgBouncer connection dialed meanwhile is dropped).
+    let direct = (rules.search_path_direct && startup::names_search_path(&packet))
+        .then_some(upstream.direct.as_ref())
+        .flatten();
+    let (address, dialed) = match direct {
+        Some(address) => (address, dial(address).await),
+        None => (&upstream.pooler, dialed),
+    };
+    let linked = match dialed {
+        Ok(server) => secure(server, &address.host, tls_upstream).await,
+        Err(e) => Err(e),
+    };
+    let server = match linked {
+        Ok(server) => server,
+        Err(e) => {
+            let what = if direct.is_some() {
+                "PostgreSQL"
+            } else {
+                "PgBouncer"
+            };
+            let message = format!(
+                "pgbouncer-fixtures' Supavisor-like stage cannot reach the stack's {what} \
+                 at {address}: {e}. The stack may have stopped: rerun the test (a fresh stack \
+                 starts), or see `docker ps --filter label=pgbouncer-fixtures.managed`"
+            );
+            let error = error_response("FATAL", "08006", &message);
+            let _ = client.write_all(&error).await;
+            return;
+        }
+    };
     if rules.pools_transactions {
         let pool = [&[u8::from(encrypted)][..], &packet].concat();
         let (client, server) = (client.boxed(), server.boxed());
-        return start_pooled(packet, pool, client, server, rules, pools).await;
+        let direct = direct.is_some();
+        return start_pooled(packet, pool, direct, client, server, rules, pools).await;
     }
+    // A session on PostgreSQL itself: PgBouncer's client cap does not see
+    // it, so the stage counts its pool, and its cancel key is the stage's.
+    let mut login = Login::new(&packet, rules, None);
+    let mut seat = None;
+    if direct.is_some() {
+        if let Some(pool_size) = rules.session_pool_size {
+            match pools.seat(startup::pool_of(&packet), pool_size) {
+                Some(taken) => seat = Some(taken),
+                None => {
+                    let words = session_cap_words(pool_size);
+                    let _ = client
+                        .write_all(&error_response("FATAL", "XX000", &words))
+                        .await;
+                    return;
+                }
+            }
+        }
+        let (key, holding) = pools.register();
+        login = Login::new(&packet, rules, Some(key));
+        login.pinned = Some(holding);
+    }
+    let key = login.stage_key;
     // Plain TCP splits without a lock; a TLS stream is split by tokio's.
     match (client, server) {
         (ClientLink::Plain(c), ServerLink::Plain(s)) => {
             let (cr, cw) = c.into_split();
             let (sr, sw) = s.into_split();
-            start(packet, (cr, cw), (sr, sw), rules).await
+            start(packet, (cr, cw), (sr, sw), rules, login).await
         }
         (ClientLink::Tls(c), ServerLink::Tls(s)) => {
             let (cr, cw) = tokio::io::split(c);
             let (sr, sw) = tokio::io::split(s);
-            start(packet, (cr, cw), (sr, sw), rules).await
+            start(packet, (cr, cw), (sr, sw), rules, login).await
         }
         (ClientLink::Plain(c), ServerLink::Tls(s)) => {
             let (cr, cw) = c.into_split();
             let (sr, sw) = tokio::io::split(s);
-            start(packet, (cr, cw), (sr, sw), rules).await
+            start(packet, (cr, cw), (sr, sw), rules, login).await
         }
         (ClientLink::Tls(c), ServerLink::Plain(s)) => {
             let (cr, cw) = tokio::io::split(c);
             let (sr, sw) = s.into_split();
-            start(packet, (cr, cw), (sr, sw), rules).await
+            start(packet, (cr, cw), (sr, sw), rules, login).await
         }
     }
+    if let Some(key) = key {
+        pools.forget(&key);
+    }
+    drop(seat);
+}
+
+/// Passes a CancelRequest on: a stage key to the upstream of the link its
+/// client holds, with that upstream's key; PgBouncer's own keys (session
+/// mode) to PgBouncer as they are.
+async fn cancel(
+    mut packet: Vec<u8>,
+    dialed: io::Result<TcpStream>,
+    upstream: &Upstream,
+    rules: Rules,
+    pools: &Pools,
+    tls: Option<&StageTls>,
+) {
+    let (mut address, mut dialed) = (&upstream.pooler, dialed);
+    match pools.cancel_target(&packet[8..]) {
+        Some(target) => {
+            packet[8..].copy_from_slice(&target.key);
+            if let (true, Some(direct)) = (target.direct, &upstream.direct) {
+                address = direct;
+                dialed = dial(direct).await;
+            }
+        }
+        // Every pooled client holds a key of the stage's.
+        None if rules.pools_transactions => return,
+        None => {}
+    }
+    let Ok(server) = dialed else { return };
+    let _ = match secure(server, &address.host, tls).await {
+        Ok(ServerLink::Plain(mut s)) => s.write_all(&packet).await,
+        Ok(ServerLink::Tls(mut s)) => s.write_all(&packet).await,
+        Err(_) => return,
+    };
 }
 
 /// Sends the startup packet on, then relays.
@@ -162,13 +228,13 @@ async fn start<CR, CW, SR, SW>(
     client: (CR, CW),
     mut server: (SR, SW),
     rules: Rules,
+    login: Login,
 ) where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    let login = Login::new(&packet, rules, None);
     if server.1.write_all(&packet).await.is_ok() {
         relay(client, server, rules, login).await;
     }
@@ -179,6 +245,7 @@ async fn start<CR, CW, SR, SW>(
 async fn start_pooled(
     packet: Vec<u8>,
     pool: Vec<u8>,
+    direct: bool,
     mut client: (Reader, Writer),
     mut server: (Reader, Writer),
     rules: Rules,
@@ -221,7 +288,10 @@ async fn start_pooled(
     let link = Link {
         read: server.0,
         write: server.1,
-        key: login.backend_key.get().unwrap_or_default(),
+        key: BackendKey {
+            key: login.backend_key.get().unwrap_or_default(),
+            direct,
+        },
     };
     transactions::serve(pools, pool, link, key, holding, client).await;
 }
@@ -237,6 +307,9 @@ struct Login {
     /// between clients).
     stage_key: Option<[u8; 8]>,
     backend_key: Cell<Option<[u8; 8]>>,
+    /// A session on PostgreSQL itself: the client keeps this link for its
+    /// life, so its stage key reaches the backend from the login on.
+    pinned: Option<Holding>,
 }
 
 impl Login {
@@ -249,6 +322,7 @@ impl Login {
             session_pool_size: rules.session_pool_size,
             stage_key,
             backend_key: Cell::new(None),
+            pinned: None,
         }
     }
 
@@ -265,11 +339,7 @@ impl Login {
         }
         if let Some(pool_size) = self.session_pool_size {
             if error_field(body, b'M') == Some(CLIENT_CAP_WORDS) {
-                let words = format!(
-                    "(EMAXCONNSESSION) max clients reached in session mode - max clients \
-                     are limited to pool_size: {pool_size}"
-                );
-                return Some((Duration::ZERO, "XX000", words));
+                return Some((Duration::ZERO, "XX000", session_cap_words(pool_size)));
             }
         }
         let user = self.user.as_ref().filter(|_| wrong_password(body))?;
@@ -293,24 +363,28 @@ impl ServerLink {
     }
 }
 
-/// A TCP connection to PgBouncer.
-async fn dial(upstream: &Upstream) -> io::Result<TcpStream> {
-    let dialing = TcpStream::connect((upstream.host.as_str(), upstream.port));
+/// Supavisor's words for a session-mode client over `pool_size`.
+fn session_cap_words(pool_size: u32) -> String {
+    format!(
+        "(EMAXCONNSESSION) max clients reached in session mode - max clients are limited \
+         to pool_size: {pool_size}"
+    )
+}
+
+/// A TCP connection to the upstream at `address`.
+async fn dial(address: &Address) -> io::Result<TcpStream> {
+    let dialing = TcpStream::connect((address.host.as_str(), address.port));
     let server = within_timeout(dialing).await??;
     server.set_nodelay(true)?;
     Ok(server)
 }
 
-/// The link to PgBouncer over `server`, TLS when `tls` is given.
-async fn secure(
-    server: TcpStream,
-    upstream: &Upstream,
-    tls: Option<&StageTls>,
-) -> io::Result<ServerLink> {
+/// The link to the upstream on `host` over `server`, TLS when `tls` is given.
+async fn secure(server: TcpStream, host: &str, tls: Option<&StageTls>) -> io::Result<ServerLink> {
     Ok(match tls {
         None => ServerLink::Plain(server),
         Some(tls) => {
-            let handshake = tls.to_upstream(server, &upstream.host);
+            let handshake = tls.to_upstream(server, host);
             ServerLink::Tls(Box::new(within_timeout(handshake).await??))
         }
     })
@@ -586,6 +660,12 @@ async fn answer_login(
                 let mut backend = [0u8; 8];
                 backend.copy_from_slice(&buf[at + 5..at + 13]);
                 login.backend_key.set(Some(backend));
+                if let Some(pinned) = &login.pinned {
+                    pinned.set(Some(BackendKey {
+                        key: backend,
+                        direct: true,
+                    }));
+                }
                 buf[at + 5..at + 13].copy_from_slice(&stage_key);
                 at += total;
                 continue;

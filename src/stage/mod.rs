@@ -10,12 +10,14 @@
 //! ([`Rules::pools_transactions`], `transactions.rs`), for the profiles
 //! `supabase-shared`, `supabase-shared-prepared` and `supabase-session`;
 //! its framing of both directions is the place for Supavisor's other rules.
+//! A login naming a `search_path`, which PgBouncer cannot carry, goes
+//! straight to PostgreSQL ([`Rules::search_path_direct`]).
 //!
 //! One stage per upstream and rules per process, on its own background
 //! runtime: it outlives every test's runtime and ends with the process (an
 //! exit hook stops its thread; its sockets close with it). It serves TLS
 //! with the stack's own certificate (`tls`). It knows nothing of stacks: it
-//! is given a host, a port and certificates.
+//! is given addresses ([`Upstream`]) and certificates.
 
 mod link;
 mod prepared;
@@ -62,6 +64,11 @@ pub(crate) struct Rules {
     /// transactions run on any idle link of its pool, so what a client
     /// leaves on a link outside a transaction stays with the link.
     pub pools_transactions: bool,
+    /// Supavisor's pools keyed by `search_path`: a login whose startup
+    /// names one gets a link straight to PostgreSQL, a backend opened with
+    /// it, as Supavisor's (PgBouncer before PostgreSQL 18 cannot carry a
+    /// startup `search_path`: the server does not report it).
+    pub search_path_direct: bool,
 }
 
 impl Rules {
@@ -82,15 +89,41 @@ impl Rules {
             // With the flag on, PgBouncer's tracking per link stands for
             // Supavisor's per client: a client keeps one link.
             pools_transactions: profile == Profile::SupabaseShared,
+            // The flag-on profile keeps PgBouncer's tracking of named
+            // statements, which a link straight to PostgreSQL has not.
+            search_path_direct: profile != Profile::SupabaseSharedPrepared,
         })
     }
 }
 
-/// Where the stage sends its clients: the stack's PgBouncer.
+/// Where the stage sends its clients: the stack's PgBouncer, and its
+/// PostgreSQL for the logins [`Rules::search_path_direct`] sends there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Upstream {
+    pub pooler: Address,
+    pub direct: Option<Address>,
+}
+
+/// A server's host and port, as the test process reaches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Address {
     pub host: String,
     pub port: u16,
+}
+
+impl Address {
+    fn of(url: &DbUrl) -> Address {
+        Address {
+            host: url.host().to_string(),
+            port: url.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// A running stage: the address clients connect to.
@@ -100,15 +133,17 @@ pub(crate) struct Stage {
 }
 
 /// `pooled` (PgBouncer's URL) turned to the stage in front of it, with
-/// `rules`: the one way the fixture and `up` put a client behind the stage.
+/// `rules` (`direct`: PostgreSQL's own URL on the same stack): the one way
+/// the fixture and `up` put a client behind the stage.
 pub(crate) async fn in_front_of(
     pooled: DbUrl,
+    direct: Option<&DbUrl>,
     rules: Rules,
     certs: Option<Certificates>,
 ) -> Result<DbUrl> {
     let upstream = Upstream {
-        host: pooled.host().to_string(),
-        port: pooled.port(),
+        pooler: Address::of(&pooled),
+        direct: direct.map(Address::of),
     };
     let stage = shared(upstream, rules, certs).await?;
     Ok(pooled.with_host_port("127.0.0.1", stage.addr.port()))
@@ -123,7 +158,7 @@ pub(crate) async fn shared(
     certs: Option<Certificates>,
 ) -> Result<Stage> {
     static STAGES: OnceMap<Stage> = OnceMap::new();
-    let key = format!("{}:{} {rules:?}", upstream.host, upstream.port);
+    let key = format!("{} {rules:?}", upstream.pooler);
     let cell = STAGES.cell(&key, |_| false);
     cell.get_or_try_init(|| start(upstream, rules, certs))
         .await
@@ -134,7 +169,7 @@ pub(crate) async fn shared(
 /// of its own, stopped at process exit.
 async fn start(upstream: Upstream, rules: Rules, certs: Option<Certificates>) -> Result<Stage> {
     let tls = certs.as_ref().map(StageTls::new).transpose()?;
-    let background = Background::start(format!("pgbf-stage-{}", upstream.port))?;
+    let background = Background::start(format!("pgbf-stage-{}", upstream.pooler.port))?;
     let addr = background
         .run_within(
             Duration::from_secs(10),

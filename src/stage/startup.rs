@@ -87,11 +87,37 @@ fn params(packet: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     Some(params)
 }
 
+/// The value of top-level parameter `wanted` in StartupMessage `packet`,
+/// if it is well formed.
+fn value<'a>(packet: &'a [u8], wanted: &[u8]) -> Option<&'a [u8]> {
+    let params = params(packet)?;
+    params
+        .into_iter()
+        .find(|(name, _)| *name == wanted)
+        .map(|(_, value)| value)
+}
+
 /// The `user` StartupMessage `packet` names, if it is well formed.
 pub(crate) fn user(packet: &[u8]) -> Option<String> {
-    let params = params(packet)?;
-    let (_, user) = params.iter().find(|(name, _)| *name == b"user")?;
-    Some(String::from_utf8_lossy(user).into_owned())
+    Some(String::from_utf8_lossy(value(packet, b"user")?).into_owned())
+}
+
+/// Whether a StartupMessage as [`rewrite`] sends it on names a
+/// `search_path` (Supavisor opens such a pool's backends with it).
+pub(crate) fn names_search_path(packet: &[u8]) -> bool {
+    value(packet, b"search_path").is_some()
+}
+
+/// Supavisor's pool of a StartupMessage: its user, database and
+/// `search_path` (not the application name, which Supavisor's session
+/// mode puts in each backend's own).
+pub(crate) fn pool_of(packet: &[u8]) -> Vec<u8> {
+    let mut pool = Vec::new();
+    for name in [&b"user"[..], b"database", b"search_path"] {
+        pool.extend_from_slice(value(packet, name).unwrap_or_default());
+        pool.push(0);
+    }
+    pool
 }
 
 /// The value of setting `wanted` in an `options` string, as Supavisor's
@@ -150,6 +176,25 @@ mod tests {
         let len = out.len() as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
         out
+    }
+
+    #[test]
+    fn a_pool_is_its_user_database_and_search_path() {
+        let named = |app: &str, path: Option<&str>| {
+            let mut params = vec![("user", "postgres"), ("database", "app")];
+            params.push(("application_name", app));
+            params.extend(path.map(|p| ("options", p)));
+            let sent = rewrite(&startup(&params), PoolMode::Session).unwrap();
+            (names_search_path(&sent), pool_of(&sent))
+        };
+        let (with, pool) = named("a", Some("-c search_path=app"));
+        assert!(with);
+        assert_eq!(pool, b"postgres\0app\0app\0");
+        // The application name (in each session backend's own) is not the pool's.
+        assert_eq!(named("b", Some("-c search_path=app")).1, pool);
+        let (without, other) = named("a", None);
+        assert!(!without);
+        assert_ne!(other, pool);
     }
 
     #[test]

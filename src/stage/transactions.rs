@@ -6,7 +6,9 @@
 //! setter's other links, as on Supavisor, where PgBouncer alone keeps it per
 //! client and re-applies it.
 //!
-//! A link is a login of the stage to PgBouncer: each client's own login
+//! A link is a login of the stage to PgBouncer (to PostgreSQL itself for a
+//! login naming a `search_path`: then a link is a backend, as Supavisor's):
+//! each client's own login
 //! (its authentication relayed, so the stage needs no password) joins the
 //! pool of its startup parameters, and a client leaving takes one idle link
 //! out, so a pool holds as many links as it has clients and a client
@@ -29,16 +31,26 @@ pub(crate) type Reader = Box<dyn AsyncRead + Unpin>;
 /// The other direction.
 pub(crate) type Writer = Box<dyn AsyncWrite + Unpin>;
 
-/// A login of the stage to PgBouncer, and PgBouncer's cancel key for it.
+/// A login of the stage to PgBouncer (or to PostgreSQL: [`BackendKey`]),
+/// and the cancel key its upstream gave it.
 pub(crate) struct Link {
     pub read: Reader,
     pub write: Writer,
+    pub key: BackendKey,
+}
+
+/// Where a CancelRequest for a link goes: its upstream's key for it, and
+/// whether that upstream is PostgreSQL itself (a login naming a
+/// `search_path`) rather than PgBouncer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BackendKey {
     pub key: [u8; 8],
+    pub direct: bool,
 }
 
 /// What a CancelRequest with a client's stage key reaches: the key of the
 /// link it holds, if it holds one.
-type Holding = Rc<Cell<Option<[u8; 8]>>>;
+pub(crate) type Holding = Rc<Cell<Option<BackendKey>>>;
 
 /// The stage's pools (by startup parameters as sent on, and TLS) and the
 /// clients' cancel keys.
@@ -46,9 +58,46 @@ type Holding = Rc<Cell<Option<[u8; 8]>>>;
 pub(crate) struct Pools {
     idle: RefCell<HashMap<Vec<u8>, Vec<Link>>>,
     cancels: RefCell<HashMap<[u8; 8], Holding>>,
+    /// Session-mode clients on links straight to PostgreSQL, per pool:
+    /// PgBouncer's client cap does not see them.
+    seated: RefCell<HashMap<Vec<u8>, u32>>,
+}
+
+/// A session-mode client's place in its pool, given up when dropped.
+pub(crate) struct Seat {
+    pools: Rc<Pools>,
+    pool: Vec<u8>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut seated = self.pools.seated.borrow_mut();
+        if let Some(n) = seated.get_mut(&self.pool) {
+            *n -= 1;
+            if *n == 0 {
+                seated.remove(&self.pool);
+            }
+        }
+    }
 }
 
 impl Pools {
+    /// A place for a session-mode client in `pool`, or `None` when
+    /// `pool_size` clients hold one (Supavisor refuses the next).
+    pub(crate) fn seat(self: &Rc<Self>, pool: Vec<u8>, pool_size: u32) -> Option<Seat> {
+        let mut seated = self.seated.borrow_mut();
+        let n = seated.entry(pool.clone()).or_default();
+        if *n >= pool_size {
+            return None;
+        }
+        *n += 1;
+        drop(seated);
+        Some(Seat {
+            pools: self.clone(),
+            pool,
+        })
+    }
+
     /// A new client's cancel key: random, unique among the stage's clients.
     pub(crate) fn register(&self) -> ([u8; 8], Holding) {
         let holding: Holding = Rc::default();
@@ -67,8 +116,8 @@ impl Pools {
         self.cancels.borrow_mut().remove(key);
     }
 
-    /// PgBouncer's key for what the client with stage key `key` runs now.
-    pub(crate) fn cancel_target(&self, key: &[u8]) -> Option<[u8; 8]> {
+    /// The upstream's key for what the client with stage key `key` runs now.
+    pub(crate) fn cancel_target(&self, key: &[u8]) -> Option<BackendKey> {
         let key: [u8; 8] = key.try_into().ok()?;
         self.cancels.borrow().get(&key)?.get()
     }

@@ -180,12 +180,14 @@ impl Profile {
     }
 }
 
-/// A startup `search_path`, not applied (probed: the matrix's startup rows).
+/// A startup `search_path`, not applied behind the flag-on profile
+/// (probed: the matrix's startup rows).
 pub(crate) const SEARCH_PATH_AT_STARTUP: &str =
     "not reproduced: search_path at startup (top level or `-c` in options) is accepted \
-     and not applied, so unqualified names resolve in public; Supavisor applies it \
-     (since 2.8.9, and keys its pools by it). PostgreSQL before 18 does not report \
-     search_path, so PgBouncer cannot carry it";
+     and not applied behind the flag-on profile, so unqualified names resolve in public; \
+     Supavisor applies it (since 2.8.9, and keys its pools by it). This profile's clients \
+     stay on PgBouncer, which tracks their named statements, and PostgreSQL before 18 \
+     does not report search_path, so PgBouncer cannot carry it";
 /// Supavisor's flag-on errors: only the stage's profile has them.
 const SUPAVISOR_ERRORS: &str =
     "errors are PostgreSQL's own: Supavisor's (EPREPAREDDUP)-style errors of its \
@@ -211,14 +213,15 @@ const LINKS_NOT_BACKENDS: &str =
      DateStyle, application_name) stays with the link it was set on, other session state \
      (custom settings, temporary tables, named prepared statements) with PgBouncer's backend; \
      both reach other clients and go missing for the setter as on Supavisor, not always in \
-     the same transactions";
+     the same transactions (a login naming a search_path is linked straight to PostgreSQL: \
+     there a link is a backend, as on Supavisor)";
 
 /// What the shared pooler's profile does differently from Supavisor.
-const SUPAVISOR_RESIDUE: [&str; 3] = [SEARCH_PATH_AT_STARTUP, SUPAVISOR_ERRORS, LINKS_NOT_BACKENDS];
+const SUPAVISOR_RESIDUE: [&str; 2] = [SUPAVISOR_ERRORS, LINKS_NOT_BACKENDS];
 
 /// What the session pooler's profile does differently: Supavisor's
 /// session mode keeps one backend per client, as here.
-const SESSION_RESIDUE: [&str; 2] = [SEARCH_PATH_AT_STARTUP, SUPAVISOR_ERRORS];
+const SESSION_RESIDUE: [&str; 1] = [SUPAVISOR_ERRORS];
 
 /// What the flag-on profile does differently: a client keeps one link
 /// (PgBouncer tracks named statements per link, as Supavisor per client),
