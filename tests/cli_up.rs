@@ -26,6 +26,8 @@ struct Up {
     pooled: String,
     direct: String,
     stack_id: String,
+    /// What `up` wrote on stderr up to its ready line.
+    said: String,
 }
 
 impl Drop for Up {
@@ -59,10 +61,15 @@ fn start_up_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
     let pooled = lines.next().unwrap().unwrap();
     let direct = lines.next().unwrap().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = stderr
-        .find(|l| l.as_ref().is_ok_and(|l| l.contains(" ready in ")))
-        .unwrap()
-        .unwrap();
+    let mut said = String::new();
+    let ready = loop {
+        let line = stderr.next().expect("`up` says it is ready").unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains(" ready in ") {
+            break line;
+        }
+    };
     let stack_id = ready
         .split("stack ")
         .nth(1)
@@ -84,6 +91,7 @@ fn start_up_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
             .expect("second line")
             .to_string(),
         stack_id,
+        said,
     }
 }
 
@@ -173,13 +181,18 @@ fn up_refuses_unknown_profiles() {
     );
 }
 
-/// `up --profile <profile>` for a profile behind the stage, and the options
-/// of its printed URL, checked to be the stage's (on 127.0.0.1, not
-/// PostgreSQL's port).
-async fn up_behind_stage(profile: &'static str) -> (Up, sqlx::postgres::PgConnectOptions) {
-    let up = tokio::task::spawn_blocking(move || start_up(&["--profile", profile]))
+/// `up` with `args` for a profile behind the stage, and the options of its
+/// printed URL, checked to be the stage's (on 127.0.0.1, not PostgreSQL's
+/// port, and `up` says it serves it).
+async fn up_behind_stage(args: &'static [&'static str]) -> (Up, sqlx::postgres::PgConnectOptions) {
+    let up = tokio::task::spawn_blocking(move || start_up(args))
         .await
         .unwrap();
+    let said = &up.said;
+    assert!(
+        said.contains("Supavisor-like stage listens on 127.0.0.1:"),
+        "{said}"
+    );
     let pooled = DbUrl::parse("up", &up.pooled).unwrap();
     let direct = DbUrl::parse("up", &up.direct).unwrap();
     assert!(
@@ -199,7 +212,7 @@ async fn up_behind_stage(profile: &'static str) -> (Up, sqlx::postgres::PgConnec
 /// query works.
 #[tokio::test]
 async fn up_serves_the_stage_of_supabase_shared_prepared() {
-    let (up, options) = up_behind_stage("supabase-shared-prepared").await;
+    let (up, options) = up_behind_stage(&["--profile", "supabase-shared-prepared"]).await;
     let options = options.ssl_mode(sqlx::postgres::PgSslMode::Require);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
     let one: i32 = sqlx::query_scalar("SELECT 1")
@@ -223,6 +236,38 @@ async fn up_serves_the_stage_of_supabase_shared_prepared() {
         .unwrap();
 }
 
+/// `up` without a profile serves the default one, `supabase-shared`, stage
+/// included, as `TestDb::new()` does: through the printed URL the server
+/// sees Supavisor's `application_name`, and a dotted custom setting at
+/// startup is dropped (PgBouncer alone refuses it with 08P01).
+#[tokio::test]
+async fn up_without_a_profile_serves_the_default_profiles_stage() {
+    let (up, options) = up_behind_stage(&[]).await;
+    assert!(
+        up.said.contains("supabase-shared's Supavisor-like stage"),
+        "{}",
+        up.said
+    );
+    let options = options
+        .application_name("pgbf-up-default")
+        .options([("app.tenant", "acme")]);
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .expect("a dotted startup setting is dropped, not refused");
+    let (name, tenant): (String, Option<String>) = sqlx::query_as(
+        "SELECT current_setting('application_name'), current_setting('app.tenant', true)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(name, "Supavisor", "as the server sees it");
+    assert_eq!(tenant.filter(|t| !t.is_empty()), None, "app.tenant dropped");
+    drop(conn);
+    tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
+        .await
+        .unwrap();
+}
+
 /// `up --profile supabase-session` serves the profile's Supavisor-like
 /// stage in session mode from its own process: through the printed URL,
 /// the server sees `application_name` as Supavisor sets it in session mode
@@ -230,7 +275,7 @@ async fn up_serves_the_stage_of_supabase_shared_prepared() {
 /// is dropped (PgBouncer alone refuses it with 08P01).
 #[tokio::test]
 async fn up_serves_the_stage_of_supabase_session() {
-    let (up, options) = up_behind_stage("supabase-session").await;
+    let (up, options) = up_behind_stage(&["--profile", "supabase-session"]).await;
     let options = options
         .application_name("pgbf-up-session")
         .options([("app.tenant", "acme")]);
@@ -434,12 +479,16 @@ fn network_mode(stack_id: &str) -> String {
     .to_string()
 }
 
+/// Orders the listening cases within one process (`cargo test`); under
+/// nextest, a process per test, `.config/nextest.toml`'s group does.
 static LISTEN_CASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A local engine's stack is reachable from this machine only, on the host
 /// network (where the engine shares it) or on the bridge, unless
 /// `PGBF_PUBLISH_ALL_INTERFACES=1` asks for every interface (then on the
-/// bridge): what `ss -ltn` shows for both printed ports.
+/// bridge): what `ss -ltn` shows for both printed ports. (PgBouncer's own
+/// port is printed behind a profile without the stage: the stage, in
+/// `up`'s process, serves 127.0.0.1 only.)
 #[rstest]
 #[case::private_by_default(&[], &["127.0.0.1"], None)]
 #[case::host_network(&[("PGBF_NETWORK", "host")], &["127.0.0.1"], Some("host"))]
@@ -462,7 +511,8 @@ async fn up_listens_on_loopback_unless_asked(
         host.is_empty() || host.starts_with("unix://"),
         "a local engine is needed, DOCKER_HOST={host}"
     );
-    let up = tokio::task::spawn_blocking(move || start_up_with_env(&[], env))
+    let without_stage = ["--profile", "supabase-dedicated"];
+    let up = tokio::task::spawn_blocking(move || start_up_with_env(&without_stage, env))
         .await
         .unwrap();
     let found = network_mode(&up.stack_id);

@@ -247,7 +247,9 @@ struct Up {
 async fn up_works(scene: Scene) -> (Scene, String, String) {
     let (scene, up, stderr, pooled) = tokio::task::spawn_blocking(move || {
         let mut child = scene
-            .command(&["up"])
+            // PgBouncer's own URL, not the default profile's stage (which
+            // `up` serves on 127.0.0.1): it names the engine's host.
+            .command(&["up", "--profile", "supabase-dedicated"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

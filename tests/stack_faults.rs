@@ -310,8 +310,11 @@ async fn answers(url: &str) -> bool {
 #[tokio::test]
 async fn racing_processes_share_one_stack_and_sigkill_of_all_of_them_reaps_it() {
     let run = unique_run_id("race");
-    let mut a = Up::spawn(&["--run-id", &run]);
-    let mut b = Up::spawn(&["--run-id", &run]);
+    // PgBouncer's own URL (each `up` serves a stage of its own for a
+    // profile behind one).
+    let args = ["--run-id", &run, "--profile", "supabase-dedicated"];
+    let mut a = Up::spawn(&args);
+    let mut b = Up::spawn(&args);
     let (id_a, url_a) = a.ready();
     let (id_b, url_b) = b.ready();
     assert_eq!(id_a, id_b, "one stack for the run");

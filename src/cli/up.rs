@@ -17,9 +17,9 @@ fn list(v: &str) -> Vec<String> {
 }
 
 /// The stack settings `up` asks for, and the profile its
-/// `TEST_DATABASE_URL` serves (`None`: PgBouncer's pooled endpoint): the
-/// environment's settings, then the profile's, then the PgBouncer flags on
-/// top.
+/// `TEST_DATABASE_URL` serves (the default profile's when the settings are
+/// its; `None`: PgBouncer's pooled endpoint): the environment's settings,
+/// then the profile's, then the PgBouncer flags on top.
 fn settings(args: &UpArgs) -> Result<(StackSettings, Option<Profile>), String> {
     let env = Env::load().map_err(|e| e.to_string())?;
     let mut settings = StackSettings::from_env(&env).map_err(|e| e.to_string())?;
@@ -54,6 +54,12 @@ fn settings(args: &UpArgs) -> Result<(StackSettings, Option<Profile>), String> {
     if let Some(id) = &args.run_id {
         settings = settings.with_run_id(id.clone());
     }
+    // A stack of the default profile's settings is that profile, stage
+    // included, as for `TestDb::new()`.
+    let profile = profile.or_else(|| {
+        let default = Profile::default();
+        settings.is_profile(default).then_some(default)
+    });
     Ok((settings, profile))
 }
 

@@ -75,6 +75,26 @@ impl Profile {
     }
 }
 
+impl StackSettings {
+    /// Whether these are `profile`'s pooler settings (what
+    /// [`Profile::apply`] makes of them), whatever their pool size and
+    /// client cap: a test may shrink the pool, the endpoint is the same.
+    ///
+    /// ```
+    /// use pgbouncer_fixtures::{PoolMode, Profile, StackSettings};
+    ///
+    /// let defaults = StackSettings::default();
+    /// assert!(defaults.is_profile(Profile::SupabaseShared));
+    /// assert!(!defaults.with_pool_mode(PoolMode::Session).is_profile(Profile::SupabaseShared));
+    /// ```
+    pub fn is_profile(&self, profile: Profile) -> bool {
+        let mut shaped = profile.apply(self.clone());
+        shaped.default_pool_size = self.default_pool_size;
+        shaped.max_db_client_connections = self.max_db_client_connections;
+        shaped == *self
+    }
+}
+
 /// The parameters the Supavisor-like profiles ignore at startup: every
 /// PostgreSQL 15 or 17 setting PgBouncer does not track, sorted.
 pub fn supavisor_dropped_parameters() -> Vec<String> {
