@@ -239,6 +239,9 @@ pub fn not_reproduced(behaviour: Behaviour, profile: Profile) -> Option<&'static
             Behaviour::Startup(
                 StartupProbe::TopLevelSearchPath | StartupProbe::OptionsSearchPath,
             ) if profile == Profile::SupabaseSharedPrepared => residue::SEARCH_PATH_AT_STARTUP,
+            Behaviour::Pooler(PoolerProbe::WrongPassword) if profile.behind_stage() => {
+                residue::LOGIN_LIMITS
+            }
             Behaviour::Pooler(p) => match (p, profile) {
                 // The flag-on stage keeps a client on one link (its named
                 // statements are tracked per link); Supavisor's session mode

@@ -27,6 +27,7 @@ use crate::stage::wire::{
     SSL_REQUEST,
 };
 use crate::stage::{Address, Rules, Upstream};
+use crate::target::profile::WRONG_PASSWORD_DELAY;
 
 /// How long the stage waits for PgBouncer to accept a connection.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -624,9 +625,6 @@ async fn refuse(client: &mut (impl AsyncWrite + Unpin), error: &[u8]) -> io::Res
     client.write_all(error).await?;
     client.shutdown().await
 }
-
-/// Supavisor's delay before it answers a wrong password.
-const WRONG_PASSWORD_DELAY: Duration = Duration::from_millis(500);
 
 /// PgBouncer's `max_db_client_connections` refusal, at login.
 const CLIENT_CAP_WORDS: &[u8] = b"client connections exceeded (max_db_client_connections)";

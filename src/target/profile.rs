@@ -180,6 +180,15 @@ impl Profile {
     }
 }
 
+/// Supavisor's delay before it answers a wrong password.
+pub(crate) const WRONG_PASSWORD_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Supavisor's limits on logins (probed in part: the wrong-password row).
+pub(crate) const LOGIN_LIMITS: &str =
+    "not reproduced: Supavisor's circuit breaker (ECIRCUITBREAKER: new logins refused \
+     for 120 s after 10 failed ones in 150 s, per tenant and address) and its checkout \
+     timeout (ECHECKOUTTIMEOUT, 60 s); the answer to each wrong password is reproduced";
+
 /// A startup `search_path`, not applied behind the flag-on profile
 /// (probed: the matrix's startup rows).
 pub(crate) const SEARCH_PATH_AT_STARTUP: &str =
@@ -217,16 +226,17 @@ const LINKS_NOT_BACKENDS: &str =
      there a link is a backend, as on Supavisor)";
 
 /// What the shared pooler's profile does differently from Supavisor.
-const SUPAVISOR_RESIDUE: [&str; 2] = [SUPAVISOR_ERRORS, LINKS_NOT_BACKENDS];
+const SUPAVISOR_RESIDUE: [&str; 3] = [LOGIN_LIMITS, SUPAVISOR_ERRORS, LINKS_NOT_BACKENDS];
 
 /// What the session pooler's profile does differently: Supavisor's
 /// session mode keeps one backend per client, as here.
-const SESSION_RESIDUE: [&str; 1] = [SUPAVISOR_ERRORS];
+const SESSION_RESIDUE: [&str; 2] = [LOGIN_LIMITS, SUPAVISOR_ERRORS];
 
 /// What the flag-on profile does differently: a client keeps one link
 /// (PgBouncer tracks named statements per link, as Supavisor per client),
 /// so a tracked `SET` is kept per client.
-const SHARED_PREPARED_RESIDUE: [&str; 4] = [
+const SHARED_PREPARED_RESIDUE: [&str; 5] = [
+    LOGIN_LIMITS,
     SEARCH_PATH_AT_STARTUP,
     TRACKED_SET,
     "SQL PREPARE/EXECUTE/DEALLOCATE are found by a lexer (the first word of each top-level \

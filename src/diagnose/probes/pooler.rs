@@ -2,9 +2,11 @@
 //! answer: a tracked `SET` outside a transaction (kept per client, or left
 //! on the backend), `application_name` as the server sees it, the startup
 //! `TimeZone` sqlx sends (applied or dropped), a dotted custom setting at
-//! startup (applied, dropped or refused) and the session-mode limit (client
-//! `pool_size + 1` refused at once, or not). `doctor` runs them read-only
-//! against any URL; the matrix runs them on the crate's stacks, where the
+//! startup (applied, dropped or refused), the session-mode limit (client
+//! `pool_size + 1` refused at once, or not) and the answer to a wrong
+//! password. `doctor` runs them read-only against any URL, except the wrong
+//! password (on Supabase each one counts toward Supavisor's circuit
+//! breaker); the matrix runs them on the crate's stacks, where the
 //! startup-`TimeZone` probe also gives the database a default of its own.
 
 use std::fmt;
@@ -17,6 +19,7 @@ use super::startup::{send_startup, StartupAnswer};
 use super::{clients_a_and_b, within, ClientEnd, ClientError, Outcome, WrongAnswer};
 use crate::connect::sqlx_compat::audited;
 use crate::error::{sql_error, Error, Result};
+use crate::target::profile::WRONG_PASSWORD_DELAY;
 
 /// A behaviour where poolers differ in what a client sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +41,11 @@ pub enum PoolerProbe {
     TopLevelCustomSetting,
     /// [`SESSION_LIMIT_CLIENTS`] clients held at once, each running a query.
     SessionLimit,
+    /// A login with a wrong password: refused (a login is a wrong answer),
+    /// with which SQLSTATE and words, and whether after Supavisor's delay
+    /// (500 ms). The matrix's only: on a real endpoint a failed login
+    /// counts toward Supavisor's circuit breaker.
+    WrongPassword,
 }
 
 /// Clients the session-limit probe holds at once: Supabase's default pool
@@ -58,13 +66,14 @@ pub const KEPT: &str = "kept per client";
 
 impl PoolerProbe {
     /// Every probe, in the order of the matrix.
-    pub const ALL: [PoolerProbe; 6] = [
+    pub const ALL: [PoolerProbe; 7] = [
         PoolerProbe::TrackedSet,
         PoolerProbe::ApplicationName,
         PoolerProbe::StartupTimeZone,
         PoolerProbe::OptionsCustomSetting,
         PoolerProbe::TopLevelCustomSetting,
         PoolerProbe::SessionLimit,
+        PoolerProbe::WrongPassword,
     ];
 
     /// How it reads in code.
@@ -82,6 +91,7 @@ impl PoolerProbe {
                 "startup parameter `app.tenant` (the login only; its effect is not checked)"
             }
             PoolerProbe::SessionLimit => "16 clients at once (Supabase's pool of 15, plus one)",
+            PoolerProbe::WrongPassword => "a login with a wrong password: the answer, and when",
         }
     }
 }
@@ -137,7 +147,46 @@ pub async fn run_pooler_probe(probe: PoolerProbe, target: PoolerTarget<'_>) -> R
             }
         }
         PoolerProbe::SessionLimit => session_limit(&pooled).await,
+        PoolerProbe::WrongPassword => wrong_password(&pooled).await,
     })
+}
+
+/// Logs in with a wrong password: a refusal of the password (`28P01`, or
+/// PgBouncer's `08P01 SASL authentication failed`) passes, noted with its
+/// words and, when it came after Supavisor's delay (500 ms), so; a login is
+/// a wrong answer, any other error a failure.
+async fn wrong_password(pooled: &PgConnectOptions) -> Outcome {
+    let name = PoolerProbe::WrongPassword.description();
+    let wrong = pooled.clone().password("pgbf-probe-not-the-password");
+    let started = std::time::Instant::now();
+    let error = match PgConnection::connect_with(&wrong).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            return Outcome::single(
+                name,
+                ClientEnd::Wrong(WrongAnswer {
+                    asked: "a login with a wrong password".into(),
+                    expected: "refused".into(),
+                    got: "logged in".into(),
+                }),
+            );
+        }
+        Err(e) => ClientError::of(&e),
+    };
+    let waited = started.elapsed();
+    let about_the_password = match error.code.as_deref() {
+        Some("28P01") => true,
+        Some("08P01") => error.message == "SASL authentication failed",
+        _ => false,
+    };
+    if !about_the_password {
+        return Outcome::single(name, ClientEnd::Failed(error));
+    }
+    let note = match waited >= WRONG_PASSWORD_DELAY {
+        true => format!("refused after 500 ms: {error}"),
+        false => format!("refused: {error}"),
+    };
+    Outcome::single(name, ClientEnd::Ok).with_note(note)
 }
 
 /// Connects with `options` and reads `sql`'s one text value.
