@@ -236,20 +236,30 @@ async fn up_serves_the_stage_of_supabase_shared_prepared() {
         .unwrap();
 }
 
-/// `up` without a profile serves the default one, `supabase-shared`, stage
-/// included, as `TestDb::new()` does: through the printed URL the server
-/// sees Supavisor's `application_name`, and a dotted custom setting at
-/// startup is dropped (PgBouncer alone refuses it with 08P01).
+/// `up` serves the profile's Supavisor-like stage from its own process,
+/// without a profile the default one's (`supabase-shared`, stage included,
+/// as `TestDb::new()`): through the printed URL the server sees
+/// `application_name` as Supavisor sets it (`Supavisor - <the client's>` in
+/// session mode), and a dotted custom setting at startup is dropped
+/// (PgBouncer alone refuses it with 08P01).
+#[rstest]
+#[case::no_profile_is_the_default(&[], "supabase-shared", "Supavisor")]
+#[case::session(
+    &["--profile", "supabase-session"],
+    "supabase-session",
+    "Supavisor - pgbf-up"
+)]
 #[tokio::test]
-async fn up_without_a_profile_serves_the_default_profiles_stage() {
-    let (up, options) = up_behind_stage(&[]).await;
-    assert!(
-        up.said.contains("supabase-shared's Supavisor-like stage"),
-        "{}",
-        up.said
-    );
+async fn up_serves_the_stage_of_its_profile(
+    #[case] args: &'static [&'static str],
+    #[case] profile: &str,
+    #[case] server_sees: &str,
+) {
+    let (up, options) = up_behind_stage(args).await;
+    let serves = format!("{profile}'s Supavisor-like stage");
+    assert!(up.said.contains(&serves), "{}", up.said);
     let options = options
-        .application_name("pgbf-up-default")
+        .application_name("pgbf-up")
         .options([("app.tenant", "acme")]);
     let mut conn = sqlx::PgConnection::connect_with(&options)
         .await
@@ -260,35 +270,7 @@ async fn up_without_a_profile_serves_the_default_profiles_stage() {
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    assert_eq!(name, "Supavisor", "as the server sees it");
-    assert_eq!(tenant.filter(|t| !t.is_empty()), None, "app.tenant dropped");
-    drop(conn);
-    tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
-        .await
-        .unwrap();
-}
-
-/// `up --profile supabase-session` serves the profile's Supavisor-like
-/// stage in session mode from its own process: through the printed URL,
-/// the server sees `application_name` as Supavisor sets it in session mode
-/// (`Supavisor - <the client's>`), and a dotted custom setting at startup
-/// is dropped (PgBouncer alone refuses it with 08P01).
-#[tokio::test]
-async fn up_serves_the_stage_of_supabase_session() {
-    let (up, options) = up_behind_stage(&["--profile", "supabase-session"]).await;
-    let options = options
-        .application_name("pgbf-up-session")
-        .options([("app.tenant", "acme")]);
-    let mut conn = sqlx::PgConnection::connect_with(&options)
-        .await
-        .expect("a dotted startup setting is dropped, not refused");
-    let (name, tenant): (String, Option<String>) = sqlx::query_as(
-        "SELECT current_setting('application_name'), current_setting('app.tenant', true)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(name, "Supavisor - pgbf-up-session", "as the server sees it");
+    assert_eq!(name, server_sees, "as the server sees it");
     assert_eq!(tenant.filter(|t| !t.is_empty()), None, "app.tenant dropped");
     drop(conn);
     tokio::task::spawn_blocking(move || stop(up, libc::SIGTERM))
