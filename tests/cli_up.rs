@@ -14,7 +14,7 @@ use pgbouncer_fixtures::probes::SqlxPattern;
 use pgbouncer_fixtures::sqlx;
 use pgbouncer_fixtures::{DbUrl, Env, Profile, Target, TestDb};
 use rstest::rstest;
-use sqlx::Connection;
+use sqlx::{Connection, Row};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgbouncer-fixtures");
 
@@ -264,12 +264,15 @@ async fn up_serves_the_stage_of_its_profile(
     let mut conn = sqlx::PgConnection::connect_with(&options)
         .await
         .expect("a dotted startup setting is dropped, not refused");
-    let (name, tenant): (String, Option<String>) = sqlx::query_as(
+    // The simple protocol: behind the shared pooler a statement prepared
+    // outside a transaction may be gone at its Bind (26000).
+    let row = sqlx::raw_sql(
         "SELECT current_setting('application_name'), current_setting('app.tenant', true)",
     )
     .fetch_one(&mut conn)
     .await
     .unwrap();
+    let (name, tenant): (String, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(name, server_sees, "as the server sees it");
     assert_eq!(tenant.filter(|t| !t.is_empty()), None, "app.tenant dropped");
     drop(conn);
