@@ -209,7 +209,12 @@ fn expected_prepared(p: PreparedProbe, profile: Profile) -> Expect {
 }
 
 fn check(behaviour: Behaviour, profile: Profile, o: &Outcome) {
-    let cell = format!("{behaviour} behind {profile}: {}", o.summary());
+    // Each failure's words too: a cell that fails once says what it met.
+    let cell = format!(
+        "{behaviour} behind {profile}: {} {:?}",
+        o.summary(),
+        o.failures
+    );
     match expected(behaviour, profile) {
         Pass => {
             assert!(o.passed(), "{cell}");
