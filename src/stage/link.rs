@@ -57,16 +57,20 @@ impl ClientLink {
 
     fn boxed(self) -> (Reader, Writer) {
         match self {
-            ClientLink::Plain(c) => {
-                let (r, w) = c.into_split();
-                (Box::new(r), Box::new(w))
-            }
-            ClientLink::Tls(c) => {
-                let (r, w) = tokio::io::split(c);
-                (Box::new(r), Box::new(w))
-            }
+            ClientLink::Plain(c) => boxed(c.into_split()),
+            ClientLink::Tls(c) => boxed(tokio::io::split(c)),
         }
     }
+}
+
+/// Both halves of a link, boxed (plain and TLS links share a pool).
+fn boxed(
+    (read, write): (
+        impl AsyncRead + Unpin + 'static,
+        impl AsyncWrite + Unpin + 'static,
+    ),
+) -> (Reader, Writer) {
+    (Box::new(read), Box::new(write))
 }
 
 /// The link to PgBouncer: TLS when the client's is.
@@ -108,6 +112,23 @@ pub(crate) async fn serve(
     let direct = (rules.search_path_direct && startup::names_search_path(&packet))
         .then_some(upstream.direct.as_ref())
         .flatten();
+    // A session on PostgreSQL itself: PgBouncer's client cap does not see
+    // it, so the stage counts its pool (before it dials: a refused client
+    // opens no backend).
+    let session_pool_size = rules.session_pool_size.filter(|_| direct.is_some());
+    let seat = match session_pool_size {
+        Some(pool_size) => match pools.seat(startup::pool_of(&packet), pool_size) {
+            Some(seat) => Some(seat),
+            None => {
+                let words = session_cap_words(pool_size);
+                let _ = client
+                    .write_all(&error_response("FATAL", "XX000", &words))
+                    .await;
+                return;
+            }
+        },
+        None => None,
+    };
     let (address, dialed) = match direct {
         Some(address) => (address, dial(address).await),
         None => (&upstream.pooler, dialed),
@@ -140,28 +161,12 @@ pub(crate) async fn serve(
         let direct = direct.is_some();
         return start_pooled(packet, pool, direct, client, server, rules, pools).await;
     }
-    // A session on PostgreSQL itself: PgBouncer's client cap does not see
-    // it, so the stage counts its pool, and its cancel key is the stage's.
-    let mut login = Login::new(&packet, rules, None);
-    let mut seat = None;
-    if direct.is_some() {
-        if let Some(pool_size) = rules.session_pool_size {
-            match pools.seat(startup::pool_of(&packet), pool_size) {
-                Some(taken) => seat = Some(taken),
-                None => {
-                    let words = session_cap_words(pool_size);
-                    let _ = client
-                        .write_all(&error_response("FATAL", "XX000", &words))
-                        .await;
-                    return;
-                }
-            }
-        }
-        let (key, holding) = pools.register();
-        login = Login::new(&packet, rules, Some(key));
-        login.pinned = Some(holding);
-    }
-    let key = login.stage_key;
+    // A session on PostgreSQL itself gets a cancel key of the stage's: a
+    // CancelRequest to the stage must find its backend, not PgBouncer.
+    let registered = direct.map(|_| pools.register());
+    let key = registered.as_ref().map(|(key, _)| *key);
+    let mut login = Login::new(&packet, rules, key);
+    login.pinned = registered.map(|(_, holding)| holding);
     // Plain TCP splits without a lock; a TLS stream is split by tokio's.
     match (client, server) {
         (ClientLink::Plain(c), ServerLink::Plain(s)) => {
@@ -352,14 +357,8 @@ impl Login {
 impl ServerLink {
     fn boxed(self) -> (Reader, Writer) {
         match self {
-            ServerLink::Plain(s) => {
-                let (r, w) = s.into_split();
-                (Box::new(r), Box::new(w))
-            }
-            ServerLink::Tls(s) => {
-                let (r, w) = tokio::io::split(s);
-                (Box::new(r), Box::new(w))
-            }
+            ServerLink::Plain(s) => boxed(s.into_split()),
+            ServerLink::Tls(s) => boxed(tokio::io::split(s)),
         }
     }
 }

@@ -86,11 +86,11 @@ impl Pools {
     /// `pool_size` clients hold one (Supavisor refuses the next).
     pub(crate) fn seat(self: &Rc<Self>, pool: Vec<u8>, pool_size: u32) -> Option<Seat> {
         let mut seated = self.seated.borrow_mut();
-        let n = seated.entry(pool.clone()).or_default();
-        if *n >= pool_size {
+        let n = seated.get(&pool).copied().unwrap_or(0);
+        if n >= pool_size {
             return None;
         }
-        *n += 1;
+        seated.insert(pool.clone(), n + 1);
         drop(seated);
         Some(Seat {
             pools: self.clone(),
@@ -111,7 +111,7 @@ impl Pools {
         }
     }
 
-    /// Forgets a client whose login failed.
+    /// Forgets a client's cancel key: its login failed, or it left.
     pub(crate) fn forget(&self, key: &[u8; 8]) {
         self.cancels.borrow_mut().remove(key);
     }
